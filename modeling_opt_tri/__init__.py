@@ -1,0 +1,49 @@
+"""OPT-Tri: tri-modal (text + image + audio) pre-training for Hugging Face Transformers.
+
+Importing the package registers OPT-Tri with the `transformers` Auto classes (`AutoConfig`, `AutoModel`,
+`AutoModelForPreTraining`, `AutoImageProcessor`, `AutoFeatureExtractor`, `AutoProcessor`), so installed users load
+checkpoints without `trust_remote_code`. Checkpoints also carry the Hub files for users who never installed us.
+"""
+
+from transformers import AutoConfig, AutoFeatureExtractor, AutoModel, AutoModelForPreTraining, AutoProcessor
+from transformers.models.auto.image_processing_auto import AutoImageProcessor  # the real class even without torchvision
+
+from .configuration_opt_tri import PRETRAINING_OBJECTIVES, OptTriAudioConfig, OptTriConfig, OptTriFusionConfig
+from .feature_extraction_opt_tri import OptTriFeatureExtractor
+from .image_processing_opt_tri import OptTriImageProcessor
+from .modeling_opt_tri import (
+    OptTriAudioModel,
+    OptTriForPreTraining,
+    OptTriForPreTrainingOutput,
+    OptTriModel,
+    OptTriModelOutput,
+    OptTriPreTrainedModel,
+)
+from .processing_opt_tri import OptTriProcessor
+
+__version__ = "0.1.0"
+
+AutoConfig.register(OptTriConfig.model_type, OptTriConfig, exist_ok=True)
+AutoConfig.register(OptTriAudioConfig.model_type, OptTriAudioConfig, exist_ok=True)
+AutoModel.register(OptTriConfig, OptTriModel, exist_ok=True)
+AutoModel.register(OptTriAudioConfig, OptTriAudioModel, exist_ok=True)
+AutoModelForPreTraining.register(OptTriConfig, OptTriForPreTraining, exist_ok=True)
+AutoImageProcessor.register(OptTriConfig, slow_image_processor_class=OptTriImageProcessor, exist_ok=True)
+AutoFeatureExtractor.register(OptTriConfig, OptTriFeatureExtractor, exist_ok=True)
+AutoProcessor.register(OptTriConfig, OptTriProcessor, exist_ok=True)
+
+__all__ = [
+    "PRETRAINING_OBJECTIVES",
+    "OptTriAudioConfig",
+    "OptTriAudioModel",
+    "OptTriConfig",
+    "OptTriFeatureExtractor",
+    "OptTriForPreTraining",
+    "OptTriForPreTrainingOutput",
+    "OptTriFusionConfig",
+    "OptTriImageProcessor",
+    "OptTriModel",
+    "OptTriModelOutput",
+    "OptTriPreTrainedModel",
+    "OptTriProcessor",
+]

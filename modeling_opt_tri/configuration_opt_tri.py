@@ -1,0 +1,285 @@
+"""OPT-Tri model configuration.
+
+`OptTriConfig` nests one configuration per component:
+
+- `text_config`: any `transformers` text encoder config (a [`BertConfig`] by default; RoBERTa and other BERT-like
+  encoders work too), so that the text encoder can start from an existing checkpoint.
+- `vision_config`: a [`ViTConfig`] (ViT over image patches; no object detector).
+- `audio_config`: an [`OptTriAudioConfig`] (log-mel patches through a patch stem and a pre-norm transformer).
+- `fusion_config`: an [`OptTriFusionConfig`] (the single-stream cross-modal encoder over
+  `[CLS] text | image | audio`).
+
+Plus the settings of the pre-training objectives (see `OptTriForPreTraining`).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from transformers import AutoConfig, BertConfig, PretrainedConfig, ViTConfig
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
+
+
+def _check_positive_ints(config: PretrainedConfig, names: tuple[str, ...]) -> None:
+    for name in names:
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ValueError(f"{type(config).__name__}.{name} must be a positive int, got {value!r}")
+
+
+def _check_heads(config: PretrainedConfig) -> None:
+    if config.hidden_size % config.num_attention_heads != 0:
+        raise ValueError(
+            f"{type(config).__name__}: hidden_size ({config.hidden_size}) must be divisible by "
+            f"num_attention_heads ({config.num_attention_heads})"
+        )
+
+
+class OptTriAudioConfig(PretrainedConfig):
+    r"""
+    Configuration of the OPT-Tri audio encoder: log-mel frames are cut into patches of `patch_frames` frames by a
+    linear (strided convolution) stem, a learned `[CLS]` token and learned positions are added, and a pre-norm
+    transformer encodes them.
+
+    Args:
+        num_mel_bins (`int`, defaults to 80): number of mel bins of the input features (the feature extractor's
+            `feature_size`).
+        patch_frames (`int`, defaults to 4): frames per audio token (10 ms hop -> one token per 40 ms).
+        hidden_size, num_hidden_layers, num_attention_heads, intermediate_size: transformer geometry.
+        hidden_act (`str`, defaults to `"gelu"`), layer_norm_eps, hidden_dropout_prob, attention_probs_dropout_prob:
+            as in BERT/ViT.
+        max_position_embeddings (`int`, defaults to 256): the most audio tokens (excluding `[CLS]`) one clip may have.
+        initializer_range (`float`, defaults to 0.02): std of the normal initialiser.
+    """
+
+    model_type = "opt_tri_audio"
+    base_config_key = "audio_config"
+
+    def __init__(
+        self,
+        num_mel_bins: int = 80,
+        patch_frames: int = 4,
+        hidden_size: int = 768,
+        num_hidden_layers: int = 12,
+        num_attention_heads: int = 12,
+        intermediate_size: int = 3072,
+        hidden_act: str = "gelu",
+        layer_norm_eps: float = 1e-12,
+        hidden_dropout_prob: float = 0.0,
+        attention_probs_dropout_prob: float = 0.0,
+        max_position_embeddings: int = 256,
+        initializer_range: float = 0.02,
+        **kwargs,
+    ):
+        self.num_mel_bins = num_mel_bins
+        self.patch_frames = patch_frames
+        self.hidden_size = hidden_size
+        self.num_hidden_layers = num_hidden_layers
+        self.num_attention_heads = num_attention_heads
+        self.intermediate_size = intermediate_size
+        self.hidden_act = hidden_act
+        self.layer_norm_eps = layer_norm_eps
+        self.hidden_dropout_prob = hidden_dropout_prob
+        self.attention_probs_dropout_prob = attention_probs_dropout_prob
+        self.max_position_embeddings = max_position_embeddings
+        self.initializer_range = initializer_range
+        super().__init__(**kwargs)
+        _check_positive_ints(
+            self,
+            ("num_mel_bins", "patch_frames", "hidden_size", "num_hidden_layers", "num_attention_heads",
+             "intermediate_size", "max_position_embeddings"),
+        )
+        _check_heads(self)
+
+
+class OptTriFusionConfig(PretrainedConfig):
+    r"""
+    Configuration of the OPT-Tri cross-modal encoder: one pre-norm transformer over the concatenation
+    `[CLS] text | image | audio`, each part projected to `hidden_size` and tagged with a modality-type embedding.
+
+    Args:
+        hidden_size, num_hidden_layers, num_attention_heads, intermediate_size: transformer geometry.
+        hidden_act, layer_norm_eps, hidden_dropout_prob, attention_probs_dropout_prob: as in BERT/ViT.
+        initializer_range (`float`, defaults to 0.02): std of the normal initialiser.
+    """
+
+    model_type = "opt_tri_fusion"
+    base_config_key = "fusion_config"
+
+    def __init__(
+        self,
+        hidden_size: int = 768,
+        num_hidden_layers: int = 6,
+        num_attention_heads: int = 12,
+        intermediate_size: int = 3072,
+        hidden_act: str = "gelu",
+        layer_norm_eps: float = 1e-12,
+        hidden_dropout_prob: float = 0.0,
+        attention_probs_dropout_prob: float = 0.0,
+        initializer_range: float = 0.02,
+        **kwargs,
+    ):
+        self.hidden_size = hidden_size
+        self.num_hidden_layers = num_hidden_layers
+        self.num_attention_heads = num_attention_heads
+        self.intermediate_size = intermediate_size
+        self.hidden_act = hidden_act
+        self.layer_norm_eps = layer_norm_eps
+        self.hidden_dropout_prob = hidden_dropout_prob
+        self.attention_probs_dropout_prob = attention_probs_dropout_prob
+        self.initializer_range = initializer_range
+        super().__init__(**kwargs)
+        _check_positive_ints(self, ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"))
+        _check_heads(self)
+
+
+#: Pre-training objectives and their default loss weights. See `OptTriForPreTraining` for what each one is.
+PRETRAINING_OBJECTIVES: dict[str, float] = {
+    "mlm": 1.0,  # masked language modelling (15%, 80/10/10)
+    "mrfr": 1.0,  # masked image patch regression
+    "mafr": 1.0,  # masked audio frame regression
+    "mac": 1.0,  # masked audio frame contrastive (InfoNCE against the true frame)
+    "contrastive": 1.0,  # contrastive alignment of every modality pair
+    "itm": 1.0,  # pairwise matching (text-image, text-audio, image-audio) with hard negatives
+    "tri_matching": 1.0,  # 5-way tri-modal matching
+    "wra": 0.1,  # word-region alignment by optimal transport (IPOT)
+}
+
+
+def _as_sub_config(value: Any, default_cls: type[PretrainedConfig], name: str) -> PretrainedConfig:
+    if value is None:
+        return default_cls()
+    if isinstance(value, PretrainedConfig):
+        return value
+    if isinstance(value, dict):
+        value = dict(value)
+        model_type = value.pop("model_type", None)
+        if model_type is None or model_type == default_cls.model_type:
+            return default_cls(**value)
+        return AutoConfig.for_model(model_type, **value)
+    raise TypeError(f"{name} must be a dict or a PretrainedConfig, got {type(value).__name__}")
+
+
+class OptTriConfig(PretrainedConfig):
+    r"""
+    Configuration of an OPT-Tri model ([`OptTriModel`], [`OptTriForPreTraining`], ...).
+
+    Args:
+        text_config (`dict` or `PretrainedConfig`, *optional*): text encoder config; a [`BertConfig`] by default.
+            A dict with a `model_type` key builds that type through `AutoConfig`.
+        vision_config (`dict` or [`ViTConfig`], *optional*): vision encoder config.
+        audio_config (`dict` or [`OptTriAudioConfig`], *optional*): audio encoder config.
+        fusion_config (`dict` or [`OptTriFusionConfig`], *optional*): cross-modal encoder config.
+        projection_dim (`int`, defaults to 256): size of the projected, normalised retrieval embeddings.
+        logit_scale_init_value (`float`, defaults to 2.6592): initial value of the learnable contrastive logit scale
+            (log of the inverse temperature, as in CLIP).
+        initializer_range (`float`, defaults to 0.02): std of the normal initialiser of OPT-Tri's own layers.
+        objectives (`dict[str, float]`, *optional*): the pre-training objectives to compute and their loss
+            weights; keys are from `PRETRAINING_OBJECTIVES`, and a weight of 0 switches an objective off.
+        mlm_probability (`float`, defaults to 0.15): fraction of text tokens masked for MLM (80% `[MASK]`, 10% random,
+            10% unchanged).
+        mvm_probability (`float`, defaults to 0.15): fraction of image patches masked for masked vision modelling.
+        mam_probability (`float`, defaults to 0.15): fraction of audio tokens masked for masked audio modelling.
+        modality_mask_probability (`float`, defaults to 0.3): probability that a whole modality of a sample is
+            masked out (modality-level masking; the case where every modality would be masked is skipped).
+        masking_policy (`str`, defaults to `"conditional"`): `"conditional"` masks tokens of one modality at a time
+            (UNITER), `"joint"` masks all modalities in the same pass (OPT).
+        mac_temperature (`float`, defaults to 0.07): temperature of the masked audio contrastive loss.
+        mask_token_id (`int`, defaults to 103): id of the tokenizer's `[MASK]` token (103 in BERT's vocabulary).
+        special_token_ids (`list[int]`, *optional*): ids never chosen for MLM (`[PAD]`, `[CLS]`, `[SEP]`, ...);
+            BERT's `[0, 100, 101, 102]` by default.
+    """
+
+    model_type = "opt_tri"
+    sub_configs = {
+        "text_config": AutoConfig,
+        "vision_config": AutoConfig,
+        "audio_config": OptTriAudioConfig,
+        "fusion_config": OptTriFusionConfig,
+    }
+
+    def __init__(
+        self,
+        text_config: dict | PretrainedConfig | None = None,
+        vision_config: dict | PretrainedConfig | None = None,
+        audio_config: dict | PretrainedConfig | None = None,
+        fusion_config: dict | PretrainedConfig | None = None,
+        projection_dim: int = 256,
+        logit_scale_init_value: float = 2.6592,
+        initializer_range: float = 0.02,
+        objectives: dict[str, float] | None = None,
+        mlm_probability: float = 0.15,
+        mvm_probability: float = 0.15,
+        mam_probability: float = 0.15,
+        modality_mask_probability: float = 0.3,
+        masking_policy: str = "conditional",
+        mac_temperature: float = 0.07,
+        mask_token_id: int = 103,
+        special_token_ids: list[int] | None = None,
+        **kwargs,
+    ):
+        self.text_config = _as_sub_config(text_config, BertConfig, "text_config")
+        self.vision_config = _as_sub_config(vision_config, ViTConfig, "vision_config")
+        self.audio_config = _as_sub_config(audio_config, OptTriAudioConfig, "audio_config")
+        self.fusion_config = _as_sub_config(fusion_config, OptTriFusionConfig, "fusion_config")
+        self.projection_dim = projection_dim
+        self.logit_scale_init_value = logit_scale_init_value
+        self.initializer_range = initializer_range
+        self.objectives = dict(PRETRAINING_OBJECTIVES if objectives is None else objectives)
+        self.mlm_probability = mlm_probability
+        self.mvm_probability = mvm_probability
+        self.mam_probability = mam_probability
+        self.modality_mask_probability = modality_mask_probability
+        self.masking_policy = masking_policy
+        self.mac_temperature = mac_temperature
+        self.mask_token_id = mask_token_id
+        self.special_token_ids = list(special_token_ids) if special_token_ids is not None else [0, 100, 101, 102]
+        super().__init__(**kwargs)
+        self._validate()
+
+    def _validate(self) -> None:
+        _check_positive_ints(self, ("projection_dim",))
+        for sub in (self.text_config, self.vision_config):
+            for name in ("hidden_size", "num_attention_heads"):
+                if not hasattr(sub, name):
+                    raise ValueError(f"{type(sub).__name__} has no `{name}`; OPT-Tri needs a transformer encoder config")
+            _check_heads(sub)
+        if self.vision_config.image_size % self.vision_config.patch_size != 0:
+            raise ValueError(
+                f"vision_config.image_size ({self.vision_config.image_size}) must be divisible by patch_size "
+                f"({self.vision_config.patch_size})"
+            )
+        unknown = set(self.objectives) - set(PRETRAINING_OBJECTIVES)
+        if unknown:
+            raise ValueError(f"Unknown pre-training objectives {sorted(unknown)}; known: {sorted(PRETRAINING_OBJECTIVES)}")
+        for name, weight in self.objectives.items():
+            if not isinstance(weight, (int, float)) or isinstance(weight, bool) or weight < 0:
+                raise ValueError(f"objectives[{name!r}] must be a non-negative number, got {weight!r}")
+        for name in ("mlm_probability", "mvm_probability", "mam_probability", "modality_mask_probability"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+                raise ValueError(f"{name} must be a float in [0, 1), got {value!r}")
+        if self.masking_policy not in ("conditional", "joint"):
+            raise ValueError(f"masking_policy must be 'conditional' or 'joint', got {self.masking_policy!r}")
+        vocab = self.text_config.vocab_size
+        for token_id in [self.mask_token_id, *self.special_token_ids]:
+            if not isinstance(token_id, int) or not 0 <= token_id < vocab:
+                raise ValueError(f"mask_token_id/special_token_ids must be ids in [0, {vocab}); got {token_id!r}")
+        if not self.mac_temperature > 0:
+            raise ValueError(f"mac_temperature must be positive, got {self.mac_temperature!r}")
+
+    @property
+    def num_image_patches(self) -> int:
+        """Number of patches per image (without the `[CLS]` token)."""
+        return (self.vision_config.image_size // self.vision_config.patch_size) ** 2
+
+    def to_dict(self) -> dict[str, Any]:
+        output = super().to_dict()
+        output["objectives"] = copy.deepcopy(self.objectives)
+        return output
+
+
+__all__ = ["OptTriAudioConfig", "OptTriConfig", "OptTriFusionConfig", "PRETRAINING_OBJECTIVES"]

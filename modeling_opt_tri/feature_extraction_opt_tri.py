@@ -1,0 +1,308 @@
+"""Log-mel feature extractor for OPT-Tri audio.
+
+This is a Hub file: it is copied next to checkpoints as remote code. It imports only numpy and transformers
+at load time (scipy lazily, for resampling; torch optionally) and nothing from the rest of the package.
+
+Features: mono waveform at `sampling_rate` -> Hann-windowed STFT (`n_fft`, `hop_length`, centred frames
+with reflect padding) -> power spectrum -> Slaney mel filter bank (`feature_size` bins, 0 Hz to Nyquist) ->
+natural log with a floor of 1e-10 -> `(log_mel - mel_mean) / mel_std`. The STFT of a whole batch is one
+vectorised NumPy computation (strided framing, `np.fft.rfft`, one matmul).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from numbers import Real
+from typing import Any
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+from transformers.audio_utils import mel_filter_bank, window_function
+from transformers.feature_extraction_sequence_utils import SequenceFeatureExtractor
+from transformers.feature_extraction_utils import BatchFeature
+from transformers.utils import TensorType, logging
+
+
+try:
+    import torch
+except ImportError:  # torch is optional for the feature extractor itself
+    torch = None
+
+
+logger = logging.get_logger(__name__)
+
+LOG_FLOOR = 1e-10
+"""Mel energies are clamped to at least this before the log, so silence gives log(1e-10), never -inf."""
+
+_PCM_SCALE: dict[np.dtype, tuple[float, float]] = {
+    np.dtype(np.int8): (0.0, 128.0),
+    np.dtype(np.uint8): (128.0, 128.0),  # 8-bit WAV is unsigned with an offset of 128
+    np.dtype(np.int16): (0.0, 32768.0),
+    np.dtype(np.int32): (0.0, 2147483648.0),
+}
+"""Integer PCM dtype -> (offset, scale): `float = (int - offset) / scale`, which lies in [-1, 1]."""
+
+
+def _is_torch_tensor(value: Any) -> bool:
+    return torch is not None and isinstance(value, torch.Tensor)
+
+
+def _to_mono_float(clip: Any) -> np.ndarray:
+    """Validate one clip and return it as a 1-D float32 array.
+
+    Integer PCM (int8, uint8, int16, int32) is scaled to [-1, 1]; floats are kept as they are. A 2-D input
+    with a single channel (`[1, N]` or `[N, 1]`) is squeezed; real multi-channel audio raises.
+    """
+    if _is_torch_tensor(clip):
+        clip = clip.detach().cpu()
+        if clip.dtype in (torch.bfloat16, torch.float16):
+            clip = clip.float()
+        clip = clip.numpy()
+    elif not isinstance(clip, np.ndarray):
+        if not isinstance(clip, (list, tuple)):
+            raise TypeError(
+                f"unsupported audio type {type(clip).__name__}; expected a 1-D numpy array, a torch tensor or a "
+                "list of floats (or None for a row without audio)"
+            )
+        clip = np.asarray(clip)
+    if clip.ndim == 2 and 1 in clip.shape:
+        clip = clip.reshape(-1)
+    if clip.ndim == 2:
+        raise ValueError(
+            f"audio must be mono (1-D), got a 2-D array of shape {tuple(clip.shape)} (stereo / multi-channel?). "
+            "Mix it down first, e.g. `wav.mean(axis=1)` for [samples, channels] (soundfile) or "
+            "`wav.mean(axis=0)` for [channels, samples] (torch)"
+        )
+    if clip.ndim != 1:
+        raise ValueError(f"audio must be a 1-D array of samples, got {clip.ndim} dimensions {tuple(clip.shape)}")
+    if clip.shape[0] == 0:
+        raise ValueError("audio is empty (0 samples)")
+    if clip.dtype in _PCM_SCALE:
+        offset, scale = _PCM_SCALE[clip.dtype]
+        return ((clip.astype(np.float32) - offset) / scale).astype(np.float32)
+    if not np.issubdtype(clip.dtype, np.floating):
+        raise ValueError(
+            f"unsupported audio dtype {clip.dtype}; use float samples (about -1..1) or integer PCM "
+            f"({', '.join(str(d) for d in _PCM_SCALE)})"
+        )
+    clip = clip.astype(np.float32, copy=False)
+    if not np.isfinite(clip).all():
+        raise ValueError("audio contains NaN or inf samples")
+    return clip
+
+
+def _resample(clip: np.ndarray, orig_rate: int, target_rate: int) -> np.ndarray:
+    """Resample a 1-D float32 clip with `scipy.signal.resample_poly` (up/down reduced by their gcd).
+
+    Returns float32 of length `ceil(len(clip) * target_rate / orig_rate)`.
+    """
+    try:
+        from scipy.signal import resample_poly
+    except ImportError as error:
+        raise ImportError(
+            f"resampling audio from {orig_rate} Hz to {target_rate} Hz needs scipy: `pip install scipy`, or pass "
+            f"audio already sampled at {target_rate} Hz"
+        ) from error
+    divisor = math.gcd(orig_rate, target_rate)
+    return resample_poly(clip, target_rate // divisor, orig_rate // divisor).astype(np.float32)
+
+
+class OptTriFeatureExtractor(SequenceFeatureExtractor):
+    r"""Turn mono waveforms into normalised log-mel frames for OPT-Tri.
+
+    Args:
+        feature_size (`int`, defaults to 80): Number of mel bins.
+        sampling_rate (`int`, defaults to 16000): Rate the features are computed at. Other input rates are
+            resampled with `scipy.signal.resample_poly`.
+        n_fft (`int`, defaults to 400): FFT size and Hann window length (25 ms at 16 kHz).
+        hop_length (`int`, defaults to 160): Frame shift (10 ms at 16 kHz). A clip of `N` samples (at
+            `sampling_rate`) gives `1 + N // hop_length` frames (centred frames).
+        max_length_seconds (`float` or None, defaults to 10.0): Longer clips are truncated to this length,
+            with a `logger.warning` saying how many clips were cut. None disables truncation.
+        pad_to_multiple_of (`int`, defaults to 4): The padded frame count `T` is a multiple of this.
+        mel_mean (`float`, defaults to -4.27), mel_std (`float`, defaults to 4.57): Features are
+            `(log_mel - mel_mean) / mel_std`.
+        padding_value (`float`, defaults to 0.0): Value of padded frames and of rows without audio.
+
+    Input (`__call__(audio, sampling_rate=...)`): one clip or a list of clips; a clip is a 1-D numpy array,
+    a 1-D torch tensor or a list of floats, and `None` in a list marks a row without audio. Float samples are
+    used as given (expected in about [-1, 1]); integer PCM (int8, uint8, int16, int32) is scaled to [-1, 1].
+    `[1, N]` / `[N, 1]` arrays are treated as mono.
+
+    Output (`BatchFeature`):
+        - `input_features`: float32 `[B, feature_size, T]`, `T` the longest clip's frame count rounded up to
+          a multiple of `pad_to_multiple_of` (at least `pad_to_multiple_of` when no row has audio).
+        - `audio_attention_mask`: int64 `[B, T]`, 1 for real frames (all 0 for a row without audio).
+    """
+
+    model_input_names = ["input_features", "audio_attention_mask"]
+
+    def __init__(
+        self,
+        feature_size: int = 80,
+        sampling_rate: int = 16000,
+        n_fft: int = 400,
+        hop_length: int = 160,
+        max_length_seconds: float | None = 10.0,
+        pad_to_multiple_of: int = 4,
+        mel_mean: float = -4.27,
+        mel_std: float = 4.57,
+        padding_value: float = 0.0,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.setdefault("return_attention_mask", True)
+        super().__init__(feature_size=feature_size, sampling_rate=sampling_rate, padding_value=padding_value, **kwargs)
+        for name, value in (
+            ("feature_size", feature_size),
+            ("sampling_rate", sampling_rate),
+            ("n_fft", n_fft),
+            ("hop_length", hop_length),
+            ("pad_to_multiple_of", pad_to_multiple_of),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if max_length_seconds is not None and not max_length_seconds > 0:
+            raise ValueError(f"max_length_seconds must be positive or None, got {max_length_seconds!r}")
+        if not (math.isfinite(mel_std) and mel_std > 0):
+            raise ValueError(f"mel_std must be positive, got {mel_std!r}")
+        self.n_fft = n_fft
+        self.hop_length = hop_length
+        self.max_length_seconds = max_length_seconds
+        self.pad_to_multiple_of = pad_to_multiple_of
+        self.mel_mean = float(mel_mean)
+        self.mel_std = float(mel_std)
+        # Not serialised (`FeatureExtractionMixin.to_dict` drops `mel_filters` and `window`).
+        self.mel_filters = mel_filter_bank(
+            num_frequency_bins=n_fft // 2 + 1,
+            num_mel_filters=feature_size,
+            min_frequency=0.0,
+            max_frequency=sampling_rate / 2,
+            sampling_rate=sampling_rate,
+            norm="slaney",
+            mel_scale="slaney",
+        ).astype(np.float32)  # [n_fft // 2 + 1, feature_size]
+        self.window = window_function(n_fft, "hann", periodic=True).astype(np.float32)  # [n_fft]
+
+    def num_frames(self, num_samples: int) -> int:
+        """Number of (unpadded) frames for a clip of `num_samples` samples at `self.sampling_rate`."""
+        return 1 + num_samples // self.hop_length
+
+    @staticmethod
+    def _as_list(audio: Any) -> list[Any]:
+        """Split `audio` into a list of clips (entries may be None); a list of numbers is one clip."""
+        if isinstance(audio, (list, tuple)):
+            if len(audio) > 0 and all(isinstance(x, (Real, np.number)) for x in audio):
+                return [audio]
+            return list(audio)
+        return [audio]
+
+    def _log_mel(self, clips: Sequence[np.ndarray], num_frames: int) -> np.ndarray:
+        """Normalised log-mel features of a batch of 1-D float32 clips, computed in one vectorised pass.
+
+        Args:
+            clips: `B` clips at `self.sampling_rate`.
+            num_frames: Frames to compute per row (`T`, at least every clip's own frame count).
+
+        Returns:
+            float32 `[B, T, feature_size]`; frames past a clip's end are computed on zeros (masked later).
+        """
+        half = self.n_fft // 2
+        length = (num_frames - 1) * self.hop_length + self.n_fft
+        buffer = np.zeros((len(clips), length), dtype=np.float32)
+        for row, clip in enumerate(clips):
+            padded = np.pad(clip, half, mode="reflect")  # centred frames, as torch.stft(center=True)
+            buffer[row, : padded.shape[0]] = padded[:length]
+        frames = sliding_window_view(buffer, self.n_fft, axis=1)[:, :: self.hop_length][:, :num_frames]
+        spectrum = np.fft.rfft(frames * self.window, axis=-1)  # [B, T, n_fft // 2 + 1]
+        power = spectrum.real**2 + spectrum.imag**2
+        mel = power @ self.mel_filters  # [B, T, feature_size]
+        log_mel = np.log(np.maximum(mel, LOG_FLOOR))
+        return ((log_mel - self.mel_mean) / self.mel_std).astype(np.float32)
+
+    def __call__(
+        self,
+        audio: Any,
+        sampling_rate: int | None = None,
+        return_tensors: str | TensorType | None = None,
+        **kwargs: Any,
+    ) -> BatchFeature:
+        """Compute log-mel features for one clip or a batch.
+
+        Args:
+            audio: A clip or a list of clips (see the class docstring); `None` entries are rows without audio.
+            sampling_rate: Rate of `audio` in Hz. Required. Clips at another rate than `self.sampling_rate`
+                are resampled with `scipy.signal.resample_poly`.
+            return_tensors: `"pt"`, `"np"` or None (NumPy arrays).
+            **kwargs: Ignored with a warning.
+
+        Returns:
+            `BatchFeature` with `input_features` float32 `[B, feature_size, T]` and `audio_attention_mask`
+            int64 `[B, T]`.
+
+        Raises:
+            ValueError: missing or non-positive `sampling_rate`, empty batch or clip, multi-channel audio,
+                NaN/inf samples, unsupported dtype.
+            TypeError: unsupported clip type.
+        """
+        if kwargs:
+            logger.warning(f"OptTriFeatureExtractor ignores the unsupported arguments {sorted(kwargs)}")
+        if sampling_rate is None:
+            raise ValueError(
+                "sampling_rate is required: pass the rate of `audio` in Hz, e.g. "
+                f"`sampling_rate=16000` (features are computed at {self.sampling_rate} Hz; other rates are resampled)"
+            )
+        if isinstance(sampling_rate, bool) or not isinstance(sampling_rate, (int, np.integer)) or sampling_rate <= 0:
+            raise ValueError(f"sampling_rate must be a positive int (Hz), got {sampling_rate!r}")
+        sampling_rate = int(sampling_rate)
+        batch = self._as_list(audio)
+        if not batch:
+            raise ValueError("audio is an empty list; pass at least one clip (or None for a row without audio)")
+
+        max_samples = (
+            None if self.max_length_seconds is None else int(round(self.max_length_seconds * self.sampling_rate))
+        )
+        clips: list[np.ndarray | None] = []
+        truncated = 0
+        for row, clip in enumerate(batch):
+            if clip is None:
+                clips.append(None)
+                continue
+            try:
+                samples = _to_mono_float(clip)
+            except (ValueError, TypeError) as error:
+                raise type(error)(f"audio[{row}]: {error}") from None
+            if sampling_rate != self.sampling_rate:
+                samples = _resample(samples, sampling_rate, self.sampling_rate)
+            if max_samples is not None and samples.shape[0] > max_samples:
+                samples = samples[:max_samples]
+                truncated += 1
+            clips.append(samples)
+        if truncated:
+            logger.warning(
+                f"{truncated} of {len(batch)} audio clips were longer than max_length_seconds="
+                f"{self.max_length_seconds} and were truncated"
+            )
+
+        lengths = [0 if clip is None else self.num_frames(clip.shape[0]) for clip in clips]
+        multiple = self.pad_to_multiple_of
+        total = max(multiple, -(-max(lengths) // multiple) * multiple)
+        features = np.full((len(batch), total, self.feature_size), self.padding_value, dtype=np.float32)
+        mask = (np.arange(total)[None, :] < np.asarray(lengths)[:, None]).astype(np.int64)  # [B, T]
+        present = [row for row, clip in enumerate(clips) if clip is not None]
+        if present:
+            computed = self._log_mel([clips[row] for row in present], num_frames=max(lengths))
+            features[present, : computed.shape[1]] = computed
+            features[~mask.astype(bool)] = self.padding_value
+        return BatchFeature(
+            data={
+                "input_features": np.ascontiguousarray(features.transpose(0, 2, 1)),
+                "audio_attention_mask": mask,
+            },
+            tensor_type=return_tensors,
+        )
+
+
+OptTriFeatureExtractor.register_for_auto_class("AutoFeatureExtractor")
+
+__all__ = ["OptTriFeatureExtractor"]

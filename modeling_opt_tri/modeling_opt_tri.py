@@ -1,0 +1,1188 @@
+"""PyTorch OPT-Tri: a tri-modal (text, image, audio) pre-trainer in the line of OPT and UNITER.
+
+Architecture (see `OptTriConfig`):
+
+    text  -> BERT-style encoder (any `transformers` text encoder) ----\
+    image -> ViT over patches ------------------------------------------> project + modality type -> cross-modal
+    audio -> log-mel patch stem + pre-norm transformer ----------------/        encoder over [CLS] text | image | audio
+
+Any non-empty subset of the three modalities is a valid input, per batch and per row (a row without a modality is
+masked out of the cross-modal attention).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoConfig, AutoModel, PreTrainedModel, ViTModel
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.utils import ModelOutput, logging
+
+from .configuration_opt_tri import OptTriAudioConfig, OptTriConfig, OptTriFusionConfig
+
+logger = logging.get_logger(__name__)
+
+#: Modality-type ids used by the cross-modal encoder.
+MODALITY_CLS, MODALITY_TEXT, MODALITY_IMAGE, MODALITY_AUDIO = 0, 1, 2, 3
+MODALITIES = ("text", "image", "audio")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Outputs
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class OptTriModelOutput(ModelOutput):
+    r"""
+    Output of [`OptTriModel`]. `B` is the batch size, `L` the text length, `N` the number of image patches, `A` the
+    number of audio tokens and `S = 1 + L' + (1 + N)' + (1 + A)'` the cross-modal length, where a primed part is
+    present only when that modality was given.
+
+    Args:
+        last_hidden_state (`torch.FloatTensor` of shape `(B, S, fusion_hidden)`): cross-modal encoder output.
+        pooler_output (`torch.FloatTensor` of shape `(B, fusion_hidden)`): the cross-modal `[CLS]` state.
+        fusion_attention_mask (`torch.LongTensor` of shape `(B, S)`): 1 for positions the cross-modal encoder
+            attended to (real tokens of the modalities present in each row).
+        modality_ids (`torch.LongTensor` of shape `(S,)`): 0 for `[CLS]`, 1 text, 2 image, 3 audio.
+        text_embeds / image_embeds / audio_embeds (`torch.FloatTensor` of shape `(B, projection_dim)`): projected,
+            L2-normalised embeddings of each unimodal encoder's `[CLS]` state (for retrieval); `None` when the
+            modality was not given.
+        text_last_hidden_state (`(B, L, text_hidden)`), image_last_hidden_state (`(B, 1 + N, vision_hidden)`),
+            audio_last_hidden_state (`(B, 1 + A, audio_hidden)`): the unimodal encoders' outputs.
+        audio_token_mask (`torch.LongTensor` of shape `(B, 1 + A)`): 1 for real audio tokens (`[CLS]` included).
+        hidden_states (`tuple(torch.FloatTensor)`): cross-modal hidden states, embeddings and after each layer, when
+            `output_hidden_states=True`.
+        attentions (`tuple(torch.FloatTensor)`): cross-modal attention weights `(B, heads, S, S)` per layer, when
+            `output_attentions=True` (eager attention only).
+    """
+
+    last_hidden_state: torch.FloatTensor | None = None
+    pooler_output: torch.FloatTensor | None = None
+    fusion_attention_mask: torch.LongTensor | None = None
+    modality_ids: torch.LongTensor | None = None
+    text_embeds: torch.FloatTensor | None = None
+    image_embeds: torch.FloatTensor | None = None
+    audio_embeds: torch.FloatTensor | None = None
+    text_last_hidden_state: torch.FloatTensor | None = None
+    image_last_hidden_state: torch.FloatTensor | None = None
+    audio_last_hidden_state: torch.FloatTensor | None = None
+    audio_token_mask: torch.LongTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+
+    def modality_slice(self, modality: str) -> slice:
+        """Positions of `modality` ("text", "image" or "audio") in `last_hidden_state`."""
+        code = {"text": MODALITY_TEXT, "image": MODALITY_IMAGE, "audio": MODALITY_AUDIO}[modality]
+        positions = (self.modality_ids == code).nonzero().flatten()
+        if positions.numel() == 0:
+            raise ValueError(f"No {modality} in this output: the model was called without that modality.")
+        return slice(int(positions[0]), int(positions[-1]) + 1)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Transformer blocks (used by the audio encoder and the cross-modal encoder)
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference attention. query/key/value: `(B, H, S, D)`; mask: additive `(B, 1, 1|S, S)`; returns `(B, S, H, D)`."""
+    weights = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        weights = weights + attention_mask
+    weights = F.softmax(weights, dim=-1, dtype=torch.float32).to(query.dtype)
+    weights = F.dropout(weights, p=dropout, training=module.training)
+    output = torch.matmul(weights, value).transpose(1, 2).contiguous()
+    return output, weights
+
+
+class OptTriAttention(nn.Module):
+    """Bidirectional multi-head self-attention dispatched through `config._attn_implementation` (SDPA by default)."""
+
+    def __init__(self, config: OptTriAudioConfig | OptTriFusionConfig):
+        super().__init__()
+        self.config = config
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.scaling = self.head_dim**-0.5
+        self.dropout = config.attention_probs_dropout_prob
+        self.is_causal = False
+        self.q_proj = nn.Linear(config.hidden_size, config.hidden_size)
+        self.k_proj = nn.Linear(config.hidden_size, config.hidden_size)
+        self.v_proj = nn.Linear(config.hidden_size, config.hidden_size)
+        self.out_proj = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(
+        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, output_attentions: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        batch, length, _ = hidden_states.shape
+        shape = (batch, length, self.num_heads, self.head_dim)
+        query = self.q_proj(hidden_states).view(shape).transpose(1, 2)
+        key = self.k_proj(hidden_states).view(shape).transpose(1, 2)
+        value = self.v_proj(hidden_states).view(shape).transpose(1, 2)
+        implementation = self.config._attn_implementation or "sdpa"  # unset means the default, SDPA
+        attention: Callable = eager_attention_forward
+        if implementation != "eager" and not output_attentions:
+            attention = ALL_ATTENTION_FUNCTIONS[implementation]
+        output, weights = attention(
+            self,
+            query,
+            key,
+            value,
+            attention_mask,
+            scaling=self.scaling,
+            dropout=self.dropout if self.training else 0.0,
+        )
+        output = self.out_proj(output.reshape(batch, length, -1))
+        return output, (weights if output_attentions else None)
+
+
+class OptTriMLP(nn.Module):
+    def __init__(self, config: OptTriAudioConfig | OptTriFusionConfig):
+        super().__init__()
+        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.act = ACT2FN[config.hidden_act]
+        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(hidden_states)))
+
+
+class OptTriLayer(GradientCheckpointingLayer):
+    """Pre-norm transformer layer: `x + Attn(LN(x))`, then `x + MLP(LN(x))`."""
+
+    def __init__(self, config: OptTriAudioConfig | OptTriFusionConfig):
+        super().__init__()
+        self.layer_norm1 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.self_attn = OptTriAttention(config)
+        self.layer_norm2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.mlp = OptTriMLP(config)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(
+        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, output_attentions: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        attn_output, weights = self.self_attn(self.layer_norm1(hidden_states), attention_mask, output_attentions)
+        hidden_states = hidden_states + self.dropout(attn_output)
+        hidden_states = hidden_states + self.dropout(self.mlp(self.layer_norm2(hidden_states)))
+        return hidden_states, weights
+
+
+class OptTriEncoder(nn.Module):
+    """A stack of [`OptTriLayer`]s. Takes embeddings `(B, S, D)` and a 0/1 mask `(B, S)`; builds the additive mask once."""
+
+    def __init__(self, config: OptTriAudioConfig | OptTriFusionConfig):
+        super().__init__()
+        self.layers = nn.ModuleList([OptTriLayer(config) for _ in range(config.num_hidden_layers)])
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor,
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+    ) -> tuple[torch.Tensor, tuple | None, tuple | None]:
+        additive_mask = _additive_mask(attention_mask, hidden_states.dtype)
+        all_hidden = (hidden_states,) if output_hidden_states else None
+        all_attentions = () if output_attentions else None
+        for layer in self.layers:
+            hidden_states, weights = layer(hidden_states, additive_mask, output_attentions)
+            if output_hidden_states:
+                all_hidden += (hidden_states,)
+            if output_attentions:
+                all_attentions += (weights,)
+        return hidden_states, all_hidden, all_attentions
+
+
+def _additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """`(B, S)` 0/1 mask -> additive `(B, 1, 1, S)` mask with 0 where attended and the dtype's minimum elsewhere."""
+    return (1.0 - mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Pre-trained model base
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+class OptTriPreTrainedModel(PreTrainedModel):
+    config_class = OptTriConfig
+    base_model_prefix = "opt_tri"
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_attention_backend = True
+    _no_split_modules = ["OptTriLayer", "BertLayer", "ViTLayer", "RobertaLayer"]
+
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        std = getattr(self.config, "initializer_range", 0.02)
+        if isinstance(module, OptTriAudioEmbeddings):
+            init.trunc_normal_(module.cls_token, std=std)
+            init.trunc_normal_(module.mask_token, std=std)
+        elif isinstance(module, OptTriModel):
+            init.trunc_normal_(module.fusion_cls_token, std=std)
+            init.constant_(module.logit_scale, self.config.logit_scale_init_value)
+        elif isinstance(module, nn.LayerNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+
+    @classmethod
+    def from_unimodal_pretrained(
+        cls,
+        text: str | None = None,
+        vision: str | None = None,
+        audio: str | None = None,
+        config: OptTriConfig | None = None,
+        **config_kwargs,
+    ) -> OptTriPreTrainedModel:
+        """
+        Build a model whose unimodal encoders start from local `transformers` checkpoint folders, as OPT started from
+        BERT and wav2vec 2.0. The cross-modal encoder and heads are newly initialised.
+
+        Args:
+            text: folder of a BERT-like text encoder (`BertModel`, `RobertaModel`, ... checkpoints, with or without
+                a pre-training head).
+            vision: folder of a `ViTModel` (or `ViTFor*`) checkpoint.
+            audio: folder of an [`OptTriAudioModel`] checkpoint, or of an Audio Spectrogram Transformer (`ASTModel`)
+                or ViT checkpoint, whose transformer layers are loaded into the audio encoder (its patch stem and
+                positions are new, since AST uses 2-D spectrogram patches).
+            config: an `OptTriConfig` giving the other settings; its matching sub-configs are replaced by those of the
+                checkpoints.
+            config_kwargs: further `OptTriConfig` arguments when `config` is not given.
+        """
+        config = OptTriConfig(**config_kwargs) if config is None else config
+        loaded: dict[str, PreTrainedModel] = {}
+        if text is not None:
+            loaded["text"] = AutoModel.from_pretrained(text)
+            config.text_config = loaded["text"].config
+        if vision is not None:
+            loaded["vision"] = AutoModel.from_pretrained(vision)
+            if loaded["vision"].config.model_type != "vit":
+                raise ValueError(f"vision={vision!r} is a {loaded['vision'].config.model_type!r} model; expected 'vit'")
+            config.vision_config = loaded["vision"].config
+        audio_state: dict[str, torch.Tensor] | None = None
+        if audio is not None:
+            audio_config, audio_state = _load_audio_encoder_checkpoint(audio, config.audio_config)
+            config.audio_config = audio_config
+        config._validate()
+        model = cls(config)
+        base: OptTriModel = model.base_model
+        for name, module in (("text", base.text_model), ("vision", base.vision_model)):
+            if name in loaded:
+                source = loaded[name].base_model.state_dict()
+                missing, unexpected = module.load_state_dict(source, strict=False)
+                missing = [k for k in missing if "pooler" not in k and "mask_token" not in k]
+                if missing:
+                    raise ValueError(f"The {name} checkpoint lacks weights the OPT-Tri {name} encoder needs: {missing}")
+                if unexpected:
+                    logger.info(f"Ignored {name} checkpoint weights not used by OPT-Tri: {unexpected}")
+        if audio_state is not None:
+            missing, _ = base.audio_model.load_state_dict(audio_state, strict=False)
+            if missing:
+                logger.warning(f"Audio encoder weights newly initialised (not in the checkpoint): {missing}")
+        return model
+
+
+def _load_audio_encoder_checkpoint(path: str, default: OptTriAudioConfig) -> tuple[OptTriAudioConfig, dict]:
+    """Read an OptTriAudioModel, ASTModel or ViTModel folder; return an audio config and a state dict in our names."""
+    source_config = AutoConfig.from_pretrained(path)
+    if source_config.model_type == OptTriAudioConfig.model_type:
+        model = OptTriAudioModel.from_pretrained(path)
+        return model.config, model.state_dict()
+    if source_config.model_type not in ("audio-spectrogram-transformer", "vit"):
+        raise ValueError(
+            f"audio={path!r} is a {source_config.model_type!r} checkpoint; OPT-Tri's audio encoder loads "
+            "'opt_tri_audio', 'audio-spectrogram-transformer' or 'vit' checkpoints"
+        )
+    source = AutoModel.from_pretrained(path)
+    config = OptTriAudioConfig(
+        num_mel_bins=getattr(source_config, "num_mel_bins", default.num_mel_bins),
+        patch_frames=default.patch_frames,
+        hidden_size=source_config.hidden_size,
+        num_hidden_layers=source_config.num_hidden_layers,
+        num_attention_heads=source_config.num_attention_heads,
+        intermediate_size=source_config.intermediate_size,
+        hidden_act=source_config.hidden_act,
+        layer_norm_eps=source_config.layer_norm_eps,
+        max_position_embeddings=default.max_position_embeddings,
+    )
+    renames = [
+        (r"^encoder\.layer\.(\d+)\.attention\.attention\.query\.", r"encoder.layers.\1.self_attn.q_proj."),
+        (r"^encoder\.layer\.(\d+)\.attention\.attention\.key\.", r"encoder.layers.\1.self_attn.k_proj."),
+        (r"^encoder\.layer\.(\d+)\.attention\.attention\.value\.", r"encoder.layers.\1.self_attn.v_proj."),
+        (r"^encoder\.layer\.(\d+)\.attention\.output\.dense\.", r"encoder.layers.\1.self_attn.out_proj."),
+        (r"^encoder\.layer\.(\d+)\.intermediate\.dense\.", r"encoder.layers.\1.mlp.fc1."),
+        (r"^encoder\.layer\.(\d+)\.output\.dense\.", r"encoder.layers.\1.mlp.fc2."),
+        (r"^encoder\.layer\.(\d+)\.layernorm_before\.", r"encoder.layers.\1.layer_norm1."),
+        (r"^encoder\.layer\.(\d+)\.layernorm_after\.", r"encoder.layers.\1.layer_norm2."),
+        (r"^layernorm\.", r"layernorm."),
+    ]
+    state = {}
+    for key, value in source.base_model.state_dict().items():
+        for pattern, replacement in renames:
+            new_key, count = re.subn(pattern, replacement, key)
+            if count:
+                state[new_key] = value
+                break
+    return config, state
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Audio encoder
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+class OptTriAudioEmbeddings(nn.Module):
+    """Log-mel `(B, M, T)` -> patches of `patch_frames` frames -> `[CLS]` + tokens + positions `(B, 1 + A, D)`."""
+
+    def __init__(self, config: OptTriAudioConfig):
+        super().__init__()
+        self.config = config
+        self.patch_embedding = nn.Conv1d(
+            config.num_mel_bins, config.hidden_size, kernel_size=config.patch_frames, stride=config.patch_frames
+        )
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
+        self.position_embedding = nn.Embedding(config.max_position_embeddings + 1, config.hidden_size)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, input_features: torch.Tensor, bool_masked_pos: torch.Tensor | None = None) -> torch.Tensor:
+        tokens = self.patch_embedding(input_features).transpose(1, 2)  # (B, A, D)
+        if bool_masked_pos is not None:
+            tokens = torch.where(bool_masked_pos[..., None], self.mask_token.to(tokens.dtype), tokens)
+        cls = self.cls_token.expand(tokens.shape[0], -1, -1).to(tokens.dtype)
+        embeddings = torch.cat([cls, tokens], dim=1)
+        positions = torch.arange(embeddings.shape[1], device=embeddings.device)
+        return self.dropout(embeddings + self.position_embedding(positions))
+
+
+class OptTriAudioModel(OptTriPreTrainedModel):
+    """The OPT-Tri audio encoder on its own (a `PreTrainedModel`, so it can be saved and reused)."""
+
+    config_class = OptTriAudioConfig
+    base_model_prefix = "audio_model"
+    main_input_name = "input_features"
+
+    def __init__(self, config: OptTriAudioConfig):
+        super().__init__(config)
+        self.embeddings = OptTriAudioEmbeddings(config)
+        self.encoder = OptTriEncoder(config)
+        self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.post_init()
+
+    def token_mask(self, audio_attention_mask: torch.Tensor) -> torch.Tensor:
+        """Frame mask `(B, T)` -> token mask `(B, 1 + A)` (a token is real if any of its frames is; `[CLS]` is 1)."""
+        batch, frames = audio_attention_mask.shape
+        pad = (-frames) % self.config.patch_frames
+        mask = F.pad(audio_attention_mask, (0, pad)).view(batch, -1, self.config.patch_frames).amax(-1)
+        return torch.cat([mask.new_ones(batch, 1), mask], dim=1)
+
+    def forward(
+        self,
+        input_features: torch.Tensor,
+        audio_attention_mask: torch.Tensor | None = None,
+        bool_masked_pos: torch.Tensor | None = None,
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+        return_dict: bool = True,
+        **kwargs,
+    ) -> BaseModelOutputWithPooling:
+        r"""
+        Args:
+            input_features (`(B, num_mel_bins, T)`): normalised log-mel frames from [`OptTriFeatureExtractor`].
+            audio_attention_mask (`(B, T)`): 1 for real frames, 0 for padding. Defaults to all ones.
+            bool_masked_pos (`(B, A)` bool): audio tokens to replace by the learned mask token (masked audio
+                modelling), where `A = ceil(T / patch_frames)`.
+
+        Returns: `last_hidden_state (B, 1 + A, D)`, `pooler_output (B, D)` (the `[CLS]` state), plus `hidden_states`
+        and `attentions` on request.
+        """
+        _check_audio_features(input_features, self.config)
+        frames = input_features.shape[-1]
+        pad = (-frames) % self.config.patch_frames
+        if audio_attention_mask is None:
+            audio_attention_mask = torch.ones(input_features.shape[0], frames, device=input_features.device)
+        if pad:
+            input_features = F.pad(input_features, (0, pad))
+        token_mask = self.token_mask(audio_attention_mask.long())
+        embeddings = self.embeddings(input_features, bool_masked_pos)
+        hidden, all_hidden, all_attentions = self.encoder(
+            embeddings, token_mask, output_attentions=output_attentions, output_hidden_states=output_hidden_states
+        )
+        hidden = self.layernorm(hidden)
+        return BaseModelOutputWithPooling(
+            last_hidden_state=hidden, pooler_output=hidden[:, 0], hidden_states=all_hidden, attentions=all_attentions
+        )
+
+
+def _check_audio_features(input_features: torch.Tensor, config: OptTriAudioConfig) -> None:
+    if not torch.is_tensor(input_features) or not input_features.is_floating_point():
+        raise TypeError("input_features must be a floating-point tensor of log-mel features (B, num_mel_bins, T)")
+    if input_features.ndim != 3 or input_features.shape[1] != config.num_mel_bins:
+        raise ValueError(
+            f"input_features must have shape (batch, {config.num_mel_bins} mel bins, frames); got "
+            f"{tuple(input_features.shape)}. Use OptTriFeatureExtractor with feature_size={config.num_mel_bins}."
+        )
+    tokens = math.ceil(input_features.shape[-1] / config.patch_frames)
+    if tokens > config.max_position_embeddings:
+        raise ValueError(
+            f"The audio is too long: {input_features.shape[-1]} frames give {tokens} audio tokens, more than "
+            f"audio_config.max_position_embeddings={config.max_position_embeddings}. Shorten the clips (the feature "
+            "extractor's max_length_seconds) or use a config with more positions."
+        )
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The tri-modal model
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+class OptTriModel(OptTriPreTrainedModel):
+    """
+    Text, vision and audio encoders feeding one single-stream cross-modal encoder over `[CLS] text | image | audio`.
+
+    Example:
+
+    ```python
+    >>> model = OptTriModel(config)
+    >>> out = model(input_ids=ids, attention_mask=mask, pixel_values=pixels)  # any non-empty subset of modalities
+    >>> out.pooler_output.shape, out.text_embeds.shape
+    ```
+    """
+
+    def __init__(self, config: OptTriConfig):
+        super().__init__(config)
+        try:
+            self.text_model = AutoModel.from_config(config.text_config, add_pooling_layer=False)
+        except TypeError:  # text encoders without a pooler take no `add_pooling_layer`
+            self.text_model = AutoModel.from_config(config.text_config)
+        self.vision_model = ViTModel(config.vision_config, add_pooling_layer=False, use_mask_token=True)
+        self.audio_model = OptTriAudioModel(config.audio_config)
+        # Keep one config object per component so that changes (e.g. the attention implementation) stay in sync.
+        self.text_model.config = config.text_config
+        self.vision_model.config = config.vision_config
+        self.audio_model.config = config.audio_config
+
+        fusion = config.fusion_config
+        self.text_to_fusion = nn.Linear(config.text_config.hidden_size, fusion.hidden_size)
+        self.image_to_fusion = nn.Linear(config.vision_config.hidden_size, fusion.hidden_size)
+        self.audio_to_fusion = nn.Linear(config.audio_config.hidden_size, fusion.hidden_size)
+        self.modality_embeddings = nn.Embedding(4, fusion.hidden_size)
+        self.fusion_cls_token = nn.Parameter(torch.zeros(1, 1, fusion.hidden_size))
+        self.fusion_encoder = OptTriEncoder(fusion)
+        self.fusion_layernorm = nn.LayerNorm(fusion.hidden_size, eps=fusion.layer_norm_eps)
+
+        self.text_projection = nn.Linear(config.text_config.hidden_size, config.projection_dim, bias=False)
+        self.image_projection = nn.Linear(config.vision_config.hidden_size, config.projection_dim, bias=False)
+        self.audio_projection = nn.Linear(config.audio_config.hidden_size, config.projection_dim, bias=False)
+        self.logit_scale = nn.Parameter(torch.tensor(float(config.logit_scale_init_value)))
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.text_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.text_model.set_input_embeddings(value)
+
+    # -- unimodal encoders -------------------------------------------------------------------------------------------
+
+    def encode_text(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, token_type_ids=None, **kwargs
+    ) -> torch.Tensor:
+        """Text encoder states `(B, L, text_hidden)`. A row whose mask is all 0 (no text) still runs, on `[CLS]`."""
+        if input_ids.ndim != 2:
+            raise ValueError(f"input_ids must have shape (batch, length); got {tuple(input_ids.shape)}")
+        vocab = self.config.text_config.vocab_size
+        if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= vocab):
+            raise ValueError(f"input_ids must be in [0, {vocab}); got values in [{int(input_ids.min())}, {int(input_ids.max())}]")
+        if attention_mask is not None:
+            attention_mask = attention_mask.clone()
+            attention_mask[:, 0] = 1
+        extra = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
+        return self.text_model(input_ids=input_ids, attention_mask=attention_mask, **extra, **kwargs).last_hidden_state
+
+    def encode_image(self, pixel_values: torch.Tensor, bool_masked_pos: torch.Tensor | None = None, **kwargs):
+        """ViT states `(B, 1 + N, vision_hidden)` (`[CLS]` first). `bool_masked_pos (B, N)` masks patches."""
+        vc = self.config.vision_config
+        if not torch.is_tensor(pixel_values) or not pixel_values.is_floating_point():
+            raise TypeError("pixel_values must be a floating-point tensor (B, C, H, W); use OptTriImageProcessor")
+        expected = (vc.num_channels, vc.image_size, vc.image_size)
+        if pixel_values.ndim != 4 or tuple(pixel_values.shape[1:]) != expected:
+            raise ValueError(
+                f"pixel_values must have shape (batch, {expected[0]}, {expected[1]}, {expected[2]}); got "
+                f"{tuple(pixel_values.shape)}. Use OptTriImageProcessor with image_size={vc.image_size}."
+            )
+        pixel_values = pixel_values.to(self.vision_model.embeddings.patch_embeddings.projection.weight.dtype)
+        return self.vision_model(pixel_values=pixel_values, bool_masked_pos=bool_masked_pos, **kwargs).last_hidden_state
+
+    def encode_audio(
+        self, input_features: torch.Tensor, audio_attention_mask: torch.Tensor | None = None, bool_masked_pos=None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Audio states `(B, 1 + A, audio_hidden)` and the token mask `(B, 1 + A)`."""
+        if audio_attention_mask is None:
+            audio_attention_mask = torch.ones(
+                input_features.shape[0], input_features.shape[-1], dtype=torch.long, device=input_features.device
+            )
+        out = self.audio_model(
+            input_features.to(self.audio_model.embeddings.patch_embedding.weight.dtype),
+            audio_attention_mask,
+            bool_masked_pos=bool_masked_pos,
+        )
+        return out.last_hidden_state, self.audio_model.token_mask(audio_attention_mask.long())
+
+    def get_text_features(self, input_ids, attention_mask=None, token_type_ids=None) -> torch.Tensor:
+        """Projected, L2-normalised text embeddings `(B, projection_dim)` from the text encoder's `[CLS]` state."""
+        hidden = self.encode_text(input_ids, attention_mask, token_type_ids)
+        return F.normalize(self.text_projection(hidden[:, 0]), dim=-1)
+
+    def get_image_features(self, pixel_values) -> torch.Tensor:
+        """Projected, L2-normalised image embeddings `(B, projection_dim)` from the ViT `[CLS]` state."""
+        return F.normalize(self.image_projection(self.encode_image(pixel_values)[:, 0]), dim=-1)
+
+    def get_audio_features(self, input_features, audio_attention_mask=None) -> torch.Tensor:
+        """Projected, L2-normalised audio embeddings `(B, projection_dim)` from the audio `[CLS]` state."""
+        hidden, _ = self.encode_audio(input_features, audio_attention_mask)
+        return F.normalize(self.audio_projection(hidden[:, 0]), dim=-1)
+
+    # -- cross-modal -------------------------------------------------------------------------------------------------
+
+    def fuse(
+        self,
+        text: tuple[torch.Tensor, torch.Tensor] | None = None,
+        image: tuple[torch.Tensor, torch.Tensor] | None = None,
+        audio: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """
+        Run the cross-modal encoder on unimodal encoder states, each given as `(states (B, n, d), mask (B, n))`.
+        Pre-training uses it to score mismatched combinations without running the unimodal encoders again.
+
+        Returns `(hidden (B, S, fusion_hidden), fusion_mask (B, S), modality_ids (S,))`.
+        """
+        inputs, masks, ids = [], [], []
+        for part, project, code in (
+            (text, self.text_to_fusion, MODALITY_TEXT),
+            (image, self.image_to_fusion, MODALITY_IMAGE),
+            (audio, self.audio_to_fusion, MODALITY_AUDIO),
+        ):
+            if part is not None:
+                inputs.append(project(part[0]))
+                masks.append(part[1].long())
+                ids.append(code)
+        if not inputs:
+            raise ValueError("fuse() needs at least one modality")
+        hidden, mask, modality_ids, _, _ = self._fuse(inputs, masks, ids, False, False)
+        return hidden, mask, modality_ids
+
+    def _fuse(self, inputs, masks, modality_codes, output_attentions, output_hidden_states):
+        batch = inputs[0].shape[0]
+        device = inputs[0].device
+        lengths = [x.shape[1] for x in inputs]
+        modality_ids = torch.repeat_interleave(
+            torch.tensor([MODALITY_CLS] + list(modality_codes), device=device), torch.tensor([1] + lengths, device=device)
+        )
+        cls = self.fusion_cls_token.expand(batch, -1, -1).to(inputs[0].dtype)
+        embeddings = torch.cat([cls] + inputs, dim=1) + self.modality_embeddings(modality_ids)
+        fusion_mask = torch.cat([masks[0].new_ones(batch, 1)] + masks, dim=1)
+        hidden, all_hidden, all_attentions = self.fusion_encoder(
+            embeddings, fusion_mask, output_attentions=output_attentions, output_hidden_states=output_hidden_states
+        )
+        return self.fusion_layernorm(hidden), fusion_mask, modality_ids, all_hidden, all_attentions
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.LongTensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        image_mask: torch.LongTensor | None = None,
+        input_features: torch.FloatTensor | None = None,
+        audio_attention_mask: torch.LongTensor | None = None,
+        image_bool_masked_pos: torch.BoolTensor | None = None,
+        audio_bool_masked_pos: torch.BoolTensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> OptTriModelOutput:
+        r"""
+        Args:
+            input_ids (`(B, L)`), attention_mask (`(B, L)`), token_type_ids (`(B, L)`): tokenised text. A row whose
+                `attention_mask` is all 0 has no text.
+            pixel_values (`(B, 3, H, W)`): images from [`OptTriImageProcessor`].
+            image_mask (`(B,)`): 1 where the row has an image (default: all rows).
+            input_features (`(B, num_mel_bins, T)`), audio_attention_mask (`(B, T)`): log-mel frames from
+                [`OptTriFeatureExtractor`]. A row whose mask is all 0 has no audio.
+            image_bool_masked_pos (`(B, N)` bool), audio_bool_masked_pos (`(B, A)` bool): patches / audio tokens to
+                replace by the learned mask token (masked modelling in pre-training).
+
+        At least one of `input_ids`, `pixel_values` and `input_features` must be given, with the same batch size.
+        """
+        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        sizes = {
+            name: tensor.shape[0]
+            for name, tensor in (("input_ids", input_ids), ("pixel_values", pixel_values), ("input_features", input_features))
+            if tensor is not None
+        }
+        if not sizes:
+            raise ValueError("No modality given: pass at least one of input_ids, pixel_values or input_features.")
+        if len(set(sizes.values())) > 1:
+            raise ValueError(f"The batch sizes of the modalities do not match: {sizes}")
+        batch = next(iter(sizes.values()))
+        fusion_inputs: list[torch.Tensor] = []
+        fusion_masks: list[torch.Tensor] = []
+        modality_ids: list[int] = []
+        fields: dict[str, torch.Tensor | tuple | None] = {}
+
+        if input_ids is not None:
+            if attention_mask is None:
+                attention_mask = torch.ones_like(input_ids)
+            text_hidden = self.encode_text(input_ids, attention_mask, token_type_ids)
+            fields["text_last_hidden_state"] = text_hidden
+            fields["text_embeds"] = F.normalize(self.text_projection(text_hidden[:, 0]), dim=-1)
+            fusion_inputs.append(self.text_to_fusion(text_hidden))
+            fusion_masks.append(attention_mask.long())
+            modality_ids.append(MODALITY_TEXT)
+        if pixel_values is not None:
+            image_hidden = self.encode_image(pixel_values, image_bool_masked_pos)
+            fields["image_last_hidden_state"] = image_hidden
+            fields["image_embeds"] = F.normalize(self.image_projection(image_hidden[:, 0]), dim=-1)
+            if image_mask is None:
+                image_mask = torch.ones(batch, dtype=torch.long, device=image_hidden.device)
+            fusion_inputs.append(self.image_to_fusion(image_hidden))
+            fusion_masks.append(image_mask.long()[:, None].expand(-1, image_hidden.shape[1]))
+            modality_ids.append(MODALITY_IMAGE)
+        if input_features is not None:
+            audio_hidden, token_mask = self.encode_audio(input_features, audio_attention_mask, audio_bool_masked_pos)
+            token_mask = token_mask * token_mask[:, 1:].amax(-1, keepdim=True)  # a row without audio drops [CLS] too
+            fields["audio_last_hidden_state"] = audio_hidden
+            fields["audio_token_mask"] = token_mask
+            fields["audio_embeds"] = F.normalize(self.audio_projection(audio_hidden[:, 0]), dim=-1)
+            fusion_inputs.append(self.audio_to_fusion(audio_hidden))
+            fusion_masks.append(token_mask)
+            modality_ids.append(MODALITY_AUDIO)
+
+        hidden, fusion_mask, modality_ids_t, all_hidden, all_attentions = self._fuse(
+            fusion_inputs, fusion_masks, modality_ids, output_attentions, output_hidden_states
+        )
+        output = OptTriModelOutput(
+            last_hidden_state=hidden,
+            pooler_output=hidden[:, 0],
+            fusion_attention_mask=fusion_mask,
+            modality_ids=modality_ids_t,
+            hidden_states=all_hidden,
+            attentions=all_attentions,
+            **fields,
+        )
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        return output if return_dict else output.to_tuple()
+
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Pre-training losses (each a plain function, unit-tested on its own)
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def mlm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy over masked tokens. logits `(..., V)`, labels `(...)` with -100 where not masked."""
+    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
+
+
+def masked_regression_loss(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over masked positions only. prediction/target `(B, n, d)`, mask `(B, n)` bool."""
+    error = (prediction.float() - target.float()).pow(2).mean(-1)
+    mask = mask.float()
+    return (error * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+def masked_frame_contrastive_loss(
+    prediction: torch.Tensor,
+    target: torch.Tensor,
+    masked: torch.Tensor,
+    real: torch.Tensor,
+    temperature: float,
+) -> torch.Tensor:
+    """
+    MAC: InfoNCE for each masked audio token between its prediction and the true frame patch (the positive), with
+    every other *real* (unpadded) frame patch of the batch as a negative. Logits are cosine similarities divided by
+    the temperature (higher = more similar; OPT's code used `1 - cos` and so had the sign inverted).
+
+    Args:
+        prediction, target: `(B, A, d)`; masked: `(B, A)` bool, positions to predict; real: `(B, A)` bool,
+            unpadded positions (candidates).
+    """
+    queries = F.normalize(prediction[masked].float(), dim=-1)  # (M, d)
+    candidates = F.normalize(target[real].float(), dim=-1)  # (R, d)
+    if queries.shape[0] == 0:
+        return prediction.sum() * 0.0
+    # index of each masked position among the real ones
+    real_index = torch.cumsum(real.flatten().long(), 0) - 1
+    positives = real_index[masked.flatten()]
+    logits = queries @ candidates.t() / temperature
+    return F.cross_entropy(logits, positives)
+
+
+def _gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
+    if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+        from torch.distributed.nn.functional import all_gather
+
+        return torch.cat(all_gather(tensor.contiguous()), dim=0)
+    return tensor
+
+
+def contrastive_loss(a: torch.Tensor, b: torch.Tensor, logit_scale: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """
+    Symmetric InfoNCE between normalised embeddings `a` and `b` `(B, d)` over the rows where `valid` `(B,)` is True,
+    gathered across processes (with gradients) so that every process sees all negatives.
+    """
+    a, b, valid = _gather_with_grad(a), _gather_with_grad(b), _gather_with_grad(valid.float()).bool()
+    a, b = a[valid], b[valid]
+    if a.shape[0] < 2:
+        return logit_scale * 0.0
+    logits = logit_scale.exp().clamp(max=100.0) * a.float() @ b.float().t()
+    labels = torch.arange(a.shape[0], device=a.device)
+    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2
+
+
+@torch.no_grad()
+def ipot_transport(cost: torch.Tensor, x_mask: torch.Tensor, y_mask: torch.Tensor, beta: float = 0.5, iterations: int = 50):
+    """
+    Inexact proximal-point optimal transport (IPOT, Xie et al. 2019), batched, as UNITER uses for WRA.
+
+    Args: cost `(B, n, m)`; x_mask `(B, n)`, y_mask `(B, m)` bool, real positions. Returns the plan `(B, n, m)`.
+    """
+    x_mask, y_mask = x_mask.float(), y_mask.float()
+    joint = x_mask[:, :, None] * y_mask[:, None, :]
+    x_len = x_mask.sum(1, keepdim=True).clamp(min=1.0)
+    y_len = y_mask.sum(1, keepdim=True).clamp(min=1.0)
+    sigma = y_mask / y_len  # (B, m)
+    plan = joint.clone()
+    kernel = torch.exp(-cost / beta) * joint
+    for _ in range(iterations):
+        q = kernel * plan
+        delta = 1.0 / (x_len * (q @ sigma[:, :, None]).squeeze(-1)).masked_fill(x_mask == 0, 1.0)
+        sigma = 1.0 / (y_len * (q.transpose(1, 2) @ delta[:, :, None]).squeeze(-1)).masked_fill(y_mask == 0, 1.0)
+        sigma = sigma * y_mask
+        plan = delta[:, :, None] * q * sigma[:, None, :]
+    return plan * joint
+
+
+def wra_loss(x: torch.Tensor, x_mask: torch.Tensor, y: torch.Tensor, y_mask: torch.Tensor, positive: torch.Tensor):
+    """
+    Word-region alignment: the optimal-transport distance between the token states `x (B, n, d)` and `y (B, m, d)`
+    (cost `1 - cos`), minimised for matched pairs (`positive` True) and maximised for mismatched ones.
+    """
+    cost = 1.0 - F.normalize(x.float(), dim=-1) @ F.normalize(y.float(), dim=-1).transpose(1, 2)
+    plan = ipot_transport(cost.detach(), x_mask.bool(), y_mask.bool())
+    distance = (plan * cost).sum(dim=(1, 2))
+    sign = positive.float() * 2 - 1
+    return (distance * sign).mean()
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Pre-training model
+# ----------------------------------------------------------------------------------------------------------------------
+
+#: The 5 classes of tri-modal matching.
+TRI_MATCHING_CLASSES = ("all_match", "image_audio_match", "text_image_match", "text_audio_match", "none_match")
+_PAIRS = (("text", "image"), ("text", "audio"), ("image", "audio"))
+
+
+@dataclass
+class OptTriForPreTrainingOutput(ModelOutput):
+    r"""
+    Output of [`OptTriForPreTraining`]. Each `*_loss` is a scalar, or `None` when that objective was not computed in
+    this call (switched off, not scheduled for this step, or its modalities absent from the batch).
+
+    Args:
+        loss: weighted sum of the computed losses (weights from `config.objectives`).
+        mlm_logits (`(B, L, vocab)`), mlm_labels (`(B, L)`, -100 where not masked): masked language modelling.
+        text_embeds / image_embeds / audio_embeds (`(B, projection_dim)`): normalised retrieval embeddings.
+        logit_scale: the contrastive logit scale (before `exp`).
+    """
+
+    loss: torch.FloatTensor | None = None
+    mlm_loss: torch.FloatTensor | None = None
+    mrfr_loss: torch.FloatTensor | None = None
+    mafr_loss: torch.FloatTensor | None = None
+    mac_loss: torch.FloatTensor | None = None
+    contrastive_loss: torch.FloatTensor | None = None
+    itm_loss: torch.FloatTensor | None = None
+    tri_matching_loss: torch.FloatTensor | None = None
+    wra_loss: torch.FloatTensor | None = None
+    mlm_logits: torch.FloatTensor | None = None
+    mlm_labels: torch.LongTensor | None = None
+    text_embeds: torch.FloatTensor | None = None
+    image_embeds: torch.FloatTensor | None = None
+    audio_embeds: torch.FloatTensor | None = None
+    logit_scale: torch.FloatTensor | None = None
+
+    def losses(self) -> dict[str, float]:
+        """The computed per-objective losses as Python floats (for logging)."""
+        return {k[: -len("_loss")]: float(v.detach()) for k, v in self.items() if k.endswith("_loss") and v is not None}
+
+
+def patchify_images(pixel_values: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """`(B, C, H, W)` -> `(B, N, C * p * p)` in the ViT patch order (row-major)."""
+    b, c, h, w = pixel_values.shape
+    x = pixel_values.reshape(b, c, h // patch_size, patch_size, w // patch_size, patch_size)
+    return x.permute(0, 2, 4, 1, 3, 5).reshape(b, (h // patch_size) * (w // patch_size), c * patch_size * patch_size)
+
+
+def patchify_audio(input_features: torch.Tensor, patch_frames: int) -> torch.Tensor:
+    """`(B, M, T)` -> `(B, ceil(T / p), M * p)`, zero-padded, in the order of the audio patch stem."""
+    pad = (-input_features.shape[-1]) % patch_frames
+    x = F.pad(input_features, (0, pad))
+    b, m, t = x.shape
+    return x.reshape(b, m, t // patch_frames, patch_frames).permute(0, 2, 1, 3).reshape(b, t // patch_frames, m * patch_frames)
+
+
+class OptTriPredictionHead(nn.Module):
+    """Dense + activation + LayerNorm + linear output (BERT's prediction-head shape)."""
+
+    def __init__(self, hidden_size: int, output_size: int, hidden_act: str, eps: float):
+        super().__init__()
+        self.dense = nn.Linear(hidden_size, hidden_size)
+        self.act = ACT2FN[hidden_act]
+        self.layer_norm = nn.LayerNorm(hidden_size, eps=eps)
+        self.decoder = nn.Linear(hidden_size, output_size)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.layer_norm(self.act(self.dense(hidden_states))))
+
+
+class OptTriForPreTraining(OptTriPreTrainedModel):
+    """
+    OPT-Tri with every OPT/UNITER pre-training objective. One call runs the unimodal encoders once, on the masked
+    inputs, and reuses their states for all objectives:
+
+    - token level: MLM (15%, 80/10/10), MRFR (masked image patch regression to the normalised pixels), MAFR (masked
+      audio patch regression to the log-mel frames) and MAC (InfoNCE between the predicted and the true frame patch,
+      negatives from real frames only). `masking_policy="conditional"` masks one modality per sample (UNITER),
+      `"joint"` all of them (OPT). Modalities not token-masked are dropped from the cross-modal input with
+      probability `modality_mask_probability` (modality-level masking; a sample always keeps one modality).
+    - sample level: contrastive alignment of every modality pair (learnable temperature, gathered across processes),
+      pairwise matching (ITM) of every pair with hard negatives sampled from the contrastive similarities, 5-way
+      tri-modal matching, and word-region alignment (WRA) by IPOT optimal transport between text and image tokens.
+
+    `tasks` picks the objectives of one call (one task per step, the OPT/UNITER scheduling); by default every
+    objective with a positive weight runs and `loss` is their weighted sum (FLAVA's scheduling).
+    """
+
+    def __init__(self, config: OptTriConfig):
+        super().__init__(config)
+        self.opt_tri = OptTriModel(config)
+        fc = config.fusion_config
+        vc = config.vision_config
+        ac = config.audio_config
+        self.mlm_head = OptTriPredictionHead(fc.hidden_size, config.text_config.vocab_size, fc.hidden_act, fc.layer_norm_eps)
+        patch_dim = vc.num_channels * vc.patch_size**2
+        self.mrfr_head = OptTriPredictionHead(fc.hidden_size, patch_dim, fc.hidden_act, fc.layer_norm_eps)
+        frame_dim = ac.num_mel_bins * ac.patch_frames
+        self.mafr_head = OptTriPredictionHead(fc.hidden_size, frame_dim, fc.hidden_act, fc.layer_norm_eps)
+        self.mac_head = OptTriPredictionHead(fc.hidden_size, frame_dim, fc.hidden_act, fc.layer_norm_eps)
+        self.itm_head = nn.Linear(fc.hidden_size, 2)
+        self.tri_matching_head = nn.Linear(fc.hidden_size, len(TRI_MATCHING_CLASSES))
+        self.post_init()
+
+    # -- masking -----------------------------------------------------------------------------------------------------
+
+    def mask_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, rows: torch.Tensor):
+        """BERT masking of the `rows` `(B,)` bool: returns (masked ids, labels with -100 where not masked)."""
+        cfg = self.config
+        candidates = attention_mask.bool() & rows[:, None]
+        for special in cfg.special_token_ids:
+            candidates &= input_ids != special
+        chosen = (torch.rand(input_ids.shape, device=input_ids.device) < cfg.mlm_probability) & candidates
+        # at least one masked token in every chosen row that has a candidate
+        first = torch.rand(input_ids.shape, device=input_ids.device).masked_fill(~candidates, -1.0).argmax(-1)
+        force = candidates.any(-1) & ~chosen.any(-1)
+        chosen[force, first[force]] = True
+        labels = input_ids.masked_fill(~chosen, -100)
+        roll = torch.rand(input_ids.shape, device=input_ids.device)
+        masked_ids = input_ids.clone()
+        masked_ids[chosen & (roll < 0.8)] = cfg.mask_token_id
+        random_tokens = torch.randint(cfg.text_config.vocab_size, input_ids.shape, device=input_ids.device)
+        swap = chosen & (roll >= 0.8) & (roll < 0.9)
+        masked_ids[swap] = random_tokens[swap]
+        return masked_ids, labels
+
+    @staticmethod
+    def _mask_positions(real: torch.Tensor, rows: torch.Tensor, probability: float) -> torch.Tensor:
+        """Choose ~`probability` of the `real` `(B, n)` positions of the `rows`, at least one per row."""
+        candidates = real.bool() & rows[:, None]
+        chosen = (torch.rand(real.shape, device=real.device) < probability) & candidates
+        first = torch.rand(real.shape, device=real.device).masked_fill(~candidates, -1.0).argmax(-1)
+        force = candidates.any(-1) & ~chosen.any(-1)
+        chosen[force, first[force]] = True
+        return chosen
+
+    def _choose_masked_modalities(self, present: dict[str, torch.Tensor], wanted: dict[str, bool]) -> dict[str, torch.Tensor]:
+        """Per sample, which modalities get token-level masking: one (conditional) or all present (joint)."""
+        eligible = {m: present[m] & wanted[m] for m in MODALITIES}
+        if self.config.masking_policy == "joint":
+            return eligible
+        stacked = torch.stack([eligible[m].float() for m in MODALITIES], dim=1)  # (B, 3)
+        scores = torch.rand(stacked.shape, device=stacked.device).masked_fill(stacked == 0, -1.0)
+        pick = scores.argmax(1)
+        has_any = stacked.sum(1) > 0
+        return {m: (pick == i) & has_any for i, m in enumerate(MODALITIES)}
+
+    def _drop_modalities(self, present: dict[str, torch.Tensor], keep: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Modality-level masking: drop each present modality not in `keep` with p=modality_mask_probability."""
+        p = self.config.modality_mask_probability
+        kept = {}
+        for m in MODALITIES:
+            dropped = torch.rand(present[m].shape, device=present[m].device) < p
+            kept[m] = present[m] & (keep[m] | ~dropped)
+        any_kept = torch.stack([kept[m] for m in MODALITIES], 1).any(1)
+        for m in MODALITIES:  # never drop everything: restore the modalities of rows that lost all of them
+            kept[m] = kept[m] | (present[m] & ~any_kept)
+        return kept
+
+    # -- forward -----------------------------------------------------------------------------------------------------
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.LongTensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        image_mask: torch.LongTensor | None = None,
+        input_features: torch.FloatTensor | None = None,
+        audio_attention_mask: torch.LongTensor | None = None,
+        tasks: list[str] | tuple[str, ...] | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> OptTriForPreTrainingOutput:
+        r"""
+        Inputs as for [`OptTriModel`] (clean, unmasked: masking happens here, with torch's global RNG).
+
+        Args:
+            tasks: objectives to compute in this call (names from `config.objectives`); default: all with weight > 0.
+        """
+        cfg = self.config
+        weights = cfg.objectives
+        if tasks is None:
+            tasks = [name for name, weight in weights.items() if weight > 0]
+        unknown = set(tasks) - set(weights)
+        if unknown:
+            raise ValueError(f"Unknown pre-training tasks {sorted(unknown)}; known: {sorted(weights)}")
+        tasks = set(tasks)
+        base = self.opt_tri
+        sizes = {
+            n: t.shape[0]
+            for n, t in (("input_ids", input_ids), ("pixel_values", pixel_values), ("input_features", input_features))
+            if t is not None
+        }
+        if not sizes:
+            raise ValueError("No modality given: pass at least one of input_ids, pixel_values or input_features.")
+        if len(set(sizes.values())) > 1:
+            raise ValueError(f"The batch sizes of the modalities do not match: {sizes}")
+        batch = next(iter(sizes.values()))
+        device = base.logit_scale.device
+        no = torch.zeros(batch, dtype=torch.bool, device=device)
+        if input_ids is not None and attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if pixel_values is not None and image_mask is None:
+            image_mask = torch.ones(batch, dtype=torch.long, device=device)
+        if input_features is not None and audio_attention_mask is None:
+            audio_attention_mask = torch.ones(batch, input_features.shape[-1], dtype=torch.long, device=device)
+        present = {
+            "text": attention_mask.bool().any(1) if input_ids is not None else no,
+            "image": image_mask.bool() if pixel_values is not None else no,
+            "audio": audio_attention_mask.bool().any(1) if input_features is not None else no,
+        }
+
+        # 1. token-level masking
+        masked_tasks = tasks & {"mlm", "mrfr", "mafr", "mac"}
+        wanted = {"text": "mlm" in tasks, "image": "mrfr" in tasks, "audio": bool(tasks & {"mafr", "mac"})}
+        masked_rows = self._choose_masked_modalities(present, wanted) if masked_tasks else {m: no for m in MODALITIES}
+        text_ids, mlm_labels = input_ids, None
+        image_masked = audio_masked = None
+        if input_ids is not None and masked_rows["text"].any():
+            text_ids, mlm_labels = self.mask_text(input_ids, attention_mask, masked_rows["text"])
+        if pixel_values is not None and masked_rows["image"].any():
+            n = cfg.num_image_patches
+            real = torch.ones(batch, n, dtype=torch.bool, device=device)
+            image_masked = self._mask_positions(real, masked_rows["image"], cfg.mvm_probability)
+        audio_real = None
+        if input_features is not None:
+            audio_real = base.audio_model.token_mask(audio_attention_mask.long())[:, 1:].bool()
+            if masked_rows["audio"].any():
+                audio_masked = self._mask_positions(audio_real, masked_rows["audio"], cfg.mam_probability)
+
+        # 2. unimodal encoders, once
+        states: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        embeds: dict[str, torch.Tensor] = {}
+        if input_ids is not None:
+            hidden = base.encode_text(text_ids, attention_mask, token_type_ids)
+            states["text"] = (hidden, attention_mask)
+            embeds["text"] = F.normalize(base.text_projection(hidden[:, 0]), dim=-1)
+        if pixel_values is not None:
+            hidden = base.encode_image(pixel_values, image_masked)
+            states["image"] = (hidden, image_mask[:, None].expand(-1, hidden.shape[1]))
+            embeds["image"] = F.normalize(base.image_projection(hidden[:, 0]), dim=-1)
+        if input_features is not None:
+            hidden, token_mask = base.encode_audio(input_features, audio_attention_mask, audio_masked)
+            token_mask = token_mask * token_mask[:, 1:].amax(-1, keepdim=True)
+            states["audio"] = (hidden, token_mask)
+            embeds["audio"] = F.normalize(base.audio_projection(hidden[:, 0]), dim=-1)
+
+        losses: dict[str, torch.Tensor] = {}
+        mlm_logits = None
+
+        # 3. masked modelling through the cross-modal encoder, with modality-level masking
+        if masked_tasks and any(masked_rows[m].any() for m in MODALITIES):
+            kept = self._drop_modalities(present, masked_rows)
+            parts = {
+                m: (states[m][0], states[m][1] * kept[m][:, None].long()) for m in states
+            }
+            fused, _, modality_ids = base.fuse(parts.get("text"), parts.get("image"), parts.get("audio"))
+            if "mlm" in tasks and mlm_labels is not None:
+                text_fused = fused[:, modality_ids == MODALITY_TEXT]
+                mlm_logits = self.mlm_head(text_fused)
+                losses["mlm"] = mlm_loss(mlm_logits, mlm_labels)
+            if "mrfr" in tasks and image_masked is not None:
+                patches = fused[:, modality_ids == MODALITY_IMAGE][:, 1:]
+                target = patchify_images(pixel_values.float(), cfg.vision_config.patch_size)
+                losses["mrfr"] = masked_regression_loss(self.mrfr_head(patches), target, image_masked)
+            if audio_masked is not None and tasks & {"mafr", "mac"}:
+                tokens = fused[:, modality_ids == MODALITY_AUDIO][:, 1:]
+                target = patchify_audio(input_features.float(), cfg.audio_config.patch_frames)
+                if "mafr" in tasks:
+                    losses["mafr"] = masked_regression_loss(self.mafr_head(tokens), target, audio_masked)
+                if "mac" in tasks:
+                    losses["mac"] = masked_frame_contrastive_loss(
+                        self.mac_head(tokens), target, audio_masked, audio_real, cfg.mac_temperature
+                    )
+
+        # 4. sample level
+        logit_scale = base.logit_scale
+        if "contrastive" in tasks:
+            pair_losses = [
+                contrastive_loss(embeds[a], embeds[b], logit_scale, present[a] & present[b])
+                for a, b in _PAIRS
+                if a in embeds and b in embeds and bool((present[a] & present[b]).sum() >= 2)
+            ]
+            if pair_losses:
+                losses["contrastive"] = torch.stack(pair_losses).mean()
+        if tasks & {"itm", "wra"}:
+            itm_losses, wra_losses = [], []
+            for a, b in _PAIRS:
+                valid = present[a] & present[b] if a in states and b in states else no
+                if int(valid.sum()) < 2:
+                    continue
+                itm, wra = self._pair_matching(a, b, states, embeds, valid, want_wra="wra" in tasks and a == "text")
+                itm_losses.append(itm)
+                if wra is not None:
+                    wra_losses.append(wra)
+            if "itm" in tasks and itm_losses:
+                losses["itm"] = torch.stack(itm_losses).mean()
+            if wra_losses:
+                losses["wra"] = torch.stack(wra_losses).mean()
+        if "tri_matching" in tasks and len(states) == 3:
+            valid = present["text"] & present["image"] & present["audio"]
+            if int(valid.sum()) >= 3:
+                losses["tri_matching"] = self._tri_matching(states, valid)
+
+        total = None
+        for name, value in losses.items():
+            term = weights[name] * value
+            total = term if total is None else total + term
+        output = OptTriForPreTrainingOutput(
+            loss=total,
+            **{f"{name}_loss": value for name, value in losses.items()},
+            mlm_logits=mlm_logits,
+            mlm_labels=mlm_labels,
+            text_embeds=embeds.get("text"),
+            image_embeds=embeds.get("image"),
+            audio_embeds=embeds.get("audio"),
+            logit_scale=logit_scale,
+        )
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        return output if return_dict else output.to_tuple()
+
+    def _pair_matching(self, a, b, states, embeds, valid, want_wra):
+        """ITM for the pair (a, b): positives, plus one hard negative per side sampled from the similarities."""
+        base = self.opt_tri
+        rows = valid.nonzero().flatten()
+        with torch.no_grad():
+            sim = embeds[a][rows].float() @ embeds[b][rows].float().t()
+            weights = F.softmax(sim * base.logit_scale.exp().clamp(max=100.0), dim=1)
+            weights.fill_diagonal_(0.0)
+            weights = weights + 1e-6 * (1 - torch.eye(len(rows), device=sim.device))  # never all zero
+            neg_b = rows[torch.multinomial(weights, 1).flatten()]
+            neg_a = rows[torch.multinomial(weights.t(), 1).flatten()]
+        a_index = torch.cat([rows, rows, neg_a])
+        b_index = torch.cat([rows, neg_b, rows])
+        parts = {a: _take(states[a], a_index), b: _take(states[b], b_index)}
+        fused, fusion_mask, modality_ids = base.fuse(parts.get("text"), parts.get("image"), parts.get("audio"))
+        labels = torch.cat([torch.ones_like(rows), torch.zeros_like(rows), torch.zeros_like(rows)])
+        itm = F.cross_entropy(self.itm_head(fused[:, 0]).float(), labels)
+        wra = None
+        if want_wra:
+            code_a = {"text": MODALITY_TEXT, "image": MODALITY_IMAGE, "audio": MODALITY_AUDIO}
+            xa = modality_ids == code_a[a]
+            xb = modality_ids == code_a[b]
+            # token states only (the unimodal [CLS] of image/audio is excluded; text [CLS] too)
+            xa_idx = xa.nonzero().flatten()[1:]
+            xb_idx = xb.nonzero().flatten()[1:]
+            wra = wra_loss(
+                fused[:, xa_idx], fusion_mask[:, xa_idx], fused[:, xb_idx], fusion_mask[:, xb_idx], labels.bool()
+            )
+        return itm, wra
+
+    def _tri_matching(self, states, valid):
+        """5-way matching: which modalities of a (text, image, audio) triple belong to the same sample."""
+        rows = valid.nonzero().flatten()
+        n = len(rows)
+        device = rows.device
+        classes = torch.randint(len(TRI_MATCHING_CLASSES), (n,), device=device)
+        shift1 = torch.randint(1, n, (1,), device=device)
+        shift2 = (shift1 + torch.randint(1, n - 1, (1,), device=device)) % n if n > 2 else shift1
+        other1 = rows[(torch.arange(n, device=device) + shift1) % n]  # always a different sample
+        other2 = rows[(torch.arange(n, device=device) + shift2) % n]  # different from the sample and from other1
+        text_idx = torch.where((classes == 1) | (classes == 4), other1, rows)
+        image_idx = torch.where(classes == 3, other1, rows)
+        audio_idx = torch.where(classes == 2, other1, torch.where(classes == 4, other2, rows))
+        fused, _, _ = self.opt_tri.fuse(
+            _take(states["text"], text_idx), _take(states["image"], image_idx), _take(states["audio"], audio_idx)
+        )
+        return F.cross_entropy(self.tri_matching_head(fused[:, 0]).float(), classes)
+
+
+def _take(part: tuple[torch.Tensor, torch.Tensor], index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return part[0][index], part[1][index]
+
+
+__all__ = [
+    "OptTriAudioModel",
+    "OptTriForPreTraining",
+    "OptTriForPreTrainingOutput",
+    "OptTriModel",
+    "OptTriModelOutput",
+    "OptTriPreTrainedModel",
+]

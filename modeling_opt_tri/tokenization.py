@@ -1,0 +1,109 @@
+"""Train a small lowercase WordPiece (BERT-style) tokenizer for OPT-Tri.
+
+This module is *not* a Hub file: it is only needed to build a tokenizer, never to load one. A tokenizer
+built here is an ordinary `transformers.BertTokenizerFast`; once saved, it reloads with
+`AutoTokenizer.from_pretrained(directory)` without this package.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from transformers import BertTokenizerFast
+
+SPECIAL_TOKENS: tuple[str, ...] = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+"""Special tokens, in id order: `[PAD]` is 0, `[UNK]` 1, `[CLS]` 2, `[SEP]` 3, `[MASK]` 4."""
+
+
+def _non_empty(corpus: Iterable[str]) -> Iterator[str]:
+    """Yield the non-empty strings of `corpus`; raise `TypeError` on a non-string entry."""
+    for index, text in enumerate(corpus):
+        if not isinstance(text, str):
+            raise TypeError(f"corpus entry {index} is a {type(text).__name__}, expected str")
+        if text.strip():
+            yield text
+
+
+def build_wordpiece_tokenizer(
+    corpus: Iterable[str],
+    vocab_size: int = 8192,
+    min_frequency: int = 1,
+    model_max_length: int = 64,
+    save_directory: str | os.PathLike | None = None,
+) -> BertTokenizerFast:
+    """Train a lowercase WordPiece tokenizer on `corpus` and wrap it as a `BertTokenizerFast`.
+
+    The pipeline is BERT's: `BertNormalizer` (lowercase, strip accents, clean text), `BertPreTokenizer`,
+    WordPiece with `##` continuation prefix, and a post-processor that builds `[CLS] A [SEP]` and
+    `[CLS] A [SEP] B [SEP]` (token type ids 0 / 1).
+
+    Args:
+        corpus: Texts to train on (any iterable, consumed once). Empty strings are skipped.
+        vocab_size: Upper bound on the vocabulary size, special tokens included. The trained vocabulary is
+            smaller when the corpus does not have enough distinct pieces.
+        min_frequency: Minimum count for a merged piece to enter the vocabulary.
+        model_max_length: The tokenizer's `model_max_length` (longest sequence, special tokens included).
+        save_directory: When given, the tokenizer is saved there with `save_pretrained`.
+
+    Returns:
+        A `BertTokenizerFast` with `[PAD]`=0, `[UNK]`=1, `[CLS]`=2, `[SEP]`=3, `[MASK]`=4.
+
+    Raises:
+        ValueError: if `vocab_size` is too small for the special tokens, `min_frequency < 1`,
+            `model_max_length < 2`, or the corpus holds no text.
+        TypeError: if a corpus entry is not a string.
+    """
+    if vocab_size <= len(SPECIAL_TOKENS):
+        raise ValueError(f"vocab_size must exceed the {len(SPECIAL_TOKENS)} special tokens, got {vocab_size}")
+    if min_frequency < 1:
+        raise ValueError(f"min_frequency must be >= 1, got {min_frequency}")
+    if model_max_length < 2:
+        raise ValueError(f"model_max_length must be >= 2 ([CLS] and [SEP]), got {model_max_length}")
+
+    unk, cls, sep = "[UNK]", "[CLS]", "[SEP]"
+    backend = Tokenizer(models.WordPiece(unk_token=unk, continuing_subword_prefix="##"))
+    backend.normalizer = normalizers.BertNormalizer(
+        clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=True
+    )
+    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    backend.decoder = decoders.WordPiece(prefix="##")
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=list(SPECIAL_TOKENS),
+        continuing_subword_prefix="##",
+        show_progress=False,
+    )
+    texts = list(_non_empty(corpus))
+    if not texts:
+        raise ValueError("corpus holds no non-empty text to train the tokenizer on")
+    backend.train_from_iterator(texts, trainer=trainer, length=len(texts))
+    for expected_id, token in enumerate(SPECIAL_TOKENS):
+        actual_id = backend.token_to_id(token)
+        if actual_id != expected_id:  # the trainer puts special tokens first; make sure of it
+            raise RuntimeError(f"special token {token} got id {actual_id}, expected {expected_id}")
+    backend.post_processor = processors.TemplateProcessing(
+        single=f"{cls}:0 $A:0 {sep}:0",
+        pair=f"{cls}:0 $A:0 {sep}:0 $B:1 {sep}:1",
+        special_tokens=[(cls, backend.token_to_id(cls)), (sep, backend.token_to_id(sep))],
+    )
+
+    tokenizer = BertTokenizerFast(
+        tokenizer_object=backend,
+        do_lower_case=True,  # transformers 5.0 defaults to False; be explicit
+        unk_token=unk,
+        sep_token=sep,
+        pad_token="[PAD]",
+        cls_token=cls,
+        mask_token="[MASK]",
+        model_max_length=model_max_length,
+    )
+    if len(tokenizer) != backend.get_vocab_size():
+        raise RuntimeError(
+            f"wrapped tokenizer has {len(tokenizer)} tokens but the trained one has {backend.get_vocab_size()}"
+        )
+    if save_directory is not None:
+        tokenizer.save_pretrained(os.fspath(save_directory))
+    return tokenizer
