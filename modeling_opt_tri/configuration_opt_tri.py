@@ -6,8 +6,10 @@
   encoders work too), so that the text encoder can start from an existing checkpoint.
 - `vision_config`: a [`ViTConfig`] (ViT over image patches; no object detector).
 - `audio_config`: an [`OptTriAudioConfig`] (log-mel patches through a patch stem and a pre-norm transformer).
-- `fusion_config`: an [`OptTriFusionConfig`] (the single-stream cross-modal encoder over
-  `[CLS] text | image | audio`).
+- `cross_modal_config`: an [`OptTriFusionConfig`] (the single-stream cross-modal encoder over
+  `[CLS] text | image | audio`). It is not called `fusion_config`: transformers >= 5.24 reserves
+  `config.fusion_config` for its runtime kernel fusions, and `from_pretrained` fails on a config with that attribute.
+  `fusion_config=` is still accepted as an input alias (older `config.json` files).
 
 Plus the settings of the pre-training objectives (see `OptTriForPreTraining`).
 """
@@ -107,7 +109,7 @@ class OptTriFusionConfig(PretrainedConfig):
     """
 
     model_type = "opt_tri_fusion"
-    base_config_key = "fusion_config"
+    base_config_key = "cross_modal_config"
 
     def __init__(
         self,
@@ -172,7 +174,8 @@ class OptTriConfig(PretrainedConfig):
             A dict with a `model_type` key builds that type through `AutoConfig`.
         vision_config (`dict` or [`ViTConfig`], *optional*): vision encoder config.
         audio_config (`dict` or [`OptTriAudioConfig`], *optional*): audio encoder config.
-        fusion_config (`dict` or [`OptTriFusionConfig`], *optional*): cross-modal encoder config.
+        cross_modal_config (`dict` or [`OptTriFusionConfig`], *optional*): cross-modal encoder config (`fusion_config`
+            is accepted as an alias of this argument, never stored under that name).
         projection_dim (`int`, defaults to 256): size of the projected, normalised retrieval embeddings.
         logit_scale_init_value (`float`, defaults to 2.6592): initial value of the learnable contrastive logit scale
             (log of the inverse temperature, as in CLIP).
@@ -198,7 +201,7 @@ class OptTriConfig(PretrainedConfig):
         "text_config": AutoConfig,
         "vision_config": AutoConfig,
         "audio_config": OptTriAudioConfig,
-        "fusion_config": OptTriFusionConfig,
+        "cross_modal_config": OptTriFusionConfig,
     }
 
     def __init__(
@@ -206,7 +209,7 @@ class OptTriConfig(PretrainedConfig):
         text_config: dict | PretrainedConfig | None = None,
         vision_config: dict | PretrainedConfig | None = None,
         audio_config: dict | PretrainedConfig | None = None,
-        fusion_config: dict | PretrainedConfig | None = None,
+        cross_modal_config: dict | PretrainedConfig | None = None,
         projection_dim: int = 256,
         logit_scale_init_value: float = 2.6592,
         initializer_range: float = 0.02,
@@ -224,7 +227,12 @@ class OptTriConfig(PretrainedConfig):
         self.text_config = _as_sub_config(text_config, BertConfig, "text_config")
         self.vision_config = _as_sub_config(vision_config, ViTConfig, "vision_config")
         self.audio_config = _as_sub_config(audio_config, OptTriAudioConfig, "audio_config")
-        self.fusion_config = _as_sub_config(fusion_config, OptTriFusionConfig, "fusion_config")
+        legacy = kwargs.pop("fusion_config", None)  # old name; see the module docstring
+        if legacy is not None:
+            if cross_modal_config is not None:
+                raise ValueError("Pass cross_modal_config or its old name fusion_config, not both")
+            cross_modal_config = legacy
+        self.cross_modal_config = _as_sub_config(cross_modal_config, OptTriFusionConfig, "cross_modal_config")
         self.projection_dim = projection_dim
         self.logit_scale_init_value = logit_scale_init_value
         self.initializer_range = initializer_range
@@ -283,3 +291,5 @@ class OptTriConfig(PretrainedConfig):
 
 
 __all__ = ["OptTriAudioConfig", "OptTriConfig", "OptTriFusionConfig", "PRETRAINING_OBJECTIVES"]
+
+OptTriConfig.register_for_auto_class()

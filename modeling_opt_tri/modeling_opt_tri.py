@@ -245,6 +245,17 @@ class OptTriPreTrainedModel(PreTrainedModel):
             init.ones_(module.weight)
             init.zeros_(module.bias)
 
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """`PreTrainedModel.save_pretrained`, plus `auto_map` entries for every OPT-Tri head in `config.json`, so
+        that `AutoModel`/`AutoModelForPreTraining` load any OPT-Tri checkpoint through `trust_remote_code=True`."""
+        if getattr(self.config, "model_type", None) == OptTriConfig.model_type:
+            auto_map = dict(getattr(self.config, "auto_map", None) or {})
+            auto_map.setdefault("AutoConfig", "configuration_opt_tri.OptTriConfig")
+            auto_map.setdefault("AutoModel", "modeling_opt_tri.OptTriModel")
+            auto_map.setdefault("AutoModelForPreTraining", "modeling_opt_tri.OptTriForPreTraining")
+            self.config.auto_map = auto_map
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
     @classmethod
     def from_unimodal_pretrained(
         cls,
@@ -482,7 +493,7 @@ class OptTriModel(OptTriPreTrainedModel):
         self.vision_model.config = config.vision_config
         self.audio_model.config = config.audio_config
 
-        fusion = config.fusion_config
+        fusion = config.cross_modal_config
         self.text_to_fusion = nn.Linear(config.text_config.hidden_size, fusion.hidden_size)
         self.image_to_fusion = nn.Linear(config.vision_config.hidden_size, fusion.hidden_size)
         self.audio_to_fusion = nn.Linear(config.audio_config.hidden_size, fusion.hidden_size)
@@ -726,8 +737,9 @@ def masked_frame_contrastive_loss(
 ) -> torch.Tensor:
     """
     MAC: InfoNCE for each masked audio token between its prediction and the true frame patch (the positive), with
-    every other *real* (unpadded) frame patch of the batch as a negative. Logits are cosine similarities divided by
-    the temperature (higher = more similar; OPT's code used `1 - cos` and so had the sign inverted).
+    every other *real* (unpadded) frame patch of the same clip as a negative. Logits are cosine similarities divided
+    by the temperature (higher = more similar; OPT's code used `1 - cos` and so had the sign inverted, and took
+    negatives across samples and from padding).
 
     Args:
         prediction, target: `(B, A, d)`; masked: `(B, A)` bool, positions to predict; real: `(B, A)` bool,
@@ -741,14 +753,33 @@ def masked_frame_contrastive_loss(
     real_index = torch.cumsum(real.flatten().long(), 0) - 1
     positives = real_index[masked.flatten()]
     logits = queries @ candidates.t() / temperature
-    return F.cross_entropy(logits, positives)
+    sample = torch.arange(real.shape[0], device=real.device)[:, None].expand(real.shape)
+    same_clip = sample[masked][:, None] == sample[real][None, :]  # (M, R): negatives from the query's own clip only
+    return F.cross_entropy(logits.masked_fill(~same_clip, float("-inf")), positives)
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """all_gather whose backward sends every process the gradient of its own slice (summed over processes)."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        world = torch.distributed.get_world_size()
+        parts = [torch.empty_like(tensor) for _ in range(world)]
+        torch.distributed.all_gather(parts, tensor.contiguous())
+        ctx.rank, ctx.size = torch.distributed.get_rank(), tensor.shape[0]
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous()
+        torch.distributed.all_reduce(grad)
+        return grad[ctx.rank * ctx.size : (ctx.rank + 1) * ctx.size]
 
 
 def _gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate `tensor` `(B, ...)` from every process (equal B everywhere), keeping gradients."""
     if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
-        from torch.distributed.nn.functional import all_gather
-
-        return torch.cat(all_gather(tensor.contiguous()), dim=0)
+        return _GatherWithGrad.apply(tensor)
     return tensor
 
 
@@ -894,7 +925,7 @@ class OptTriForPreTraining(OptTriPreTrainedModel):
     def __init__(self, config: OptTriConfig):
         super().__init__(config)
         self.opt_tri = OptTriModel(config)
-        fc = config.fusion_config
+        fc = config.cross_modal_config
         vc = config.vision_config
         ac = config.audio_config
         self.mlm_head = OptTriPredictionHead(fc.hidden_size, config.text_config.vocab_size, fc.hidden_act, fc.layer_norm_eps)
@@ -1162,7 +1193,10 @@ class OptTriForPreTraining(OptTriPreTrainedModel):
         device = rows.device
         classes = torch.randint(len(TRI_MATCHING_CLASSES), (n,), device=device)
         shift1 = torch.randint(1, n, (1,), device=device)
-        shift2 = (shift1 + torch.randint(1, n - 1, (1,), device=device)) % n if n > 2 else shift1
+        shift2 = shift1
+        if n > 2:  # uniform over {1..n-1} minus {shift1} (a shift of 0 would pick the sample itself)
+            shift2 = torch.randint(1, n - 1, (1,), device=device)
+            shift2 = shift2 + (shift2 >= shift1).long()
         other1 = rows[(torch.arange(n, device=device) + shift1) % n]  # always a different sample
         other2 = rows[(torch.arange(n, device=device) + shift2) % n]  # different from the sample and from other1
         text_idx = torch.where((classes == 1) | (classes == 4), other1, rows)
@@ -1186,3 +1220,6 @@ __all__ = [
     "OptTriModelOutput",
     "OptTriPreTrainedModel",
 ]
+
+OptTriModel.register_for_auto_class("AutoModel")
+OptTriForPreTraining.register_for_auto_class("AutoModelForPreTraining")

@@ -1,0 +1,29 @@
+"""Evaluate cross-modal retrieval (R@1/5/10, six directions) of an OPT-Tri checkpoint on a held-out split.
+
+    python examples/evaluate_retrieval.py --model outputs/tiny/final
+"""
+
+import argparse
+
+from modeling_opt_tri import OptTriModel, OptTriProcessor
+from modeling_opt_tri.training.pretrain import PretrainArguments, evaluate_retrieval
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, help="checkpoint folder (save_pretrained output)")
+    parser.add_argument("--dataset", default="builtin", help="'builtin', a metadata.jsonl folder or a dataset name")
+    parser.add_argument("--split", default="validation")
+    parser.add_argument("--eval_rows", type=int, default=200, help="rows of the built-in dataset")
+    parser.add_argument("--seed", type=int, default=42, help="seed of the built-in dataset (as in pre-training)")
+    parser.add_argument("--batch_size", type=int, default=64)
+    args = parser.parse_args()
+    model = OptTriModel.from_pretrained(args.model).eval()
+    processor = OptTriProcessor.from_pretrained(args.model)
+    settings = PretrainArguments(dataset=args.dataset, eval_split=args.split, eval_rows=args.eval_rows, seed=args.seed,
+                                 eval_batch_size=args.batch_size)
+    evaluate_retrieval(model, processor, settings)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,238 @@
+"""Batching for pre-training: robust decoding + processing of rows, and length-grouped batch sampling.
+
+`TriModalCollator` turns dataset rows (any mix of text / image / audio, any of them missing per row, in any of the
+forms `decoding.py` accepts) into model inputs. Rows that fail to decode are skipped and counted in the batch's
+`num_skipped_rows`, so a corrupt file never stops a run.
+
+`LengthGroupedBatchSampler` implements UNITER-style dynamic batching: rows are shuffled, cut into mega-batches,
+sorted by length inside each mega-batch and batched either by a fixed number of rows or by a token budget, so that
+padding stays small. The order depends only on `(seed, epoch)`, which makes the data position resumable.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from transformers.utils import logging
+
+from .decoding import CorruptSampleError, decode_audio, decode_image
+
+logger = logging.get_logger(__name__)
+
+
+class TriModalCollator:
+    """
+    Decode and process a list of rows into one batch.
+
+    Args:
+        processor: an `OptTriProcessor`.
+        text_column / image_column / audio_column: column names (a missing column or a `None` value means the row
+            lacks that modality).
+
+    Returns (from `__call__`): a dict of tensors as the processor gives them (`input_ids`, `attention_mask`,
+    `pixel_values`, `image_mask`, `input_features`, `audio_attention_mask`, for the modalities present in the batch)
+    plus `num_skipped_rows` (int) and `skipped_reasons` (list of str). When every row of the batch is corrupt the
+    dict holds only those two keys.
+    """
+
+    def __init__(self, processor, text_column: str = "text", image_column: str = "image", audio_column: str = "audio"):
+        self.processor = processor
+        self.text_column = text_column
+        self.image_column = image_column
+        self.audio_column = audio_column
+        self.sampling_rate = processor.feature_extractor.sampling_rate
+
+    def decode_row(self, row: dict[str, Any], context: str) -> tuple[str | None, Any, np.ndarray | None]:
+        """Decode one row; raise `CorruptSampleError` when it cannot be used."""
+        text = row.get(self.text_column)
+        if text is not None:
+            if isinstance(text, bytes):
+                try:
+                    text = text.decode("utf-8")
+                except UnicodeDecodeError as error:
+                    raise CorruptSampleError(f"{context}: text is not valid UTF-8 ({error})") from error
+            if not isinstance(text, str):
+                raise CorruptSampleError(f"{context}: text must be a string, got {type(text).__name__}")
+            text = text if text.strip() else None
+        image = row.get(self.image_column)
+        image = decode_image(image, context=context) if image is not None else None
+        audio = row.get(self.audio_column)
+        if audio is not None:
+            wave, rate = decode_audio(audio, context=context)
+            if rate != self.sampling_rate:
+                from scipy.signal import resample_poly
+
+                common = math.gcd(int(rate), int(self.sampling_rate))
+                wave = resample_poly(wave, self.sampling_rate // common, int(rate) // common).astype(np.float32)
+            audio = wave
+        if text is None and image is None and audio is None:
+            raise CorruptSampleError(f"{context}: the row has no text, image or audio")
+        return text, image, audio
+
+    def __call__(self, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        texts, images, audios, reasons = [], [], [], []
+        for position, row in enumerate(rows):
+            context = f"row {row.get('id', position)}"
+            try:
+                text, image, audio = self.decode_row(row, context)
+            except CorruptSampleError as error:
+                reasons.append(str(error))
+                continue
+            texts.append(text)
+            images.append(image)
+            audios.append(audio)
+        batch: dict[str, Any] = {"num_skipped_rows": len(reasons), "skipped_reasons": reasons}
+        if not texts:
+            return batch
+        features = self.processor(
+            text=texts if any(t is not None for t in texts) else None,
+            images=images if any(i is not None for i in images) else None,
+            audio=audios if any(a is not None for a in audios) else None,
+            sampling_rate=self.sampling_rate,
+            return_tensors="pt",
+        )
+        batch.update(features)
+        return batch
+
+
+def padding_fraction(batch: dict[str, Any]) -> tuple[int, int]:
+    """(padded, total) token counts of the variable-length parts of a batch (text tokens and audio frames)."""
+    padded = total = 0
+    for key in ("attention_mask", "audio_attention_mask"):
+        mask = batch.get(key)
+        if mask is not None:
+            total += mask.numel()
+            padded += int(mask.numel() - mask.sum())
+    return padded, total
+
+
+def row_lengths(dataset, tokenizer=None, text_column="text", audio_column="audio", frames_per_second=100.0) -> list[int]:
+    """
+    Approximate model length of every row: text tokens plus audio frames. Used for length grouping. Text length is
+    counted with `tokenizer` when given (else whitespace words + 2); audio length from the array length or the file
+    header, without decoding the audio.
+    """
+    import soundfile
+
+    columns = dataset.column_names
+    lengths = np.zeros(len(dataset), dtype=np.int64)
+    if text_column in columns:
+        texts = [t if isinstance(t, str) else "" for t in dataset[text_column]]
+        if tokenizer is not None:
+            counts = [len(ids) for ids in tokenizer(texts, add_special_tokens=True, truncation=False)["input_ids"]]
+        else:
+            counts = [len(t.split()) + 2 for t in texts]
+        lengths += np.asarray(counts)
+    if audio_column in columns:
+        frames = []
+        for value in dataset.with_format(None)[audio_column] if hasattr(dataset, "with_format") else dataset[audio_column]:
+            seconds = 0.0
+            try:
+                if isinstance(value, dict) and value.get("array") is not None:
+                    seconds = len(value["array"]) / float(value["sampling_rate"])
+                elif isinstance(value, (str, dict)):
+                    path = value if isinstance(value, str) else value.get("path")
+                    if path:
+                        info = soundfile.info(path)
+                        seconds = info.frames / float(info.samplerate)
+            except Exception:  # unreadable: length 0 here, the collator skips and counts the row later
+                seconds = 0.0
+            frames.append(int(seconds * frames_per_second))
+        lengths += np.asarray(frames, dtype=np.int64)
+    return lengths.tolist()
+
+
+class LengthGroupedBatchSampler:
+    """
+    Deterministic, resumable, length-grouped batches of row indices.
+
+    Args:
+        lengths: length of every row (see `row_lengths`).
+        batch_size: rows per batch (the upper bound when `max_tokens` is set).
+        max_tokens: optional token budget: a batch holds at most `max_tokens` padded tokens (rows x longest row).
+        group_by_length: sort inside mega-batches (False gives plain shuffled batches, for comparison).
+        mega_batch_factor: batches per mega-batch.
+        seed: the order of epoch `e` depends only on `(seed, e)`.
+        drop_last: drop the final smaller batch of each epoch (needed for equal batches across processes).
+    """
+
+    def __init__(
+        self,
+        lengths: Sequence[int],
+        batch_size: int,
+        max_tokens: int | None = None,
+        group_by_length: bool = True,
+        mega_batch_factor: int = 32,
+        seed: int = 0,
+        drop_last: bool = False,
+    ):
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if max_tokens is not None and max_tokens < max(lengths, default=0):
+            raise ValueError(f"max_tokens={max_tokens} is smaller than the longest row ({max(lengths)} tokens)")
+        self.lengths = np.asarray(lengths, dtype=np.int64)
+        self.batch_size = batch_size
+        self.max_tokens = max_tokens
+        self.group_by_length = group_by_length
+        self.mega_batch_factor = mega_batch_factor
+        self.seed = seed
+        self.drop_last = drop_last
+
+    def batches(self, epoch: int) -> list[list[int]]:
+        """All batches of `epoch`, in order."""
+        rng = np.random.default_rng([self.seed, epoch])
+        order = rng.permutation(len(self.lengths))
+        if not self.group_by_length:
+            batches = [order[i : i + self.batch_size].tolist() for i in range(0, len(order), self.batch_size)]
+        else:
+            mega = self.batch_size * self.mega_batch_factor
+            batches = []
+            for start in range(0, len(order), mega):
+                chunk = order[start : start + mega]
+                chunk = chunk[np.argsort(-self.lengths[chunk], kind="stable")]
+                batches.extend(self._split(chunk))
+            # shuffle batch order so that long and short batches alternate across the epoch
+            batches = [batches[i] for i in rng.permutation(len(batches))]
+        if self.drop_last:
+            batches = [b for b in batches if len(b) == self.batch_size] if self.max_tokens is None else batches
+        return batches
+
+    def _split(self, sorted_chunk: np.ndarray) -> list[list[int]]:
+        if self.max_tokens is None:
+            return [sorted_chunk[i : i + self.batch_size].tolist() for i in range(0, len(sorted_chunk), self.batch_size)]
+        batches, current, longest = [], [], 0
+        for index in sorted_chunk.tolist():
+            length = max(int(self.lengths[index]), 1)
+            new_longest = max(longest, length)
+            if current and (len(current) >= self.batch_size or new_longest * (len(current) + 1) > self.max_tokens):
+                batches.append(current)
+                current, new_longest = [], length
+            current.append(index)
+            longest = new_longest
+        if current:
+            batches.append(current)
+        return batches
+
+    def __len__(self) -> int:
+        return len(self.batches(0))
+
+    def iter_epoch(self, epoch: int, start: int = 0) -> Iterator[list[int]]:
+        """Batches of `epoch` from batch number `start` on (for resuming mid-epoch)."""
+        yield from self.batches(epoch)[start:]
+
+
+class ListBatchSampler(torch.utils.data.Sampler):
+    """A fixed list of batches, for `DataLoader(batch_sampler=...)`."""
+
+    def __init__(self, batches: list[list[int]]):
+        self._batches = batches
+
+    def __iter__(self):
+        return iter(self._batches)
+
+    def __len__(self) -> int:
+        return len(self._batches)

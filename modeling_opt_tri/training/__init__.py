@@ -1,0 +1,1 @@
+"""Pre-training loop pieces: the accelerate loop, atomic checkpoints, retrieval evaluation."""

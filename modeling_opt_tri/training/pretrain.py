@@ -1,0 +1,490 @@
+"""The OPT-Tri pre-training loop, driven by `accelerate`.
+
+Features: bf16/fp16 mixed precision, gradient accumulation and clipping, warm-up + cosine schedule, DDP through
+`accelerate launch`, map-style and streaming HF datasets, length-grouped or token-budget batches, atomic checkpoints
+with exact resume (model, optimizer, scheduler, RNG, data position), per-task losses, throughput and padding figures
+on tqdm and TensorBoard, corrupt rows skipped and counted, NaN losses stopped with the last good checkpoint kept, a
+loss-curve PNG and a retrieval evaluation at the end.
+
+`examples/pretrain.py` is the command-line front end; `run_pretraining(PretrainArguments(...))` is the API.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+from transformers import get_cosine_schedule_with_warmup
+from transformers.utils import logging
+
+from ..configuration_opt_tri import PRETRAINING_OBJECTIVES, OptTriConfig
+from ..data.collate import LengthGroupedBatchSampler, ListBatchSampler, TriModalCollator, padding_fraction, row_lengths
+from ..modeling_opt_tri import OptTriForPreTraining
+from ..processing_opt_tri import OptTriProcessor
+from .checkpointing import latest_checkpoint, load_checkpoint, save_checkpoint
+from .evaluation import embed_batches, format_retrieval_table, retrieval_metrics
+
+logger = logging.get_logger(__name__)
+
+
+@dataclass
+class PretrainArguments:
+    """Arguments of `run_pretraining` (each is also a `--flag` of `examples/pretrain.py`)."""
+
+    preset: str = field(default="configuration/tiny", metadata={"help": "folder with config.json + processor files"})
+    model_name_or_path: str | None = field(default=None, metadata={"help": "start from this OPT-Tri checkpoint"})
+    init_text: str | None = field(default=None, metadata={"help": "local BERT-like folder for the text encoder"})
+    init_vision: str | None = field(default=None, metadata={"help": "local ViT folder for the vision encoder"})
+    init_audio: str | None = field(default=None, metadata={"help": "local OptTriAudio/AST folder for the audio encoder"})
+    dataset: str = field(default="builtin", metadata={"help": "'builtin', a metadata.jsonl folder, or a dataset name/path"})
+    dataset_config: str | None = None
+    train_split: str = "train"
+    eval_split: str = "validation"
+    train_rows: int = field(default=2000, metadata={"help": "rows of the built-in dataset to generate"})
+    eval_rows: int = 200
+    streaming: bool = False
+    output_dir: str = "outputs/pretrain"
+    max_steps: int = 500
+    batch_size: int = 32
+    eval_batch_size: int = 64
+    max_tokens: int | None = field(default=None, metadata={"help": "token budget per batch (dynamic batching)"})
+    group_by_length: bool = True
+    learning_rate: float = 5e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 50
+    gradient_accumulation_steps: int = 1
+    max_grad_norm: float = 1.0
+    mixed_precision: str = field(default="no", metadata={"help": "no | fp16 | bf16"})
+    seed: int = 42
+    objectives: str | None = field(default=None, metadata={"help": "weights, e.g. 'mlm=1,contrastive=1' (others off)"})
+    schedule: str = field(default="weighted", metadata={"help": "'weighted' (all losses each step) or 'mix' (one task per step)"})
+    mix_ratios: str | None = field(default=None, metadata={"help": "for --schedule mix, e.g. 'mlm=2,itm=1'"})
+    masking_policy: str | None = field(default=None, metadata={"help": "conditional | joint (default: the config's)"})
+    save_steps: int = 100
+    save_total_limit: int = 2
+    resume_from_checkpoint: str | None = field(default=None, metadata={"help": "a checkpoint folder or 'latest'"})
+    logging_steps: int = 10
+    num_workers: int = 0
+    max_bad_row_fraction: float = field(default=0.1, metadata={"help": "stop when more rows than this are corrupt"})
+    gradient_checkpointing: bool = False
+    torch_compile: bool = False
+    tensorboard: bool = True
+    progress: bool = True
+    evaluate: bool = True
+
+
+def parse_weights(text: str | None, known: dict[str, float], what: str) -> dict[str, float] | None:
+    """'a=1,b=0.5' -> {'a': 1.0, 'b': 0.5}, checking names."""
+    if not text:
+        return None
+    weights = {}
+    for item in text.split(","):
+        name, _, value = item.partition("=")
+        name = name.strip()
+        if name not in known:
+            raise ValueError(f"Unknown {what} {name!r}; known: {sorted(known)}")
+        try:
+            weights[name] = float(value) if value else 1.0
+        except ValueError as error:
+            raise ValueError(f"{what} {name!r}: weight {value!r} is not a number") from error
+    return weights
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Data
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def load_split(args: PretrainArguments, split: str, num_rows: int, seed_offset: int = 0):
+    """The built-in dataset, a local metadata.jsonl folder, or any `datasets.load_dataset` name/path."""
+    from ..data import build_synthetic_dataset, build_synthetic_iterable_dataset, load_metadata_folder
+
+    if args.dataset == "builtin":
+        if args.streaming:
+            return build_synthetic_iterable_dataset(num_rows=num_rows, seed=args.seed + seed_offset, split=split)
+        return build_synthetic_dataset(num_rows, seed=args.seed + seed_offset, split=split)
+    path = Path(args.dataset)
+    if path.is_dir() and ((path / "metadata.jsonl").exists() or (path / split / "metadata.jsonl").exists()):
+        dataset = load_metadata_folder(path, split=split if (path / split).is_dir() else None)
+        return dataset.to_iterable_dataset() if args.streaming else dataset
+    import datasets
+
+    return datasets.load_dataset(args.dataset, args.dataset_config, split=split, streaming=args.streaming)
+
+
+class BatchStream:
+    """
+    Endless, deterministic stream of this process's micro-batches, with a resumable position `(epoch, index)`.
+    Map-style datasets use `LengthGroupedBatchSampler`; streaming datasets group by length inside a buffer.
+    """
+
+    def __init__(self, dataset, collator, args: PretrainArguments, rank: int, world_size: int, tokenizer):
+        self.dataset = dataset
+        self.collator = collator
+        self.args = args
+        self.rank = rank
+        self.world_size = world_size
+        self.streaming = not hasattr(dataset, "__len__")
+        if not self.streaming:
+            lengths = row_lengths(dataset, tokenizer)
+            self.sampler = LengthGroupedBatchSampler(
+                lengths,
+                args.batch_size,
+                max_tokens=args.max_tokens,
+                group_by_length=args.group_by_length,
+                seed=args.seed,
+                drop_last=world_size > 1,
+            )
+
+    def _epoch_batches(self, epoch: int) -> list[list[int]]:
+        batches = self.sampler.batches(epoch)
+        per_rank = len(batches) // self.world_size
+        if per_rank == 0:
+            raise ValueError(f"The dataset gives {len(batches)} batches, fewer than the {self.world_size} processes")
+        return batches[self.rank : per_rank * self.world_size : self.world_size]
+
+    def iterate(self, epoch: int, index: int) -> Iterator[tuple[int, int, dict[str, Any]]]:
+        """Yield `(epoch, index_of_next_batch, batch)` from position `(epoch, index)` on, forever."""
+        while True:
+            if self.streaming:
+                source = self._stream_epoch(epoch, index)
+            else:
+                batches = self._epoch_batches(epoch)[index:]
+                loader = torch.utils.data.DataLoader(
+                    self.dataset,
+                    batch_sampler=ListBatchSampler(batches),
+                    collate_fn=self.collator,
+                    num_workers=self.args.num_workers,
+                    pin_memory=torch.cuda.is_available(),
+                    persistent_workers=False,
+                    # a private generator: creating the iterator must not draw from the global RNG (which masks)
+                    generator=torch.Generator().manual_seed(self.args.seed + epoch),
+                )
+                source = iter(loader)
+            for batch in source:
+                index += 1
+                yield epoch, index, batch
+            epoch, index = epoch + 1, 0
+
+    def _stream_epoch(self, epoch: int, start: int) -> Iterator[dict[str, Any]]:
+        dataset = self.dataset.shuffle(seed=self.args.seed + epoch, buffer_size=1000) if hasattr(self.dataset, "shuffle") else self.dataset
+        buffer_rows = self.args.batch_size * 16
+        buffer: list[dict[str, Any]] = []
+        number = 0
+
+        def flush(rows):
+            nonlocal number
+            rows.sort(key=_stream_length, reverse=True)
+            for i in range(0, len(rows), self.args.batch_size):
+                chunk = rows[i : i + self.args.batch_size]
+                if number % self.world_size == self.rank and number // self.world_size >= start:
+                    yield self.collator(chunk)
+                number += 1
+
+        for row in dataset:
+            buffer.append(row)
+            if len(buffer) == buffer_rows:
+                yield from flush(buffer)
+                buffer = []
+        if buffer:
+            yield from flush(buffer)
+
+
+def _stream_length(row: dict[str, Any]) -> int:
+    text = row.get("text")
+    audio = row.get("audio")
+    length = len(text.split()) if isinstance(text, str) else 0
+    if isinstance(audio, dict) and audio.get("array") is not None:
+        length += len(audio["array"]) // 160
+    return length
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Training
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def build_model(args: PretrainArguments, accelerator) -> tuple[OptTriForPreTraining, OptTriProcessor]:
+    processor = OptTriProcessor.from_pretrained(args.model_name_or_path or args.preset)
+    if args.model_name_or_path:
+        model = OptTriForPreTraining.from_pretrained(args.model_name_or_path)
+    else:
+        config = OptTriConfig.from_pretrained(args.preset)
+        if args.init_text or args.init_vision or args.init_audio:
+            model = OptTriForPreTraining.from_unimodal_pretrained(
+                text=args.init_text, vision=args.init_vision, audio=args.init_audio, config=config
+            )
+        else:
+            model = OptTriForPreTraining(config)
+    objectives = parse_weights(args.objectives, PRETRAINING_OBJECTIVES, "objective")
+    if objectives is not None:
+        model.config.objectives = {name: objectives.get(name, 0.0) for name in PRETRAINING_OBJECTIVES}
+    if args.masking_policy:
+        model.config.masking_policy = args.masking_policy
+    model.config._validate()
+    if args.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    return model, processor
+
+
+def _optimizer(model: torch.nn.Module, args: PretrainArguments) -> torch.optim.Optimizer:
+    decay, no_decay = [], []
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        if parameter.ndim < 2 or "norm" in name.lower() or "embedding" in name.lower() or "token" in name:
+            no_decay.append(parameter)
+        else:
+            decay.append(parameter)
+    groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    fused = torch.cuda.is_available() and all(p.is_cuda for p in model.parameters())
+    return torch.optim.AdamW(groups, lr=args.learning_rate, betas=(0.9, 0.98), eps=1e-6, fused=fused or None)
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+def run_pretraining(args: PretrainArguments) -> dict[str, Any]:
+    """Train; return a summary (final losses, counters, retrieval metrics when `args.evaluate`)."""
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs, set_seed
+
+    if args.mixed_precision not in ("no", "fp16", "bf16"):
+        raise ValueError(f"--mixed_precision must be no, fp16 or bf16, got {args.mixed_precision!r}")
+    if args.schedule not in ("weighted", "mix"):
+        raise ValueError(f"--schedule must be 'weighted' or 'mix', got {args.schedule!r}")
+    output_dir = Path(args.output_dir)
+    accelerator = Accelerator(
+        mixed_precision=args.mixed_precision,
+        log_with="tensorboard" if args.tensorboard else None,
+        project_dir=str(output_dir),
+        # objectives differ per step (task mixing, absent modalities), so some heads are unused in some steps
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+    )
+    rank, world = accelerator.process_index, accelerator.num_processes
+    set_seed(args.seed, device_specific=True)
+    model, processor = build_model(args, accelerator)
+    active = [name for name, weight in model.config.objectives.items() if weight > 0]
+    if not active:
+        raise ValueError("Every pre-training objective is switched off")
+    mix = None
+    if args.schedule == "mix":
+        ratios = parse_weights(args.mix_ratios, PRETRAINING_OBJECTIVES, "mix ratio") or {name: 1.0 for name in active}
+        ratios = {name: ratio for name, ratio in ratios.items() if name in active and ratio > 0}
+        names = sorted(ratios)
+        mix = (names, np.asarray([ratios[n] for n in names]) / sum(ratios.values()))
+
+    train_data = load_split(args, args.train_split, args.train_rows)
+    collator = TriModalCollator(processor)
+    stream = BatchStream(train_data, collator, args, rank, world, processor.tokenizer)
+
+    model.to(accelerator.device)
+    optimizer = _optimizer(model, args)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, args.warmup_steps, args.max_steps)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    if args.torch_compile:
+        model = torch.compile(model)
+    unwrapped = accelerator.unwrap_model(model)
+
+    state: dict[str, Any] = {"epoch": 0, "batch_index": 0, "rows_seen": 0, "rows_skipped": 0, "skipped_steps": 0}
+    step = 0
+    resume = args.resume_from_checkpoint
+    if resume == "latest":
+        resume = latest_checkpoint(output_dir)
+        if resume is None:
+            logger.warning(f"--resume_from_checkpoint latest: no checkpoint in {output_dir}; starting from scratch")
+    if resume:
+        state = load_checkpoint(resume, unwrapped, optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer, scheduler, rank, world)
+        step = state["global_step"]
+        accelerator.print(f"Resumed from {resume} at step {step}")
+    history_path = output_dir / "losses.jsonl"
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        _truncate_history(history_path, step)
+    if args.tensorboard:
+        accelerator.init_trackers("pretrain", config={k: v for k, v in asdict(args).items() if isinstance(v, (int, float, str, bool))})
+
+    batches = stream.iterate(state["epoch"], state["batch_index"])
+    progress = tqdm(total=args.max_steps, initial=step, desc="pre-training", disable=not (args.progress and accelerator.is_main_process))
+    window = {"samples": 0, "time": time.perf_counter(), "padded": 0, "tokens": 0}
+    model.train()
+    last: dict[str, float] = {}
+    while step < args.max_steps:
+        tasks = None
+        if mix is not None:
+            tasks = [str(np.random.default_rng([args.seed, step]).choice(mix[0], p=mix[1]))]
+        step_losses: dict[str, float] = {}
+        for micro in range(args.gradient_accumulation_steps):
+            batch = None
+            while batch is None:
+                epoch, index, batch = next(batches)
+                state["epoch"], state["batch_index"] = epoch, index
+                state["rows_skipped"] += batch.pop("num_skipped_rows")
+                reasons = batch.pop("skipped_reasons")
+                state["rows_seen"] += len(reasons)
+                for reason in reasons:
+                    logger.warning(f"skipped a corrupt row: {reason}")
+                if len(batch) == 0:
+                    batch = None
+            rows = _batch_rows(batch)
+            state["rows_seen"] += rows
+            _check_bad_fraction(state, args.max_bad_row_fraction)
+            padded, tokens = padding_fraction(batch)
+            window["padded"] += padded
+            window["tokens"] += tokens
+            window["samples"] += rows * world
+            batch = {k: v.to(accelerator.device, non_blocking=True) for k, v in batch.items()}
+            last_micro = micro == args.gradient_accumulation_steps - 1
+            with contextlib.nullcontext() if last_micro else accelerator.no_sync(model):
+                output = model(**batch, tasks=tasks)
+                if output.loss is None:
+                    raise ValueError(f"No objective could be computed on this batch (tasks={tasks or active})")
+                loss = output.loss / args.gradient_accumulation_steps
+                if not torch.isfinite(output.loss.detach()):
+                    raise NonFiniteLossError(
+                        f"The loss became {float(output.loss)} at step {step + 1} (losses: {output.losses()}). "
+                        f"Training stopped; the last good checkpoint is kept in {output_dir} (resume with "
+                        "--resume_from_checkpoint latest, a lower --learning_rate or bf16 instead of fp16)."
+                    )
+                accelerator.backward(loss)
+            for name, value in output.losses().items():
+                step_losses[name] = step_losses.get(name, 0.0) + value / args.gradient_accumulation_steps
+        if args.max_grad_norm:
+            accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+        optimizer.step()
+        if accelerator.optimizer_step_was_skipped:
+            state["skipped_steps"] += 1
+        else:
+            scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        total = sum(unwrapped.config.objectives[k] * v for k, v in step_losses.items())
+        record = {"step": step, "loss": total, **{f"loss/{k}": v for k, v in step_losses.items()}, "lr": scheduler.get_last_lr()[0]}
+        last.update(step_losses)
+        if accelerator.is_main_process:
+            with open(history_path, "a") as handle:
+                handle.write(json.dumps(record) + "\n")
+        progress.update(1)
+        if step % args.logging_steps == 0 or step == args.max_steps:
+            elapsed = max(time.perf_counter() - window["time"], 1e-9)
+            record["samples_per_second"] = window["samples"] / elapsed
+            record["padding_fraction"] = window["padded"] / max(window["tokens"], 1)
+            progress.set_postfix({k.split("/")[-1]: f"{v:.3f}" for k, v in record.items() if k.startswith("loss")}, refresh=False)
+            accelerator.log(record, step=step)
+            window = {"samples": 0, "time": time.perf_counter(), "padded": 0, "tokens": 0}
+        if args.save_steps and step % args.save_steps == 0 and step < args.max_steps:
+            save_checkpoint(
+                output_dir, step, unwrapped, optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer,
+                scheduler, state, rank, world, accelerator.wait_for_everyone, args.save_total_limit,
+            )
+    progress.close()
+    save_checkpoint(
+        output_dir, step, unwrapped, optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer,
+        scheduler, state, rank, world, accelerator.wait_for_everyone, args.save_total_limit,
+    )
+    summary: dict[str, Any] = {"steps": step, "rows_seen": state["rows_seen"], "rows_skipped": state["rows_skipped"],
+                               "skipped_optimizer_steps": state["skipped_steps"], "last_losses": last}
+    if accelerator.is_main_process:
+        final = output_dir / "final"
+        unwrapped.save_pretrained(final)
+        processor.save_pretrained(final)
+        summary["loss_curve"] = str(plot_loss_curves(history_path, output_dir / "loss_curves.png"))
+        summary["padding_fraction"] = _history_padding(history_path)
+        accelerator.print(
+            f"Trained {step} steps; rows seen {state['rows_seen']}, corrupt rows skipped {state['rows_skipped']}, "
+            f"overflowing fp16 steps skipped {state['skipped_steps']}. Model saved to {final}"
+        )
+        if args.evaluate:
+            summary["retrieval"] = evaluate_retrieval(unwrapped, processor, args)
+        (output_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    accelerator.end_training()
+    return summary
+
+
+def _batch_rows(batch: dict[str, Any]) -> int:
+    for key in ("input_ids", "pixel_values", "input_features"):
+        if key in batch:
+            return int(batch[key].shape[0])
+    return 0
+
+
+def _check_bad_fraction(state: dict[str, Any], limit: float) -> None:
+    seen, bad = state["rows_seen"], state["rows_skipped"]
+    if seen >= 50 and bad / seen > limit:
+        raise RuntimeError(
+            f"{bad} of {seen} rows ({100 * bad / seen:.1f}%) could not be decoded, more than "
+            f"--max_bad_row_fraction={limit}. Check the dataset (the warnings above name the rows)."
+        )
+
+
+def _truncate_history(path: Path, step: int) -> None:
+    """Drop history lines past `step` (written after the checkpoint a run resumes from)."""
+    if not path.exists():
+        return
+    lines = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(line + "\n" for line in lines))
+    os.replace(tmp, path)
+
+
+def read_history(path: str | os.PathLike) -> list[dict[str, float]]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def _history_padding(path: Path) -> float | None:
+    values = [r["padding_fraction"] for r in read_history(path) if "padding_fraction" in r]
+    return float(np.mean(values)) if values else None
+
+
+def plot_loss_curves(history_path: Path, out_path: Path) -> Path:
+    """Save a PNG with one panel per loss (raw and smoothed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    history = read_history(history_path)
+    names = sorted({k for record in history for k in record if k.startswith("loss/")})
+    columns = 3
+    rows = max(1, math.ceil(len(names) / columns))
+    figure, axes = plt.subplots(rows, columns, figsize=(4 * columns, 3 * rows), squeeze=False)
+    for axis, name in zip(axes.flat, names):
+        points = [(r["step"], r[name]) for r in history if name in r]
+        steps, values = zip(*points)
+        axis.plot(steps, values, alpha=0.3, color="tab:blue")
+        window = max(1, len(values) // 20)
+        smooth = np.convolve(values, np.ones(window) / window, mode="valid")
+        axis.plot(steps[window - 1 :], smooth, color="tab:blue")
+        axis.set_title(name.split("/")[-1])
+        axis.set_xlabel("step")
+    for axis in list(axes.flat)[len(names) :]:
+        axis.axis("off")
+    figure.tight_layout()
+    figure.savefig(out_path, dpi=100)
+    plt.close(figure)
+    return out_path
+
+
+def evaluate_retrieval(model, processor, args: PretrainArguments) -> dict[str, dict[str, float]]:
+    """Embed the held-out split and print R@1/5/10 for the six directions."""
+    data = load_split(args, args.eval_split, args.eval_rows, seed_offset=0)
+    if not hasattr(data, "__len__"):
+        data = list(data)
+    loader = torch.utils.data.DataLoader(
+        data, batch_size=args.eval_batch_size, collate_fn=TriModalCollator(processor), num_workers=args.num_workers
+    )
+    embeddings = embed_batches(model, loader, progress=args.progress)
+    results = retrieval_metrics(embeddings)
+    print(format_retrieval_table(results, embeddings["text"].shape[0]), flush=True)
+    return results

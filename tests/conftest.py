@@ -1,0 +1,78 @@
+"""Shared fixtures: tiny OPT-Tri configs, models and batches built locally (no downloads)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+FSDD_DIR = REPO_ROOT.parent / "shared" / "data" / "fsdd"
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def tiny_config(**overrides):
+    """A very small OPT-Tri config: vocab 100, 32-px images with 8-px patches, 16 mel bins."""
+    from modeling_opt_tri import OptTriConfig
+
+    kwargs = dict(
+        text_config=dict(
+            vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+            max_position_embeddings=64, pad_token_id=0,
+        ),
+        vision_config=dict(
+            model_type="vit", image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+            intermediate_size=64,
+        ),
+        audio_config=dict(
+            num_mel_bins=16, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+            max_position_embeddings=64,
+        ),
+        fusion_config=dict(hidden_size=48, num_hidden_layers=2, num_attention_heads=4, intermediate_size=96),
+        projection_dim=16,
+        mask_token_id=4,
+        special_token_ids=[0, 1, 2, 3],
+    )
+    kwargs.update(overrides)
+    return OptTriConfig(**kwargs)
+
+
+def tiny_batch(batch: int = 4, text_len: int = 10, frames: int = 40, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random inputs for `tiny_config()` with some padding in text and audio."""
+    g = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(5, 100, (batch, text_len), generator=g)
+    input_ids[:, 0] = 2
+    attention_mask = torch.ones(batch, text_len, dtype=torch.long)
+    attention_mask[1 % batch, text_len // 2 :] = 0
+    audio_attention_mask = torch.ones(batch, frames, dtype=torch.long)
+    audio_attention_mask[2 % batch, frames // 2 :] = 0
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "pixel_values": torch.randn(batch, 3, 32, 32, generator=g),
+        "image_mask": torch.ones(batch, dtype=torch.long),
+        "input_features": torch.randn(batch, 16, frames, generator=g),
+        "audio_attention_mask": audio_attention_mask,
+    }
+
+
+@pytest.fixture
+def config():
+    return tiny_config()
+
+
+@pytest.fixture
+def batch():
+    return tiny_batch()
+
+
+def require_fsdd():
+    if not (FSDD_DIR / "recordings").is_dir():
+        pytest.skip(f"{FSDD_DIR} not found: the real-speech (FSDD) tests need ../shared/data/fsdd next to the repo")
+    return FSDD_DIR
