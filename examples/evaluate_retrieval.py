@@ -4,6 +4,7 @@
 """
 
 import argparse
+import os
 
 from modeling_opt_tri import OptTriModel, OptTriProcessor
 from modeling_opt_tri.training.pretrain import PretrainArguments, evaluate_retrieval
@@ -18,6 +19,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=42, help="seed of the built-in dataset (as in pre-training)")
     parser.add_argument("--batch_size", type=int, default=64)
     args = parser.parse_args()
+    if not os.path.isdir(args.model):
+        parser.error(f"--model {args.model!r}: no such checkpoint folder (a save_pretrained output)")
     model = OptTriModel.from_pretrained(args.model).eval()
     processor = OptTriProcessor.from_pretrained(args.model)
     settings = PretrainArguments(dataset=args.dataset, eval_split=args.split, eval_rows=args.eval_rows, seed=args.seed,

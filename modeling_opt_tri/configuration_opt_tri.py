@@ -17,6 +17,8 @@ Plus the settings of the pre-training objectives (see `OptTriForPreTraining`).
 from __future__ import annotations
 
 import copy
+import math
+import os
 from typing import Any
 
 from transformers import AutoConfig, BertConfig, PretrainedConfig, ViTConfig
@@ -40,6 +42,37 @@ def _check_heads(config: PretrainedConfig) -> None:
         )
 
 
+def _refuse_other_model_type(cls: type[PretrainedConfig], config_dict: dict[str, Any]) -> None:
+    """Raise when `config_dict` (e.g. a checkpoint's `config.json`) is of another model type than `cls`.
+
+    `PretrainedConfig.from_pretrained` only logs a warning there and then builds a default config, so that
+    `OptTriModel.from_pretrained(<a BERT folder>)` would silently return a randomly initialised model.
+    """
+    model_type = config_dict.get("model_type") if isinstance(config_dict, dict) else None
+    if model_type is not None and model_type != cls.model_type:
+        raise ValueError(
+            f"Cannot build {cls.__name__} (model_type {cls.model_type!r}) from a config of model_type "
+            f"{model_type!r}: the checkpoint is not an OPT-Tri {cls.model_type!r} checkpoint. To start an OPT-Tri "
+            "encoder from a BERT/ViT/AST checkpoint, use OptTriForPreTraining.from_unimodal_pretrained(text=..., "
+            "vision=..., audio=...)."
+        )
+
+
+def _refuse_missing_path(name: Any) -> None:
+    """Raise `FileNotFoundError` for a path that exists neither locally nor can be a Hub repo id (huggingface_hub
+    would only say "Repo id must be in the form 'repo_name' or 'namespace/repo_name'")."""
+    if not isinstance(name, (str, os.PathLike)) or os.path.exists(name):
+        return
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(os.fspath(name))
+    except HFValidationError:
+        raise FileNotFoundError(
+            f"{os.fspath(name)!r} does not exist: it is neither a local checkpoint folder nor a valid Hub model id"
+        ) from None
+
+
 class OptTriAudioConfig(PretrainedConfig):
     r"""
     Configuration of the OPT-Tri audio encoder: log-mel frames are cut into patches of `patch_frames` frames by a
@@ -59,6 +92,11 @@ class OptTriAudioConfig(PretrainedConfig):
 
     model_type = "opt_tri_audio"
     base_config_key = "audio_config"
+
+    @classmethod
+    def from_dict(cls, config_dict: dict[str, Any], **kwargs):
+        _refuse_other_model_type(cls, config_dict)
+        return super().from_dict(config_dict, **kwargs)
 
     def __init__(
         self,
@@ -138,6 +176,65 @@ class OptTriFusionConfig(PretrainedConfig):
         _check_heads(self)
 
 
+class OptTriTextDecoderConfig(PretrainedConfig):
+    r"""
+    Configuration of the OPT-Tri text decoder: a causal pre-norm transformer with cross-attention to the cross-modal
+    encoder's states, used for captioning, ASR and text reconstruction (DTR), compatible with `generate()`.
+
+    Args:
+        vocab_size (`int`, defaults to 30522): the text vocabulary (shared with the text encoder's tokenizer).
+        hidden_size, num_hidden_layers, num_attention_heads, intermediate_size: transformer geometry.
+        hidden_act, layer_norm_eps, hidden_dropout_prob, attention_probs_dropout_prob: as in BERT.
+        max_position_embeddings (`int`, defaults to 128): the longest sequence the decoder generates.
+        bos_token_id / eos_token_id / pad_token_id: start (`[CLS]`), end (`[SEP]`) and padding ids.
+        initializer_range (`float`, defaults to 0.02): std of the normal initialiser.
+    """
+
+    model_type = "opt_tri_text_decoder"
+    base_config_key = "text_decoder_config"
+
+    def __init__(
+        self,
+        vocab_size: int = 30522,
+        hidden_size: int = 768,
+        num_hidden_layers: int = 6,
+        num_attention_heads: int = 12,
+        intermediate_size: int = 3072,
+        hidden_act: str = "gelu",
+        layer_norm_eps: float = 1e-12,
+        hidden_dropout_prob: float = 0.0,
+        attention_probs_dropout_prob: float = 0.0,
+        max_position_embeddings: int = 128,
+        bos_token_id: int = 101,
+        eos_token_id: int = 102,
+        pad_token_id: int = 0,
+        initializer_range: float = 0.02,
+        **kwargs,
+    ):
+        self.vocab_size = vocab_size
+        self.hidden_size = hidden_size
+        self.num_hidden_layers = num_hidden_layers
+        self.num_attention_heads = num_attention_heads
+        self.intermediate_size = intermediate_size
+        self.hidden_act = hidden_act
+        self.layer_norm_eps = layer_norm_eps
+        self.hidden_dropout_prob = hidden_dropout_prob
+        self.attention_probs_dropout_prob = attention_probs_dropout_prob
+        self.max_position_embeddings = max_position_embeddings
+        self.initializer_range = initializer_range
+        self.bos_token_id = bos_token_id
+        self.eos_token_id = eos_token_id
+        self.pad_token_id = pad_token_id
+        self.use_cache = kwargs.pop("use_cache", True)
+        super().__init__(**kwargs)
+        _check_positive_ints(
+            self,
+            ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+             "max_position_embeddings"),
+        )
+        _check_heads(self)
+
+
 #: Pre-training objectives and their default loss weights. See `OptTriForPreTraining` for what each one is.
 PRETRAINING_OBJECTIVES: dict[str, float] = {
     "mlm": 1.0,  # masked language modelling (15%, 80/10/10)
@@ -148,6 +245,7 @@ PRETRAINING_OBJECTIVES: dict[str, float] = {
     "itm": 1.0,  # pairwise matching (text-image, text-audio, image-audio) with hard negatives
     "tri_matching": 1.0,  # 5-way tri-modal matching
     "wra": 0.1,  # word-region alignment by optimal transport (IPOT)
+    "dtr": 1.0,  # text reconstruction through the text decoder from the other modalities (text dropped)
 }
 
 
@@ -176,6 +274,8 @@ class OptTriConfig(PretrainedConfig):
         audio_config (`dict` or [`OptTriAudioConfig`], *optional*): audio encoder config.
         cross_modal_config (`dict` or [`OptTriFusionConfig`], *optional*): cross-modal encoder config (`fusion_config`
             is accepted as an alias of this argument, never stored under that name).
+        text_decoder_config (`dict` or [`OptTriTextDecoderConfig`], *optional*): text decoder config (captioning,
+            ASR, DTR); its vocabulary must be the text encoder's.
         projection_dim (`int`, defaults to 256): size of the projected, normalised retrieval embeddings.
         logit_scale_init_value (`float`, defaults to 2.6592): initial value of the learnable contrastive logit scale
             (log of the inverse temperature, as in CLIP).
@@ -202,6 +302,7 @@ class OptTriConfig(PretrainedConfig):
         "vision_config": AutoConfig,
         "audio_config": OptTriAudioConfig,
         "cross_modal_config": OptTriFusionConfig,
+        "text_decoder_config": OptTriTextDecoderConfig,
     }
 
     def __init__(
@@ -210,6 +311,7 @@ class OptTriConfig(PretrainedConfig):
         vision_config: dict | PretrainedConfig | None = None,
         audio_config: dict | PretrainedConfig | None = None,
         cross_modal_config: dict | PretrainedConfig | None = None,
+        text_decoder_config: dict | PretrainedConfig | None = None,
         projection_dim: int = 256,
         logit_scale_init_value: float = 2.6592,
         initializer_range: float = 0.02,
@@ -233,6 +335,9 @@ class OptTriConfig(PretrainedConfig):
                 raise ValueError("Pass cross_modal_config or its old name fusion_config, not both")
             cross_modal_config = legacy
         self.cross_modal_config = _as_sub_config(cross_modal_config, OptTriFusionConfig, "cross_modal_config")
+        if text_decoder_config is None:  # by default the decoder shares the text encoder's vocabulary
+            text_decoder_config = dict(vocab_size=self.text_config.vocab_size)
+        self.text_decoder_config = _as_sub_config(text_decoder_config, OptTriTextDecoderConfig, "text_decoder_config")
         self.projection_dim = projection_dim
         self.logit_scale_init_value = logit_scale_init_value
         self.initializer_range = initializer_range
@@ -248,17 +353,38 @@ class OptTriConfig(PretrainedConfig):
         super().__init__(**kwargs)
         self._validate()
 
+    @classmethod
+    def from_dict(cls, config_dict: dict[str, Any], **kwargs):
+        """`PretrainedConfig.from_dict`, but a config of another `model_type` (e.g. a BERT checkpoint's) raises."""
+        _refuse_other_model_type(cls, config_dict)
+        return super().from_dict(config_dict, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """`PretrainedConfig.from_pretrained`, but a local path that does not exist raises `FileNotFoundError`."""
+        _refuse_missing_path(pretrained_model_name_or_path)
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+
     def _validate(self) -> None:
         _check_positive_ints(self, ("projection_dim",))
         for sub in (self.text_config, self.vision_config):
             for name in ("hidden_size", "num_attention_heads"):
                 if not hasattr(sub, name):
                     raise ValueError(f"{type(sub).__name__} has no `{name}`; OPT-Tri needs a transformer encoder config")
+            _check_positive_ints(sub, ("hidden_size", "num_attention_heads"))
             _check_heads(sub)
+        _check_positive_ints(self.vision_config, ("image_size", "patch_size"))
+        if not math.isfinite(self.logit_scale_init_value):
+            raise ValueError(f"logit_scale_init_value must be a finite number, got {self.logit_scale_init_value!r}")
         if self.vision_config.image_size % self.vision_config.patch_size != 0:
             raise ValueError(
                 f"vision_config.image_size ({self.vision_config.image_size}) must be divisible by patch_size "
                 f"({self.vision_config.patch_size})"
+            )
+        if self.text_decoder_config.vocab_size != self.text_config.vocab_size:
+            raise ValueError(
+                f"text_decoder_config.vocab_size ({self.text_decoder_config.vocab_size}) must equal "
+                f"text_config.vocab_size ({self.text_config.vocab_size}): the decoder writes the encoder's vocabulary"
             )
         unknown = set(self.objectives) - set(PRETRAINING_OBJECTIVES)
         if unknown:
@@ -279,6 +405,13 @@ class OptTriConfig(PretrainedConfig):
         if not self.mac_temperature > 0:
             raise ValueError(f"mac_temperature must be positive, got {self.mac_temperature!r}")
 
+    def get_text_config(self, decoder: bool | None = None, encoder: bool | None = None) -> PretrainedConfig:
+        """The text decoder's config for `decoder=True` (what `generate()` builds its cache from), else the text
+        encoder's. Both share one vocabulary."""
+        if decoder and not encoder and getattr(self, "text_decoder_config", None) is not None:
+            return self.text_decoder_config
+        return getattr(self, "text_config", self)
+
     @property
     def num_image_patches(self) -> int:
         """Number of patches per image (without the `[CLS]` token)."""
@@ -290,6 +423,12 @@ class OptTriConfig(PretrainedConfig):
         return output
 
 
-__all__ = ["OptTriAudioConfig", "OptTriConfig", "OptTriFusionConfig", "PRETRAINING_OBJECTIVES"]
+__all__ = [
+    "OptTriAudioConfig",
+    "OptTriConfig",
+    "OptTriFusionConfig",
+    "OptTriTextDecoderConfig",
+    "PRETRAINING_OBJECTIVES",
+]
 
 OptTriConfig.register_for_auto_class()

@@ -20,15 +20,21 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoConfig, AutoModel, PreTrainedModel, ViTModel
+from transformers import AutoConfig, AutoModel, GenerationMixin, PreTrainedModel, ViTModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
+from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput, logging
 
-from .configuration_opt_tri import OptTriAudioConfig, OptTriConfig, OptTriFusionConfig
+from .configuration_opt_tri import (
+    OptTriAudioConfig,
+    OptTriConfig,
+    OptTriFusionConfig,
+    OptTriTextDecoderConfig,
+)
 
 logger = logging.get_logger(__name__)
 
@@ -345,6 +351,12 @@ def _load_audio_encoder_checkpoint(path: str, default: OptTriAudioConfig) -> tup
         (r"^encoder\.layer\.(\d+)\.output\.dense\.", r"encoder.layers.\1.mlp.fc2."),
         (r"^encoder\.layer\.(\d+)\.layernorm_before\.", r"encoder.layers.\1.layer_norm1."),
         (r"^encoder\.layer\.(\d+)\.layernorm_after\.", r"encoder.layers.\1.layer_norm2."),
+        # transformers >= 5.24 names the ViT/AST layers `layers.N.attention.q_proj`, `layers.N.mlp.fc1`, ...
+        (r"^layers\.(\d+)\.attention\.(q_proj|k_proj|v_proj)\.", r"encoder.layers.\1.self_attn.\2."),
+        (r"^layers\.(\d+)\.attention\.o_proj\.", r"encoder.layers.\1.self_attn.out_proj."),
+        (r"^layers\.(\d+)\.mlp\.(fc1|fc2)\.", r"encoder.layers.\1.mlp.\2."),
+        (r"^layers\.(\d+)\.layernorm_before\.", r"encoder.layers.\1.layer_norm1."),
+        (r"^layers\.(\d+)\.layernorm_after\.", r"encoder.layers.\1.layer_norm2."),
         (r"^layernorm\.", r"layernorm."),
     ]
     state = {}
@@ -354,6 +366,13 @@ def _load_audio_encoder_checkpoint(path: str, default: OptTriAudioConfig) -> tup
             if count:
                 state[new_key] = value
                 break
+    with torch.device("meta"):  # only the parameter names are needed
+        expected = {k for k in OptTriAudioModel(config).state_dict() if k.startswith(("encoder.", "layernorm."))}
+    if set(state) != expected:  # never hand back a silently random audio transformer
+        raise ValueError(
+            f"Could not map the transformer weights of audio={path!r} onto OPT-Tri's audio encoder; missing "
+            f"{sorted(expected - set(state))[:8]}, unexpected {sorted(set(state) - expected)[:8]}"
+        )
     return config, state
 
 
@@ -460,6 +479,75 @@ def _check_audio_features(input_features: torch.Tensor, config: OptTriAudioConfi
             f"audio_config.max_position_embeddings={config.max_position_embeddings}. Shorten the clips (the feature "
             "extractor's max_length_seconds) or use a config with more positions."
         )
+
+
+_MODEL_INPUT_NAMES = (
+    "input_ids", "attention_mask", "token_type_ids", "pixel_values", "image_mask", "input_features", "audio_attention_mask"
+)
+
+
+def _check_model_inputs(config: OptTriConfig, **inputs: torch.Tensor | None) -> int:
+    """
+    Validate the inputs of `OptTriModel.forward` / `OptTriForPreTraining.forward` before torch touches them, so a bad
+    input raises a `TypeError`/`ValueError` that names it (not an error deep inside torch, nor NaN outputs). Checks
+    types and dtypes, shapes (masks against their inputs, batch sizes across modalities), the text length against the
+    text encoder's positions, token type ids, and NaN/inf in `pixel_values` / `input_features`. Returns the batch size.
+    """
+    given = {name: inputs.get(name) for name in _MODEL_INPUT_NAMES if inputs.get(name) is not None}
+    for name, tensor in given.items():
+        if not torch.is_tensor(tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__} (use return_tensors='pt')")
+    input_ids, pixel_values, input_features = (given.get(n) for n in ("input_ids", "pixel_values", "input_features"))
+    if input_ids is not None:
+        if input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool:
+            raise TypeError(f"input_ids must be an integer tensor of token ids, got dtype {input_ids.dtype}")
+        if input_ids.ndim != 2:
+            raise ValueError(f"input_ids must have shape (batch, length); got {tuple(input_ids.shape)}")
+    for name, tensor, ndim, layout in (
+        ("pixel_values", pixel_values, 4, "(batch, channels, height, width)"),
+        ("input_features", input_features, 3, "(batch, num_mel_bins, frames)"),
+    ):
+        if tensor is None:
+            continue
+        if not tensor.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor {layout}, got dtype {tensor.dtype}")
+        if tensor.ndim != ndim:
+            raise ValueError(f"{name} must have shape {layout}; got {tuple(tensor.shape)}")
+    sizes = {n: t.shape[0] for n, t in (("input_ids", input_ids), ("pixel_values", pixel_values),
+                                        ("input_features", input_features)) if t is not None}
+    if not sizes:
+        raise ValueError("No modality given: pass at least one of input_ids, pixel_values or input_features.")
+    if len(set(sizes.values())) > 1:
+        raise ValueError(f"The batch sizes of the modalities do not match: {sizes}")
+    batch = next(iter(sizes.values()))
+    if batch == 0:
+        raise ValueError(f"The batch is empty: {next(iter(sizes))} has batch size 0")
+    expected_shapes = {
+        "attention_mask": tuple(input_ids.shape) if input_ids is not None else None,
+        "token_type_ids": tuple(input_ids.shape) if input_ids is not None else None,
+        "image_mask": (batch,) if pixel_values is not None else None,
+        "audio_attention_mask": (batch, input_features.shape[-1]) if input_features is not None else None,
+    }
+    for name, shape in expected_shapes.items():
+        if name in given and shape is not None and tuple(given[name].shape) != shape:
+            raise ValueError(f"{name} must have shape {shape} to match the inputs; got {tuple(given[name].shape)}")
+    text_config = config.text_config
+    if input_ids is not None:
+        max_positions = getattr(text_config, "max_position_embeddings", None)
+        if isinstance(max_positions, int) and input_ids.shape[1] > max_positions:
+            raise ValueError(
+                f"input_ids has {input_ids.shape[1]} tokens per row, more than text_config.max_position_embeddings="
+                f"{max_positions}. Truncate the text (the processor's max_length) or use a config with more positions."
+            )
+        token_type_ids, type_vocab = given.get("token_type_ids"), getattr(text_config, "type_vocab_size", None)
+        if token_type_ids is not None and isinstance(type_vocab, int) and token_type_ids.numel():
+            low, high = int(token_type_ids.min()), int(token_type_ids.max())
+            if low < 0 or high >= type_vocab:
+                raise ValueError(f"token_type_ids must be in [0, {type_vocab}); got values in [{low}, {high}]")
+    for name, tensor in (("pixel_values", pixel_values), ("input_features", input_features)):
+        if tensor is not None and not bool(torch.isfinite(tensor).all()):
+            raise ValueError(f"{name} contains NaN or inf values; check the images/audio and their preprocessing")
+    return batch
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -651,16 +739,11 @@ class OptTriModel(OptTriPreTrainedModel):
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
-        sizes = {
-            name: tensor.shape[0]
-            for name, tensor in (("input_ids", input_ids), ("pixel_values", pixel_values), ("input_features", input_features))
-            if tensor is not None
-        }
-        if not sizes:
-            raise ValueError("No modality given: pass at least one of input_ids, pixel_values or input_features.")
-        if len(set(sizes.values())) > 1:
-            raise ValueError(f"The batch sizes of the modalities do not match: {sizes}")
-        batch = next(iter(sizes.values()))
+        batch = _check_model_inputs(
+            self.config, input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+            pixel_values=pixel_values, image_mask=image_mask, input_features=input_features,
+            audio_attention_mask=audio_attention_mask,
+        )
         fusion_inputs: list[torch.Tensor] = []
         fusion_masks: list[torch.Tensor] = []
         modality_ids: list[int] = []
@@ -863,6 +946,7 @@ class OptTriForPreTrainingOutput(ModelOutput):
     itm_loss: torch.FloatTensor | None = None
     tri_matching_loss: torch.FloatTensor | None = None
     wra_loss: torch.FloatTensor | None = None
+    dtr_loss: torch.FloatTensor | None = None
     mlm_logits: torch.FloatTensor | None = None
     mlm_labels: torch.LongTensor | None = None
     text_embeds: torch.FloatTensor | None = None
@@ -914,6 +998,8 @@ class OptTriForPreTraining(OptTriPreTrainedModel):
       negatives from real frames only). `masking_policy="conditional"` masks one modality per sample (UNITER),
       `"joint"` all of them (OPT). Modalities not token-masked are dropped from the cross-modal input with
       probability `modality_mask_probability` (modality-level masking; a sample always keeps one modality).
+    - modality level: DTR, the text decoder writes a dropped text from the cross-modal states of the other
+      modalities. (DIR and its audio analogue need the VQ tokenizers and code decoders; they are not wired in yet.)
     - sample level: contrastive alignment of every modality pair (learnable temperature, gathered across processes),
       pairwise matching (ITM) of every pair with hard negatives sampled from the contrastive similarities, 5-way
       tri-modal matching, and word-region alignment (WRA) by IPOT optimal transport between text and image tokens.
@@ -936,6 +1022,9 @@ class OptTriForPreTraining(OptTriPreTrainedModel):
         self.mac_head = OptTriPredictionHead(fc.hidden_size, frame_dim, fc.hidden_act, fc.layer_norm_eps)
         self.itm_head = nn.Linear(fc.hidden_size, 2)
         self.tri_matching_head = nn.Linear(fc.hidden_size, len(TRI_MATCHING_CLASSES))
+        # the text decoder (shared with OptTriForConditionalGeneration) for DTR
+        self.text_decoder = OptTriTextDecoder(config.text_decoder_config, fc.hidden_size)
+        self.lm_head = nn.Linear(config.text_decoder_config.hidden_size, config.text_decoder_config.vocab_size, bias=False)
         self.post_init()
 
     # -- masking -----------------------------------------------------------------------------------------------------
@@ -1023,16 +1112,11 @@ class OptTriForPreTraining(OptTriPreTrainedModel):
             raise ValueError(f"Unknown pre-training tasks {sorted(unknown)}; known: {sorted(weights)}")
         tasks = set(tasks)
         base = self.opt_tri
-        sizes = {
-            n: t.shape[0]
-            for n, t in (("input_ids", input_ids), ("pixel_values", pixel_values), ("input_features", input_features))
-            if t is not None
-        }
-        if not sizes:
-            raise ValueError("No modality given: pass at least one of input_ids, pixel_values or input_features.")
-        if len(set(sizes.values())) > 1:
-            raise ValueError(f"The batch sizes of the modalities do not match: {sizes}")
-        batch = next(iter(sizes.values()))
+        batch = _check_model_inputs(
+            cfg, input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+            pixel_values=pixel_values, image_mask=image_mask, input_features=input_features,
+            audio_attention_mask=audio_attention_mask,
+        )
         device = base.logit_scale.device
         no = torch.zeros(batch, dtype=torch.bool, device=device)
         if input_ids is not None and attention_mask is None:
@@ -1086,12 +1170,19 @@ class OptTriForPreTraining(OptTriPreTrainedModel):
         mlm_logits = None
 
         # 3. masked modelling through the cross-modal encoder, with modality-level masking
-        if masked_tasks and any(masked_rows[m].any() for m in MODALITIES):
+        if (masked_tasks and any(masked_rows[m].any() for m in MODALITIES)) or "dtr" in tasks:
             kept = self._drop_modalities(present, masked_rows)
             parts = {
                 m: (states[m][0], states[m][1] * kept[m][:, None].long()) for m in states
             }
-            fused, _, modality_ids = base.fuse(parts.get("text"), parts.get("image"), parts.get("audio"))
+            fused, fusion_mask, modality_ids = base.fuse(parts.get("text"), parts.get("image"), parts.get("audio"))
+            dropped_text = present["text"] & ~kept["text"]
+            if "dtr" in tasks and input_ids is not None and bool(dropped_text.any()):
+                # DTR: write the dropped text from the cross-modal states of the modalities that remain
+                rows = dropped_text.nonzero().flatten()
+                target = input_ids[rows, 1:].masked_fill(attention_mask[rows, 1:] == 0, -100)
+                hidden = self.text_decoder(input_ids[rows, :-1], attention_mask[rows, :-1], fused[rows], fusion_mask[rows])
+                losses["dtr"] = mlm_loss(self.lm_head(hidden), target)
             if "mlm" in tasks and mlm_labels is not None:
                 text_fused = fused[:, modality_ids == MODALITY_TEXT]
                 mlm_logits = self.mlm_head(text_fused)
@@ -1212,8 +1303,295 @@ def _take(part: tuple[torch.Tensor, torch.Tensor], index: torch.Tensor) -> tuple
     return part[0][index], part[1][index]
 
 
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Text decoder and generation (captioning, ASR)
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+class OptTriDecoderAttention(nn.Module):
+    """Multi-head attention of the text decoder: causal self-attention with a KV cache, or cross-attention."""
+
+    def __init__(self, config: OptTriTextDecoderConfig, layer_idx: int, is_cross_attention: bool):
+        super().__init__()
+        self.config = config
+        self.layer_idx = layer_idx
+        self.is_cross_attention = is_cross_attention
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.scaling = self.head_dim**-0.5
+        self.is_causal = False  # causality comes from the explicit mask (which also covers the cache)
+        self.q_proj = nn.Linear(config.hidden_size, config.hidden_size)
+        self.k_proj = nn.Linear(config.hidden_size, config.hidden_size)
+        self.v_proj = nn.Linear(config.hidden_size, config.hidden_size)
+        self.out_proj = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(self, hidden_states, attention_mask, key_value_states=None, cache=None):
+        batch, length, _ = hidden_states.shape
+        query = self.q_proj(hidden_states).view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
+        source = key_value_states if self.is_cross_attention else hidden_states
+        shape = (batch, source.shape[1], self.num_heads, self.head_dim)
+        key = self.k_proj(source).view(shape).transpose(1, 2)
+        value = self.v_proj(source).view(shape).transpose(1, 2)
+        if cache is not None and not self.is_cross_attention:
+            key, value = cache.update(key, value, self.layer_idx)
+        implementation = self.config._attn_implementation or "sdpa"
+        attention = eager_attention_forward if implementation == "eager" else ALL_ATTENTION_FUNCTIONS[implementation]
+        output, _ = attention(
+            self, query, key, value, attention_mask, scaling=self.scaling,
+            dropout=self.config.attention_probs_dropout_prob if self.training else 0.0,
+        )
+        return self.out_proj(output.reshape(batch, length, -1))
+
+
+class OptTriDecoderLayer(GradientCheckpointingLayer):
+    """Pre-norm decoder layer: causal self-attention, cross-attention to the encoder, MLP."""
+
+    def __init__(self, config: OptTriTextDecoderConfig, layer_idx: int):
+        super().__init__()
+        self.self_attn_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.self_attn = OptTriDecoderAttention(config, layer_idx, is_cross_attention=False)
+        self.cross_attn_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.cross_attn = OptTriDecoderAttention(config, layer_idx, is_cross_attention=True)
+        self.mlp_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.mlp = OptTriMLP(config)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden_states, self_mask, encoder_states, cross_mask, cache=None):
+        hidden_states = hidden_states + self.dropout(self.self_attn(self.self_attn_layer_norm(hidden_states), self_mask, cache=cache))
+        hidden_states = hidden_states + self.dropout(
+            self.cross_attn(self.cross_attn_layer_norm(hidden_states), cross_mask, key_value_states=encoder_states)
+        )
+        return hidden_states + self.dropout(self.mlp(self.mlp_layer_norm(hidden_states)))
+
+
+class OptTriTextDecoder(nn.Module):
+    """Token + position embeddings, `num_hidden_layers` decoder layers and a final LayerNorm."""
+
+    def __init__(self, config: OptTriTextDecoderConfig, encoder_hidden_size: int):
+        super().__init__()
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        self.embed_positions = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.encoder_projection = nn.Linear(encoder_hidden_size, config.hidden_size)
+        self.layers = nn.ModuleList([OptTriDecoderLayer(config, i) for i in range(config.num_hidden_layers)])
+        self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, input_ids, attention_mask, encoder_states, encoder_mask, cache=None) -> torch.Tensor:
+        """
+        input_ids `(B, n)` (the new tokens when a cache holds the earlier ones), attention_mask `(B, past + n)`,
+        encoder_states `(B, S, encoder_hidden)`, encoder_mask `(B, S)`. Returns `(B, n, hidden)`.
+        """
+        batch, length = input_ids.shape
+        past = cache.get_seq_length() if cache is not None else 0
+        if past + length > self.config.max_position_embeddings:
+            raise ValueError(
+                f"The decoder sequence ({past + length} tokens) is longer than text_decoder_config."
+                f"max_position_embeddings ({self.config.max_position_embeddings}); lower max_new_tokens/max_length"
+            )
+        positions = torch.arange(past, past + length, device=input_ids.device)
+        hidden = self.embed_tokens(input_ids) + self.embed_positions(positions)
+        dtype = hidden.dtype
+        if attention_mask is None:
+            attention_mask = torch.ones(batch, past + length, dtype=torch.long, device=input_ids.device)
+        keys = torch.arange(past + length, device=input_ids.device)
+        allowed = (keys[None, :] <= positions[:, None])[None] & attention_mask.bool()[:, None, :]  # (B, n, past + n)
+        self_mask = (~allowed[:, None]).to(dtype) * torch.finfo(dtype).min
+        cross_mask = _additive_mask(encoder_mask, dtype)
+        encoder_states = self.encoder_projection(encoder_states)
+        for layer in self.layers:
+            hidden = layer(hidden, self_mask, encoder_states, cross_mask, cache)
+        return self.layer_norm(hidden)
+
+
+@dataclass
+class OptTriCaptioningOutput(ModelOutput):
+    r"""
+    Output of [`OptTriForConditionalGeneration`].
+
+    Args:
+        loss: next-token cross-entropy over the labelled positions, when `labels` are given.
+        logits (`(B, n, vocab)`): next-token scores.
+        cache (`Cache`): the decoder's self-attention cache (`past_key_values` in older transformers releases).
+        encoder_hidden_states (`(B, S, cross_modal_hidden)`), encoder_attention_mask (`(B, S)`): the cross-modal
+            states the decoder attends to (reused across generation steps).
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    cache: Cache | None = None
+    encoder_hidden_states: torch.FloatTensor | None = None
+    encoder_attention_mask: torch.LongTensor | None = None
+
+
+class OptTriForConditionalGeneration(OptTriPreTrainedModel, GenerationMixin):
+    """
+    Text generation conditioned on any subset of image and audio (captioning, ASR) and optionally text: the
+    cross-modal encoder reads the inputs once, and a causal text decoder with cross-attention writes the text.
+
+    Example:
+
+    ```python
+    >>> ids = model.generate(pixel_values=pixels, max_new_tokens=20)                  # captioning
+    >>> ids = model.generate(input_features=feats, audio_attention_mask=mask, num_beams=3)  # ASR
+    >>> processor.batch_decode(ids, skip_special_tokens=True)
+    ```
+    """
+
+    def __init__(self, config: OptTriConfig):
+        super().__init__(config)
+        self.opt_tri = OptTriModel(config)
+        self.text_decoder = OptTriTextDecoder(config.text_decoder_config, config.cross_modal_config.hidden_size)
+        self.lm_head = nn.Linear(config.text_decoder_config.hidden_size, config.text_decoder_config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.text_decoder.embed_tokens
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.lm_head
+
+    def encode(
+        self,
+        pixel_values=None,
+        image_mask=None,
+        input_features=None,
+        audio_attention_mask=None,
+        encoder_input_ids=None,
+        encoder_attention_mask=None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cross-modal states `(B, S, hidden)` and mask `(B, S)` of the conditioning inputs."""
+        out = self.opt_tri(
+            input_ids=encoder_input_ids,
+            attention_mask=encoder_attention_mask,
+            pixel_values=pixel_values,
+            image_mask=image_mask,
+            input_features=input_features,
+            audio_attention_mask=audio_attention_mask,
+        )
+        return out.last_hidden_state, out.fusion_attention_mask
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        image_mask: torch.LongTensor | None = None,
+        input_features: torch.FloatTensor | None = None,
+        audio_attention_mask: torch.LongTensor | None = None,
+        encoder_input_ids: torch.LongTensor | None = None,
+        encoder_attention_mask: torch.LongTensor | None = None,
+        encoder_hidden_states: torch.FloatTensor | None = None,
+        encoder_states_mask: torch.LongTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
+        use_cache: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> OptTriCaptioningOutput:
+        r"""
+        Args:
+            input_ids (`(B, n)`), attention_mask (`(B, past + n)`): decoder tokens (start with `[CLS]`, the BOS).
+            pixel_values, image_mask, input_features, audio_attention_mask: the conditioning image and/or audio.
+            encoder_input_ids, encoder_attention_mask: optional conditioning text (e.g. a question).
+            encoder_hidden_states, encoder_states_mask: precomputed cross-modal states (from `encode`), which skip
+                the encoder.
+            labels (`(B, n)`): target tokens, -100 where ignored. When given without `input_ids`, the decoder input
+                is `labels` shifted right behind the BOS token (teacher forcing).
+        """
+        dc = self.config.text_decoder_config
+        cache = cache if cache is not None else past_key_values
+        if encoder_hidden_states is None:
+            if pixel_values is None and input_features is None and encoder_input_ids is None:
+                raise ValueError("Nothing to condition on: pass pixel_values and/or input_features (or encoder_input_ids)")
+            encoder_hidden_states, encoder_states_mask = self.encode(
+                pixel_values, image_mask, input_features, audio_attention_mask, encoder_input_ids, encoder_attention_mask
+            )
+        elif encoder_states_mask is None:
+            encoder_states_mask = torch.ones(encoder_hidden_states.shape[:2], dtype=torch.long, device=encoder_hidden_states.device)
+        if input_ids is None:
+            if labels is None:
+                raise ValueError("Pass input_ids (decoder tokens) or labels")
+            input_ids = _shift_right(labels, dc.bos_token_id, dc.pad_token_id)
+            if attention_mask is None:
+                attention_mask = (input_ids != dc.pad_token_id).long()
+                attention_mask[:, 0] = 1
+        use_cache = use_cache if use_cache is not None else (dc.use_cache and not self.training)
+        if use_cache and cache is None:
+            cache = DynamicCache(config=self.config.get_text_config(decoder=True))
+        hidden = self.text_decoder(input_ids, attention_mask, encoder_hidden_states, encoder_states_mask, cache if use_cache else None)
+        logits = self.lm_head(hidden)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
+        output = OptTriCaptioningOutput(
+            loss=loss,
+            logits=logits,
+            cache=cache if use_cache else None,
+            encoder_hidden_states=encoder_hidden_states,
+            encoder_attention_mask=encoder_states_mask,
+        )
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        return output if return_dict else output.to_tuple()
+
+    def prepare_inputs_for_generation(self, input_ids, attention_mask=None, **kwargs):
+        """Feed only the tokens the cache has not seen, with the cached cross-modal states."""
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        past = cache.get_seq_length() if cache is not None else 0
+        inputs = {
+            "input_ids": input_ids[:, past:] if past else input_ids,
+            "attention_mask": attention_mask,
+            "cache": cache,
+            "use_cache": kwargs.get("use_cache", True),
+            "encoder_hidden_states": kwargs.get("encoder_hidden_states"),
+            "encoder_states_mask": kwargs.get("encoder_states_mask"),
+        }
+        return inputs
+
+    @torch.no_grad()
+    def generate(
+        self,
+        pixel_values=None,
+        image_mask=None,
+        input_features=None,
+        audio_attention_mask=None,
+        encoder_input_ids=None,
+        encoder_attention_mask=None,
+        input_ids=None,
+        **generate_kwargs,
+    ) -> torch.LongTensor:
+        """
+        `GenerationMixin.generate` (greedy, beam search, sampling; KV cache) after encoding the conditioning inputs
+        once. `input_ids` are optional decoder prompts (default: the BOS token). Returns token ids `(B, length)`.
+        """
+        states, mask = self.encode(pixel_values, image_mask, input_features, audio_attention_mask, encoder_input_ids, encoder_attention_mask)
+        dc = self.config.text_decoder_config
+        if input_ids is None:
+            input_ids = torch.full((states.shape[0], 1), dc.bos_token_id, dtype=torch.long, device=states.device)
+        generate_kwargs.setdefault("bos_token_id", dc.bos_token_id)
+        generate_kwargs.setdefault("eos_token_id", dc.eos_token_id)
+        generate_kwargs.setdefault("pad_token_id", dc.pad_token_id)
+        return super().generate(
+            input_ids=input_ids,
+            attention_mask=torch.ones_like(input_ids),
+            encoder_hidden_states=states,
+            encoder_states_mask=mask,
+            **generate_kwargs,
+        )
+
+
+def _shift_right(labels: torch.Tensor, bos_token_id: int, pad_token_id: int) -> torch.Tensor:
+    shifted = labels.new_full(labels.shape, pad_token_id)
+    shifted[:, 1:] = labels[:, :-1].masked_fill(labels[:, :-1] == -100, pad_token_id)
+    shifted[:, 0] = bos_token_id
+    return shifted
+
+
 __all__ = [
     "OptTriAudioModel",
+    "OptTriCaptioningOutput",
+    "OptTriForConditionalGeneration",
     "OptTriForPreTraining",
     "OptTriForPreTrainingOutput",
     "OptTriModel",
@@ -1223,3 +1601,4 @@ __all__ = [
 
 OptTriModel.register_for_auto_class("AutoModel")
 OptTriForPreTraining.register_for_auto_class("AutoModelForPreTraining")
+OptTriForConditionalGeneration.register_for_auto_class("AutoModelForImageTextToText")

@@ -6,6 +6,7 @@ This is a Hub file: it is copied next to checkpoints as remote code together wit
 
 from __future__ import annotations
 
+import numbers
 import os
 from typing import Any
 
@@ -101,6 +102,8 @@ class OptTriProcessor(ProcessorMixin):
     def _text_limit(self, max_length: int | None) -> int | None:
         """The token limit truncation applies: `max_length`, else the tokenizer's `model_max_length`."""
         if max_length is not None:
+            if isinstance(max_length, bool) or not isinstance(max_length, numbers.Integral) or max_length < 1:
+                raise ValueError(f"max_length must be a positive int (a number of tokens), got {max_length!r}")
             return int(max_length)
         limit = getattr(self.tokenizer, "model_max_length", None)
         return int(limit) if limit is not None and limit < _UNBOUNDED_LENGTH else None
@@ -127,6 +130,12 @@ class OptTriProcessor(ProcessorMixin):
         missing = [index for index, row in enumerate(rows) if row is None]
         strings = ["" if row is None else row for row in rows]
         limit = self._text_limit(max_length) if truncation else None
+        special = self.tokenizer.num_special_tokens_to_add() if kwargs.get("add_special_tokens", True) else 0
+        if limit is not None and limit < special:  # the tokenizer would silently not truncate at all
+            raise ValueError(
+                f"max_length={limit} is shorter than the {special} special tokens added to every text row; "
+                f"use max_length >= {special}"
+            )
         encoded = self.tokenizer(
             strings,
             padding=padding,

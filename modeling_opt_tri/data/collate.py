@@ -12,7 +12,7 @@ padding stays small. The order depends only on `(seed, epoch)`, which makes the 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -76,6 +76,9 @@ class TriModalCollator:
     def __call__(self, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         texts, images, audios, reasons = [], [], [], []
         for position, row in enumerate(rows):
+            if not isinstance(row, Mapping):  # e.g. a raw string: skipped and counted like any other unusable row
+                reasons.append(f"row {position}: expected a dict of columns, got {type(row).__name__}")
+                continue
             context = f"row {row.get('id', position)}"
             try:
                 text, image, audio = self.decode_row(row, context)

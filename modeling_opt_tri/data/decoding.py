@@ -281,8 +281,10 @@ def decode_audio(value: Any, context: str | None = None) -> tuple[np.ndarray, in
 
     try:
         rate = int(sampling_rate)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise CorruptSampleError(f"{where}: missing or invalid sampling_rate {sampling_rate!r}") from None
+    if isinstance(sampling_rate, bool) or (isinstance(sampling_rate, (float, np.floating)) and rate != sampling_rate):
+        raise CorruptSampleError(f"{where}: sampling_rate must be a whole number of Hz, got {sampling_rate!r}")
     if rate <= 0:
         raise CorruptSampleError(f"{where}: sampling_rate must be positive, got {rate}")
     if wave.size == 0:

@@ -94,11 +94,15 @@ def _read_rows(metadata: Path) -> list[dict[str, Any]]:
     """Parse and validate every line of ``metadata``; media paths are made absolute."""
     root = Path(os.path.normpath(metadata.parent.absolute()))
     rows: list[dict[str, Any]] = []
-    with metadata.open("r", encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
+    with metadata.open("rb") as handle:
+        for line_number, raw in enumerate(handle, start=1):
+            location = f"{metadata}:{line_number}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise ValueError(f"{location}: line {line_number} is not valid UTF-8 ({err.reason} at byte {err.start})") from err
             if not line.strip():
                 continue
-            location = f"{metadata}:{line_number}"
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as err:

@@ -166,7 +166,10 @@ def load_checkpoint(
 ) -> dict[str, Any]:
     """Restore model, optimizer, scheduler and this rank's RNG state; return the trainer state."""
     path = Path(path)
-    required = ["model.safetensors", "optimizer.pt", "scheduler.pt", "trainer_state.json"]
+    if not path.is_dir():
+        raise FileNotFoundError(f"checkpoint folder {str(path)!r} does not exist")
+    required = ["model.safetensors", "optimizer.pt", "scheduler.pt", "trainer_state.json",
+                f"rng_state_{rank}.json", f"rng_state_{rank}.safetensors"]  # without the RNG state, no exact resume
     missing = [name for name in required if not (path / name).exists()]
     if missing:
         raise FileNotFoundError(f"{path} is not a complete OPT-Tri checkpoint: missing {missing}")
@@ -184,7 +187,6 @@ def load_checkpoint(
         raise ValueError(f"{path}: checkpoint weights do not match the model (missing {missing_keys}, unexpected {unexpected})")
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu"))
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
-    rng_json = path / f"rng_state_{rank}.json"
-    if rng_json.exists():
-        set_rng_state(json.loads(rng_json.read_text()), load_file(str(path / f"rng_state_{rank}.safetensors")))
+    set_rng_state(json.loads((path / f"rng_state_{rank}.json").read_text()),
+                  load_file(str(path / f"rng_state_{rank}.safetensors")))
     return state

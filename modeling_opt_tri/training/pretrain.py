@@ -15,6 +15,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -255,15 +256,38 @@ class NonFiniteLossError(RuntimeError):
     pass
 
 
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+"""A name `from_pretrained` / `load_dataset` may look up on the Hub (`name` or `namespace/name`)."""
+
+
+def check_arguments(args: PretrainArguments) -> None:
+    """Fail fast, naming the flag, on arguments that would otherwise fail late (after the model is built) or with a
+    vague message (e.g. huggingface_hub's "Repo id must be in the form ..." for a local folder that does not exist)."""
+    if args.mixed_precision not in ("no", "fp16", "bf16"):
+        raise ValueError(f"--mixed_precision must be no, fp16 or bf16, got {args.mixed_precision!r}")
+    if args.schedule not in ("weighted", "mix"):
+        raise ValueError(f"--schedule must be 'weighted' or 'mix', got {args.schedule!r}")
+    parse_weights(args.objectives, PRETRAINING_OBJECTIVES, "objective")
+    parse_weights(args.mix_ratios, PRETRAINING_OBJECTIVES, "mix ratio")
+    folders = {
+        "preset": None if args.model_name_or_path else args.preset,
+        "model_name_or_path": args.model_name_or_path,
+        "init_text": args.init_text,
+        "init_vision": args.init_vision,
+        "init_audio": args.init_audio,
+        "dataset": None if args.dataset == "builtin" else args.dataset,
+    }
+    for flag, value in folders.items():
+        if value and not os.path.exists(value) and not _HUB_ID.match(value):
+            raise FileNotFoundError(f"--{flag} {value!r}: no such file or folder (and not a Hub name)")
+
+
 def run_pretraining(args: PretrainArguments) -> dict[str, Any]:
     """Train; return a summary (final losses, counters, retrieval metrics when `args.evaluate`)."""
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs, set_seed
 
-    if args.mixed_precision not in ("no", "fp16", "bf16"):
-        raise ValueError(f"--mixed_precision must be no, fp16 or bf16, got {args.mixed_precision!r}")
-    if args.schedule not in ("weighted", "mix"):
-        raise ValueError(f"--schedule must be 'weighted' or 'mix', got {args.schedule!r}")
+    check_arguments(args)
     output_dir = Path(args.output_dir)
     accelerator = Accelerator(
         mixed_precision=args.mixed_precision,

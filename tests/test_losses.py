@@ -1,0 +1,630 @@
+"""Pre-training losses and masking of OPT-Tri, one by one, then end to end.
+
+Every loss must go down when its prediction moves toward its target, and must ignore padding and positions that
+are not being predicted (DESIGN.md section 4: OPT's own losses got sign, negatives and padding wrong).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from conftest import tiny_batch, tiny_config
+from modeling_opt_tri import OptTriForPreTraining
+from modeling_opt_tri.modeling_opt_tri import (
+    MODALITIES,
+    MODALITY_TEXT,
+    TRI_MATCHING_CLASSES,
+    contrastive_loss,
+    ipot_transport,
+    masked_frame_contrastive_loss,
+    masked_regression_loss,
+    mlm_loss,
+    wra_loss,
+)
+
+TS = torch.linspace(0.0, 1.0, 11)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run faster on one thread, and far faster on a busy 2-core machine (no oversubscription)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _strictly_decreasing(values, what):
+    values = [float(v) for v in values]
+    assert all(b < a for a, b in zip(values, values[1:])), f"{what} does not fall monotonically: {values}"
+
+
+def _gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# MLM
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_mlm_loss_falls_toward_target_and_ignores_unmasked():
+    g = _gen()
+    vocab = 50
+    base = torch.randn(3, 7, vocab, generator=g)
+    targets = torch.randint(vocab, (3, 7), generator=g)
+    masked = torch.rand(3, 7, generator=g) < 0.4
+    masked[0, 0] = True
+    labels = targets.masked_fill(~masked, -100)
+    ideal = 20.0 * F.one_hot(targets, vocab).float()
+    losses = [mlm_loss((1 - t) * base + t * ideal, labels) for t in TS]
+    _strictly_decreasing(losses, "mlm_loss")
+    assert losses[-1] < 1e-3
+
+    # equals the mean cross-entropy over the masked positions only
+    expected = F.cross_entropy(base[masked], targets[masked])
+    assert torch.allclose(mlm_loss(base, labels), expected)
+    # logits at unmasked positions do not matter
+    changed = base.clone()
+    changed[~masked] = torch.randn(int((~masked).sum()), vocab, generator=g) * 10
+    assert torch.equal(mlm_loss(changed, labels), mlm_loss(base, labels))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# MRFR / MAFR (masked regression)
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_masked_regression_loss_falls_toward_target_and_ignores_unmasked():
+    g = _gen(1)
+    prediction = torch.randn(2, 6, 5, generator=g)
+    target = torch.randn(2, 6, 5, generator=g)
+    mask = torch.zeros(2, 6, dtype=torch.bool)
+    mask[0, [1, 4]] = True
+    mask[1, 2] = True
+    losses = [masked_regression_loss((1 - t) * prediction + t * target, target, mask) for t in TS]
+    _strictly_decreasing(losses, "masked_regression_loss")
+    assert losses[-1] == 0.0
+    expected = (prediction - target).pow(2).mean(-1)[mask].mean()
+    assert torch.allclose(losses[0], expected)
+
+    prediction2, target2 = prediction.clone(), target.clone()
+    prediction2[~mask] = 1e3
+    target2[~mask] = -1e3
+    assert torch.equal(masked_regression_loss(prediction2, target2, mask), losses[0])
+    # nothing masked: zero, not NaN
+    assert masked_regression_loss(prediction, target, torch.zeros_like(mask)).item() == 0.0
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# MAC (masked audio frame contrastive)
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _mac_setup(seed=2):
+    g = _gen(seed)
+    target = torch.randn(3, 6, 8, generator=g)
+    prediction = torch.randn(3, 6, 8, generator=g)
+    real = torch.zeros(3, 6, dtype=torch.bool)
+    real[0, :] = True
+    real[1, :4] = True
+    real[2, :3] = True
+    masked = torch.zeros(3, 6, dtype=torch.bool)
+    masked[0, [1, 3]] = True
+    masked[1, 2] = True
+    return prediction, target, masked, real
+
+
+def test_mac_falls_toward_true_frame():
+    prediction, target, masked, real = _mac_setup()
+    losses = [masked_frame_contrastive_loss((1 - t) * prediction + t * target, target, masked, real, 0.1) for t in TS]
+    _strictly_decreasing(losses, "masked_frame_contrastive_loss")
+
+
+def test_mac_positive_is_the_true_frame_and_the_sign_is_right():
+    prediction, target, masked, real = _mac_setup()
+    masked = torch.zeros_like(masked)
+    masked[0, 2] = True  # one query: sample 0, position 2
+    to_true, to_other = prediction.clone(), prediction.clone()
+    to_true[0, 2] = target[0, 2]
+    to_other[0, 2] = target[0, 4]  # another real frame of the same clip
+    loss_true = masked_frame_contrastive_loss(to_true, target, masked, real, 0.1)
+    loss_other = masked_frame_contrastive_loss(to_other, target, masked, real, 0.1)
+    loss_start = masked_frame_contrastive_loss(prediction, target, masked, real, 0.1)
+    assert loss_true < loss_start, (loss_true, loss_start)
+    assert loss_other > loss_true + 1.0
+
+    # closed form: -log softmax(cos / T) over the real frames of the query's own clip, positive = the true frame
+    query = F.normalize(to_true[0, 2], dim=-1)
+    candidates = F.normalize(target[0, real[0]], dim=-1)
+    expected = -torch.log_softmax(candidates @ query / 0.1, dim=0)[2]
+    assert torch.allclose(loss_true, expected, atol=1e-6)
+
+
+def test_mac_padding_and_other_clips_are_never_candidates():
+    prediction, target, masked, real = _mac_setup()
+    masked = torch.zeros_like(masked)
+    masked[1, 1] = True  # one query in clip 1, which has padding at positions 4, 5
+    loss = masked_frame_contrastive_loss(prediction, target, masked, real, 0.1)
+
+    # a padded frame identical to the prediction would be the best candidate if padding were a candidate
+    padded = target.clone()
+    padded[1, 4] = prediction[1, 1] * 3
+    padded[1, 5] = -prediction[1, 1]
+    assert torch.equal(masked_frame_contrastive_loss(prediction, padded, masked, real, 0.1), loss)
+
+    # frames of other clips are not negatives either (OPT's negatives crossed sample boundaries)
+    other_clips = target.clone()
+    other_clips[0] = prediction[1, 1]
+    other_clips[2] = -prediction[1, 1]
+    assert torch.equal(masked_frame_contrastive_loss(prediction, other_clips, masked, real, 0.1), loss)
+
+    # predictions at positions that are not masked do not count
+    unmasked_changed = prediction.clone()
+    unmasked_changed[~masked] = 100.0
+    assert torch.equal(masked_frame_contrastive_loss(unmasked_changed, target, masked, real, 0.1), loss)
+
+    # nothing masked: a zero that still back-propagates
+    zero = masked_frame_contrastive_loss(prediction.requires_grad_(), target, torch.zeros_like(masked), real, 0.1)
+    assert zero.item() == 0.0 and zero.requires_grad
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Contrastive alignment
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_contrastive_loss_falls_as_pairs_align_and_ignores_invalid_rows():
+    g = _gen(3)
+    a = torch.eye(6, 8)[torch.randperm(6, generator=g)]  # orthonormal rows: b = a is the best possible alignment
+    b0 = F.normalize(torch.randn(6, 8, generator=g), dim=-1)
+    scale = torch.tensor(math.log(10.0))
+    valid = torch.tensor([True, True, True, True, False, False])
+    losses = [contrastive_loss(a, F.normalize((1 - t) * b0 + t * a, dim=-1), scale, valid) for t in TS]
+    _strictly_decreasing(losses, "contrastive_loss")
+    # symmetric in its two modalities
+    assert torch.allclose(contrastive_loss(a, b0, scale, valid), contrastive_loss(b0, a, scale, valid))
+
+    a2, b2 = a.clone(), b0.clone()
+    a2[4:] = b0[:2]  # invalid rows made identical to valid partners: would change the loss if they counted
+    b2[4:] = a[:2]
+    assert torch.equal(contrastive_loss(a2, b2, scale, valid), contrastive_loss(a, b0, scale, valid))
+    expected = contrastive_loss(a[:4], b0[:4], scale, torch.ones(4, dtype=torch.bool))
+    assert torch.allclose(contrastive_loss(a, b0, scale, valid), expected)
+
+    one = torch.tensor([True, False, False, False, False, False])
+    scale_param = nn.Parameter(scale.clone())
+    zero = contrastive_loss(a, b0, scale_param, one)
+    assert zero.item() == 0.0 and zero.requires_grad
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# WRA (IPOT optimal transport)
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_ipot_plan_has_uniform_marginals_over_real_positions():
+    g = _gen(4)
+    cost = torch.rand(3, 6, 8, generator=g)
+    x_mask = torch.tensor([[1] * 6, [1] * 4 + [0] * 2, [1] * 2 + [0] * 4]).bool()
+    y_mask = torch.tensor([[1] * 8, [1] * 5 + [0] * 3, [1] * 8]).bool()
+    plan = ipot_transport(cost, x_mask, y_mask)
+    assert (plan >= 0).all()
+    assert torch.allclose(plan.sum((1, 2)), torch.ones(3), atol=1e-4)
+    rows, cols = plan.sum(2), plan.sum(1)
+    x_expected = x_mask.float() / x_mask.sum(1, keepdim=True)
+    y_expected = y_mask.float() / y_mask.sum(1, keepdim=True)
+    assert torch.allclose(rows, x_expected, atol=2e-3), rows
+    assert torch.allclose(cols, y_expected, atol=2e-3), cols
+    # exactly zero on padding
+    assert plan[~x_mask].abs().max() == 0.0
+    assert plan.transpose(1, 2)[~y_mask].abs().max() == 0.0
+
+    # mass goes where the cost is low: a zero-cost diagonal gets (almost) everything
+    square = torch.ones(1, 5, 5) - torch.eye(5)[None]
+    ones = torch.ones(1, 5, dtype=torch.bool)
+    diagonal = ipot_transport(square, ones, ones).diagonal(dim1=1, dim2=2).sum()
+    assert diagonal > 0.95
+
+
+def test_wra_loss_falls_for_matched_pairs_rises_for_mismatched_and_ignores_padding():
+    g = _gen(5)
+    x = torch.randn(2, 5, 8, generator=g)
+    y0 = torch.randn(2, 5, 8, generator=g)
+    mask = torch.ones(2, 5, dtype=torch.bool)
+    positive = torch.tensor([True, True])
+    pos = [wra_loss(x, mask, (1 - t) * y0 + t * x, mask, positive) for t in TS]
+    _strictly_decreasing(pos, "wra_loss (matched)")
+    assert abs(float(pos[-1])) < 1e-4  # identical token sets: transport distance 0
+    neg = [wra_loss(x, mask, (1 - t) * y0 + t * x, mask, ~positive) for t in TS]
+    _strictly_decreasing(neg[::-1], "wra_loss (mismatched), as the pair becomes more alike")
+    assert float(neg[0]) < 0  # can be negative: minimising it pushes mismatched pairs apart
+
+    x_mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]).bool()
+    y_mask = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 0, 0, 0]]).bool()
+    loss = wra_loss(x, x_mask, y0, y_mask, positive)
+    x2, y2 = x.clone(), y0.clone()
+    x2[~x_mask] = 50 * torch.randn(int((~x_mask).sum()), 8, generator=g)
+    y2[~y_mask] = x[0, 0]
+    assert torch.allclose(wra_loss(x2, x_mask, y2, y_mask, positive), loss, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# ITM and 5-way tri-modal matching: the labels agree with what was actually paired
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _identity_states(n, dims=(("text", 3), ("image", 2), ("audio", 2))):
+    """Unimodal 'states' whose every feature is the sample index, so a fused batch reveals which samples it mixes."""
+    ids = torch.arange(n, dtype=torch.float32)
+    return {m: (ids[:, None, None].expand(n, length, 4).clone(), torch.ones(n, length, dtype=torch.long)) for m, length in dims}
+
+
+def _composition_class(t, i, a):
+    if t == i == a:
+        return 0  # all_match
+    if i == a and t != i:
+        return 1  # image_audio_match
+    if t == i and a != t:
+        return 2  # text_image_match
+    if t == a and i != t:
+        return 3  # text_audio_match
+    assert len({t, i, a}) == 3, (t, i, a)
+    return 4  # none_match
+
+
+def test_tri_matching_labels_match_the_triples_built(monkeypatch):
+    assert TRI_MATCHING_CLASSES == ("all_match", "image_audio_match", "text_image_match", "text_audio_match", "none_match")
+    torch.manual_seed(0)
+    model = OptTriForPreTraining(tiny_config())
+    scale = {"value": 0.0}
+
+    def fake_fuse(text=None, image=None, audio=None):
+        t, i, a = (part[0][:, 0, 0].long() for part in (text, image, audio))
+        classes = torch.tensor([_composition_class(*map(int, triple)) for triple in zip(t, i, a)])
+        seen.update(classes.tolist())
+        hidden = scale["value"] * F.one_hot(classes, 5).float()[:, None, :]  # fused [CLS] = scaled one-hot logits
+        return hidden, None, None
+
+    monkeypatch.setattr(model.opt_tri, "fuse", fake_fuse)
+    model.tri_matching_head = nn.Identity()
+    seen = set()
+    for n in (3, 4, 5, 8):
+        states = _identity_states(n)
+        valid = torch.ones(n, dtype=torch.bool)
+        for seed in range(30):
+            losses = []
+            for s in (0.0, 2.0, 8.0, 30.0) if seed == 0 else (30.0,):
+                scale["value"] = s
+                torch.manual_seed(seed)
+                losses.append(model._tri_matching(states, valid))
+            if seed == 0:
+                assert torch.allclose(losses[0], torch.tensor(math.log(5.0)))
+            _strictly_decreasing(losses, f"tri-matching loss (n={n}, seed={seed})")
+            assert losses[-1] < 1e-6, f"a tri-matching label disagrees with its triple (n={n}, seed={seed})"
+    assert seen == set(range(5))
+
+
+def test_itm_labels_and_hard_negatives(monkeypatch):
+    torch.manual_seed(0)
+    model = OptTriForPreTraining(tiny_config())
+    scale = {"value": 0.0}
+
+    def fake_fuse(text=None, image=None, audio=None):
+        parts = [p for p in (text, image, audio) if p is not None]
+        assert len(parts) == 2
+        match = (parts[0][0][:, 0, 0] == parts[1][0][:, 0, 0]).float()
+        logits = scale["value"] * torch.stack([1 - match, match], dim=1)
+        return logits[:, None, :], None, None
+
+    monkeypatch.setattr(model.opt_tri, "fuse", fake_fuse)
+    model.itm_head = nn.Identity()
+    n = 5
+    states = _identity_states(n)
+    g = _gen(6)
+    embeds = {m: F.normalize(torch.randn(n, 16, generator=g), dim=-1) for m in MODALITIES}
+    valid = torch.tensor([True, True, False, True, True])  # row 2 lacks one modality of the pair
+    for a, b in (("text", "image"), ("text", "audio"), ("image", "audio")):
+        for seed in range(20):
+            losses = []
+            for s in (0.0, 2.0, 8.0, 30.0) if seed == 0 else (30.0,):
+                scale["value"] = s
+                torch.manual_seed(seed)
+                itm, wra = model._pair_matching(a, b, states, embeds, valid, want_wra=False)
+                assert wra is None
+                losses.append(itm)
+            _strictly_decreasing(losses, f"ITM loss ({a}-{b}, seed {seed})")
+            assert losses[-1] < 1e-6, "an ITM negative is the sample itself, or a positive is mismatched"
+
+    # the hard negatives never use a row outside `valid`
+    used = []
+
+    def recording_fuse(text=None, image=None, audio=None):
+        parts = [p for p in (text, image, audio) if p is not None]
+        used.extend(int(v) for p in parts for v in p[0][:, 0, 0])
+        return fake_fuse(text, image, audio)
+
+    monkeypatch.setattr(model.opt_tri, "fuse", recording_fuse)
+    for seed in range(20):
+        torch.manual_seed(seed)
+        model._pair_matching("text", "image", states, embeds, valid, want_wra=False)
+    assert 2 not in used and set(used) == {0, 1, 3, 4}
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Masking
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_mask_text_rate_8010_split_and_never_special_or_padding():
+    config = tiny_config()
+    model = OptTriForPreTraining(config)
+    g = _gen(7)
+    batch, length = 1000, 48
+    input_ids = torch.randint(5, config.text_config.vocab_size, (batch, length), generator=g)
+    input_ids[:, 0] = 2  # [CLS]
+    lengths = torch.randint(10, length + 1, (batch,), generator=g)
+    attention_mask = (torch.arange(length)[None] < lengths[:, None]).long()
+    input_ids[torch.arange(batch), lengths - 1] = 3  # [SEP]
+    sprinkle = torch.rand(batch, length, generator=g) < 0.05
+    input_ids[sprinkle] = 1  # [UNK] is special too in this config
+    input_ids[attention_mask == 0] = 0  # [PAD]
+    rows = torch.ones(batch, dtype=torch.bool)
+    rows[::5] = False  # rows not chosen for text masking this step
+
+    torch.manual_seed(0)
+    masked_ids, labels = model.mask_text(input_ids, attention_mask, rows)
+    chosen = labels != -100
+    special = torch.isin(input_ids, torch.tensor(config.special_token_ids))
+    candidates = attention_mask.bool() & ~special & rows[:, None]
+
+    assert not (chosen & ~candidates).any(), "masked a special token, a padding position or an unchosen row"
+    assert torch.equal(masked_ids[~chosen], input_ids[~chosen]), "changed a position that is not a label"
+    assert torch.equal(labels[chosen], input_ids[chosen])
+    assert chosen[rows].any(1).all()
+
+    rate = chosen.sum().item() / candidates.sum().item()
+    assert abs(rate - config.mlm_probability) < 0.01, rate
+    n = chosen.sum().item()
+    to_mask = (masked_ids[chosen] == config.mask_token_id).float().mean().item()
+    unchanged = (masked_ids[chosen] == input_ids[chosen]).float().mean().item()
+    random = 1 - to_mask - unchanged
+    assert n > 3000
+    assert abs(to_mask - 0.8) < 0.03, to_mask
+    assert abs(random - 0.1) < 0.025, random
+    assert abs(unchanged - 0.1) < 0.025, unchanged
+
+
+def test_mask_positions_never_picks_padding_and_at_least_one_per_row():
+    g = _gen(8)
+    batch, n = 300, 12
+    real = torch.arange(n)[None] < torch.randint(0, n + 1, (batch,), generator=g)[:, None]  # some rows all padding
+    rows = torch.rand(batch, generator=g) < 0.7
+    for probability in (0.01, 0.15, 0.6):
+        torch.manual_seed(1)
+        chosen = OptTriForPreTraining._mask_positions(real, rows, probability)
+        assert not (chosen & ~real).any()
+        assert not chosen[~rows].any()
+        has_candidates = rows & real.any(1)
+        assert chosen[has_candidates].any(1).all()
+        assert not chosen[rows & ~real.any(1)].any()
+    rate = chosen.sum().item() / (real & rows[:, None]).sum().item()
+    assert 0.5 < rate < 0.7, rate  # ~0.6, a little more from the one-per-row rule
+
+
+def _random_presence(batch, seed):
+    g = _gen(seed)
+    present = {m: torch.rand(batch, generator=g) < 0.7 for m in MODALITIES}
+    present["text"][0] = present["image"][0] = present["audio"][0] = False  # a row with nothing eligible
+    return present
+
+
+def test_conditional_masking_masks_exactly_one_modality_per_sample():
+    model = OptTriForPreTraining(tiny_config(masking_policy="conditional"))
+    present = _random_presence(200, 9)
+    wanted = {m: True for m in MODALITIES}
+    torch.manual_seed(0)
+    picked = model._choose_masked_modalities(present, wanted)
+    count = sum(picked[m].long() for m in MODALITIES)
+    any_present = torch.stack([present[m] for m in MODALITIES], 1).any(1)
+    assert torch.equal(count, any_present.long()), "conditional masking must pick exactly one modality per sample"
+    for m in MODALITIES:
+        assert not (picked[m] & ~present[m]).any()
+        assert picked[m].sum() > 20  # each modality gets its turn
+    # an objective that is off is never chosen
+    picked = model._choose_masked_modalities(present, {"text": False, "image": True, "audio": True})
+    assert not picked["text"].any()
+    only_text = present["text"] & ~present["image"] & ~present["audio"]
+    assert only_text.any() and not any(picked[m][only_text].any() for m in MODALITIES)
+
+
+def test_joint_masking_masks_every_present_modality():
+    model = OptTriForPreTraining(tiny_config(masking_policy="joint"))
+    present = _random_presence(200, 10)
+    wanted = {"text": True, "image": False, "audio": True}
+    picked = model._choose_masked_modalities(present, wanted)
+    for m in MODALITIES:
+        assert torch.equal(picked[m], present[m] & wanted[m])
+
+
+def test_modality_dropping_never_drops_everything_and_keeps_the_masked_modality():
+    model = OptTriForPreTraining(tiny_config(masking_policy="conditional"))
+    model.config.modality_mask_probability = 0.9
+    present = _random_presence(400, 11)
+    torch.manual_seed(0)
+    keep = model._choose_masked_modalities(present, {m: True for m in MODALITIES})
+    kept = model._drop_modalities(present, keep)
+    any_present = torch.stack([present[m] for m in MODALITIES], 1).any(1)
+    any_kept = torch.stack([kept[m] for m in MODALITIES], 1).any(1)
+    assert torch.equal(any_kept, any_present), "a sample lost every modality"
+    dropped = 0
+    for m in MODALITIES:
+        assert not (kept[m] & ~present[m]).any()
+        assert torch.equal(kept[m] & keep[m], keep[m]), "the token-masked modality was dropped"
+        dropped += (present[m] & ~kept[m]).sum().item()
+    others = sum((present[m] & ~keep[m]).sum().item() for m in MODALITIES)
+    assert 0.8 * others < dropped <= others  # ~0.9 of the droppable ones
+
+    # with nothing token-masked, dropping still leaves every sample a modality
+    nothing = {m: torch.zeros(400, dtype=torch.bool) for m in MODALITIES}
+    kept = model._drop_modalities(present, nothing)
+    assert torch.equal(torch.stack([kept[m] for m in MODALITIES], 1).any(1), any_present)
+
+    model.config.modality_mask_probability = 0.0
+    kept = model._drop_modalities(present, keep)
+    assert all(torch.equal(kept[m], present[m]) for m in MODALITIES)
+
+
+@pytest.mark.parametrize("policy", ["conditional", "joint"])
+def test_forward_token_masking_policy(monkeypatch, policy):
+    """In a real forward pass, the rows handed to text / image / audio masking follow the policy."""
+    model = OptTriForPreTraining(tiny_config(masking_policy=policy)).eval()
+    data = tiny_batch(batch=8)
+    data["attention_mask"][5] = 0  # row 5 has no text
+    data["image_mask"][6] = 0  # row 6 has no image
+    data["audio_attention_mask"][7] = 0  # row 7 has no audio
+    calls = {}
+    original_text, original_positions = model.mask_text, OptTriForPreTraining._mask_positions
+
+    def spy_text(input_ids, attention_mask, rows):
+        calls["text"] = rows.clone()
+        return original_text(input_ids, attention_mask, rows)
+
+    def spy_positions(real, rows, probability):
+        calls["image" if real.shape[1] == model.config.num_image_patches else "audio"] = rows.clone()
+        return original_positions(real, rows, probability)
+
+    monkeypatch.setattr(model, "mask_text", spy_text)
+    monkeypatch.setattr(model, "_mask_positions", spy_positions)
+    for seed in range(5):
+        calls.clear()
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            out = model(**data, tasks=["mlm", "mrfr", "mafr"])
+        rows = {m: calls.get(m, torch.zeros(8, dtype=torch.bool)) for m in MODALITIES}
+        present = torch.ones(8, 3, dtype=torch.bool)
+        present[5, 0] = present[6, 1] = present[7, 2] = False
+        chosen = torch.stack([rows[m] for m in MODALITIES], 1)
+        assert not (chosen & ~present).any(), "masked a modality the sample does not have"
+        if policy == "conditional":
+            assert torch.equal(chosen.sum(1), torch.ones(8, dtype=torch.long))
+        else:
+            assert torch.equal(chosen, present)
+        if out.mlm_labels is not None:
+            assert torch.equal((out.mlm_labels != -100).any(1), rows["text"])
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Tasks and end-to-end training
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_tasks_select_the_objectives_computed(batch):
+    config = tiny_config(masking_policy="joint")  # every present modality token-masked: every objective computed
+    model = OptTriForPreTraining(config).eval()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        out = model(**batch, tasks=["mlm"])
+    assert out.losses().keys() == {"mlm"}
+    assert torch.equal(out.loss, config.objectives["mlm"] * out.mlm_loss)
+    assert out.mlm_logits.shape == (4, 10, config.text_config.vocab_size)
+    with torch.no_grad():
+        out = model(**batch, tasks=["contrastive", "itm"])
+    assert out.losses().keys() == {"contrastive", "itm"} and out.mlm_logits is None
+    with torch.no_grad():
+        out = model(**batch)
+    assert out.losses().keys() == set(config.objectives)
+    expected = sum(config.objectives[k] * getattr(out, f"{k}_loss") for k in config.objectives)
+    assert torch.allclose(out.loss, expected)
+    # a zero weight switches an objective off by default
+    off = OptTriForPreTraining(tiny_config(objectives={"mlm": 1.0, "wra": 0.0})).eval()
+    with torch.no_grad():
+        assert off(**batch).losses().keys() == {"mlm"}
+
+
+def _structured_batch(batch=4, frames=40):
+    """tiny_batch, but with images whose patches repeat and audio whose tokens share half their mel bins, so that
+    masked patches / frames can be inpainted from context; the other half of the audio bins differs per token, so
+    that MAC has distinct candidates."""
+    data = tiny_batch(batch=batch, frames=frames)
+    g = _gen(1)
+    patch = torch.randn(batch, 3, 1, 1, 8, 8, generator=g).expand(batch, 3, 4, 4, 8, 8)
+    data["pixel_values"] = patch.permute(0, 1, 2, 4, 3, 5).reshape(batch, 3, 32, 32).contiguous()
+    tokens = torch.randn(batch, 16, frames // 4, 4, generator=g)
+    tokens[:, :8] = tokens[:, :8, :1]
+    data["input_features"] = tokens.reshape(batch, 16, frames).contiguous()
+    return data
+
+
+def _evaluate(model, data, tasks=None, seeds=range(5)):
+    """Mean of each loss over fixed masking seeds (the same masks before and after training: a paired comparison)."""
+    model.eval()
+    outs = []
+    with torch.no_grad():
+        for seed in seeds:
+            torch.manual_seed(10_000 + seed)
+            outs.append(model(**data, tasks=tasks).losses())
+    model.train()
+    return {k: float(np.mean([o[k] for o in outs if k in o])) for k in set().union(*outs)}
+
+
+@pytest.mark.slow
+def test_training_lowers_every_loss():
+    config = tiny_config()
+    torch.manual_seed(0)
+    model = OptTriForPreTraining(config).train()
+    data = _structured_batch()
+    before = _evaluate(model, data)
+    assert before.keys() == set(config.objectives)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    history = []
+    for step in range(200):
+        torch.manual_seed(step)
+        out = model(**data)
+        optimizer.zero_grad()
+        out.loss.backward()
+        optimizer.step()
+        history.append(out.losses())
+    after = _evaluate(model, data)
+    for name in config.objectives:
+        # lower is better for every objective, WRA included (it is negative once mismatched pairs are pushed apart)
+        assert after[name] < before[name], f"{name}: {before[name]:.4f} -> {after[name]:.4f}"
+    for name in ("mlm", "mrfr", "mafr", "contrastive", "itm"):
+        assert after[name] < 0.7 * before[name], f"{name}: {before[name]:.4f} -> {after[name]:.4f}"
+    # and along the training curve itself: mean of the first 5 vs the last 5 times each loss was computed
+    for name in config.objectives:
+        values = [h[name] for h in history if name in h]
+        assert np.mean(values[-5:]) < np.mean(values[:5]), f"{name} curve: {values[:5]} ... {values[-5:]}"
+
+
+@pytest.mark.slow
+def test_mlm_overfits_and_recovers_masked_tokens(batch):
+    config = tiny_config()
+    torch.manual_seed(0)
+    model = OptTriForPreTraining(config).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for step in range(200):
+        torch.manual_seed(step)
+        out = model(**batch, tasks=["mlm"])
+        assert out.losses().keys() == {"mlm"}
+        optimizer.zero_grad()
+        out.loss.backward()
+        optimizer.step()
+    model.eval()
+    hits = total = replaced = 0
+    with torch.no_grad():
+        for seed in range(5):
+            torch.manual_seed(10_000 + seed)
+            out = model(**batch, tasks=["mlm"])
+            chosen = out.mlm_labels != -100
+            assert torch.equal(out.mlm_labels[chosen], batch["input_ids"][chosen])
+            hits += (out.mlm_logits.argmax(-1)[chosen] == batch["input_ids"][chosen]).sum().item()
+            total += chosen.sum().item()
+    assert total >= 20
+    assert hits >= 0.8 * total, f"recovered {hits} of {total} masked tokens"
