@@ -6,9 +6,6 @@
 import argparse
 import os
 
-from modeling_opt_tri import OptTriModel, OptTriProcessor
-from modeling_opt_tri.training.pretrain import PretrainArguments, evaluate_retrieval
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -21,6 +18,10 @@ def main() -> None:
     args = parser.parse_args()
     if not os.path.isdir(args.model):
         parser.error(f"--model {args.model!r}: no such checkpoint folder (a save_pretrained output)")
+    # imported after the arguments are checked, so that a mistyped flag fails in a fraction of a second
+    from modeling_opt_tri import OptTriModel, OptTriProcessor
+    from modeling_opt_tri.training.pretrain import PretrainArguments, evaluate_retrieval
+
     model = OptTriModel.from_pretrained(args.model).eval()
     processor = OptTriProcessor.from_pretrained(args.model)
     settings = PretrainArguments(dataset=args.dataset, eval_split=args.split, eval_rows=args.eval_rows, seed=args.seed,

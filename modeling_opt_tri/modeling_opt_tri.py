@@ -234,6 +234,8 @@ class OptTriPreTrainedModel(PreTrainedModel):
     base_model_prefix = "opt_tri"
     main_input_name = "input_ids"
     supports_gradient_checkpointing = True
+    # forward() takes **kwargs but averages its losses itself: Trainer must scale for gradient accumulation
+    accepts_loss_kwargs = False
     _supports_sdpa = True
     _supports_attention_backend = True
     _no_split_modules = ["OptTriLayer", "BertLayer", "ViTLayer", "RobertaLayer"]

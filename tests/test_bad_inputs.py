@@ -50,6 +50,7 @@ from modeling_opt_tri import (
 from modeling_opt_tri.data import CorruptSampleError, decode_audio, decode_image, load_metadata_folder
 from modeling_opt_tri.data.collate import TriModalCollator
 from modeling_opt_tri.tokenization import build_wordpiece_tokenizer
+from modeling_opt_tri.training.pretrain import PretrainArguments, check_arguments
 
 PACKAGE_DIR = REPO_ROOT / "modeling_opt_tri"
 SR = 16000  # the feature extractor's rate
@@ -247,7 +248,6 @@ def _cli_results() -> dict[str, subprocess.CompletedProcess]:
         "pretrain_missing_dataset": _pretrain_cli("--dataset", str(_workdir() / "no_such_dataset")),
         "pretrain_bad_mixed_precision": _pretrain_cli("--mixed_precision", "fp32"),
         "pretrain_unknown_objective": _pretrain_cli("--objectives", "mlm=1,foo=2"),
-        "pretrain_missing_preset": _pretrain_cli("--preset", str(_workdir() / "no_such_preset")),
         "evaluate_missing_model": _evaluate_cli(str(_workdir() / "no_such_model")),
         "evaluate_bert_checkpoint": _evaluate_cli(_bert_dir()),
     }
@@ -539,11 +539,19 @@ CASES: list[tuple[str, Callable[[], Any], Raises | Returns | Warns | Exits]] = [
      lambda: _collate([{"text": "a red circle", "audio": {"array": np.zeros(800, np.float32), "sampling_rate": 8000}}]),
      Returns(lambda b: bool(torch.isfinite(b["input_features"]).all()) and b["num_skipped_rows"] == 0,
              "silence at another rate is resampled and gives finite features")),
+    # ---- pre-training arguments (checked before anything is built) ------------------------------------------------
+    ("pretrain_args:missing_preset", lambda: check_arguments(PretrainArguments(preset=str(_workdir() / "no_preset"))),
+     Raises(FileNotFoundError, r"--preset '.*no_preset': no such file or folder")),
+    ("pretrain_args:missing_init_text", lambda: check_arguments(PretrainArguments(init_text="./no/such/bert")),
+     Raises(FileNotFoundError, r"--init_text './no/such/bert': no such file or folder")),
+    ("pretrain_args:bad_schedule", lambda: check_arguments(PretrainArguments(schedule="round_robin")),
+     Raises(ValueError, r"--schedule must be 'weighted' or 'mix', got 'round_robin'")),
+    ("pretrain_args:mix_ratio_not_a_number", lambda: check_arguments(PretrainArguments(mix_ratios="mlm=x")),
+     Raises(ValueError, r"mix ratio 'mlm': weight 'x' is not a number")),
     # ---- command-line tools (subprocesses) -----------------------------------------------------------------------
     _cli("pretrain_missing_dataset", r"^FileNotFoundError: --dataset '.*no_such_dataset': no such file or folder"),
     _cli("pretrain_bad_mixed_precision", r"^ValueError: --mixed_precision must be no, fp16 or bf16, got 'fp32'"),
     _cli("pretrain_unknown_objective", r"^ValueError: Unknown objective 'foo'; known: \["),
-    _cli("pretrain_missing_preset", r"^FileNotFoundError: --preset '.*no_such_preset': no such file or folder"),
     _cli("evaluate_missing_model", r"error: --model '.*no_such_model': no such checkpoint folder"),
     _cli("evaluate_bert_checkpoint", r"^ValueError: Cannot build OptTriConfig \(model_type 'opt_tri'\) from a config of "
                                      r"model_type 'bert'"),

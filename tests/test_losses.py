@@ -14,8 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import tiny_batch, tiny_config
-from modeling_opt_tri import OptTriForPreTraining
+from conftest import tiny_batch
+from conftest import tiny_config as _conftest_tiny_config
+from modeling_opt_tri import OptTriConfig, OptTriForPreTraining
 from modeling_opt_tri.modeling_opt_tri import (
     MODALITIES,
     MODALITY_TEXT,
@@ -27,6 +28,21 @@ from modeling_opt_tri.modeling_opt_tri import (
     mlm_loss,
     wra_loss,
 )
+
+
+#: conftest's tiny_config leaves the text decoder at its 768-wide default, which makes DTR cost more than every other
+#: objective together; these tests use a decoder as tiny as the rest.
+TINY_TEXT_DECODER = dict(
+    vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+    max_position_embeddings=64, bos_token_id=2, eos_token_id=3, pad_token_id=0,
+)
+
+
+def tiny_config(**overrides):
+    if "text_decoder_config" in OptTriConfig.sub_configs:
+        overrides.setdefault("text_decoder_config", TINY_TEXT_DECODER)
+    return _conftest_tiny_config(**overrides)
+
 
 TS = torch.linspace(0.0, 1.0, 11)
 
@@ -539,8 +555,10 @@ def test_tasks_select_the_objectives_computed(batch):
     assert out.losses().keys() == {"contrastive", "itm"} and out.mlm_logits is None
     with torch.no_grad():
         out = model(**batch)
-    assert out.losses().keys() == set(config.objectives)
-    expected = sum(config.objectives[k] * getattr(out, f"{k}_loss") for k in config.objectives)
+    computed = out.losses().keys()
+    # every objective that does not depend on a modality being dropped at random is computed
+    assert set(config.objectives) - {"dtr"} <= computed <= set(config.objectives)
+    expected = sum(config.objectives[k] * getattr(out, f"{k}_loss") for k in computed)
     assert torch.allclose(out.loss, expected)
     # a zero weight switches an objective off by default
     off = OptTriForPreTraining(tiny_config(objectives={"mlm": 1.0, "wra": 0.0})).eval()
@@ -581,7 +599,7 @@ def test_training_lowers_every_loss():
     model = OptTriForPreTraining(config).train()
     data = _structured_batch()
     before = _evaluate(model, data)
-    assert before.keys() == set(config.objectives)
+    assert before.keys() == set(config.objectives), before.keys()  # the 5 fixed masking seeds cover every objective
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
     history = []
     for step in range(200):

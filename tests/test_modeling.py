@@ -23,10 +23,25 @@ from transformers import (
     ViTModel,
 )
 
-from conftest import tiny_batch, tiny_config
+from conftest import tiny_batch
+from conftest import tiny_config as _conftest_tiny_config
 from modeling_opt_tri import OptTriConfig, OptTriForPreTraining, OptTriModel
 from modeling_opt_tri.configuration_opt_tri import OptTriFusionConfig
 from modeling_opt_tri.modeling_opt_tri import OptTriLayer
+
+
+#: conftest's tiny_config leaves the text decoder at its 768-wide default, which makes DTR cost more than every other
+#: objective together; these tests use a decoder as tiny as the rest.
+TINY_TEXT_DECODER = dict(
+    vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+    max_position_embeddings=64, bos_token_id=2, eos_token_id=3, pad_token_id=0,
+)
+
+
+def tiny_config(**overrides):
+    if "text_decoder_config" in OptTriConfig.sub_configs:
+        overrides.setdefault("text_decoder_config", TINY_TEXT_DECODER)
+    return _conftest_tiny_config(**overrides)
 
 MODALITY_KEYS = {
     "text": ("input_ids", "attention_mask"),

@@ -32,6 +32,8 @@ class TriModalCollator:
         processor: an `OptTriProcessor`.
         text_column / image_column / audio_column: column names (a missing column or a `None` value means the row
             lacks that modality).
+        text_as_labels: for captioning/ASR: the text becomes decoder `labels` (`(B, n)`, the tokenized text after
+            its `[CLS]`, -100 on padding) instead of encoder input; rows without text are then skipped.
 
     Returns (from `__call__`): a dict of tensors as the processor gives them (`input_ids`, `attention_mask`,
     `pixel_values`, `image_mask`, `input_features`, `audio_attention_mask`, for the modalities present in the batch)
@@ -39,8 +41,16 @@ class TriModalCollator:
     dict holds only those two keys.
     """
 
-    def __init__(self, processor, text_column: str = "text", image_column: str = "image", audio_column: str = "audio"):
+    def __init__(
+        self,
+        processor,
+        text_column: str = "text",
+        image_column: str = "image",
+        audio_column: str = "audio",
+        text_as_labels: bool = False,
+    ):
         self.processor = processor
+        self.text_as_labels = text_as_labels
         self.text_column = text_column
         self.image_column = image_column
         self.audio_column = audio_column
@@ -88,11 +98,20 @@ class TriModalCollator:
             texts.append(text)
             images.append(image)
             audios.append(audio)
+        if self.text_as_labels:
+            missing = [i for i, t in enumerate(texts) if t is None]
+            reasons += ["a row without text cannot be a captioning target"] * len(missing)
+            keep = [i for i in range(len(texts)) if texts[i] is not None]
+            texts, images, audios = [texts[i] for i in keep], [images[i] for i in keep], [audios[i] for i in keep]
         batch: dict[str, Any] = {"num_skipped_rows": len(reasons), "skipped_reasons": reasons}
         if not texts:
             return batch
+        if self.text_as_labels:
+            encoded = self.processor.tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
+            labels = encoded["input_ids"][:, 1:].masked_fill(encoded["attention_mask"][:, 1:] == 0, -100)
+            batch["labels"] = labels
         features = self.processor(
-            text=texts if any(t is not None for t in texts) else None,
+            text=texts if any(t is not None for t in texts) and not self.text_as_labels else None,
             images=images if any(i is not None for i in images) else None,
             audio=audios if any(a is not None for a in audios) else None,
             sampling_rate=self.sampling_rate,

@@ -1,0 +1,138 @@
+"""Fine-tune OPT-Tri for captioning (image -> text) or ASR-style transcription (audio -> text) with the HF Trainer.
+
+    python examples/finetune_captioning.py --model outputs/tiny/final --output_dir outputs/caption --condition image
+    python examples/finetune_captioning.py --model configuration/tiny --output_dir outputs/caption-scratch  # random init
+
+`--model` is an OPT-Tri checkpoint (e.g. the pre-training output, whose text decoder was trained by DTR) or a preset
+folder (random initialisation). On the built-in dataset the evaluation reports BLEU (our offline metric) and how
+often the generated caption names the colour and the shape of the first object of the held-out scene.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+from transformers import Trainer, TrainingArguments
+
+from modeling_opt_tri import OptTriConfig, OptTriProcessor
+from modeling_opt_tri.data import COLORS, SHAPES, build_synthetic_dataset
+from modeling_opt_tri.data.collate import TriModalCollator
+from modeling_opt_tri.metrics import load_metric
+from modeling_opt_tri.modeling_opt_tri import OptTriForConditionalGeneration
+
+
+class CaptioningCollator(TriModalCollator):
+    """Keeps only the conditioning modality (`image`, `audio` or both) and turns the text into labels."""
+
+    def __init__(self, processor, condition: str):
+        super().__init__(processor, text_as_labels=True)
+        self.condition = condition
+
+    def __call__(self, rows):
+        keep = {"image": ("image",), "audio": ("audio",), "both": ("image", "audio")}[self.condition]
+        rows = [{"text": r["text"], **{k: r[k] for k in keep}} for r in rows]
+        batch = super().__call__(rows)
+        batch.pop("num_skipped_rows")
+        batch.pop("skipped_reasons")
+        batch.pop("input_ids", None)
+        return batch
+
+
+def _first_mentioned(caption: str, vocabulary: list[str]) -> str | None:
+    for word in caption.lower().replace(",", " ").replace(".", " ").split():
+        for name in vocabulary:
+            if word == name or word == name + "s":
+                return name
+    return None
+
+
+def caption_accuracy(captions: list[str], rows) -> dict[str, float]:
+    """
+    Share of captions whose first colour word / first shape word is the colour / shape of the scene's first object
+    (ShapeWorld captions follow reading order), and both at once. A caption that lists every colour does not score.
+    """
+    color = shape = both = 0
+    for caption, row in zip(captions, rows):
+        has_color = _first_mentioned(caption, COLORS) == row["color"]
+        has_shape = _first_mentioned(caption, SHAPES) == row["shape"]
+        color += has_color
+        shape += has_shape
+        both += has_color and has_shape
+    n = max(len(captions), 1)
+    return {"color_accuracy": color / n, "shape_accuracy": shape / n, "color_and_shape_accuracy": both / n}
+
+
+@torch.no_grad()
+def evaluate_captions(model, processor, dataset, condition: str, batch_size: int = 64) -> dict[str, float]:
+    collator = CaptioningCollator(processor, condition)
+    model.eval()
+    captions = []
+    for start in range(0, len(dataset), batch_size):
+        rows = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+        batch = collator(rows)
+        batch.pop("labels")
+        ids = model.generate(**{k: v.to(model.device) for k, v in batch.items()}, max_new_tokens=32, num_beams=1)
+        captions += processor.batch_decode(ids, skip_special_tokens=True)
+    bleu = load_metric("bleu").compute(predictions=captions, references=[[t] for t in dataset["text"]])
+    results = {"bleu": bleu["bleu"], **caption_accuracy(captions, dataset)}
+    results["examples"] = [{"reference": t, "generated": c} for t, c in list(zip(dataset["text"], captions))[:5]]
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, help="OPT-Tri checkpoint or preset folder")
+    parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--condition", choices=["image", "audio", "both"], default="image")
+    parser.add_argument("--train_rows", type=int, default=2000)
+    parser.add_argument("--eval_rows", type=int, default=200)
+    parser.add_argument("--epochs", type=float, default=3.0)
+    parser.add_argument("--max_steps", type=int, default=-1)
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--learning_rate", type=float, default=5e-4)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--push_to_hub", default=None, help="repo id to push the fine-tuned model and processor to")
+    args = parser.parse_args()
+
+    processor = OptTriProcessor.from_pretrained(args.model)
+    if (Path(args.model) / "model.safetensors").exists():
+        model = OptTriForConditionalGeneration.from_pretrained(args.model)
+    else:
+        torch.manual_seed(args.seed)
+        model = OptTriForConditionalGeneration(OptTriConfig.from_pretrained(args.model))
+    train = build_synthetic_dataset(args.train_rows, seed=args.seed, split="train")
+    held_out = build_synthetic_dataset(args.eval_rows, seed=args.seed, split="validation")
+    training_args = TrainingArguments(
+        output_dir=args.output_dir,
+        num_train_epochs=args.epochs,
+        max_steps=args.max_steps,
+        per_device_train_batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        warmup_steps=20,
+        lr_scheduler_type="cosine",
+        weight_decay=0.01,
+        logging_steps=20,
+        save_strategy="no",
+        report_to="none",
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        seed=args.seed,
+        use_cpu=not torch.cuda.is_available(),
+    )
+    trainer = Trainer(model=model, args=training_args, train_dataset=train, data_collator=CaptioningCollator(processor, args.condition))
+    trainer.train()
+    results = evaluate_captions(model, processor, held_out, args.condition)
+    print(json.dumps(results, indent=1))
+    trainer.save_model(args.output_dir)
+    processor.save_pretrained(args.output_dir)
+    (Path(args.output_dir) / "caption_metrics.json").write_text(json.dumps(results, indent=1))
+    if args.push_to_hub:
+        model.push_to_hub(args.push_to_hub)
+        processor.push_to_hub(args.push_to_hub)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,285 @@
+"""Train the OPT-Tri image tokenizer (`OptTriImageVQModel`, a VQ autoencoder with an EMA codebook) with accelerate.
+
+The data is the built-in ShapeWorld dataset (`build_synthetic_dataset`), processed by the image processor of an
+`OptTriProcessor` folder (`configuration/tiny` by default: 64-px images). The defaults are a tiny tokenizer that trains
+in a few minutes on 2 CPU cores: 64-px images, 8x downsampling (8x8 = 64 codes per image), 512 codes. The
+`OptTriImageVQConfig` defaults (8192 codes, 224 px, 128 hidden channels) are for real runs.
+
+    python examples/train_image_tokenizer.py --output_dir /tmp/image_tokenizer
+    accelerate launch examples/train_image_tokenizer.py --mixed_precision bf16 --processor configuration/base \
+        --codebook_size 8192 --hidden_channels 128 --num_res_blocks 2 --max_steps 20000 --output_dir out/image_vq
+
+It logs the reconstruction error, the perplexity, the codebook usage (% of codes used in the batch and % alive by EMA
+usage) and the dead-code restarts (tqdm, and `metrics.jsonl`), evaluates on held-out (validation-split) images before
+and after training, and writes to `--output_dir`:
+
+- the tokenizer (`save_pretrained`: `config.json`, `model.safetensors`, the Hub files) and the image processor
+  (`preprocessor_config.json`), so `AutoModel.from_pretrained(dir, trust_remote_code=True)` loads it;
+- `reconstructions.png`: the first 8 held-out images (top row) above their reconstructions (bottom row);
+- `loss_curve.png` (when matplotlib is installed), `metrics.jsonl` and `report.json` (the figures).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from PIL import Image
+from torch.utils.data import DataLoader, TensorDataset
+from tqdm.auto import tqdm
+from transformers import get_cosine_schedule_with_warmup
+
+from modeling_opt_tri import OptTriProcessor
+from modeling_opt_tri.configuration_opt_tri_vq import OptTriImageVQConfig
+from modeling_opt_tri.data.synthetic import build_synthetic_dataset
+from modeling_opt_tri.modeling_opt_tri_vq import OptTriImageVQModel
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--processor", default=str(REPO_ROOT / "configuration" / "tiny"),
+                        help="OptTriProcessor folder whose image processor prepares the images")
+    parser.add_argument("--output_dir", default="outputs/image_tokenizer")
+    parser.add_argument("--num_train_rows", type=int, default=2048, help="ShapeWorld training rows")
+    parser.add_argument("--num_eval_rows", type=int, default=64, help="held-out (validation split) rows")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max_steps", type=int, default=300)
+    parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--learning_rate", type=float, default=2e-3)
+    parser.add_argument("--weight_decay", type=float, default=0.0)
+    parser.add_argument("--warmup_steps", type=int, default=20)
+    parser.add_argument("--max_grad_norm", type=float, default=1.0)
+    parser.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default="no")
+    parser.add_argument("--log_every", type=int, default=25)
+    # tokenizer (the defaults are the tiny setting; see OptTriImageVQConfig for the full-size defaults)
+    parser.add_argument("--codebook_size", type=int, default=512)
+    parser.add_argument("--embedding_dim", type=int, default=32)
+    parser.add_argument("--hidden_channels", type=int, default=32)
+    parser.add_argument("--channel_multipliers", default="1,2,2", help="comma-separated, log2(downsample) of them")
+    parser.add_argument("--num_res_blocks", type=int, default=1)
+    parser.add_argument("--downsample", type=int, default=8)
+    parser.add_argument("--commitment_cost", type=float, default=0.25)
+    parser.add_argument("--ema_decay", type=float, default=0.99)
+    parser.add_argument("--dead_code_threshold", type=float, default=0.1,
+                        help="restart codes whose EMA usage (vectors per step) falls below this")
+    return parser.parse_args(argv)
+
+
+def load_pixels(processor: OptTriProcessor, num_rows: int, seed: int, split: str) -> tuple[torch.Tensor, list]:
+    """ShapeWorld rows of `split` -> (`pixel_values` `(N, 3, S, S)`, the PIL images)."""
+    dataset = build_synthetic_dataset(num_rows, seed=seed, split=split, image_size=processor.image_processor.image_size)
+    images = list(dataset["image"])
+    chunks = [processor(images=images[i : i + 256], return_tensors="pt")["pixel_values"] for i in range(0, len(images), 256)]
+    return torch.cat(chunks), images
+
+
+@torch.no_grad()
+def evaluate(model: OptTriImageVQModel, pixels: torch.Tensor, batch_size: int = 64) -> dict[str, float]:
+    """Reconstruction error (normalised units and [0, 1] pixels), PSNR, and codebook use on `pixels`."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    mean = torch.tensor(model.config.image_mean, device=device).view(1, -1, 1, 1)
+    std = torch.tensor(model.config.image_std, device=device).view(1, -1, 1, 1)
+    squared, squared_unit, count = 0.0, 0.0, 0
+    histogram = torch.zeros(model.config.codebook_size, device=device)
+    for start in range(0, pixels.shape[0], batch_size):
+        batch = pixels[start : start + batch_size].to(device)
+        output = model(batch)
+        reconstruction = output.reconstruction.float()
+        squared += float(((reconstruction - batch) ** 2).sum())
+        unit = (reconstruction * std + mean).clamp(0, 1)
+        squared_unit += float(((unit - (batch * std + mean)) ** 2).sum())
+        count += batch.numel()
+        histogram += torch.bincount(output.codes.flatten(), minlength=model.config.codebook_size)
+    model.train(was_training)
+    probabilities = histogram / histogram.sum()
+    entropy = -(probabilities * torch.log(probabilities + 1e-10)).sum()
+    mse_unit = squared_unit / count
+    return {
+        "mse": squared / count,
+        "mse_pixels_01": mse_unit,
+        "psnr_db": 10 * math.log10(1.0 / max(mse_unit, 1e-12)),
+        "codes_used_pct": 100.0 * float((histogram > 0).float().mean()),
+        "perplexity": float(torch.exp(entropy)),
+    }
+
+
+def save_grid(model: OptTriImageVQModel, pixels: torch.Tensor, path: Path, scale: int = 2) -> None:
+    """The images of `pixels` (top row) above their reconstructions (bottom row), `scale`x nearest upsampling."""
+    model.eval()
+    with torch.no_grad():
+        device = next(model.parameters()).device
+        reconstruction = model.decode(model.encode(pixels.to(device))).float().cpu()
+    originals, rebuilt = model.to_pil(pixels), model.to_pil(reconstruction)
+    width, height = originals[0].size
+    gap = 4
+    cell_w, cell_h = width * scale, height * scale
+    grid = Image.new("RGB", (len(originals) * (cell_w + gap) + gap, 2 * (cell_h + gap) + gap), (255, 255, 255))
+    for column, (top, bottom) in enumerate(zip(originals, rebuilt)):
+        x = gap + column * (cell_w + gap)
+        grid.paste(top.resize((cell_w, cell_h), Image.Resampling.NEAREST), (x, gap))
+        grid.paste(bottom.resize((cell_w, cell_h), Image.Resampling.NEAREST), (x, 2 * gap + cell_h))
+    grid.save(path)
+
+
+def save_loss_curve(history: list[dict], path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    steps = [h["step"] for h in history]
+    figure, axes = plt.subplots(1, 3, figsize=(13, 3.5))
+    axes[0].plot(steps, [h["reconstruction_loss"] for h in history])
+    axes[0].set_yscale("log")
+    axes[0].set_title("reconstruction MSE (normalised pixels)")
+    axes[1].plot(steps, [h["perplexity"] for h in history])
+    axes[1].set_title("code perplexity (batch)")
+    axes[2].plot(steps, [h["num_restarts"] for h in history])
+    axes[2].set_title("dead-code restarts (cumulative)")
+    for axis in axes:
+        axis.set_xlabel("step")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return True
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    accelerator = Accelerator(mixed_precision=args.mixed_precision)
+    set_seed(args.seed)
+    output_dir = Path(args.output_dir)
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+
+    processor = OptTriProcessor.from_pretrained(args.processor)
+    with accelerator.main_process_first():
+        train_pixels, _ = load_pixels(processor, args.num_train_rows, args.seed, "train")
+        eval_pixels, _ = load_pixels(processor, args.num_eval_rows, args.seed, "validation")
+    config = OptTriImageVQConfig.from_image_processor(
+        processor.image_processor,
+        downsample=args.downsample,
+        codebook_size=args.codebook_size,
+        embedding_dim=args.embedding_dim,
+        hidden_channels=args.hidden_channels,
+        channel_multipliers=[int(m) for m in args.channel_multipliers.split(",")],
+        num_res_blocks=args.num_res_blocks,
+        commitment_cost=args.commitment_cost,
+        ema_decay=args.ema_decay,
+        dead_code_threshold=args.dead_code_threshold,
+    )
+    model = OptTriImageVQModel(config)
+    accelerator.print(
+        f"image tokenizer: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
+        f"{config.codebook_size} codes, {config.image_size // config.downsample}x{config.image_size // config.downsample}"
+        f" codes per {config.image_size}-px image; {len(train_pixels)} train / {len(eval_pixels)} held-out images"
+    )
+    initial = evaluate(model.to(accelerator.device), eval_pixels)
+
+    loader = DataLoader(TensorDataset(train_pixels), batch_size=args.batch_size, shuffle=True, drop_last=True)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, args.warmup_steps, args.max_steps)
+    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    unwrapped = accelerator.unwrap_model(model)
+
+    history: list[dict] = []
+    metrics_file = open(output_dir / "metrics.jsonl", "w") if accelerator.is_main_process else None
+    progress = tqdm(total=args.max_steps, disable=not accelerator.is_local_main_process, desc="image VQ")
+    step, start = 0, time.time()
+    model.train()
+    while step < args.max_steps:
+        for (pixels,) in loader:
+            output = model(pixels)
+            accelerator.backward(output.loss)
+            if args.max_grad_norm > 0:
+                accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+            step += 1
+            record = {
+                "step": step,
+                "loss": output.loss.item(),
+                "reconstruction_loss": output.reconstruction_loss.item(),
+                "commitment_loss": output.commitment_loss.item(),
+                "perplexity": output.perplexity.item(),
+                "codebook_usage_pct": 100.0 * output.codebook_usage.item(),
+                "alive_codes_pct": 100.0 * unwrapped.codebook_usage(),
+                "num_restarts": unwrapped.num_restarts,
+                "lr": scheduler.get_last_lr()[0],
+            }
+            history.append(record)
+            if metrics_file:
+                metrics_file.write(json.dumps(record) + "\n")
+            progress.update(1)
+            progress.set_postfix(
+                mse=f"{record['reconstruction_loss']:.4f}", ppl=f"{record['perplexity']:.0f}",
+                used=f"{record['codebook_usage_pct']:.0f}%", restarts=record["num_restarts"],
+            )
+            if step % args.log_every == 0 or step == 1 or step == args.max_steps:
+                accelerator.print(
+                    f"step {step:5d}  recon MSE {record['reconstruction_loss']:.4f}  commit {record['commitment_loss']:.4f}"
+                    f"  perplexity {record['perplexity']:6.1f}  codes used {record['codebook_usage_pct']:5.1f}%"
+                    f"  alive {record['alive_codes_pct']:5.1f}%  restarts {record['num_restarts']}"
+                )
+            if step >= args.max_steps:
+                break
+    progress.close()
+    if metrics_file:
+        metrics_file.close()
+    train_seconds = time.time() - start
+
+    accelerator.wait_for_everyone()
+    report: dict = {}
+    if accelerator.is_main_process:
+        final = evaluate(unwrapped, eval_pixels)
+        unwrapped.save_pretrained(output_dir)
+        processor.image_processor.save_pretrained(output_dir)
+        save_grid(unwrapped, eval_pixels[:8], output_dir / "reconstructions.png")
+        curve = save_loss_curve(history, output_dir / "loss_curve.png")
+        first, last = history[0], history[-1]
+        report = {
+            "steps": step,
+            "train_seconds": round(train_seconds, 1),
+            "train_reconstruction_mse_first_step": first["reconstruction_loss"],
+            "train_reconstruction_mse_last_step": last["reconstruction_loss"],
+            "train_reconstruction_mse_last_25_mean": float(np.mean([h["reconstruction_loss"] for h in history[-25:]])),
+            "heldout_before": initial,
+            "heldout_after": final,
+            "batch_codebook_usage_pct_last": last["codebook_usage_pct"],
+            "alive_codes_pct": last["alive_codes_pct"],
+            "num_restarts": last["num_restarts"],
+            "grid_png": str((output_dir / "reconstructions.png").resolve()),
+            "loss_curve_png": str((output_dir / "loss_curve.png").resolve()) if curve else None,
+            "tokenizer_dir": str(output_dir.resolve()),
+            "args": vars(args),
+        }
+        (output_dir / "report.json").write_text(json.dumps(report, indent=2))
+        accelerator.print(
+            f"\ntrained {step} steps in {train_seconds:.0f} s\n"
+            f"train recon MSE: first step {first['reconstruction_loss']:.4f} -> last step {last['reconstruction_loss']:.4f}\n"
+            f"held-out recon MSE (normalised): {initial['mse']:.4f} -> {final['mse']:.4f}; "
+            f"[0,1]-pixel MSE {final['mse_pixels_01']:.5f} (PSNR {final['psnr_db']:.1f} dB)\n"
+            f"held-out codes used: {final['codes_used_pct']:.1f}% of {config.codebook_size} "
+            f"(perplexity {final['perplexity']:.1f}); alive by EMA usage: {last['alive_codes_pct']:.1f}%; "
+            f"dead-code restarts: {last['num_restarts']}\n"
+            f"grid: {report['grid_png']}\ntokenizer: {report['tokenizer_dir']}"
+        )
+    return report
+
+
+if __name__ == "__main__":
+    main()
