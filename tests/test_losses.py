@@ -19,7 +19,6 @@ from conftest import tiny_config as _conftest_tiny_config
 from modeling_opt_tri import OptTriConfig, OptTriForPreTraining
 from modeling_opt_tri.modeling_opt_tri import (
     MODALITIES,
-    MODALITY_TEXT,
     TRI_MATCHING_CLASSES,
     contrastive_loss,
     ipot_transport,
@@ -279,7 +278,10 @@ def test_wra_loss_falls_for_matched_pairs_rises_for_mismatched_and_ignores_paddi
 def _identity_states(n, dims=(("text", 3), ("image", 2), ("audio", 2))):
     """Unimodal 'states' whose every feature is the sample index, so a fused batch reveals which samples it mixes."""
     ids = torch.arange(n, dtype=torch.float32)
-    return {m: (ids[:, None, None].expand(n, length, 4).clone(), torch.ones(n, length, dtype=torch.long)) for m, length in dims}
+    return {
+        m: (ids[:, None, None].expand(n, length, 4).clone(), torch.ones(n, length, dtype=torch.long))
+        for m, length in dims
+    }
 
 
 def _composition_class(t, i, a):
@@ -296,7 +298,9 @@ def _composition_class(t, i, a):
 
 
 def test_tri_matching_labels_match_the_triples_built(monkeypatch):
-    assert TRI_MATCHING_CLASSES == ("all_match", "image_audio_match", "text_image_match", "text_audio_match", "none_match")
+    assert TRI_MATCHING_CLASSES == (
+        "all_match", "image_audio_match", "text_image_match", "text_audio_match", "none_match"
+    )
     torch.manual_seed(0)
     model = OptTriForPreTraining(tiny_config())
     scale = {"value": 0.0}
@@ -635,7 +639,7 @@ def test_mlm_overfits_and_recovers_masked_tokens(batch):
         out.loss.backward()
         optimizer.step()
     model.eval()
-    hits = total = replaced = 0
+    hits = total = 0
     with torch.no_grad():
         for seed in range(5):
             torch.manual_seed(10_000 + seed)

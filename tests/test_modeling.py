@@ -130,10 +130,17 @@ def test_config_fusion_config_is_an_input_alias_only(tmp_path):
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (dict(fusion_config=dict(hidden_size=50, num_attention_heads=4)), r"hidden_size \(50\) must be divisible by num_attention_heads \(4\)"),
-        (dict(audio_config=dict(num_mel_bins=16, hidden_size=30, num_attention_heads=4)), r"OptTriAudioConfig.*hidden_size \(30\).*divisible"),
+        (  # conftest passes the cross-modal config under its old name, so the override uses it too
+            dict(fusion_config=dict(hidden_size=50, num_attention_heads=4)),
+            r"hidden_size \(50\) must be divisible by num_attention_heads \(4\)",
+        ),
         (
-            dict(vision_config=dict(model_type="vit", image_size=30, patch_size=8, hidden_size=32, num_attention_heads=2)),
+            dict(audio_config=dict(num_mel_bins=16, hidden_size=30, num_attention_heads=4)),
+            r"OptTriAudioConfig.*hidden_size \(30\).*divisible",
+        ),
+        (
+            dict(vision_config=dict(model_type="vit", image_size=30, patch_size=8, hidden_size=32,
+                                    num_attention_heads=2)),
             r"image_size \(30\) must be divisible by patch_size \(8\)",
         ),
         (dict(objectives={"mlm": 1.0, "mim": 1.0}), r"Unknown pre-training objectives \['mim'\]"),
@@ -528,7 +535,8 @@ def test_input_errors(cls, batch):
         run(pixel_values=torch.zeros(4, 3, 32, 32, dtype=torch.uint8))
     with pytest.raises(ValueError, match=r"16 mel bins.*got \(4, 20, 40\)"):
         run(input_features=torch.randn(4, 20, 40), audio_attention_mask=torch.ones(4, 40, dtype=torch.long))
-    with pytest.raises(ValueError, match=r"audio is too long: 260 frames give 65 audio tokens.*max_position_embeddings=64"):
+    too_long = r"audio is too long: 260 frames give 65 audio tokens.*max_position_embeddings=64"
+    with pytest.raises(ValueError, match=too_long):
         run(input_features=torch.randn(4, 16, 260), audio_attention_mask=torch.ones(4, 260, dtype=torch.long))
     run(input_features=torch.randn(4, 16, 256), audio_attention_mask=torch.ones(4, 256, dtype=torch.long))  # the limit
     too_big = batch["input_ids"].clone()

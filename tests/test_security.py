@@ -216,10 +216,10 @@ def _training_pieces():
     torch.manual_seed(0)
     model = OptTriForPreTraining(tiny_config())
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, 2, 10)
     for parameter in model.parameters():  # one step, so the optimizer holds its per-parameter state tensors
         parameter.grad = torch.full_like(parameter, 1e-3)
     optimizer.step()
-    scheduler = get_cosine_schedule_with_warmup(optimizer, 2, 10)
     scheduler.step()
     return model, optimizer, scheduler
 

@@ -132,23 +132,24 @@ def padding_fraction(batch: dict[str, Any]) -> tuple[int, int]:
     return padded, total
 
 
-def row_lengths(dataset, tokenizer=None, text_column="text", audio_column="audio", frames_per_second=100.0) -> list[int]:
+def row_lengths(dataset, tokenizer=None, text_column="text", audio_column="audio", frames_per_second=100.0) -> list[tuple[int, int]]:
     """
-    Approximate model length of every row: text tokens plus audio frames. Used for length grouping. Text length is
-    counted with `tokenizer` when given (else whitespace words + 2); audio length from the array length or the file
-    header, without decoding the audio.
+    Model lengths of every row as `(audio frames, text tokens)`, for length grouping. Text length is counted with
+    `tokenizer` when given (else whitespace words + 2); audio length from the array length or the file header,
+    without decoding the audio.
     """
     import soundfile
 
     columns = dataset.column_names
-    lengths = np.zeros(len(dataset), dtype=np.int64)
+    text_lengths = np.zeros(len(dataset), dtype=np.int64)
+    audio_lengths = np.zeros(len(dataset), dtype=np.int64)
     if text_column in columns:
         texts = [t if isinstance(t, str) else "" for t in dataset[text_column]]
         if tokenizer is not None:
             counts = [len(ids) for ids in tokenizer(texts, add_special_tokens=True, truncation=False)["input_ids"]]
         else:
             counts = [len(t.split()) + 2 for t in texts]
-        lengths += np.asarray(counts)
+        text_lengths += np.asarray(counts)
     if audio_column in columns:
         frames = []
         for value in dataset.with_format(None)[audio_column] if hasattr(dataset, "with_format") else dataset[audio_column]:
@@ -164,8 +165,8 @@ def row_lengths(dataset, tokenizer=None, text_column="text", audio_column="audio
             except Exception:  # unreadable: length 0 here, the collator skips and counts the row later
                 seconds = 0.0
             frames.append(int(seconds * frames_per_second))
-        lengths += np.asarray(frames, dtype=np.int64)
-    return lengths.tolist()
+        audio_lengths += np.asarray(frames, dtype=np.int64)
+    return list(zip(audio_lengths.tolist(), text_lengths.tolist()))
 
 
 class LengthGroupedBatchSampler:
@@ -173,7 +174,9 @@ class LengthGroupedBatchSampler:
     Deterministic, resumable, length-grouped batches of row indices.
 
     Args:
-        lengths: length of every row (see `row_lengths`).
+        lengths: length of every row, an int, or a tuple of per-modality lengths such as `(audio frames, text
+            tokens)` from `row_lengths`. Tuples are sorted lexicographically (each modality is padded separately, so
+            sorting by the longest part first keeps padding lower than sorting by the sum); budgets use the sum.
         batch_size: rows per batch (the upper bound when `max_tokens` is set).
         max_tokens: optional token budget: a batch holds at most `max_tokens` padded tokens (rows x longest row).
         group_by_length: sort inside mega-batches (False gives plain shuffled batches, for comparison).
@@ -188,15 +191,18 @@ class LengthGroupedBatchSampler:
         batch_size: int,
         max_tokens: int | None = None,
         group_by_length: bool = True,
-        mega_batch_factor: int = 32,
+        mega_batch_factor: int = 50,
         seed: int = 0,
         drop_last: bool = False,
     ):
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
-        if max_tokens is not None and max_tokens < max(lengths, default=0):
-            raise ValueError(f"max_tokens={max_tokens} is smaller than the longest row ({max(lengths)} tokens)")
-        self.lengths = np.asarray(lengths, dtype=np.int64)
+        parts = np.asarray(lengths, dtype=np.int64).reshape(len(lengths), -1)
+        self.lengths = parts.sum(1)  # total tokens per row (token budgets)
+        # one sort key per row, ordering by the first part, then the next ones
+        self.sort_key = np.lexsort(parts.T[::-1]).argsort() if parts.shape[1] > 1 else self.lengths
+        if max_tokens is not None and max_tokens < int(self.lengths.max(initial=0)):
+            raise ValueError(f"max_tokens={max_tokens} is smaller than the longest row ({int(self.lengths.max())} tokens)")
         self.batch_size = batch_size
         self.max_tokens = max_tokens
         self.group_by_length = group_by_length
@@ -215,7 +221,7 @@ class LengthGroupedBatchSampler:
             batches = []
             for start in range(0, len(order), mega):
                 chunk = order[start : start + mega]
-                chunk = chunk[np.argsort(-self.lengths[chunk], kind="stable")]
+                chunk = chunk[np.argsort(-self.sort_key[chunk], kind="stable")]
                 batches.extend(self._split(chunk))
             # shuffle batch order so that long and short batches alternate across the epoch
             batches = [batches[i] for i in rng.permutation(len(batches))]
