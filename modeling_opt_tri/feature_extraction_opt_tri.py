@@ -17,7 +17,7 @@ from numbers import Real
 from typing import Any
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
+import torch
 from transformers.audio_utils import mel_filter_bank, window_function
 from transformers.feature_extraction_sequence_utils import SequenceFeatureExtractor
 from transformers.feature_extraction_utils import BatchFeature
@@ -213,12 +213,19 @@ class OptTriFeatureExtractor(SequenceFeatureExtractor):
         for row, clip in enumerate(clips):
             padded = np.pad(clip, half, mode="reflect")  # centred frames, as torch.stft(center=True)
             buffer[row, : padded.shape[0]] = padded[:length]
-        frames = sliding_window_view(buffer, self.n_fft, axis=1)[:, :: self.hop_length][:, :num_frames]
-        spectrum = np.fft.rfft(frames * self.window, axis=-1)  # [B, T, n_fft // 2 + 1]
-        power = spectrum.real**2 + spectrum.imag**2
-        mel = power @ self.mel_filters  # [B, T, feature_size]
-        log_mel = np.log(np.maximum(mel, LOG_FLOOR))
-        return ((log_mel - self.mel_mean) / self.mel_std).astype(np.float32)
+        # torch's (multi-threaded, pocketfft/MKL) STFT is several times faster than numpy's on CPU batches
+        spectrum = torch.stft(
+            torch.from_numpy(buffer),
+            self.n_fft,
+            hop_length=self.hop_length,
+            window=torch.from_numpy(self.window),
+            center=False,
+            return_complex=True,
+        )[..., :num_frames]  # [B, n_fft // 2 + 1, T]
+        power = spectrum.real.square() + spectrum.imag.square()
+        mel = power.transpose(1, 2) @ torch.from_numpy(self.mel_filters)  # [B, T, feature_size]
+        log_mel = torch.log(torch.clamp(mel, min=LOG_FLOOR))
+        return ((log_mel - self.mel_mean) / self.mel_std).numpy()
 
     def __call__(
         self,

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.image_processing_utils import BaseImageProcessor
@@ -287,12 +288,14 @@ class OptTriImageProcessor(BaseImageProcessor):
                 raise type(error)(f"images[{row}]: {error}") from None
             mask[row] = 1
 
+        # channels-first copy and normalisation as whole-batch, multi-threaded torch ops
+        tensor = torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous()
         if normalize:
-            mean = np.asarray(self.image_mean, dtype=np.float32)
-            inv_std = 1.0 / np.asarray(self.image_std, dtype=np.float32)
-            rows = mask.astype(bool)
-            pixels[rows] = (pixels[rows] - mean) * inv_std
-        pixel_values = np.ascontiguousarray(pixels.transpose(0, 3, 1, 2))
+            mean = torch.tensor(self.image_mean, dtype=torch.float32)[:, None, None]
+            inv_std = 1.0 / torch.tensor(self.image_std, dtype=torch.float32)[:, None, None]
+            tensor.sub_(mean).mul_(inv_std)
+            tensor[torch.from_numpy(mask == 0)] = 0.0  # rows without an image stay zeros
+        pixel_values = tensor.numpy()
         return BatchFeature(
             data={"pixel_values": pixel_values, "image_mask": mask}, tensor_type=return_tensors
         )

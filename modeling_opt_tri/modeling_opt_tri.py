@@ -1590,8 +1590,633 @@ def _shift_right(labels: torch.Tensor, bos_token_id: int, pad_token_id: int) -> 
     return shifted
 
 
+# ----------------------------------------------------------------------------------------------------------------------
+# Downstream heads: classification, VQA/AQA, retrieval (dual encoder + ITM re-ranking), NLVR2-style pair reasoning.
+# Each holds the tri-modal model as `self.opt_tri` (base_model_prefix), so a pre-training checkpoint loads into it.
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class OptTriClassifierOutput(ModelOutput):
+    r"""
+    Output of [`OptTriForSequenceClassification`], [`OptTriForQuestionAnswering`] and [`OptTriForPairReasoning`].
+
+    Args:
+        loss (`torch.FloatTensor` of shape `()`): the training loss, when `labels` are given.
+        logits (`torch.FloatTensor` of shape `(B, num_labels)`): class (answer) scores before softmax / sigmoid
+            (`(B, 1)` for regression, `(B, 2)` for pair reasoning).
+        hidden_states (`tuple(torch.FloatTensor)`): cross-modal hidden states `(B, S, fusion_hidden)`, embeddings and
+            after each layer, when `output_hidden_states=True`.
+        attentions (`tuple(torch.FloatTensor)`): cross-modal attention weights `(B, heads, S, S)` per layer, when
+            `output_attentions=True`.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class OptTriRetrievalOutput(ModelOutput):
+    r"""
+    Output of [`OptTriForRetrieval`] (dual encoder). `B` is the batch size; row `i` of the query modality is paired
+    with row `i` of the gallery modality.
+
+    Args:
+        loss (`torch.FloatTensor` of shape `()`): `contrastive_loss + itm_loss_weight * itm_loss`, with
+            `return_loss=True`.
+        contrastive_loss (`torch.FloatTensor` of shape `()`): symmetric InfoNCE over the `(B, B)` similarities.
+        itm_loss (`torch.FloatTensor` of shape `()`): matching (ITM) cross-entropy of the cross-encoder over the
+            positive pairs and one hard negative per side (sampled from the similarities, as in pre-training).
+        logits_per_query (`torch.FloatTensor` of shape `(B, B)`): `exp(logit_scale) * cos(query_i, gallery_j)`.
+        logits_per_gallery (`torch.FloatTensor` of shape `(B, B)`): its transpose.
+        query_embeds / gallery_embeds (`torch.FloatTensor` of shape `(B, projection_dim)`): projected, L2-normalised
+            embeddings (the base model's `get_*_features`).
+        logit_scale (`torch.FloatTensor` of shape `()`): the learnable log inverse temperature.
+    """
+
+    loss: torch.FloatTensor | None = None
+    contrastive_loss: torch.FloatTensor | None = None
+    itm_loss: torch.FloatTensor | None = None
+    logits_per_query: torch.FloatTensor | None = None
+    logits_per_gallery: torch.FloatTensor | None = None
+    query_embeds: torch.FloatTensor | None = None
+    gallery_embeds: torch.FloatTensor | None = None
+    logit_scale: torch.FloatTensor | None = None
+
+
+@dataclass
+class OptTriRerankOutput(ModelOutput):
+    r"""
+    Output of [`OptTriForRetrieval.rerank`]. `Q` queries, `N` candidates, `k = min(top_k, N)`.
+
+    Args:
+        indices (`torch.LongTensor` of shape `(Q, k)`): candidate indices, best first by the cross-encoder (ITM)
+            matching score.
+        scores (`torch.FloatTensor` of shape `(Q, k)`): the ITM matching probability of each of `indices`.
+        retrieval_indices (`torch.LongTensor` of shape `(Q, k)`): the first-stage shortlist, best first by the
+            dual-encoder similarity.
+        similarity (`torch.FloatTensor` of shape `(Q, N)`): dual-encoder cosine similarities.
+    """
+
+    indices: torch.LongTensor | None = None
+    scores: torch.FloatTensor | None = None
+    retrieval_indices: torch.LongTensor | None = None
+    similarity: torch.FloatTensor | None = None
+
+
+class OptTriClassificationMLP(nn.Module):
+    """UNITER's answer / NLVR2 head: `Linear(in, hidden) -> act -> LayerNorm -> Linear(hidden, out)`."""
+
+    def __init__(self, input_size: int, hidden_size: int, output_size: int, hidden_act: str = "gelu", eps: float = 1e-12):
+        super().__init__()
+        self.dense = nn.Linear(input_size, hidden_size)
+        self.act = ACT2FN[hidden_act]
+        self.layer_norm = nn.LayerNorm(hidden_size, eps=eps)
+        self.output = nn.Linear(hidden_size, output_size)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.output(self.layer_norm(self.act(self.dense(hidden_states))))
+
+
+class OptTriPromptLearner(nn.Module):
+    """
+    CoOp prompt learning (Zhou et al., 2022): `M` learnable context vectors, shared by all classes, are inserted in the
+    text encoder's word-embedding space between `[CLS]` and the tokens of each class name, so the text encoder reads
+    `[CLS] v_1 ... v_M <class name> [SEP]`. Its projected `[CLS]` state is that class's embedding.
+
+    Settings from the config: `prompt_class_token_ids` (one tokenised class name per class, with the tokenizer's
+    special tokens, e.g. `tokenizer(names)["input_ids"]`), `prompt_context_length` (`M`).
+    """
+
+    def __init__(self, config: OptTriConfig):
+        super().__init__()
+        self.class_token_ids = [list(map(int, ids)) for ids in config.prompt_class_token_ids]
+        self.context_length = int(config.prompt_context_length)
+        self.pad_token_id = int(getattr(config.text_config, "pad_token_id", None) or 0)
+        if not self.class_token_ids or any(len(ids) < 2 for ids in self.class_token_ids) or self.context_length < 1:
+            raise ValueError("prompt tuning needs prompt_context_length >= 1 and per class [CLS] name... [SEP] token ids")
+        longest = max(len(ids) for ids in self.class_token_ids) + self.context_length
+        max_positions = getattr(config.text_config, "max_position_embeddings", longest)
+        if longest > max_positions:
+            raise ValueError(f"A prompt has {longest} tokens, more than text_config.max_position_embeddings={max_positions}")
+        self.context = nn.Parameter(torch.zeros(self.context_length, config.text_config.hidden_size))
+
+    def forward(self, text_model: nn.Module, text_projection: nn.Module) -> torch.Tensor:
+        """Normalised class embeddings `(num_classes, projection_dim)`."""
+        device = self.context.device
+        length = max(len(ids) for ids in self.class_token_ids)
+        ids = torch.full((len(self.class_token_ids), length), self.pad_token_id, dtype=torch.long, device=device)
+        mask = torch.zeros_like(ids)
+        for row, tokens in enumerate(self.class_token_ids):
+            ids[row, : len(tokens)] = torch.tensor(tokens, device=device)
+            mask[row, : len(tokens)] = 1
+        words = text_model.get_input_embeddings()(ids)
+        context = self.context[None].expand(ids.shape[0], -1, -1).to(words.dtype)
+        embeds = torch.cat([words[:, :1], context, words[:, 1:]], dim=1)
+        mask = torch.cat([mask[:, :1], mask.new_ones(ids.shape[0], self.context_length), mask[:, 1:]], dim=1)
+        hidden = text_model(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
+        return F.normalize(text_projection(hidden[:, 0]), dim=-1)
+
+
+def _classification_loss(config: OptTriConfig, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """BERT's loss choice: `config.problem_type`, inferred from `num_labels` and the label dtype when unset."""
+    num_labels = logits.shape[-1]
+    if config.problem_type is None:
+        if num_labels == 1:
+            config.problem_type = "regression"
+        elif labels.dtype in (torch.long, torch.int, torch.int16, torch.int8, torch.uint8):
+            config.problem_type = "single_label_classification"
+        else:
+            config.problem_type = "multi_label_classification"
+    logits = logits.float()
+    if config.problem_type == "regression":
+        if num_labels == 1:
+            return F.mse_loss(logits.squeeze(-1), labels.float().reshape(-1))
+        return F.mse_loss(logits, labels.float())
+    if config.problem_type == "single_label_classification":
+        return F.cross_entropy(logits.view(-1, num_labels), labels.long().view(-1), ignore_index=-100)
+    if config.problem_type == "multi_label_classification":
+        return F.binary_cross_entropy_with_logits(logits, labels.float())
+    raise ValueError(
+        f"problem_type must be regression, single_label_classification or multi_label_classification, "
+        f"got {config.problem_type!r}"
+    )
+
+
+def _save_hub_files(model: PreTrainedModel, save_directory) -> None:
+    """Copy the Hub files (this module and its relative imports) next to the weights of a head with no Auto class,
+    so that `get_class_from_dynamic_module("modeling_opt_tri.<Head>", folder)` loads it without our package."""
+    import os
+
+    from transformers.dynamic_module_utils import custom_object_save
+
+    os.makedirs(save_directory, exist_ok=True)
+    custom_object_save(model, save_directory)
+
+
+class OptTriForSequenceClassification(OptTriPreTrainedModel):
+    """
+    Classification / regression from any non-empty subset of text, image and audio: the cross-modal `[CLS]` state
+    goes through dropout and a linear layer to `config.num_labels` scores. `config.problem_type` is
+    `"single_label_classification"` (cross-entropy, labels `(B,)` ids), `"multi_label_classification"` (binary
+    cross-entropy, labels `(B, num_labels)` in {0, 1}) or `"regression"` (MSE, labels `(B,)` or `(B, num_labels)`);
+    when unset it is inferred as in BERT (`num_labels == 1` -> regression, integer labels -> single-label, else
+    multi-label). The dropout rate is `config.classifier_dropout` (0.1 when unset).
+
+    Prompt tuning (CoOp): after `enable_prompt_tuning(class_token_ids, context_length, modality)` the model classifies
+    an image (or an audio clip) by the scaled cosine similarity between its retrieval embedding and the text
+    embeddings of `[CLS] v_1 ... v_M <class name> [SEP]`, where the context vectors `v` are learnt
+    ([`OptTriPromptLearner`]). The setting lives in the config, so it survives `save_pretrained`/`from_pretrained`.
+
+    Example:
+
+    ```python
+    >>> config = OptTriConfig.from_pretrained(ckpt, num_labels=6, id2label=..., label2id=...)
+    >>> model = OptTriForSequenceClassification.from_pretrained(ckpt, config=config)
+    >>> out = model(pixel_values=pixels, input_features=feats, audio_attention_mask=mask, labels=labels)
+    >>> out.loss, out.logits.shape  # (), (B, 6)
+    ```
+    """
+
+    def __init__(self, config: OptTriConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.opt_tri = OptTriModel(config)
+        dropout = getattr(config, "classifier_dropout", None)
+        self.dropout = nn.Dropout(0.1 if dropout is None else dropout)
+        self.classifier = nn.Linear(config.cross_modal_config.hidden_size, config.num_labels)
+        self.prompt_learner = OptTriPromptLearner(config) if getattr(config, "prompt_class_token_ids", None) else None
+        self.post_init()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if isinstance(module, OptTriPromptLearner):
+            init.normal_(module.context, std=0.02)  # CoOp's initialisation of generic context vectors
+
+    def enable_prompt_tuning(self, class_token_ids: list[list[int]], context_length: int = 4, modality: str = "image"):
+        """
+        Switch to CoOp prompt classification. `class_token_ids`: one tokenised class name per label, with the
+        special tokens (`processor.tokenizer(class_names)["input_ids"]`); `modality`: `"image"` or `"audio"`, the
+        input compared with the class prompts. Returns the new [`OptTriPromptLearner`] (its `context` is the only
+        parameter that CoOp trains).
+        """
+        if modality not in ("image", "audio"):
+            raise ValueError(f"prompt tuning compares class prompts with 'image' or 'audio', got {modality!r}")
+        if len(class_token_ids) != self.num_labels:
+            raise ValueError(f"{len(class_token_ids)} class names for num_labels={self.num_labels}")
+        self.config.prompt_class_token_ids = [list(map(int, ids)) for ids in class_token_ids]
+        self.config.prompt_context_length = int(context_length)
+        self.config.prompt_modality = modality
+        self.prompt_learner = OptTriPromptLearner(self.config).to(self.classifier.weight.device)
+        init.normal_(self.prompt_learner.context, std=0.02)
+        return self.prompt_learner
+
+    def prompt_logits(self, pixel_values=None, input_features=None, audio_attention_mask=None) -> torch.Tensor:
+        """CoOp logits `(B, num_labels)`: `exp(logit_scale) * cos(input embedding, class prompt embedding)`."""
+        base = self.opt_tri
+        modality = getattr(self.config, "prompt_modality", "image")
+        if modality == "image":
+            if pixel_values is None:
+                raise ValueError("This prompt-tuned classifier compares images with the class prompts: pass pixel_values")
+            features = base.get_image_features(pixel_values)
+        else:
+            if input_features is None:
+                raise ValueError("This prompt-tuned classifier compares audio with the class prompts: pass input_features")
+            features = base.get_audio_features(input_features, audio_attention_mask)
+        classes = self.prompt_learner(base.text_model, base.text_projection)
+        return base.logit_scale.exp().clamp(max=100.0) * features @ classes.t()
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.LongTensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        image_mask: torch.LongTensor | None = None,
+        input_features: torch.FloatTensor | None = None,
+        audio_attention_mask: torch.LongTensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> OptTriClassifierOutput:
+        r"""
+        Inputs as for [`OptTriModel`] (any non-empty subset of the modalities).
+
+        Args:
+            labels: `(B,)` class ids (single-label), `(B, num_labels)` 0/1 targets (multi-label) or `(B,)` /
+                `(B, num_labels)` floats (regression).
+        """
+        hidden_states = attentions = None
+        if self.prompt_learner is not None:
+            logits = self.prompt_logits(pixel_values, input_features, audio_attention_mask)
+        else:
+            out = self.opt_tri(
+                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                pixel_values=pixel_values, image_mask=image_mask, input_features=input_features,
+                audio_attention_mask=audio_attention_mask, output_attentions=output_attentions,
+                output_hidden_states=output_hidden_states, return_dict=True,
+            )
+            logits = self.classifier(self.dropout(out.pooler_output))
+            hidden_states, attentions = out.hidden_states, out.attentions
+        loss = _classification_loss(self.config, logits, labels) if labels is not None else None
+        output = OptTriClassifierOutput(loss=loss, logits=logits, hidden_states=hidden_states, attentions=attentions)
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        return output if return_dict else output.to_tuple()
+
+
+class OptTriForQuestionAnswering(OptTriPreTrainedModel):
+    """
+    Visual / audio question answering as classification over a closed answer vocabulary (UNITER, VQAv2): the
+    question is the text input, the context any subset of image and audio. The cross-modal `[CLS]` state goes
+    through UNITER's 2-layer MLP (`Linear(h, 2h) -> GELU -> LayerNorm -> Linear(2h, num_answers)`).
+    `config.num_labels` is the number of answers and `config.id2label` maps answer ids to answer strings.
+
+    `labels` are either answer ids `(B,)` (cross-entropy; -100 ignores a row) or VQAv2 soft scores
+    `(B, num_answers)` in [0, 1] (binary cross-entropy with logits, averaged and multiplied by `num_answers`, as in
+    UNITER and the VQA baselines).
+
+    Example:
+
+    ```python
+    >>> out = model(input_ids=question_ids, attention_mask=mask, pixel_values=pixels)
+    >>> answers = [model.config.id2label[i] for i in out.logits.argmax(-1).tolist()]
+    ```
+    """
+
+    def __init__(self, config: OptTriConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.opt_tri = OptTriModel(config)
+        fc = config.cross_modal_config
+        self.classifier = OptTriClassificationMLP(
+            fc.hidden_size, 2 * fc.hidden_size, config.num_labels, fc.hidden_act, fc.layer_norm_eps
+        )
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.LongTensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        image_mask: torch.LongTensor | None = None,
+        input_features: torch.FloatTensor | None = None,
+        audio_attention_mask: torch.LongTensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> OptTriClassifierOutput:
+        r"""
+        Inputs as for [`OptTriModel`]; the question is `input_ids`.
+
+        Args:
+            labels: answer ids `(B,)` or soft answer scores `(B, num_answers)` in [0, 1].
+        """
+        out = self.opt_tri(
+            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+            pixel_values=pixel_values, image_mask=image_mask, input_features=input_features,
+            audio_attention_mask=audio_attention_mask, output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states, return_dict=True,
+        )
+        logits = self.classifier(out.pooler_output)
+        loss = None
+        if labels is not None:
+            if labels.ndim == 1:
+                loss = F.cross_entropy(logits.float(), labels.long(), ignore_index=-100)
+            elif labels.ndim == 2 and labels.shape == logits.shape:
+                if labels.is_floating_point() and bool(((labels < 0) | (labels > 1)).any()):
+                    raise ValueError("Soft answer scores must lie in [0, 1]")
+                loss = F.binary_cross_entropy_with_logits(logits.float(), labels.float()) * labels.shape[1]
+            else:
+                raise ValueError(
+                    f"labels must be answer ids (B,) or soft scores (B, {self.num_labels}); got {tuple(labels.shape)}"
+                )
+        output = OptTriClassifierOutput(loss=loss, logits=logits, hidden_states=out.hidden_states, attentions=out.attentions)
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        return output if return_dict else output.to_tuple()
+
+
+class OptTriForRetrieval(OptTriPreTrainedModel):
+    """
+    Cross-modal retrieval over any pair of modalities, in two stages:
+
+    - **dual encoder** (fast search): the base model's projected, normalised `get_*_features`; `forward` returns the
+      `(B, B)` similarity logits of a paired batch and, with `return_loss=True`, the symmetric contrastive loss
+      (plus the ITM loss of the cross-encoder on hard negatives, weighted by `itm_loss_weight`, so that fine-tuning
+      also trains the re-ranker).
+    - **cross-encoder** (re-ranking): `rerank` scores the dual encoder's top-k candidates of each query with
+      `itm_head` (named as in [`OptTriForPreTraining`], so the pre-trained matching head loads) on the fused `[CLS]`
+      state of the (query, candidate) pair, and reorders them by that matching probability.
+
+    No `transformers` Auto class fits; the checkpoint still carries the Hub files, so without our package it loads
+    with `get_class_from_dynamic_module("modeling_opt_tri.OptTriForRetrieval", folder).from_pretrained(folder)`.
+    """
+
+    def __init__(self, config: OptTriConfig):
+        super().__init__(config)
+        self.opt_tri = OptTriModel(config)
+        self.itm_head = nn.Linear(config.cross_modal_config.hidden_size, 2)
+        self.post_init()
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        _save_hub_files(self, save_directory)
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
+    def get_text_features(self, input_ids, attention_mask=None, token_type_ids=None) -> torch.Tensor:
+        return self.opt_tri.get_text_features(input_ids, attention_mask, token_type_ids)
+
+    def get_image_features(self, pixel_values) -> torch.Tensor:
+        return self.opt_tri.get_image_features(pixel_values)
+
+    def get_audio_features(self, input_features, audio_attention_mask=None) -> torch.Tensor:
+        return self.opt_tri.get_audio_features(input_features, audio_attention_mask)
+
+    def encode(self, modality: str, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """
+        One unimodal pass: the normalised retrieval embeddings `(B, projection_dim)` (equal to `get_<modality>_features`)
+        and the encoder states with their mask `((B, n, d), (B, n))`, which the cross-encoder fuses.
+        """
+        base = self.opt_tri
+        if modality == "text":
+            input_ids = _required(inputs, "input_ids", modality)
+            mask = inputs.get("attention_mask")
+            mask = torch.ones_like(input_ids) if mask is None else mask
+            hidden = base.encode_text(input_ids, mask, inputs.get("token_type_ids"))
+            return F.normalize(base.text_projection(hidden[:, 0]), dim=-1), (hidden, mask.long())
+        if modality == "image":
+            hidden = base.encode_image(_required(inputs, "pixel_values", modality))
+            mask = torch.ones(hidden.shape[:2], dtype=torch.long, device=hidden.device)
+            return F.normalize(base.image_projection(hidden[:, 0]), dim=-1), (hidden, mask)
+        if modality == "audio":
+            hidden, mask = base.encode_audio(_required(inputs, "input_features", modality), inputs.get("audio_attention_mask"))
+            return F.normalize(base.audio_projection(hidden[:, 0]), dim=-1), (hidden, mask)
+        raise ValueError(f"modality must be 'text', 'image' or 'audio', got {modality!r}")
+
+    def matching_logits(self, modality_a: str, part_a, modality_b: str, part_b) -> torch.Tensor:
+        """ITM logits `(n, 2)` (class 1 = match) of aligned rows of two `(states, mask)` parts from `encode`."""
+        parts = {modality_a: part_a, modality_b: part_b}
+        fused, _, _ = self.opt_tri.fuse(parts.get("text"), parts.get("image"), parts.get("audio"))
+        return self.itm_head(fused[:, 0])
+
+    def matching_score(self, query_modality: str = "text", gallery_modality: str = "image", **inputs) -> torch.Tensor:
+        """Cross-encoder matching probability `(B,)` of the aligned pairs (row i of one modality with row i of the other)."""
+        _check_pair(query_modality, gallery_modality)
+        _, part_q = self.encode(query_modality, inputs)
+        _, part_g = self.encode(gallery_modality, inputs)
+        return self.matching_logits(query_modality, part_q, gallery_modality, part_g).float().softmax(-1)[:, 1]
+
+    @torch.no_grad()
+    def rerank(
+        self,
+        query_inputs: dict[str, torch.Tensor],
+        candidate_inputs: dict[str, torch.Tensor],
+        query_modality: str = "text",
+        candidate_modality: str = "image",
+        top_k: int = 10,
+        batch_size: int = 256,
+    ) -> OptTriRerankOutput:
+        """
+        Retrieve the `top_k` candidates of every query with the dual encoder, then reorder them by the cross-encoder
+        (ITM) matching probability.
+
+        Args:
+            query_inputs: the `Q` queries' model inputs for `query_modality` (e.g. `input_ids`, `attention_mask`).
+            candidate_inputs: the `N` candidates' inputs for `candidate_modality` (e.g. `pixel_values`).
+            top_k: shortlist size `k` (at most `N`).
+            batch_size: (query, candidate) pairs fused per cross-encoder call.
+        """
+        _check_pair(query_modality, candidate_modality)
+        if top_k < 1:
+            raise ValueError(f"top_k must be positive, got {top_k}")
+        q_embeds, (q_states, q_mask) = self.encode(query_modality, query_inputs)
+        c_embeds, (c_states, c_mask) = self.encode(candidate_modality, candidate_inputs)
+        similarity = q_embeds.float() @ c_embeds.float().t()
+        k = min(top_k, similarity.shape[1])
+        shortlist = similarity.topk(k, dim=1).indices  # (Q, k), best first
+        q_index = torch.arange(similarity.shape[0], device=similarity.device).repeat_interleave(k)
+        c_index = shortlist.flatten()
+        scores = []
+        for start in range(0, q_index.numel(), batch_size):
+            qi, ci = q_index[start : start + batch_size], c_index[start : start + batch_size]
+            logits = self.matching_logits(
+                query_modality, (q_states[qi], q_mask[qi]), candidate_modality, (c_states[ci], c_mask[ci])
+            )
+            scores.append(logits.float().softmax(-1)[:, 1])
+        scores = torch.cat(scores).view(-1, k)
+        order = scores.argsort(dim=1, descending=True, stable=True)
+        return OptTriRerankOutput(
+            indices=shortlist.gather(1, order), scores=scores.gather(1, order), retrieval_indices=shortlist,
+            similarity=similarity,
+        )
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.LongTensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        image_mask: torch.LongTensor | None = None,
+        input_features: torch.FloatTensor | None = None,
+        audio_attention_mask: torch.LongTensor | None = None,
+        query_modality: str = "text",
+        gallery_modality: str = "image",
+        return_loss: bool | None = None,
+        itm_loss_weight: float = 1.0,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> OptTriRetrievalOutput:
+        r"""
+        A paired batch: row `i` of `query_modality` matches row `i` of `gallery_modality` (inputs as for
+        [`OptTriModel`]; other modalities are ignored).
+
+        Args:
+            query_modality, gallery_modality: two different modalities among `"text"`, `"image"`, `"audio"`.
+            return_loss: compute the symmetric contrastive loss (and the ITM loss when `itm_loss_weight > 0`).
+            itm_loss_weight: weight of the cross-encoder's matching loss in `loss` (0 trains the dual encoder only).
+        """
+        _check_pair(query_modality, gallery_modality)
+        _check_model_inputs(
+            self.config, input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+            pixel_values=pixel_values, image_mask=image_mask, input_features=input_features,
+            audio_attention_mask=audio_attention_mask,
+        )
+        inputs = {
+            "input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids,
+            "pixel_values": pixel_values, "input_features": input_features, "audio_attention_mask": audio_attention_mask,
+        }
+        q_embeds, part_q = self.encode(query_modality, inputs)
+        g_embeds, part_g = self.encode(gallery_modality, inputs)
+        logit_scale = self.opt_tri.logit_scale
+        logits_per_query = logit_scale.exp().clamp(max=100.0) * q_embeds.float() @ g_embeds.float().t()
+        loss = contrastive = itm = None
+        if return_loss:
+            valid = torch.ones(q_embeds.shape[0], dtype=torch.bool, device=q_embeds.device)
+            contrastive = contrastive_loss(q_embeds, g_embeds, logit_scale, valid)
+            loss = contrastive
+            if itm_loss_weight > 0 and q_embeds.shape[0] >= 2:
+                itm = self._itm_loss(query_modality, part_q, gallery_modality, part_g, logits_per_query.detach())
+                loss = loss + itm_loss_weight * itm
+        output = OptTriRetrievalOutput(
+            loss=loss, contrastive_loss=contrastive, itm_loss=itm, logits_per_query=logits_per_query,
+            logits_per_gallery=logits_per_query.t(), query_embeds=q_embeds, gallery_embeds=g_embeds,
+            logit_scale=logit_scale,
+        )
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        return output if return_dict else output.to_tuple()
+
+    def _itm_loss(self, query_modality, part_q, gallery_modality, part_g, logits: torch.Tensor) -> torch.Tensor:
+        """ITM over the B positives plus one hard negative per query and per gallery item (sampled ~ softmax(sim))."""
+        batch = logits.shape[0]
+        rows = torch.arange(batch, device=logits.device)
+        with torch.no_grad():
+            weights = F.softmax(logits.float(), dim=1)
+            weights.fill_diagonal_(0.0)
+            weights = weights + 1e-6 * (1 - torch.eye(batch, device=logits.device))
+            negative_gallery = torch.multinomial(weights, 1).flatten()
+            negative_query = torch.multinomial(weights.t(), 1).flatten()
+        q_index = torch.cat([rows, rows, negative_query])
+        g_index = torch.cat([rows, negative_gallery, rows])
+        itm_logits = self.matching_logits(
+            query_modality, _take(part_q, q_index), gallery_modality, _take(part_g, g_index)
+        )
+        labels = torch.cat([torch.ones_like(rows), torch.zeros_like(rows), torch.zeros_like(rows)])
+        return F.cross_entropy(itm_logits.float(), labels)
+
+
+def _required(inputs: dict[str, torch.Tensor | None], name: str, modality: str) -> torch.Tensor:
+    value = inputs.get(name)
+    if value is None:
+        raise ValueError(f"The {modality} side needs `{name}`, which was not given")
+    return value
+
+
+def _check_pair(query_modality: str, gallery_modality: str) -> None:
+    for modality in (query_modality, gallery_modality):
+        if modality not in MODALITIES:
+            raise ValueError(f"Unknown modality {modality!r}; expected one of {MODALITIES}")
+    if query_modality == gallery_modality:
+        raise ValueError(f"Query and gallery must be two different modalities, got {query_modality!r} twice")
+
+
+class OptTriForPairReasoning(OptTriPreTrainedModel):
+    """
+    NLVR2-style reasoning over one sentence and two images (UNITER's "paired" setting): the cross-modal encoder fuses
+    (text, image 1) and (text, image 2); the two pooled `[CLS]` states are concatenated and an MLP
+    (`Linear(2h, 2h) -> GELU -> LayerNorm -> Linear(2h, 2)`) says whether the sentence is true of the pair (class 1)
+    or not (class 0). The text is encoded once.
+
+    No `transformers` Auto class fits; see [`OptTriForRetrieval`] for loading the checkpoint as remote code.
+    """
+
+    def __init__(self, config: OptTriConfig):
+        super().__init__(config)
+        self.opt_tri = OptTriModel(config)
+        fc = config.cross_modal_config
+        self.classifier = OptTriClassificationMLP(2 * fc.hidden_size, 2 * fc.hidden_size, 2, fc.hidden_act, fc.layer_norm_eps)
+        self.post_init()
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        _save_hub_files(self, save_directory)
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.LongTensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> OptTriClassifierOutput:
+        r"""
+        Args:
+            input_ids (`(B, L)`), attention_mask (`(B, L)`), token_type_ids (`(B, L)`): the sentence.
+            pixel_values (`(B, 2, 3, H, W)`): the two images of each example.
+            labels (`(B,)`): 1 if the sentence is true of the image pair, else 0.
+        """
+        if input_ids is None or pixel_values is None:
+            raise ValueError("Pair reasoning needs input_ids (the sentence) and pixel_values (B, 2, C, H, W)")
+        if not torch.is_tensor(pixel_values) or pixel_values.ndim != 5 or pixel_values.shape[1] != 2:
+            shape = tuple(pixel_values.shape) if torch.is_tensor(pixel_values) else type(pixel_values).__name__
+            raise ValueError(f"pixel_values must have shape (batch, 2, channels, height, width); got {shape}")
+        for image in (pixel_values[:, 0], pixel_values[:, 1]):
+            _check_model_inputs(
+                self.config, input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                pixel_values=image,
+            )
+        base = self.opt_tri
+        batch = input_ids.shape[0]
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        text = base.encode_text(input_ids, attention_mask, token_type_ids)
+        images = base.encode_image(torch.cat([pixel_values[:, 0], pixel_values[:, 1]]))  # (2B, 1 + N, d)
+        image_mask = torch.ones(images.shape[:2], dtype=torch.long, device=images.device)
+        fused, _, _ = base.fuse((text.repeat(2, 1, 1), attention_mask.long().repeat(2, 1)), (images, image_mask))
+        pooled = torch.cat([fused[:batch, 0], fused[batch:, 0]], dim=-1)
+        logits = self.classifier(pooled)
+        loss = F.cross_entropy(logits.float(), labels.long(), ignore_index=-100) if labels is not None else None
+        output = OptTriClassifierOutput(loss=loss, logits=logits)
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        return output if return_dict else output.to_tuple()
+
+
 __all__ = [
     "OptTriAudioModel",
+    "OptTriClassifierOutput",
+    "OptTriForPairReasoning",
+    "OptTriForQuestionAnswering",
+    "OptTriForRetrieval",
+    "OptTriForSequenceClassification",
+    "OptTriPromptLearner",
+    "OptTriRerankOutput",
+    "OptTriRetrievalOutput",
     "OptTriCaptioningOutput",
     "OptTriForConditionalGeneration",
     "OptTriForPreTraining",
@@ -1604,3 +2229,5 @@ __all__ = [
 OptTriModel.register_for_auto_class("AutoModel")
 OptTriForPreTraining.register_for_auto_class("AutoModelForPreTraining")
 OptTriForConditionalGeneration.register_for_auto_class("AutoModelForImageTextToText")
+OptTriForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")
+OptTriForQuestionAnswering.register_for_auto_class("AutoModelForVisualQuestionAnswering")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import pickle
 import shutil
 from pathlib import Path
@@ -27,6 +28,7 @@ from modeling_opt_tri import (
     OptTriFeatureExtractor,
     OptTriForPreTraining,
     OptTriImageProcessor,
+    OptTriModel,
     OptTriProcessor,
 )
 from modeling_opt_tri.tokenization import build_wordpiece_tokenizer
@@ -66,7 +68,7 @@ def saved_folders(tmp_path_factory) -> dict[str, Path]:
         feature_extractor=OptTriFeatureExtractor(feature_size=16),
         tokenizer=tokenizer,
     )
-    model.save_pretrained(root / "with_processor")
+    shutil.copytree(root / "model", root / "with_processor", copy_function=os.link)  # the same model files, cheaply
     processor.save_pretrained(root / "with_processor")
     return {"model": root / "model", "with_processor": root / "with_processor"}
 
@@ -103,7 +105,7 @@ def test_saved_model_and_processor_folder_has_only_expected_files(saved_folders)
 def test_folder_check_rejects_a_pickle_file(saved_folders, tmp_path):
     """The folder check itself catches a stray `pytorch_model.bin` (so the two tests above can fail)."""
     folder = tmp_path / "copy"
-    shutil.copytree(saved_folders["model"], folder)
+    shutil.copytree(saved_folders["model"], folder, copy_function=os.link)
     torch.save({"w": torch.zeros(1)}, folder / "pytorch_model.bin")
     with pytest.raises(AssertionError, match=r"pickle-capable files \['pytorch_model.bin'\]"):
         _check_folder(folder, MODEL_REQUIRED, MODEL_OPTIONAL)
@@ -213,8 +215,10 @@ CHECKPOINT_FILES = {
 
 
 def _training_pieces():
+    """An OPT-Tri model (the base model: small and quick; its heads add nothing to what is serialised), an AdamW
+    optimizer after one step and the warm-up + cosine scheduler of the pre-training loop."""
     torch.manual_seed(0)
-    model = OptTriForPreTraining(tiny_config())
+    model = OptTriModel(tiny_config())
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     scheduler = get_cosine_schedule_with_warmup(optimizer, 2, 10)
     for parameter in model.parameters():  # one step, so the optimizer holds its per-parameter state tensors
