@@ -425,6 +425,8 @@ def run_pretraining(args: PretrainArguments) -> dict[str, Any]:
         processor.save_pretrained(final)
         summary["loss_curve"] = str(plot_loss_curves(history_path, output_dir / "loss_curves.png"))
         summary["padding_fraction"] = _history_padding(history_path)
+        summary["loss_table"] = loss_table(read_history(history_path))
+        accelerator.print(format_loss_table(summary["loss_table"]))
         accelerator.print(
             f"Trained {step} steps; rows seen {state['rows_seen']}, corrupt rows skipped {state['rows_skipped']}, "
             f"overflowing fp16 steps skipped {state['skipped_steps']}. Model saved to {final}"
@@ -464,6 +466,23 @@ def _truncate_history(path: Path, step: int) -> None:
 
 def read_history(path: str | os.PathLike) -> list[dict[str, float]]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def loss_table(history: list[dict[str, float]], window: int = 20) -> dict[str, tuple[float, float]]:
+    """Per loss: (mean of its first `window` logged values, mean of its last `window`)."""
+    names = sorted({k for record in history for k in record if k.startswith("loss/")})
+    table = {}
+    for name in names:
+        values = [r[name] for r in history if name in r]
+        n = max(1, min(window, len(values) // 2))
+        table[name.split("/")[-1]] = (float(np.mean(values[:n])), float(np.mean(values[-n:])))
+    return table
+
+
+def format_loss_table(table: dict[str, tuple[float, float]]) -> str:
+    lines = [f"{'loss':<14}{'first':>10}{'last':>10}"]
+    lines += [f"{name:<14}{first:>10.4f}{last:>10.4f}" for name, (first, last) in table.items()]
+    return "\n".join(lines)
 
 
 def _history_padding(path: Path) -> float | None:

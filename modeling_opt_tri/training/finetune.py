@@ -1,0 +1,343 @@
+"""Shared pieces of the `Trainer` fine-tuning examples (`examples/finetune_*.py`).
+
+- `load_split`: the built-in ShapeWorld dataset or a local `metadata.jsonl` folder, one split at a time.
+- `load_model`: a head from an OPT-Tri checkpoint, or newly initialised from a preset folder.
+- `TaskCollator`: decodes rows robustly (as `TriModalCollator`), keeps the chosen modalities, and adds per-row targets
+  only for the rows that decode, so a skipped row never shifts the labels.
+- `freeze_bottom_layers`, `build_optimizer` (lower learning rate for pre-trained weights), `apply_lora` (PEFT LoRA
+  on the attention projections): the `--freeze_layers`, `--encoder_lr_scale` and `--lora` options.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers.utils import logging
+
+from ..data.collate import TriModalCollator
+from ..data.decoding import CorruptSampleError
+
+logger = logging.get_logger(__name__)
+
+#: PEFT LoRA targets: q/k/v/out projections of our own attention layers (audio and cross-modal encoders) and the
+#: query/key/value projections of the `transformers` text (BERT/RoBERTa: `query`, `key`, `value`) and vision encoders
+#: (ViT: `q_proj`, `k_proj`, `v_proj` in transformers >= 5.24, `query`, `key`, `value` before). The text decoder is
+#: not targeted. A full-name regex, as PEFT matches a string `target_modules` with `re.fullmatch`.
+LORA_TARGET_MODULES = (
+    r"(?:.*\.)?(?:"
+    r"text_model\..*\.(?:query|key|value)"
+    r"|vision_model\..*\.(?:q_proj|k_proj|v_proj|query|key|value)"
+    r"|(?:audio_model|fusion_encoder)\..*\.(?:q_proj|k_proj|v_proj|out_proj)"
+    r")"
+)
+
+#: The unimodal encoders of `OptTriModel`, by the name used on the command line.
+ENCODERS = {"text": "text_model", "vision": "vision_model", "audio": "audio_model"}
+
+
+def add_finetune_arguments(parser: argparse.ArgumentParser, lr: float = 5e-4, steps: int = -1) -> None:
+    """The options every fine-tuning example shares."""
+    parser.add_argument("--model", required=True, help="OPT-Tri checkpoint folder, or a preset folder (random init)")
+    parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--dataset", default="builtin", help="'builtin' (ShapeWorld) or a local metadata.jsonl folder")
+    parser.add_argument("--train_rows", type=int, default=1000, help="rows of the training split (all when 0)")
+    parser.add_argument("--eval_rows", type=int, default=200, help="rows of the held-out split (all when 0)")
+    parser.add_argument("--epochs", type=float, default=3.0)
+    parser.add_argument("--max_steps", type=int, default=steps, help="overrides --epochs when > 0")
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--learning_rate", type=float, default=lr)
+    parser.add_argument("--warmup_steps", type=int, default=20)
+    parser.add_argument("--weight_decay", type=float, default=0.01)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--freeze_layers", type=int, default=0,
+                        help="freeze the embeddings and the bottom K layers of the text, vision and audio encoders")
+    parser.add_argument("--encoder_lr_scale", type=float, default=1.0,
+                        help="learning rate of the pre-trained weights (everything in model.opt_tri) relative to "
+                             "--learning_rate; the new head keeps --learning_rate")
+    parser.add_argument("--lora", action="store_true", help="train PEFT LoRA adapters (and the head) only")
+    parser.add_argument("--lora_rank", type=int, default=8)
+    parser.add_argument("--lora_alpha", type=int, default=16)
+    parser.add_argument("--lora_dropout", type=float, default=0.0)
+    parser.add_argument("--push_to_hub", default=None, help="repo id to push the fine-tuned model and processor to")
+
+
+def load_split(dataset: str, split: str, num_rows: int, seed: int = 42, eval_rows: int = 200):
+    """
+    One split as a `datasets.Dataset`: `dataset="builtin"` builds `num_rows` ShapeWorld rows of `split`; a folder with
+    `<split>/metadata.jsonl` loads that split; a folder with a single `metadata.jsonl` is split deterministically
+    (`eval_rows` rows, at most a fifth, are held out as `"validation"`). `num_rows` > 0 keeps the first rows only.
+    """
+    from ..data import build_synthetic_dataset, load_metadata_folder
+
+    if dataset == "builtin":
+        return build_synthetic_dataset(num_rows, seed=seed, split=split)
+    root = Path(dataset)
+    if not root.is_dir():
+        raise FileNotFoundError(f"--dataset {dataset!r}: neither 'builtin' nor a folder with a metadata.jsonl")
+    if (root / split / "metadata.jsonl").is_file():
+        data = load_metadata_folder(root, split=split)
+    else:
+        full = load_metadata_folder(root)
+        held_out = max(1, min(eval_rows or len(full) // 5, len(full) // 5))
+        parts = full.train_test_split(test_size=held_out, seed=seed, shuffle=True)
+        data = parts["train"] if split == "train" else parts["test"]
+    return data.select(range(min(num_rows, len(data)))) if num_rows and num_rows > 0 else data
+
+
+def load_model(model_class, path: str, seed: int = 42, **config_overrides):
+    """`model_class.from_pretrained(path)` for a checkpoint (a folder with weights); a new, seeded random model from
+    the config of a preset folder otherwise. `config_overrides` (e.g. `num_labels`, `id2label`, `label2id`) update the
+    config; a head of a new size is initialised from scratch (`ignore_mismatched_sizes`)."""
+    from ..configuration_opt_tri import OptTriConfig
+
+    folder = Path(path)
+    config = OptTriConfig.from_pretrained(path, **config_overrides)
+    if any(folder.glob("*.safetensors")):
+        return model_class.from_pretrained(path, config=config, ignore_mismatched_sizes=True)
+    logger.warning(f"{path} holds no weights: {model_class.__name__} is randomly initialised from its config")
+    torch.manual_seed(seed)
+    return model_class(config)
+
+
+class TaskCollator(TriModalCollator):
+    """
+    A `TriModalCollator` for a fine-tuning task.
+
+    Args:
+        processor: an `OptTriProcessor`.
+        modalities: the inputs to keep, a subset of `("text", "image", "audio")`.
+        targets: `row -> target` (an int, a float, or a list / tensor of floats); collated with `torch.tensor` into
+            `labels` (or the key `target_key`); `None` for no targets.
+        text: `row -> text` (default: the `text` column), e.g. the question for VQA.
+        extra: constant entries added to every batch (e.g. `{"return_loss": True}` for retrieval).
+
+    Rows that fail to decode are dropped with their targets and logged; the batch holds no bookkeeping keys, so
+    `Trainer` can pass it to the model as is.
+    """
+
+    def __init__(
+        self,
+        processor,
+        modalities: Sequence[str],
+        targets: Callable[[dict[str, Any]], Any] | None = None,
+        text: Callable[[dict[str, Any]], str | None] | None = None,
+        extra: dict[str, Any] | None = None,
+        target_key: str = "labels",
+    ):
+        super().__init__(processor)
+        unknown = set(modalities) - {"text", "image", "audio"}
+        if not modalities or unknown:
+            raise ValueError(f"modalities must be a non-empty subset of text, image, audio; got {list(modalities)}")
+        self.modalities = tuple(modalities)
+        self.targets = targets
+        self.text = text or (lambda row: row.get("text"))
+        self.extra = dict(extra or {})
+        self.target_key = target_key
+
+    def __call__(self, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        texts, images, audios, targets, reasons = [], [], [], [], []
+        for position, row in enumerate(rows):
+            view = {
+                "text": self.text(row) if "text" in self.modalities else None,
+                "image": row.get("image") if "image" in self.modalities else None,
+                "audio": row.get("audio") if "audio" in self.modalities else None,
+            }
+            try:
+                text, image, audio = self.decode_row(view, f"row {row.get('id', position)}")
+            except CorruptSampleError as error:
+                reasons.append(str(error))
+                continue
+            texts.append(text)
+            images.append(image)
+            audios.append(audio)
+            if self.targets is not None:
+                targets.append(self.targets(row))
+        if reasons:
+            logger.warning(f"Skipped {len(reasons)} of {len(rows)} rows: {reasons[:3]}")
+        if not texts:
+            raise CorruptSampleError(f"Every row of the batch failed to decode: {reasons[:3]}")
+        batch = dict(
+            self.processor(
+                text=texts if any(t is not None for t in texts) else None,
+                images=images if any(i is not None for i in images) else None,
+                audio=audios if any(a is not None for a in audios) else None,
+                sampling_rate=self.sampling_rate,
+                return_tensors="pt",
+            )
+        )
+        if self.targets is not None:
+            if torch.is_tensor(targets[0]):
+                batch[self.target_key] = torch.stack(targets)
+            else:
+                batch[self.target_key] = torch.tensor(targets)
+        batch.update(self.extra)
+        return batch
+
+
+def _layer_stack(encoder: nn.Module) -> nn.ModuleList:
+    """The transformer layer list of a BERT-like, ViT or OPT-Tri encoder (`encoder.layer`, `layers`, ...)."""
+    for name in ("encoder.layer", "encoder.layers", "layers", "layer"):
+        module = encoder
+        for part in name.split("."):
+            module = getattr(module, part, None)
+            if module is None:
+                break
+        if isinstance(module, nn.ModuleList):
+            return module
+    raise ValueError(f"Cannot find the layer list of {type(encoder).__name__}")
+
+
+def _layer_path(encoder: nn.Module, layers: nn.ModuleList) -> str:
+    return next(name for name, module in encoder.named_modules() if module is layers)
+
+
+def freeze_bottom_layers(model: nn.Module, num_layers: int, encoders: Sequence[str] = ("text", "vision", "audio")) -> list[str]:
+    """
+    Freeze the embeddings and the bottom `num_layers` transformer layers of each unimodal encoder of `model` (any
+    OPT-Tri head or `OptTriModel`). The cross-modal encoder and the head stay trainable. Returns the names of the
+    frozen parameters. `num_layers=0` freezes nothing.
+    """
+    if num_layers <= 0:
+        return []
+    base = model.base_model if hasattr(model, "base_model") else model
+    frozen: list[str] = []
+    for key in encoders:
+        encoder = getattr(base, ENCODERS[key])
+        layers = _layer_stack(encoder)
+        if num_layers > len(layers):
+            raise ValueError(f"--freeze_layers {num_layers}: the {key} encoder has only {len(layers)} layers")
+        modules = {"embeddings": encoder.embeddings, **{f"{_layer_path(encoder, layers)}.{i}": layers[i] for i in range(num_layers)}}
+        for prefix, module in modules.items():
+            for name, parameter in module.named_parameters():
+                parameter.requires_grad_(False)
+                frozen.append(f"{ENCODERS[key]}.{prefix}.{name}")
+    return frozen
+
+
+def build_optimizer(
+    model: nn.Module, learning_rate: float, encoder_lr_scale: float = 1.0, weight_decay: float = 0.01
+) -> torch.optim.AdamW:
+    """
+    AdamW with four parameter groups: pre-trained weights (those of the tri-modal model `opt_tri`, LoRA adapters
+    excluded) at `learning_rate * encoder_lr_scale`, new weights (the head, LoRA adapters) at `learning_rate`, each
+    split into decayed weights and undecayed biases / norms / embeddings / tokens. Frozen parameters are left out.
+    Pass it to `Trainer(optimizers=(optimizer, None))`; Trainer adds its scheduler, which scales every group.
+    """
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        pretrained = ("opt_tri." in f".{name}" or name.startswith("opt_tri.")) and "lora_" not in name
+        pretrained = pretrained and "modules_to_save" not in name
+        no_decay = parameter.ndim < 2 or "norm" in name.lower() or "embedding" in name.lower() or "token" in name
+        groups.setdefault((pretrained, no_decay), []).append(parameter)
+    param_groups = [
+        {
+            "params": params,
+            "lr": learning_rate * (encoder_lr_scale if pretrained else 1.0),
+            "weight_decay": 0.0 if no_decay else weight_decay,
+            "name": f"{'pretrained' if pretrained else 'new'}{'_no_decay' if no_decay else ''}",
+        }
+        for (pretrained, no_decay), params in sorted(groups.items())
+    ]
+    if not param_groups:
+        raise ValueError("No trainable parameters")
+    return torch.optim.AdamW(param_groups, lr=learning_rate)
+
+
+def apply_lora(model: nn.Module, rank: int = 8, alpha: int = 16, dropout: float = 0.0, modules_to_save: Sequence[str] = ()):
+    """
+    Wrap `model` with PEFT LoRA adapters on `LORA_TARGET_MODULES`. Every other weight is frozen, except the modules
+    named in `modules_to_save` (the task head), which PEFT trains and saves in full.
+    """
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError as error:  # peft is an optional extra
+        raise ImportError("--lora needs PEFT: pip install 'opt-tri[peft]' (or pip install peft)") from error
+    config = LoraConfig(
+        r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=LORA_TARGET_MODULES,
+        modules_to_save=list(modules_to_save) or None, bias="none",
+    )
+    return get_peft_model(model, config)
+
+
+def count_trainable(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, sum(p.numel() for p in model.parameters())
+
+
+def prepare_for_training(model: nn.Module, args: argparse.Namespace, head_modules: Sequence[str]):
+    """Apply `--freeze_layers` and `--lora` (in that order) and build the optimizer (`--encoder_lr_scale`).
+    Returns `(model, optimizer)`; the model is a `PeftModel` with `--lora`."""
+    if args.freeze_layers:
+        frozen = freeze_bottom_layers(model, args.freeze_layers)
+        print(f"froze {len(frozen)} parameter tensors (embeddings + bottom {args.freeze_layers} layers per encoder)")
+    if args.lora:
+        model = apply_lora(model, args.lora_rank, args.lora_alpha, args.lora_dropout, modules_to_save=head_modules)
+    trainable, total = count_trainable(model)
+    print(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)")
+    optimizer = build_optimizer(model, args.learning_rate, args.encoder_lr_scale, args.weight_decay)
+    return model, optimizer
+
+
+def training_arguments(args: argparse.Namespace, **overrides):
+    """`TrainingArguments` shared by the examples (CPU unless CUDA is there, no reporting, no intermediate saves)."""
+    from transformers import TrainingArguments
+
+    settings = dict(
+        output_dir=args.output_dir,
+        num_train_epochs=args.epochs,
+        max_steps=args.max_steps,
+        per_device_train_batch_size=args.batch_size,
+        per_device_eval_batch_size=max(args.batch_size, 64),
+        learning_rate=args.learning_rate,
+        warmup_steps=args.warmup_steps,
+        lr_scheduler_type="cosine",
+        weight_decay=args.weight_decay,
+        logging_steps=20,
+        save_strategy="no",
+        report_to="none",
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        seed=args.seed,
+        use_cpu=not torch.cuda.is_available(),
+        label_names=["labels"],  # a PeftModel's forward(**kwargs) hides `labels` from Trainer's signature check
+    )
+    settings.update(overrides)
+    return TrainingArguments(**settings)
+
+
+def save_and_push(model: nn.Module, processor, output_dir: str, push_to_hub: str | None) -> nn.Module:
+    """Merge LoRA adapters into the weights (a plain OPT-Tri checkpoint with its Hub files), save model and processor
+    to `output_dir`, and push both to `push_to_hub` when given. Returns the (merged) model."""
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    model.save_pretrained(output_dir)
+    processor.save_pretrained(output_dir)
+    if push_to_hub:
+        model.push_to_hub(push_to_hub)
+        processor.push_to_hub(push_to_hub)
+    return model
+
+
+__all__ = [
+    "ENCODERS",
+    "LORA_TARGET_MODULES",
+    "TaskCollator",
+    "add_finetune_arguments",
+    "apply_lora",
+    "build_optimizer",
+    "count_trainable",
+    "freeze_bottom_layers",
+    "load_model",
+    "load_split",
+    "prepare_for_training",
+    "save_and_push",
+    "training_arguments",
+]
