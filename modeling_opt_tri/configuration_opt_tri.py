@@ -335,8 +335,16 @@ class OptTriConfig(PretrainedConfig):
                 raise ValueError("Pass cross_modal_config or its old name fusion_config, not both")
             cross_modal_config = legacy
         self.cross_modal_config = _as_sub_config(cross_modal_config, OptTriFusionConfig, "cross_modal_config")
-        if text_decoder_config is None:  # by default the decoder shares the text encoder's vocabulary
-            text_decoder_config = dict(vocab_size=self.text_config.vocab_size)
+        if text_decoder_config is None:  # by default: the cross-modal encoder's geometry, the text vocabulary
+            cm = self.cross_modal_config
+            text_decoder_config = dict(
+                vocab_size=self.text_config.vocab_size,
+                hidden_size=cm.hidden_size,
+                num_hidden_layers=cm.num_hidden_layers,
+                num_attention_heads=cm.num_attention_heads,
+                intermediate_size=cm.intermediate_size,
+                pad_token_id=getattr(self.text_config, "pad_token_id", None) or 0,
+            )
         self.text_decoder_config = _as_sub_config(text_decoder_config, OptTriTextDecoderConfig, "text_decoder_config")
         self.projection_dim = projection_dim
         self.logit_scale_init_value = logit_scale_init_value
@@ -381,6 +389,14 @@ class OptTriConfig(PretrainedConfig):
                 f"vision_config.image_size ({self.vision_config.image_size}) must be divisible by patch_size "
                 f"({self.vision_config.patch_size})"
             )
+        dc = self.text_decoder_config
+        for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+            value = getattr(dc, name)
+            if not isinstance(value, int) or not 0 <= value < dc.vocab_size:
+                raise ValueError(
+                    f"text_decoder_config.{name} must be an id in [0, {dc.vocab_size}), got {value!r}; set it to "
+                    "your tokenizer's [CLS] (bos), [SEP] (eos) and [PAD] ids"
+                )
         if self.text_decoder_config.vocab_size != self.text_config.vocab_size:
             raise ValueError(
                 f"text_decoder_config.vocab_size ({self.text_decoder_config.vocab_size}) must equal "

@@ -34,7 +34,11 @@ def tiny_config(**overrides):
             num_mel_bins=16, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
             max_position_embeddings=64,
         ),
-        fusion_config=dict(hidden_size=48, num_hidden_layers=2, num_attention_heads=4, intermediate_size=96),
+        cross_modal_config=dict(hidden_size=48, num_hidden_layers=2, num_attention_heads=4, intermediate_size=96),
+        text_decoder_config=dict(
+            vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+            max_position_embeddings=40, bos_token_id=2, eos_token_id=3, pad_token_id=0,
+        ),
         projection_dim=16,
         mask_token_id=4,
         special_token_ids=[0, 1, 2, 3],
