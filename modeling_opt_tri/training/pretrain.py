@@ -396,9 +396,6 @@ def run_pretraining(args: PretrainArguments) -> dict[str, Any]:
         total = sum(unwrapped.config.objectives[k] * v for k, v in step_losses.items())
         record = {"step": step, "loss": total, **{f"loss/{k}": v for k, v in step_losses.items()}, "lr": scheduler.get_last_lr()[0]}
         last.update(step_losses)
-        if accelerator.is_main_process:
-            with open(history_path, "a") as handle:
-                handle.write(json.dumps(record) + "\n")
         progress.update(1)
         if step % args.logging_steps == 0 or step == args.max_steps:
             elapsed = max(time.perf_counter() - window["time"], 1e-9)
@@ -407,6 +404,9 @@ def run_pretraining(args: PretrainArguments) -> dict[str, Any]:
             progress.set_postfix({k.split("/")[-1]: f"{v:.3f}" for k, v in record.items() if k.startswith("loss")}, refresh=False)
             accelerator.log(record, step=step)
             window = {"samples": 0, "time": time.perf_counter(), "padded": 0, "tokens": 0}
+        if accelerator.is_main_process:
+            with open(history_path, "a") as handle:
+                handle.write(json.dumps(record) + "\n")
         if args.save_steps and step % args.save_steps == 0 and step < args.max_steps:
             save_checkpoint(
                 output_dir, step, unwrapped, optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer,
@@ -424,12 +424,14 @@ def run_pretraining(args: PretrainArguments) -> dict[str, Any]:
         unwrapped.save_pretrained(final)
         processor.save_pretrained(final)
         summary["loss_curve"] = str(plot_loss_curves(history_path, output_dir / "loss_curves.png"))
-        summary["padding_fraction"] = _history_padding(history_path)
+        summary["padding_fraction"] = _history_stat(history_path, "padding_fraction")
+        summary["samples_per_second"] = _history_stat(history_path, "samples_per_second")
         summary["loss_table"] = loss_table(read_history(history_path))
         accelerator.print(format_loss_table(summary["loss_table"]))
         accelerator.print(
             f"Trained {step} steps; rows seen {state['rows_seen']}, corrupt rows skipped {state['rows_skipped']}, "
-            f"overflowing fp16 steps skipped {state['skipped_steps']}. Model saved to {final}"
+            f"overflowing fp16 steps skipped {state['skipped_steps']}; median {summary['samples_per_second'] or 0:.1f} "
+            f"samples/s, padded fraction {100 * (summary['padding_fraction'] or 0):.1f}%. Model saved to {final}"
         )
         if args.evaluate:
             summary["retrieval"] = evaluate_retrieval(unwrapped, processor, args)
@@ -485,9 +487,10 @@ def format_loss_table(table: dict[str, tuple[float, float]]) -> str:
     return "\n".join(lines)
 
 
-def _history_padding(path: Path) -> float | None:
-    values = [r["padding_fraction"] for r in read_history(path) if "padding_fraction" in r]
-    return float(np.mean(values)) if values else None
+def _history_stat(path: Path, key: str) -> float | None:
+    """Median over the logged windows of `key` (e.g. samples_per_second, padding_fraction)."""
+    values = [r[key] for r in read_history(path) if key in r]
+    return float(np.median(values)) if values else None
 
 
 def plot_loss_curves(history_path: Path, out_path: Path) -> Path:
