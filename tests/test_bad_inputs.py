@@ -415,7 +415,7 @@ CASES: list[tuple[str, Callable[[], Any], Raises | Returns | Warns | Exits]] = [
      Raises(ValueError, r"Unknown pre-training tasks \['foo'\]")),
     # ---- configs -------------------------------------------------------------------------------------------------
     ("config:fusion_hidden_not_divisible_by_heads",
-     lambda: tiny_config(fusion_config=dict(hidden_size=50, num_hidden_layers=1, num_attention_heads=4)),
+     lambda: tiny_config(cross_modal_config=dict(hidden_size=50, num_hidden_layers=1, num_attention_heads=4)),
      Raises(ValueError, r"OptTriFusionConfig: hidden_size \(50\) must be divisible by num_attention_heads \(4\)")),
     ("config:text_hidden_not_divisible_by_heads",
      lambda: tiny_config(text_config=dict(vocab_size=100, hidden_size=30, num_attention_heads=4)),

@@ -14,9 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import tiny_batch
-from conftest import tiny_config as _conftest_tiny_config
-from modeling_opt_tri import OptTriConfig, OptTriForPreTraining
+from conftest import tiny_batch, tiny_config
+from modeling_opt_tri import OptTriForPreTraining
 from modeling_opt_tri.modeling_opt_tri import (
     MODALITIES,
     TRI_MATCHING_CLASSES,
@@ -28,19 +27,6 @@ from modeling_opt_tri.modeling_opt_tri import (
     wra_loss,
 )
 
-
-#: conftest's tiny_config leaves the text decoder at its 768-wide default, which makes DTR cost more than every other
-#: objective together; these tests use a decoder as tiny as the rest.
-TINY_TEXT_DECODER = dict(
-    vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-    max_position_embeddings=64, bos_token_id=2, eos_token_id=3, pad_token_id=0,
-)
-
-
-def tiny_config(**overrides):
-    if "text_decoder_config" in OptTriConfig.sub_configs:
-        overrides.setdefault("text_decoder_config", TINY_TEXT_DECODER)
-    return _conftest_tiny_config(**overrides)
 
 
 TS = torch.linspace(0.0, 1.0, 11)

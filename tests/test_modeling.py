@@ -23,25 +23,11 @@ from transformers import (
     ViTModel,
 )
 
-from conftest import tiny_batch
-from conftest import tiny_config as _conftest_tiny_config
+from conftest import tiny_batch, tiny_config
 from modeling_opt_tri import OptTriConfig, OptTriForPreTraining, OptTriModel
 from modeling_opt_tri.configuration_opt_tri import OptTriFusionConfig
 from modeling_opt_tri.modeling_opt_tri import OptTriLayer
 
-
-#: conftest's tiny_config leaves the text decoder at its 768-wide default, which makes DTR cost more than every other
-#: objective together; these tests use a decoder as tiny as the rest.
-TINY_TEXT_DECODER = dict(
-    vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-    max_position_embeddings=64, bos_token_id=2, eos_token_id=3, pad_token_id=0,
-)
-
-
-def tiny_config(**overrides):
-    if "text_decoder_config" in OptTriConfig.sub_configs:
-        overrides.setdefault("text_decoder_config", TINY_TEXT_DECODER)
-    return _conftest_tiny_config(**overrides)
 
 MODALITY_KEYS = {
     "text": ("input_ids", "attention_mask"),
@@ -117,21 +103,26 @@ def test_config_fusion_config_is_an_input_alias_only(tmp_path):
     config = tiny_config()
     assert not hasattr(config, "fusion_config")
     assert "fusion_config" not in config.to_dict()
-    assert isinstance(config.cross_modal_config, OptTriFusionConfig)  # conftest passes `fusion_config=`
+    assert isinstance(config.cross_modal_config, OptTriFusionConfig)
     assert config.cross_modal_config.hidden_size == 48
+    fusion = dict(hidden_size=40, num_hidden_layers=1, num_attention_heads=4, intermediate_size=80)
+    via_alias = OptTriConfig(fusion_config=fusion)
+    assert not hasattr(via_alias, "fusion_config")
+    direct = OptTriConfig(cross_modal_config=fusion)
+    assert via_alias.cross_modal_config.to_dict() == direct.cross_modal_config.to_dict()
     legacy = config.to_dict()
     legacy["fusion_config"] = legacy.pop("cross_modal_config")
     (tmp_path / "config.json").write_text(json.dumps(legacy))
     assert OptTriConfig.from_pretrained(tmp_path).to_dict() == config.to_dict()
     with pytest.raises(ValueError, match="not both"):
-        tiny_config(cross_modal_config=dict(hidden_size=48, num_attention_heads=4))
+        OptTriConfig(cross_modal_config=fusion, fusion_config=fusion)
 
 
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (  # conftest passes the cross-modal config under its old name, so the override uses it too
-            dict(fusion_config=dict(hidden_size=50, num_attention_heads=4)),
+        (
+            dict(cross_modal_config=dict(hidden_size=50, num_attention_heads=4)),
             r"hidden_size \(50\) must be divisible by num_attention_heads \(4\)",
         ),
         (

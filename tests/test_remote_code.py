@@ -14,9 +14,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import tiny_config as _conftest_tiny_config
+from conftest import tiny_config
 from hub_server import NO_EXTERNAL_NETWORK_SNIPPET, LocalHub, hub_env, no_external_network
-from modeling_opt_tri import OptTriConfig, OptTriForPreTraining
+from modeling_opt_tri import OptTriForPreTraining
 from modeling_opt_tri.feature_extraction_opt_tri import OptTriFeatureExtractor
 from modeling_opt_tri.image_processing_opt_tri import OptTriImageProcessor
 from modeling_opt_tri.processing_opt_tri import OptTriProcessor
@@ -108,18 +108,6 @@ LOAD_AND_RUN = textwrap.dedent(
     print("REMOTE_OK")
     """
 )
-
-TINY_TEXT_DECODER = dict(
-    vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-    max_position_embeddings=64, bos_token_id=2, eos_token_id=3, pad_token_id=0,
-)
-
-
-def tiny_config(**overrides):
-    """conftest's tiny config, with a text decoder as tiny as the rest (conftest leaves it 768 wide)."""
-    if "text_decoder_config" in OptTriConfig.sub_configs:
-        overrides.setdefault("text_decoder_config", TINY_TEXT_DECODER)
-    return _conftest_tiny_config(**overrides)
 
 
 @pytest.fixture(autouse=True)
