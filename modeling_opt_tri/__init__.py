@@ -1,11 +1,13 @@
 """OPT-Tri: tri-modal (text + image + audio) pre-training for Hugging Face Transformers.
 
 Importing the package registers OPT-Tri with the `transformers` Auto classes (`AutoConfig`, `AutoModel`,
-`AutoModelForPreTraining`, `AutoImageProcessor`, `AutoFeatureExtractor`, `AutoProcessor`), so installed users load
+`AutoModelForPreTraining`, `AutoModelForSequenceClassification`, `AutoModelForVisualQuestionAnswering`,
+`AutoImageProcessor`, `AutoFeatureExtractor`, `AutoProcessor`), so installed users load
 checkpoints without `trust_remote_code`. Checkpoints also carry the Hub files for users who never installed us.
 """
 
 from transformers import AutoConfig, AutoFeatureExtractor, AutoModel, AutoModelForPreTraining, AutoProcessor
+from transformers import AutoModelForSequenceClassification, AutoModelForVisualQuestionAnswering
 from transformers.models.auto.image_processing_auto import AutoImageProcessor  # the real class even without torchvision
 
 from .configuration_opt_tri import PRETRAINING_OBJECTIVES, OptTriAudioConfig, OptTriConfig, OptTriFusionConfig
@@ -13,8 +15,12 @@ from .feature_extraction_opt_tri import OptTriFeatureExtractor
 from .image_processing_opt_tri import OptTriImageProcessor
 from .modeling_opt_tri import (
     OptTriAudioModel,
+    OptTriForPairReasoning,
     OptTriForPreTraining,
     OptTriForPreTrainingOutput,
+    OptTriForQuestionAnswering,
+    OptTriForRetrieval,
+    OptTriForSequenceClassification,
     OptTriModel,
     OptTriModelOutput,
     OptTriPreTrainedModel,
@@ -28,6 +34,8 @@ AutoConfig.register(OptTriAudioConfig.model_type, OptTriAudioConfig, exist_ok=Tr
 AutoModel.register(OptTriConfig, OptTriModel, exist_ok=True)
 AutoModel.register(OptTriAudioConfig, OptTriAudioModel, exist_ok=True)
 AutoModelForPreTraining.register(OptTriConfig, OptTriForPreTraining, exist_ok=True)
+AutoModelForSequenceClassification.register(OptTriConfig, OptTriForSequenceClassification, exist_ok=True)
+AutoModelForVisualQuestionAnswering.register(OptTriConfig, OptTriForQuestionAnswering, exist_ok=True)
 AutoImageProcessor.register(OptTriConfig, slow_image_processor_class=OptTriImageProcessor, exist_ok=True)
 AutoFeatureExtractor.register(OptTriConfig, OptTriFeatureExtractor, exist_ok=True)
 AutoProcessor.register(OptTriConfig, OptTriProcessor, exist_ok=True)
@@ -38,8 +46,12 @@ __all__ = [
     "OptTriAudioModel",
     "OptTriConfig",
     "OptTriFeatureExtractor",
+    "OptTriForPairReasoning",
     "OptTriForPreTraining",
     "OptTriForPreTrainingOutput",
+    "OptTriForQuestionAnswering",
+    "OptTriForRetrieval",
+    "OptTriForSequenceClassification",
     "OptTriFusionConfig",
     "OptTriImageProcessor",
     "OptTriModel",

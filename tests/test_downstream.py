@@ -1,0 +1,536 @@
+"""Downstream heads: classification, VQA/AQA, retrieval (+ ITM re-ranking), NLVR2-style pair reasoning; and the
+fine-tuning helpers (LoRA, layer freezing, encoder learning-rate scale, CoOp prompt tuning) the examples use."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import tiny_batch, tiny_config
+
+from modeling_opt_tri.modeling_opt_tri import (
+    OptTriForPairReasoning,
+    OptTriForPreTraining,
+    OptTriForQuestionAnswering,
+    OptTriForRetrieval,
+    OptTriForSequenceClassification,
+)
+from modeling_opt_tri.training.finetune import (
+    apply_lora,
+    build_optimizer,
+    count_trainable,
+    freeze_bottom_layers,
+)
+
+TEXT = ("input_ids", "attention_mask")
+IMAGE = ("pixel_values",)
+AUDIO = ("input_features", "audio_attention_mask")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """The tiny models are far faster on one thread when the CPU is shared (and results stay deterministic)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _config(**overrides):
+    """The tiny config without dropout (BERT's default 0.1 would make the loss curves on one batch noisy)."""
+    config = tiny_config(classifier_dropout=0.0, **overrides)
+    config.text_config.hidden_dropout_prob = config.text_config.attention_probs_dropout_prob = 0.0
+    return config
+
+
+def _pick(batch, *groups):
+    return {k: batch[k] for group in groups for k in group}
+
+
+def _pair_batch(batch_size=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    base = tiny_batch(batch_size, seed=seed)
+    return {
+        "input_ids": base["input_ids"],
+        "attention_mask": base["attention_mask"],
+        "pixel_values": torch.randn(batch_size, 2, 3, 32, 32, generator=g),
+    }
+
+
+def _train(model, inputs, steps, lr=1e-3, **forward_kwargs):
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    model.train()
+    losses = []
+    for _ in range(steps):
+        loss = model(**inputs, **forward_kwargs).loss
+        assert torch.isfinite(loss)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
+
+
+# ---- each head trains ---------------------------------------------------------------------------------------------
+
+def _cases():
+    b = tiny_batch()
+    labels = torch.tensor([0, 1, 2, 1])
+    soft = torch.tensor([[1.0, 0.3, 0, 0, 0], [0, 0.6, 0.9, 0, 0], [0, 0, 0, 1.0, 0.3], [0.3, 0, 0, 0, 1.0]])
+    return {
+        "classification_all_modalities": (OptTriForSequenceClassification, dict(num_labels=3), b, dict(labels=labels)),
+        "classification_image_audio": (OptTriForSequenceClassification, dict(num_labels=3), _pick(b, IMAGE, AUDIO), dict(labels=labels)),
+        "classification_text": (OptTriForSequenceClassification, dict(num_labels=3), _pick(b, TEXT), dict(labels=labels)),
+        "multi_label": (OptTriForSequenceClassification, dict(num_labels=4), _pick(b, TEXT, IMAGE),
+                        dict(labels=torch.tensor([[1, 0, 1, 0], [0, 1, 0, 0], [1, 1, 0, 1], [0, 0, 0, 1]]).float())),
+        "regression": (OptTriForSequenceClassification, dict(num_labels=1), _pick(b, AUDIO),
+                       dict(labels=torch.tensor([0.5, -1.0, 2.0, 0.0]))),
+        "vqa_answer_ids": (OptTriForQuestionAnswering, dict(num_labels=5), _pick(b, TEXT, IMAGE), dict(labels=labels)),
+        "aqa_soft_scores": (OptTriForQuestionAnswering, dict(num_labels=5), _pick(b, TEXT, AUDIO), dict(labels=soft)),
+        "retrieval_text_image": (OptTriForRetrieval, {}, _pick(b, TEXT, IMAGE), dict(return_loss=True)),
+        "retrieval_audio_image": (OptTriForRetrieval, {}, _pick(b, IMAGE, AUDIO),
+                                  dict(return_loss=True, query_modality="audio", gallery_modality="image")),
+        "pair_reasoning": (OptTriForPairReasoning, {}, _pair_batch(), dict(labels=torch.tensor([0, 1, 1, 0]))),
+    }
+
+
+@pytest.mark.parametrize("case", list(_cases()))
+def test_head_loss_is_finite_and_decreases(case):
+    cls, overrides, inputs, extra = _cases()[case]
+    torch.manual_seed(0)
+    model = cls(_config(**overrides))
+    losses = _train(model, inputs, steps=30, **extra)
+    assert np.mean(losses[-3:]) < 0.6 * np.mean(losses[:3]), losses
+
+
+def test_problem_type_is_inferred_like_bert():
+    b = _pick(tiny_batch(), IMAGE)
+    expected = {
+        (1, torch.tensor([0.5, 1.0, 0.0, 2.0])): "regression",
+        (3, torch.tensor([0, 1, 2, 0])): "single_label_classification",
+        (3, torch.tensor([[1, 0, 1], [0, 0, 1], [1, 1, 1], [0, 0, 0]]).float()): "multi_label_classification",
+    }
+    for (num_labels, labels), problem_type in expected.items():
+        model = OptTriForSequenceClassification(_config(num_labels=num_labels)).eval()
+        out = model(**b, labels=labels)
+        assert model.config.problem_type == problem_type
+        logits = out.logits.float()
+        reference = {
+            "regression": lambda: F.mse_loss(logits.squeeze(-1), labels),
+            "single_label_classification": lambda: F.cross_entropy(logits, labels),
+            "multi_label_classification": lambda: F.binary_cross_entropy_with_logits(logits, labels),
+        }[problem_type]()
+        torch.testing.assert_close(out.loss, reference)
+    model = OptTriForSequenceClassification(_config(num_labels=2, problem_type="multi_label_classification"))
+    model(**b, labels=torch.tensor([[1.0, 0.0]] * 4))
+    assert model.config.problem_type == "multi_label_classification"
+
+
+def test_soft_score_vqa_loss_is_bce_times_num_answers():
+    b = _pick(tiny_batch(), TEXT, IMAGE)
+    model = OptTriForQuestionAnswering(_config(num_labels=6)).eval()
+    scores = torch.zeros(4, 6)
+    scores[0, 1], scores[1, [2, 3]], scores[2, 5], scores[3, 0] = 1.0, torch.tensor([0.3, 0.9]), 0.6, 1.0
+    out = model(**b, labels=scores)
+    assert out.logits.shape == (4, 6)
+    torch.testing.assert_close(out.loss, F.binary_cross_entropy_with_logits(out.logits, scores, reduction="sum") / 4)
+    # ids and the equivalent one-hot scores train the same answer
+    ids = model(**b, labels=torch.tensor([1, 2, 5, 0])).loss
+    assert torch.isfinite(ids)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        model(**b, labels=scores * 2)
+    with pytest.raises(ValueError, match="soft scores"):
+        model(**b, labels=torch.zeros(4, 3))
+
+
+def test_classification_from_every_subset_of_modalities():
+    b = tiny_batch()
+    model = OptTriForSequenceClassification(_config(num_labels=3)).eval()
+    for groups in ((TEXT,), (IMAGE,), (AUDIO,), (TEXT, IMAGE), (TEXT, AUDIO), (IMAGE, AUDIO), (TEXT, IMAGE, AUDIO)):
+        out = model(**_pick(b, *groups), output_hidden_states=True)
+        assert out.logits.shape == (4, 3) and out.loss is None
+        assert len(out.hidden_states) == model.config.cross_modal_config.num_hidden_layers + 1
+
+
+def test_heads_load_pretraining_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    pretrained = OptTriForPreTraining(_config())
+    with torch.no_grad():
+        pretrained.itm_head.weight.normal_()
+    pretrained.save_pretrained(tmp_path)
+    base_state = pretrained.opt_tri.state_dict()
+    for cls in (OptTriForSequenceClassification, OptTriForQuestionAnswering, OptTriForRetrieval, OptTriForPairReasoning):
+        head = cls.from_pretrained(tmp_path)
+        state = head.opt_tri.state_dict()
+        assert all(torch.equal(state[k], base_state[k]) for k in base_state), cls.__name__
+        if cls is OptTriForRetrieval:
+            assert torch.equal(head.itm_head.weight, pretrained.itm_head.weight)  # the pre-trained ITM head loads
+
+
+# ---- retrieval ----------------------------------------------------------------------------------------------------
+
+def test_retrieval_similarity_shapes_and_embeddings():
+    b = tiny_batch(5)
+    model = OptTriForRetrieval(_config()).eval()
+    with torch.no_grad():
+        for query, gallery in (("text", "image"), ("image", "text"), ("text", "audio"), ("audio", "image")):
+            out = model(**b, query_modality=query, gallery_modality=gallery)
+            assert out.loss is None
+            assert out.logits_per_query.shape == (5, 5) and torch.equal(out.logits_per_gallery, out.logits_per_query.t())
+            features = {
+                "text": lambda: model.get_text_features(b["input_ids"], b["attention_mask"]),
+                "image": lambda: model.get_image_features(b["pixel_values"]),
+                "audio": lambda: model.get_audio_features(b["input_features"], b["audio_attention_mask"]),
+            }
+            torch.testing.assert_close(out.query_embeds, features[query]())
+            torch.testing.assert_close(out.gallery_embeds, features[gallery]())
+            scale = model.opt_tri.logit_scale.exp()
+            torch.testing.assert_close(out.logits_per_query, scale * out.query_embeds @ out.gallery_embeds.t())
+        out = model(**b, return_loss=True, itm_loss_weight=0.0)
+        assert out.itm_loss is None and torch.equal(out.loss, out.contrastive_loss)
+        with pytest.raises(ValueError, match="different modalities"):
+            model(**b, query_modality="image", gallery_modality="image")
+        with pytest.raises(ValueError, match="input_features"):
+            model(**_pick(b, TEXT), query_modality="text", gallery_modality="audio")
+
+
+def test_rerank_orders_the_shortlist_by_itm_score():
+    torch.manual_seed(3)
+    model = OptTriForRetrieval(_config()).eval()
+    queries = _pick(tiny_batch(4, seed=1), TEXT)
+    candidates = _pick(tiny_batch(7, seed=2), IMAGE)
+    out = model.rerank(queries, candidates, "text", "image", top_k=5)
+    assert out.indices.shape == out.scores.shape == out.retrieval_indices.shape == (4, 5)
+    with torch.no_grad():
+        q = model.get_text_features(**queries)
+        c = model.get_image_features(**candidates)
+        torch.testing.assert_close(out.similarity, q @ c.t())
+        assert torch.equal(out.retrieval_indices, (q @ c.t()).topk(5, dim=1).indices)
+        for i in range(4):
+            shortlist = out.retrieval_indices[i]
+            pairs = {
+                "input_ids": queries["input_ids"][i].expand(5, -1),
+                "attention_mask": queries["attention_mask"][i].expand(5, -1),
+                "pixel_values": candidates["pixel_values"][shortlist],
+            }
+            itm = model.matching_score("text", "image", **pairs)  # the cross-encoder, computed independently
+            order = itm.argsort(descending=True, stable=True)
+            assert torch.equal(out.indices[i], shortlist[order])
+            torch.testing.assert_close(out.scores[i], itm[order])
+    assert (out.scores[:, :-1] >= out.scores[:, 1:]).all()
+    assert not torch.equal(out.indices, out.retrieval_indices)  # the ITM head did reorder the dual encoder's list
+
+
+# ---- pair reasoning -----------------------------------------------------------------------------------------------
+
+def test_pair_reasoning_fuses_the_sentence_with_each_image():
+    model = OptTriForPairReasoning(_config()).eval()
+    b = _pair_batch()
+    with torch.no_grad():
+        out = model(**b)
+        pooled = [
+            model.opt_tri(input_ids=b["input_ids"], attention_mask=b["attention_mask"], pixel_values=b["pixel_values"][:, i]).pooler_output
+            for i in (0, 1)
+        ]
+        torch.testing.assert_close(out.logits, model.classifier(torch.cat(pooled, dim=-1)))
+    assert out.logits.shape == (4, 2) and out.loss is None
+    with pytest.raises(ValueError, match=r"\(batch, 2, channels, height, width\)"):
+        model(input_ids=b["input_ids"], pixel_values=b["pixel_values"][:, 0])
+
+
+# ---- Trainer: save -> load -> evaluate ----------------------------------------------------------------------------
+
+class _Rows(torch.utils.data.Dataset):
+    def __init__(self, batch, labels):
+        self.batch, self.labels = batch, labels
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return {**{k: v[i] for k, v in self.batch.items()}, "labels": self.labels[i]}
+
+
+def _accuracy(prediction):
+    return {"accuracy": float((np.argmax(prediction.predictions, -1) == prediction.label_ids).mean())}
+
+
+@pytest.mark.slow
+def test_trainer_save_load_evaluate_reproduces_the_metric(tmp_path):
+    from transformers import Trainer, TrainingArguments
+
+    torch.manual_seed(0)
+    model = OptTriForSequenceClassification(_config(num_labels=3))
+    data = _Rows(_pick(tiny_batch(16, seed=5), TEXT, IMAGE), torch.arange(16) % 3)
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "run"), max_steps=8, per_device_train_batch_size=8, per_device_eval_batch_size=8,
+        learning_rate=2e-3, lr_scheduler_type="constant", report_to="none", save_strategy="no", use_cpu=True, seed=0,
+        disable_tqdm=True, dataloader_num_workers=0,
+    )
+    optimizer = build_optimizer(model, args.learning_rate, encoder_lr_scale=0.1)
+    trainer = Trainer(model=model, args=args, train_dataset=data, eval_dataset=data, compute_metrics=_accuracy,
+                      optimizers=(optimizer, None))
+    trainer.train()
+    lrs = {group["name"]: group["lr"] for group in trainer.optimizer.param_groups}
+    assert lrs["pretrained"] == pytest.approx(0.1 * lrs["new"]) and lrs["new"] == pytest.approx(2e-3)
+    before = trainer.evaluate()
+    trainer.save_model(str(tmp_path / "model"))
+    loaded = OptTriForSequenceClassification.from_pretrained(tmp_path / "model")
+    after = Trainer(model=loaded, args=args, eval_dataset=data, compute_metrics=_accuracy).evaluate()
+    assert after["eval_accuracy"] == before["eval_accuracy"]
+    assert after["eval_loss"] == before["eval_loss"]
+
+
+# ---- remote code --------------------------------------------------------------------------------------------------
+
+_BLOCKING_FINDER = '''
+import importlib.abc, sys
+class _Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "modeling_opt_tri" or name.startswith("modeling_opt_tri."):
+            raise ImportError(f"{name} is blocked: this process must load the model from the saved folder alone")
+        return None
+sys.meta_path.insert(0, _Block())
+'''
+
+
+# plain torch code, run in this process and (as source) in the subprocess where our package cannot be imported
+_HEAD_OUTPUTS = """
+def _head_outputs(models, inputs):
+    with torch.no_grad():
+        ranked = models["retrieval"].rerank(inputs["queries"], inputs["candidates"], "text", "image", top_k=3)
+        return {
+            "classification": models["classification"](**inputs["classification"]).logits,
+            "prompt": models["prompt"](**inputs["prompt"]).logits,
+            "qa": models["qa"](**inputs["qa"]).logits,
+            "retrieval": models["retrieval"](
+                **inputs["retrieval"], query_modality="text", gallery_modality="audio"
+            ).logits_per_query,
+            "rerank": torch.cat([ranked.indices.float(), ranked.scores]),
+            "pair": models["pair"](**inputs["pair"]).logits,
+        }
+"""
+_namespace = {"torch": torch}
+exec(_HEAD_OUTPUTS, _namespace)
+_head_outputs = _namespace["_head_outputs"]
+
+
+@pytest.mark.slow
+def test_every_head_round_trips_through_trust_remote_code(tmp_path):
+    torch.manual_seed(0)
+    models = {
+        "classification": OptTriForSequenceClassification(_config(num_labels=3)),
+        "prompt": OptTriForSequenceClassification(_config(num_labels=3)),
+        "qa": OptTriForQuestionAnswering(_config(num_labels=5, id2label={i: f"a{i}" for i in range(5)},
+                                                 label2id={f"a{i}": i for i in range(5)})),
+        "retrieval": OptTriForRetrieval(_config()),
+        "pair": OptTriForPairReasoning(_config()),
+    }
+    models["prompt"].enable_prompt_tuning([[2, 10, 3], [2, 11, 12, 3], [2, 13, 3]], context_length=2, modality="audio")
+    b = tiny_batch()
+    inputs = {
+        "classification": b, "prompt": _pick(b, AUDIO), "qa": _pick(b, TEXT, IMAGE), "retrieval": _pick(b, TEXT, AUDIO),
+        "queries": _pick(b, TEXT), "candidates": _pick(tiny_batch(5, seed=4), IMAGE), "pair": _pair_batch(),
+    }
+    for name, model in models.items():
+        model.eval().save_pretrained(tmp_path / name)
+    expected = _head_outputs(models, inputs)
+    torch.save(inputs, tmp_path / "inputs.pt")
+    script = _BLOCKING_FINDER + textwrap.dedent(
+        f"""
+        import torch
+        from transformers import AutoModelForSequenceClassification, AutoModelForVisualQuestionAnswering
+        from transformers.dynamic_module_utils import get_class_from_dynamic_module
+        try:
+            import modeling_opt_tri
+        except ImportError:
+            pass
+        else:
+            raise SystemExit("modeling_opt_tri is importable: the test would not prove anything")
+        root = {str(tmp_path)!r}
+        exec({_HEAD_OUTPUTS!r})
+        def head(name):
+            return get_class_from_dynamic_module("modeling_opt_tri." + name, f"{{root}}/{{name_of[name]}}")
+        name_of = {{"OptTriForRetrieval": "retrieval", "OptTriForPairReasoning": "pair"}}
+        models = {{
+            "classification": AutoModelForSequenceClassification.from_pretrained(f"{{root}}/classification", trust_remote_code=True),
+            "prompt": AutoModelForSequenceClassification.from_pretrained(f"{{root}}/prompt", trust_remote_code=True),
+            "qa": AutoModelForVisualQuestionAnswering.from_pretrained(f"{{root}}/qa", trust_remote_code=True),
+            "retrieval": head("OptTriForRetrieval").from_pretrained(f"{{root}}/retrieval"),
+            "pair": head("OptTriForPairReasoning").from_pretrained(f"{{root}}/pair"),
+        }}
+        for model in models.values():
+            assert type(model).__module__.startswith("transformers_modules."), type(model).__module__
+            model.eval()
+        assert models["qa"].config.id2label[4] == "a4"
+        torch.save({{"outputs": _head_outputs(models, torch.load(f"{{root}}/inputs.pt")),
+                     "classes": {{k: type(m).__name__ for k, m in models.items()}}}}, f"{{root}}/outputs.pt")
+        """
+    )
+    env = dict(os.environ, HF_MODULES_CACHE=str(tmp_path / "modules"), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    result = subprocess.run([sys.executable, "-c", script], env=env, cwd=tmp_path, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    loaded = torch.load(tmp_path / "outputs.pt")
+    assert loaded["classes"] == {k: type(m).__name__ for k, m in models.items()}
+    for name, value in expected.items():
+        assert torch.equal(loaded["outputs"][name], value), name
+
+
+# ---- PEFT LoRA, freezing, learning-rate groups, prompt tuning ----------------------------------------------------
+
+def test_lora_trains_only_adapters_and_head():
+    torch.manual_seed(0)
+    config = _config(num_labels=3)
+    model = OptTriForSequenceClassification(config)
+    original = {k: v.clone() for k, v in model.state_dict().items()}
+    rank = 4
+    peft_model = apply_lora(model, rank=rank, alpha=8, modules_to_save=["classifier"])
+    # LoRA adds A (rank x in) and B (out x rank) to every targeted square projection: query/key/value of the BERT
+    # text and ViT vision encoders, q/k/v/out of our audio and cross-modal encoders
+    t, v, a, f = config.text_config, config.vision_config, config.audio_config, config.cross_modal_config
+    lora = sum(
+        projections * layers * rank * 2 * hidden
+        for projections, layers, hidden in (
+            (3, t.num_hidden_layers, t.hidden_size), (3, v.num_hidden_layers, v.hidden_size),
+            (4, a.num_hidden_layers, a.hidden_size), (4, f.num_hidden_layers, f.hidden_size),
+        )
+    )
+    head = f.hidden_size * 3 + 3
+    trainable, total = count_trainable(peft_model)
+    assert trainable == lora + head == 8339
+    names = [n for n, p in peft_model.named_parameters() if p.requires_grad]
+    assert all(".lora_A." in n or ".lora_B." in n or ".modules_to_save." in n for n in names), names
+    assert sum(".lora_A." in n for n in names) == 2 * (3 + 3 + 4 + 4)
+
+    inputs = _pick(tiny_batch(8, seed=7), IMAGE)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+
+    def accuracy():
+        peft_model.eval()
+        with torch.no_grad():
+            return float((peft_model(**inputs).logits.argmax(-1) == labels).float().mean())
+
+    start = accuracy()
+    losses = _train(peft_model, inputs, steps=30, lr=1e-2, labels=labels)
+    assert np.mean(losses[-3:]) < 0.5 * np.mean(losses[:3]), losses
+    assert accuracy() > start and accuracy() == 1.0
+    base = peft_model.base_model.model
+    layer = base.opt_tri.fusion_encoder.layers[0].self_attn.q_proj
+    assert torch.equal(layer.base_layer.weight, original["opt_tri.fusion_encoder.layers.0.self_attn.q_proj.weight"])
+    assert not torch.equal(layer.lora_B["default"].weight, torch.zeros_like(layer.lora_B["default"].weight))
+    assert torch.equal(base.classifier.original_module.weight, original["classifier.weight"])
+    assert torch.equal(base.opt_tri.vision_model.layers[1].mlp.fc1.weight, original["opt_tri.vision_model.layers.1.mlp.fc1.weight"])
+
+
+def test_freezing_bottom_layers_leaves_them_unchanged():
+    torch.manual_seed(0)
+    model = OptTriForSequenceClassification(_config(num_labels=3))
+    frozen = set(freeze_bottom_layers(model, 1))
+    assert {"text_model.embeddings.word_embeddings.weight", "vision_model.embeddings.cls_token",
+            "audio_model.embeddings.patch_embedding.weight", "text_model.encoder.layer.0.attention.self.query.weight",
+            "vision_model.layers.0.attention.q_proj.weight", "audio_model.encoder.layers.0.self_attn.q_proj.weight"} <= frozen
+    assert not any(".1." in name or "fusion" in name for name in frozen)
+    named = dict(model.named_parameters())
+    assert all(not named[f"opt_tri.{name}"].requires_grad for name in frozen)
+    before = {n: p.detach().clone() for n, p in named.items()}
+    optimizer = build_optimizer(model, 1e-2)
+    in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    assert all(id(named[f"opt_tri.{name}"]) not in in_optimizer for name in frozen)
+    model(**tiny_batch(), labels=torch.tensor([0, 1, 2, 0])).loss.backward()
+    optimizer.step()
+    for name, parameter in named.items():
+        if name.removeprefix("opt_tri.") in frozen:
+            assert torch.equal(parameter, before[name]), name
+    for name in ("opt_tri.text_model.encoder.layer.1.attention.self.query.weight",
+                 "opt_tri.vision_model.layers.1.attention.q_proj.weight",
+                 "opt_tri.audio_model.encoder.layers.1.self_attn.q_proj.weight",
+                 "opt_tri.fusion_encoder.layers.0.self_attn.q_proj.weight", "classifier.weight"):
+        assert not torch.equal(named[name], before[name]), name
+    with pytest.raises(ValueError, match="only 2 layers"):
+        freeze_bottom_layers(model, 3)
+
+
+def test_encoder_lr_scale_groups():
+    model = OptTriForQuestionAnswering(_config(num_labels=4))
+    optimizer = build_optimizer(model, 1e-3, encoder_lr_scale=0.05, weight_decay=0.1)
+    groups = {g["name"]: g for g in optimizer.param_groups}
+    assert set(groups) == {"pretrained", "pretrained_no_decay", "new", "new_no_decay"}
+    assert groups["pretrained"]["lr"] == pytest.approx(5e-5) and groups["new"]["lr"] == 1e-3
+    assert groups["new_no_decay"]["weight_decay"] == 0.0 and groups["new"]["weight_decay"] == 0.1
+    head = {id(p) for p in model.classifier.parameters()}
+    assert {id(p) for g in ("new", "new_no_decay") for p in groups[g]["params"]} == head
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == len(list(model.parameters()))
+
+
+def _aligned_classifier(class_ids, images, labels):
+    """CoOp needs a pre-trained (aligned) model: on a random one every class prompt gets the same embedding. A few
+    contrastive steps on (class name, image) pairs stand in for pre-training."""
+    torch.manual_seed(0)
+    retrieval = OptTriForRetrieval(_config())
+    length = max(map(len, class_ids))
+    ids = torch.zeros(len(labels), length, dtype=torch.long)
+    for row, label in enumerate(labels.tolist()):
+        ids[row, : len(class_ids[label])] = torch.tensor(class_ids[label])
+    _train(retrieval, {"input_ids": ids, "attention_mask": (ids > 0).long(), **images}, steps=30, lr=2e-3,
+           return_loss=True, itm_loss_weight=0.0)
+    model = OptTriForSequenceClassification(_config(num_labels=3))
+    model.opt_tri.load_state_dict(retrieval.opt_tri.state_dict())
+    return model
+
+
+def test_prompt_tuning_learns_only_the_context(tmp_path):
+    class_ids = [[2, 10, 3], [2, 11, 12, 3], [2, 13, 3]]
+    images = _pick(tiny_batch(6, seed=3), IMAGE)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    model = _aligned_classifier(class_ids, images, labels)
+    learner = model.enable_prompt_tuning(class_ids, context_length=4, modality="image")
+    model.requires_grad_(False)
+    learner.requires_grad_(True)
+    assert count_trainable(model)[0] == 4 * model.config.text_config.hidden_size
+    base = model.opt_tri
+    model.eval()
+    with torch.no_grad():  # CoOp by hand: [CLS] v_1..v_M name [SEP], one class at a time (no padding)
+        classes = []
+        for ids in class_ids:
+            words = base.text_model.get_input_embeddings()(torch.tensor([ids]))
+            embeds = torch.cat([words[:, :1], learner.context[None], words[:, 1:]], dim=1)
+            hidden = base.text_model(inputs_embeds=embeds).last_hidden_state
+            classes.append(F.normalize(base.text_projection(hidden[:, 0]), dim=-1))
+        expected = base.logit_scale.exp() * base.get_image_features(images["pixel_values"]) @ torch.cat(classes).t()
+        torch.testing.assert_close(model(**images).logits, expected, rtol=1e-4, atol=1e-4)
+    frozen_before = {n: p.clone() for n, p in model.named_parameters() if not p.requires_grad}
+    context_before = learner.context.detach().clone()
+    losses = _train(model, images, steps=20, lr=1e-2, labels=labels)
+    assert losses[-1] < 0.8 * losses[0], losses
+    assert not torch.equal(learner.context, context_before)
+    assert all(torch.equal(p, frozen_before[n]) for n, p in model.named_parameters() if n in frozen_before)
+    model.save_pretrained(tmp_path)
+    loaded = OptTriForSequenceClassification.from_pretrained(tmp_path).eval()
+    assert loaded.config.prompt_class_token_ids == class_ids and loaded.config.prompt_context_length == 4
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(loaded(**images).logits, model(**images).logits)
+    with pytest.raises(ValueError, match="pass pixel_values"):
+        model(**_pick(tiny_batch(), AUDIO))
+
+
+def test_heads_without_an_auto_class_push_their_hub_files(tmp_path, monkeypatch):
+    """Retrieval and pair reasoning have no Auto class, so transformers would not copy the modeling files for them;
+    they copy them themselves, also on the `push_to_hub` path (offline, through the local Hub stand-in)."""
+    from hub_server import LocalHub
+
+    hub_files = {"model.safetensors", "config.json", "modeling_opt_tri.py", "configuration_opt_tri.py"}
+    with LocalHub() as hub:
+        hub.patch(monkeypatch, tmp_path / "hf")
+        for name, cls in (("retrieval", OptTriForRetrieval), ("pair", OptTriForPairReasoning)):
+            cls(_config()).push_to_hub(f"user/{name}")
+            assert hub_files <= set(hub.files(f"user/{name}")), sorted(hub.files(f"user/{name}"))
+    OptTriForRetrieval(_config()).save_pretrained(tmp_path / "saved")
+    assert hub_files <= set(os.listdir(tmp_path / "saved"))
