@@ -198,3 +198,43 @@ def test_streaming_dataset(tmp_path):
                                                 streaming=True, **COMMON))
     assert summary["steps"] == 3 and summary["rows_seen"] == 24
     assert len(read_history(tmp_path / "stream" / "losses.jsonl")) == 3
+
+
+_KILL_DURING_CHECKPOINT = """
+import os, signal, sys, runpy
+import safetensors.torch
+from modeling_opt_tri.training import checkpointing
+original = checkpointing.save_file
+calls = {"n": 0}
+def dying_save_file(tensors, path, *args, **kwargs):
+    original(tensors, path, *args, **kwargs)
+    if path.endswith("model.safetensors"):
+        calls["n"] += 1
+        if calls["n"] == int(os.environ["KILL_AT_CHECKPOINT"]):
+            os.kill(os.getpid(), signal.SIGKILL)  # half-way through writing this checkpoint
+checkpointing.save_file = dying_save_file
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+@pytest.mark.slow
+def test_sigkill_during_checkpoint_write_leaves_no_partial_checkpoint(tmp_path):
+    env = _env(tmp_path)
+    steps = 8
+    reference = tmp_path / "reference"
+    subprocess.run(_cli(reference, steps, save_steps=2), env=env, check=True, capture_output=True, timeout=600)
+    run = tmp_path / "killed"
+    killed = subprocess.run([sys.executable, "-c", _KILL_DURING_CHECKPOINT, *_cli(run, steps, save_steps=2)[1:]],
+                            env=dict(env, KILL_AT_CHECKPOINT="2"), capture_output=True, timeout=600)
+    assert killed.returncode == -signal.SIGKILL
+    assert (run / "checkpoint-4.tmp").is_dir()  # the write was interrupted ...
+    assert [p.name for p in list_checkpoints(run)] == ["checkpoint-2"]  # ... and only complete checkpoints count
+    subprocess.run(_cli(run, steps, save_steps=2, resume=True), env=env, check=True, capture_output=True, timeout=600)
+    assert not (run / "checkpoint-4.tmp").exists()
+    for a, b in zip(_losses(reference), _losses(run), strict=True):
+        assert a == pytest.approx(b, abs=1e-5)
+    final_a = load_file(str(reference / "final" / "model.safetensors"))
+    final_b = load_file(str(run / "final" / "model.safetensors"))
+    for key in final_a:
+        torch.testing.assert_close(final_a[key], final_b[key], rtol=0, atol=1e-6)
