@@ -7,14 +7,22 @@ checkpoints without `trust_remote_code`. Checkpoints also carry the Hub files fo
 """
 
 from transformers import AutoConfig, AutoFeatureExtractor, AutoModel, AutoModelForPreTraining, AutoProcessor
-from transformers import AutoModelForSequenceClassification, AutoModelForVisualQuestionAnswering
+from transformers import AutoModelForImageTextToText, AutoModelForSequenceClassification, AutoModelForVisualQuestionAnswering
 from transformers.models.auto.image_processing_auto import AutoImageProcessor  # the real class even without torchvision
 
-from .configuration_opt_tri import PRETRAINING_OBJECTIVES, OptTriAudioConfig, OptTriConfig, OptTriFusionConfig
+from .configuration_opt_tri import (
+    PRETRAINING_OBJECTIVES,
+    OptTriAudioConfig,
+    OptTriConfig,
+    OptTriFusionConfig,
+    OptTriTextDecoderConfig,
+)
+from .configuration_opt_tri_vq import OptTriAudioVQConfig, OptTriImageVQConfig
 from .feature_extraction_opt_tri import OptTriFeatureExtractor
 from .image_processing_opt_tri import OptTriImageProcessor
 from .modeling_opt_tri import (
     OptTriAudioModel,
+    OptTriForConditionalGeneration,
     OptTriForPairReasoning,
     OptTriForPreTraining,
     OptTriForPreTrainingOutput,
@@ -25,6 +33,7 @@ from .modeling_opt_tri import (
     OptTriModelOutput,
     OptTriPreTrainedModel,
 )
+from .modeling_opt_tri_vq import OptTriAudioVQModel, OptTriImageVQModel
 from .processing_opt_tri import OptTriProcessor
 
 __version__ = "0.1.0"
@@ -36,6 +45,11 @@ AutoModel.register(OptTriAudioConfig, OptTriAudioModel, exist_ok=True)
 AutoModelForPreTraining.register(OptTriConfig, OptTriForPreTraining, exist_ok=True)
 AutoModelForSequenceClassification.register(OptTriConfig, OptTriForSequenceClassification, exist_ok=True)
 AutoModelForVisualQuestionAnswering.register(OptTriConfig, OptTriForQuestionAnswering, exist_ok=True)
+AutoModelForImageTextToText.register(OptTriConfig, OptTriForConditionalGeneration, exist_ok=True)
+AutoConfig.register(OptTriImageVQConfig.model_type, OptTriImageVQConfig, exist_ok=True)
+AutoConfig.register(OptTriAudioVQConfig.model_type, OptTriAudioVQConfig, exist_ok=True)
+AutoModel.register(OptTriImageVQConfig, OptTriImageVQModel, exist_ok=True)
+AutoModel.register(OptTriAudioVQConfig, OptTriAudioVQModel, exist_ok=True)
 AutoImageProcessor.register(OptTriConfig, slow_image_processor_class=OptTriImageProcessor, exist_ok=True)
 AutoFeatureExtractor.register(OptTriConfig, OptTriFeatureExtractor, exist_ok=True)
 AutoProcessor.register(OptTriConfig, OptTriProcessor, exist_ok=True)
@@ -44,8 +58,11 @@ __all__ = [
     "PRETRAINING_OBJECTIVES",
     "OptTriAudioConfig",
     "OptTriAudioModel",
+    "OptTriAudioVQConfig",
+    "OptTriAudioVQModel",
     "OptTriConfig",
     "OptTriFeatureExtractor",
+    "OptTriForConditionalGeneration",
     "OptTriForPairReasoning",
     "OptTriForPreTraining",
     "OptTriForPreTrainingOutput",
@@ -54,8 +71,11 @@ __all__ = [
     "OptTriForSequenceClassification",
     "OptTriFusionConfig",
     "OptTriImageProcessor",
+    "OptTriImageVQConfig",
+    "OptTriImageVQModel",
     "OptTriModel",
     "OptTriModelOutput",
     "OptTriPreTrainedModel",
     "OptTriProcessor",
+    "OptTriTextDecoderConfig",
 ]
