@@ -22,6 +22,9 @@ def main() -> None:
     from modeling_opt_tri import OptTriModel, OptTriProcessor
     from modeling_opt_tri.training.pretrain import PretrainArguments, evaluate_retrieval
 
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # a pre-training checkpoint's heads are unused here; no need to list them
     model = OptTriModel.from_pretrained(args.model).eval()
     processor = OptTriProcessor.from_pretrained(args.model)
     settings = PretrainArguments(dataset=args.dataset, eval_split=args.split, eval_rows=args.eval_rows, seed=args.seed,
