@@ -41,6 +41,7 @@ from modeling_opt_tri import OptTriProcessor
 from modeling_opt_tri.configuration_opt_tri_vq import OptTriAudioVQConfig
 from modeling_opt_tri.data.synthetic import build_synthetic_dataset
 from modeling_opt_tri.modeling_opt_tri_vq import OptTriAudioVQModel, spectral_convergence
+from modeling_opt_tri.training.plots import save_vq_loss_curve
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -198,31 +199,6 @@ def spectral_report(model, processor, features, mask, clips, rate, count, output
     return summary
 
 
-def save_loss_curve(history: list[dict], path: Path) -> bool:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
-    steps = [h["step"] for h in history]
-    figure, axes = plt.subplots(1, 3, figsize=(13, 3.5))
-    axes[0].plot(steps, [h["reconstruction_loss"] for h in history])
-    axes[0].set_yscale("log")
-    axes[0].set_title("log-mel MSE (normalised units, real frames)")
-    axes[1].plot(steps, [h["perplexity"] for h in history])
-    axes[1].set_title("code perplexity (batch)")
-    axes[2].plot(steps, [h["num_restarts"] for h in history])
-    axes[2].set_title("dead-code restarts (cumulative)")
-    for axis in axes:
-        axis.set_xlabel("step")
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return True
-
-
 def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.num_threads > 0:
@@ -323,7 +299,7 @@ def main(argv=None) -> dict:
         spectral = spectral_report(
             unwrapped, processor, eval_features, eval_mask, eval_clips, rate, args.num_griffin_lim_clips, output_dir
         )
-        curve = save_loss_curve(history, output_dir / "loss_curve.png")
+        curve = save_vq_loss_curve(history, output_dir / "loss_curve.png", "log-mel MSE (normalised units, real frames)")
         first, last = history[0], history[-1]
         report = {
             "steps": step,

@@ -40,6 +40,7 @@ from modeling_opt_tri import OptTriProcessor
 from modeling_opt_tri.configuration_opt_tri_vq import OptTriImageVQConfig
 from modeling_opt_tri.data.synthetic import build_synthetic_dataset
 from modeling_opt_tri.modeling_opt_tri_vq import OptTriImageVQModel
+from modeling_opt_tri.training.plots import save_vq_loss_curve
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -132,31 +133,6 @@ def save_grid(model: OptTriImageVQModel, pixels: torch.Tensor, path: Path, scale
         grid.paste(top.resize((cell_w, cell_h), Image.Resampling.NEAREST), (x, gap))
         grid.paste(bottom.resize((cell_w, cell_h), Image.Resampling.NEAREST), (x, 2 * gap + cell_h))
     grid.save(path)
-
-
-def save_loss_curve(history: list[dict], path: Path) -> bool:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
-    steps = [h["step"] for h in history]
-    figure, axes = plt.subplots(1, 3, figsize=(13, 3.5))
-    axes[0].plot(steps, [h["reconstruction_loss"] for h in history])
-    axes[0].set_yscale("log")
-    axes[0].set_title("reconstruction MSE (normalised pixels)")
-    axes[1].plot(steps, [h["perplexity"] for h in history])
-    axes[1].set_title("code perplexity (batch)")
-    axes[2].plot(steps, [h["num_restarts"] for h in history])
-    axes[2].set_title("dead-code restarts (cumulative)")
-    for axis in axes:
-        axis.set_xlabel("step")
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return True
 
 
 def main(argv=None) -> dict:
@@ -254,7 +230,7 @@ def main(argv=None) -> dict:
         unwrapped.save_pretrained(output_dir)
         processor.image_processor.save_pretrained(output_dir)
         save_grid(unwrapped, eval_pixels[:8], output_dir / "reconstructions.png")
-        curve = save_loss_curve(history, output_dir / "loss_curve.png")
+        curve = save_vq_loss_curve(history, output_dir / "loss_curve.png", "reconstruction MSE (normalised pixels)")
         first, last = history[0], history[-1]
         report = {
             "steps": step,
