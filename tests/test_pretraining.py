@@ -131,10 +131,120 @@ def test_corrupt_rows_are_skipped_and_counted(tmp_path):
                                           save_steps=0, max_bad_row_fraction=0.01, **args))
 
 
-@pytest.mark.slow
-def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
-    from modeling_opt_tri import OptTriForPreTraining
+@pytest.fixture
+def cpu_fp16(monkeypatch):
+    """
+    Make `Accelerator(mixed_precision="fp16")` on CPU run accelerate's real fp16 path: fp16 autocast around the model's
+    forward (`prepare`), `scaler.scale(loss).backward()`, unscaling in `clip_grad_norm_`, `scaler.step` / `update` in
+    `AcceleratedOptimizer.step` and `optimizer_step_was_skipped`. Out of the box accelerate turns fp16 off on CPU
+    (`native_amp=False`, no scaler: the run is fp32); here it gets a `torch.amp.GradScaler("cpu")` where a GPU gets
+    `GradScaler("cuda")`. The initial scale is low and never grows within a test, so that only the overflows a test
+    injects skip steps (with the default 65536 the first steps of the tiny model overflow by themselves).
+    """
+    import accelerate
 
+    original = accelerate.Accelerator.__init__
+    init_scale = 2.0**10
+
+    def init(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        if self.mixed_precision == "fp16" and self.device.type == "cpu":
+            assert self.scaler is None and not self.native_amp  # what accelerate does on CPU (else: drop this fixture)
+            self.native_amp = True
+            self.scaler = torch.amp.GradScaler("cpu", init_scale=init_scale, growth_interval=10_000)
+
+    monkeypatch.setattr(accelerate.Accelerator, "__init__", init)
+    # `AcceleratorState` is a per-process singleton that refuses a different mixed_precision once set: reset it
+    # around the fp16 runs so that they and the fp32 runs of this module can share one process
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state()
+    yield init_scale
+    AcceleratorState._reset_state()
+
+
+def _params(model) -> dict[str, torch.Tensor]:
+    return {name: p.detach().clone() for name, p in model.named_parameters()}
+
+
+def _changed(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) -> list[str]:
+    return [name for name in before if not torch.equal(before[name], after[name])]
+
+
+@pytest.mark.slow
+def test_fp16_overflow_steps_are_skipped_and_counted(tmp_path, monkeypatch, cpu_fp16):
+    from modeling_opt_tri import OptTriConfig, OptTriForPreTraining
+    from modeling_opt_tri.training.checkpointing import load_checkpoint
+    from modeling_opt_tri.training.pretrain import _optimizer
+
+    original = OptTriForPreTraining.forward
+    overflow = {2, 4}  # steps whose fp16 gradients overflow
+    before: dict[int, dict[str, torch.Tensor]] = {}  # step -> parameters at its start
+
+    def forward(self, *args, **kwargs):
+        step = len(before) + 1
+        before[step] = _params(self)
+        assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.float16
+        output = original(self, *args, **kwargs)
+        if step in overflow:
+            # a finite loss (~1e31 in fp32, ~1e34 once scaled) whose gradients overflow in the fp16 backward:
+            # a gradient overflow the scaler must skip, not a NaN loss that stops the run
+            output["loss"] = output.loss * 1e30
+            assert torch.isfinite(output.loss * cpu_fp16)
+        return output
+
+    monkeypatch.setattr(OptTriForPreTraining, "forward", forward)
+    out = tmp_path / "fp16"
+    steps = 5
+    args = PretrainArguments(output_dir=str(out), max_steps=steps, save_steps=2, mixed_precision="fp16",
+                             # with warm-up, step 1 runs at lr 0 and changes nothing; fp16 on CPU is slow: small batches
+                             **dict(COMMON, warmup_steps=0, batch_size=4))
+    summary = run_pretraining(args)
+    assert summary["steps"] == steps and (out / "final" / "model.safetensors").exists()  # the run finished
+    assert summary["skipped_optimizer_steps"] == len(overflow)
+    assert summary["loss_scale"] == cpu_fp16 * 0.5 ** len(overflow)  # halved at each overflow
+    history = read_history(out / "losses.jsonl")
+    assert [r["step"] for r in history] == list(range(1, steps + 1))
+    assert [r["skipped_optimizer_steps"] for r in history] == [0, 1, 1, 2, 2]
+    assert [r["loss_scale"] for r in history] == [cpu_fp16, cpu_fp16 / 2, cpu_fp16 / 2, cpu_fp16 / 4, cpu_fp16 / 4]
+    assert all(np.isfinite(r["loss"]) for r in history)
+    lrs = [r["lr"] for r in history]  # the schedule advances on real updates only: 1, (2), 3, (4), 5 = 3 updates
+    assert lrs[1] == lrs[0] and lrs[3] == lrs[2] and len({lrs[0], lrs[2], lrs[4]}) == 3
+
+    final = load_file(str(out / "final" / "model.safetensors"))
+    after = {step: before[step + 1] for step in range(1, steps)}
+    after[steps] = {name: final[name] for name in before[steps] if name in final}
+    for step in range(1, steps + 1):
+        changed = _changed({k: before[step][k] for k in after[step]}, after[step])
+        if step in overflow:
+            assert changed == [], f"step {step} was skipped but changed {changed[:5]}"
+        else:
+            assert len(changed) > len(after[step]) // 2, f"step {step} trained only {len(changed)} tensors"
+
+    # the checkpoints hold the counters and the scaler state, and resuming restores the scale
+    trainer_state = json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())
+    assert trainer_state["skipped_steps"] == 2 and trainer_state["global_step"] == 4
+    assert torch.load(out / "checkpoint-4" / "scaler.pt", weights_only=True)["scale"] == cpu_fp16 / 4
+    model = OptTriForPreTraining(OptTriConfig.from_pretrained(PRESET))
+    optimizer = _optimizer(model, args)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    scaler = torch.amp.GradScaler("cpu")
+    load_checkpoint(out / "checkpoint-5", model, optimizer, scheduler, scaler=scaler)
+    assert scaler.get_scale() == cpu_fp16 / 4
+    assert scheduler.last_epoch == steps - len(overflow)
+    # AdamW's own step counters only count real updates (a head without a gradient in some batch counts fewer)
+    assert max(int(s["step"]) for s in optimizer.state_dict()["state"].values()) == steps - len(overflow)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", ["no", "fp16"])
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch, precision, request):
+    from modeling_opt_tri import OptTriConfig, OptTriForPreTraining
+    from modeling_opt_tri.training.checkpointing import load_checkpoint
+    from modeling_opt_tri.training.pretrain import _optimizer
+
+    if precision == "fp16":
+        request.getfixturevalue("cpu_fp16")  # a NaN loss must stop an fp16 run too, not be skipped as an overflow
     original = OptTriForPreTraining.forward
     calls = {"n": 0}
 
@@ -146,9 +256,43 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
         return output
 
     monkeypatch.setattr(OptTriForPreTraining, "forward", poisoned)
-    with pytest.raises(NonFiniteLossError, match="step 5"):
-        run_pretraining(PretrainArguments(output_dir=str(tmp_path / "nan"), max_steps=10, save_steps=2, **COMMON))
-    assert latest_checkpoint(tmp_path / "nan").name == "checkpoint-4"
+    out = tmp_path / "nan"
+    args = PretrainArguments(output_dir=str(out), max_steps=10, save_steps=2, mixed_precision=precision,
+                             **dict(COMMON, batch_size=4))
+    with pytest.raises(NonFiniteLossError, match=r"NaN/inf loss: the loss became nan at step 5 ") as error:
+        run_pretraining(args)
+    assert "checkpoint-4" in str(error.value) and "--resume_from_checkpoint latest" in str(error.value)
+    assert calls["n"] == 5  # stopped at once
+    # the last good checkpoint is the one before step 5, complete and loadable; nothing later was written
+    assert [p.name for p in list_checkpoints(out)] == ["checkpoint-2", "checkpoint-4"]
+    assert not list(out.glob("*.tmp")) and not (out / "final").exists()
+    assert [r["step"] for r in read_history(out / "losses.jsonl")] == [1, 2, 3, 4]
+    model = OptTriForPreTraining(OptTriConfig.from_pretrained(PRESET))
+    optimizer = _optimizer(model, args)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    state = load_checkpoint(latest_checkpoint(out), model, optimizer, scheduler)
+    assert state["global_step"] == 4
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    if precision == "fp16":
+        assert (latest_checkpoint(out) / "scaler.pt").exists()
+
+
+def test_fp16_on_cpu_without_a_scaler_warns(tmp_path, monkeypatch):
+    """Out of the box, accelerate runs fp16 on CPU as fp32 (no autocast, no scaler): say so instead of pretending."""
+    from accelerate.state import AcceleratorState
+
+    from modeling_opt_tri.training import pretrain
+
+    warnings = []
+    monkeypatch.setattr(pretrain.logger, "warning", lambda message, *args, **kwargs: warnings.append(str(message)))
+    AcceleratorState._reset_state()
+    try:
+        summary = run_pretraining(PretrainArguments(output_dir=str(tmp_path / "cpu16"), max_steps=1, save_steps=0,
+                                                    mixed_precision="fp16", **dict(COMMON, batch_size=4)))
+    finally:
+        AcceleratorState._reset_state()
+    assert any("--mixed_precision fp16 has no effect on cpu" in w for w in warnings), warnings
+    assert summary["skipped_optimizer_steps"] == 0 and "loss_scale" not in summary
 
 
 def test_length_grouping_reduces_padding_and_is_deterministic():
@@ -187,6 +331,10 @@ def test_two_process_ddp_on_cpu(tmp_path):
     history = read_history(out / "losses.jsonl")
     assert [r["step"] for r in history] == [1, 2, 3, 4]
     assert all(np.isfinite(r["loss"]) for r in history)
+    # one scheduler step per optimizer step, as with one process (accelerate's default would step it twice: the
+    # 50-step warm-up would end at step 25)
+    defaults = PretrainArguments()
+    assert [r["lr"] for r in history] == pytest.approx([defaults.learning_rate * k / defaults.warmup_steps for k in range(1, 5)])
     state = json.loads((latest_checkpoint(out) / "trainer_state.json").read_text())
     assert state["world_size"] == 2
     assert (out / "checkpoint-4" / "rng_state_1.json").exists()  # every process saved its RNG state

@@ -6,7 +6,9 @@ A checkpoint is a folder `checkpoint-<step>/` holding:
 - `optimizer.pt` / `scheduler.pt`: optimizer and scheduler state dicts (tensors and plain Python values only, loaded
   with `torch.load(weights_only=True)`);
 - `rng_state_<rank>.json` + `rng_state_<rank>.safetensors`: Python, NumPy and torch RNG states of every process;
-- `trainer_state.json`: step, data position, loss history and counters.
+- `trainer_state.json`: step, data position, loss history and counters;
+- `scaler.pt` (fp16 runs only): the `GradScaler` state (loss scale and growth tracker), so that a resumed fp16 run
+  neither restarts the scale at 65536 (and skips steps again) nor differs from an uninterrupted one.
 
 Everything is first written into a temporary folder next to the final one, fsynced, and then renamed in one
 `os.rename`. A run killed at any moment therefore leaves either the complete checkpoint or none (plus, possibly, a
@@ -100,6 +102,7 @@ def save_checkpoint(
     world_size: int = 1,
     barrier=None,
     keep_last: int | None = 2,
+    scaler: Any = None,
 ) -> Path:
     """
     Write `checkpoint-<step>` atomically. With several processes every rank calls it (each writes its RNG state);
@@ -123,6 +126,8 @@ def save_checkpoint(
         save_file(_state_dict_for_safetensors(model), str(tmp / "model.safetensors"), metadata={"format": "pt"})
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        if scaler is not None:
+            torch.save(scaler.state_dict(), tmp / "scaler.pt")
         state = dict(trainer_state, global_step=step, world_size=world_size)
         (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1))
         _fsync_tree(tmp)
@@ -163,8 +168,10 @@ def load_checkpoint(
     scheduler: Any,
     rank: int = 0,
     world_size: int = 1,
+    scaler: Any = None,
 ) -> dict[str, Any]:
-    """Restore model, optimizer, scheduler and this rank's RNG state; return the trainer state."""
+    """Restore model, optimizer, scheduler, this rank's RNG state and (when given and saved) the fp16 `GradScaler`
+    state; return the trainer state."""
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"checkpoint folder {str(path)!r} does not exist")
@@ -187,6 +194,8 @@ def load_checkpoint(
         raise ValueError(f"{path}: checkpoint weights do not match the model (missing {missing_keys}, unexpected {unexpected})")
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu"))
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+    if scaler is not None and (path / "scaler.pt").exists():  # absent in checkpoints of fp32/bf16 runs
+        scaler.load_state_dict(torch.load(path / "scaler.pt", weights_only=True))
     set_rng_state(json.loads((path / f"rng_state_{rank}.json").read_text()),
                   load_file(str(path / f"rng_state_{rank}.safetensors")))
     return state

@@ -253,7 +253,44 @@ def _optimizer(model: torch.nn.Module, args: PretrainArguments) -> torch.optim.O
 
 
 class NonFiniteLossError(RuntimeError):
-    pass
+    """The training loss became NaN or infinite: the run stops (the last good checkpoint is left as it is)."""
+
+
+def optimizer_step(accelerator, model: torch.nn.Module, optimizer, scheduler, max_grad_norm: float | None) -> bool:
+    """
+    Clip, update and zero the gradients of one training step; return whether the update was skipped.
+
+    With fp16 the optimizer is wrapped with a `GradScaler`: `accelerator.clip_grad_norm_` unscales the gradients first,
+    and when any of them is inf/NaN (an fp16 overflow of the scaled gradients) the scaler skips the update and halves
+    its scale. A skipped update leaves the weights and the optimizer state as they are, and the learning-rate schedule
+    does not advance either (`scheduler.step()` is only called after a real update). Without a scaler (fp32, bf16)
+    nothing is ever skipped.
+    """
+    if max_grad_norm:
+        accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+    optimizer.step()
+    skipped = bool(accelerator.optimizer_step_was_skipped)
+    if not skipped:
+        scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return skipped
+
+
+def _non_finite_loss_message(output, step: int, micro: int, accumulation: int, output_dir: Path, scaler) -> str:
+    value = float(output.loss.detach())
+    where = f"step {step}" + (f" (micro-batch {micro + 1} of {accumulation})" if accumulation > 1 else "")
+    good = latest_checkpoint(output_dir)
+    advice = "e.g. with a lower --learning_rate" + (" or bf16 instead of fp16" if scaler is not None else "")
+    if good is not None:
+        kept = f"the last good checkpoint, {good}, is kept: resume from it with --resume_from_checkpoint latest, {advice}."
+    else:
+        kept = f"no checkpoint had been saved yet in {output_dir}: restart, {advice}."
+    text = (f"NaN/inf loss: the loss became {value} at {where} (per-objective losses: {output.losses()}). "
+            f"Training stopped; {kept}")
+    if scaler is not None:
+        text += (" (The fp16 loss scaler skips steps whose scaled gradients overflow; it cannot repair a non-finite "
+                 "loss from the forward pass.)")
+    return text
 
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
@@ -293,10 +330,18 @@ def run_pretraining(args: PretrainArguments) -> dict[str, Any]:
         mixed_precision=args.mixed_precision,
         log_with="tensorboard" if args.tensorboard else None,
         project_dir=str(output_dir),
+        # `optimizer_step` steps the schedule once per real update. accelerate's default steps it `num_processes` times
+        # per call (for data loaders it shards itself), which would run the schedule 2x too fast on 2 processes.
+        step_scheduler_with_optimizer=False,
         # objectives differ per step (task mixing, absent modalities), so some heads are unused in some steps
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
     rank, world = accelerator.process_index, accelerator.num_processes
+    if args.mixed_precision == "fp16" and accelerator.scaler is None:
+        logger.warning(
+            f"--mixed_precision fp16 has no effect on {accelerator.device.type}: accelerate trains in fp32 there, "
+            "without autocast or loss scaling (fp16 needs a GPU; bf16 works on CPU)."
+        )
     set_seed(args.seed, device_specific=True)
     model, processor = build_model(args, accelerator)
     active = [name for name, weight in model.config.objectives.items() if weight > 0]
@@ -329,7 +374,8 @@ def run_pretraining(args: PretrainArguments) -> dict[str, Any]:
         if resume is None:
             logger.warning(f"--resume_from_checkpoint latest: no checkpoint in {output_dir}; starting from scratch")
     if resume:
-        state = load_checkpoint(resume, unwrapped, optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer, scheduler, rank, world)
+        state = load_checkpoint(resume, unwrapped, optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer, scheduler, rank, world,
+                                scaler=accelerator.scaler)
         step = state["global_step"]
         accelerator.print(f"Resumed from {resume} at step {step}")
     history_path = output_dir / "losses.jsonl"
@@ -375,33 +421,33 @@ def run_pretraining(args: PretrainArguments) -> dict[str, Any]:
                 if output.loss is None:
                     raise ValueError(f"No objective could be computed on this batch (tasks={tasks or active})")
                 loss = output.loss / args.gradient_accumulation_steps
-                if not torch.isfinite(output.loss.detach()):
-                    raise NonFiniteLossError(
-                        f"The loss became {float(output.loss)} at step {step + 1} (losses: {output.losses()}). "
-                        f"Training stopped; the last good checkpoint is kept in {output_dir} (resume with "
-                        "--resume_from_checkpoint latest, a lower --learning_rate or bf16 instead of fp16)."
-                    )
+                if not torch.isfinite(output.loss.detach()):  # the unscaled loss: a real NaN/inf, not an fp16 overflow
+                    raise NonFiniteLossError(_non_finite_loss_message(
+                        output, step + 1, micro, args.gradient_accumulation_steps, output_dir, accelerator.scaler))
                 accelerator.backward(loss)
             for name, value in output.losses().items():
                 step_losses[name] = step_losses.get(name, 0.0) + value / args.gradient_accumulation_steps
-        if args.max_grad_norm:
-            accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-        optimizer.step()
-        if accelerator.optimizer_step_was_skipped:
-            state["skipped_steps"] += 1
-        else:
-            scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        skipped = optimizer_step(accelerator, model, optimizer, scheduler, args.max_grad_norm)
         step += 1
+        if skipped:
+            state["skipped_steps"] += 1
+            logger.info(f"step {step}: fp16 gradients overflowed; update skipped, loss scale lowered to "
+                        f"{accelerator.scaler.get_scale() if accelerator.scaler is not None else None}")
         total = sum(unwrapped.config.objectives[k] * v for k, v in step_losses.items())
-        record = {"step": step, "loss": total, **{f"loss/{k}": v for k, v in step_losses.items()}, "lr": scheduler.get_last_lr()[0]}
+        record = {"step": step, "loss": total, **{f"loss/{k}": v for k, v in step_losses.items()}, "lr": scheduler.get_last_lr()[0],
+                  "skipped_optimizer_steps": state["skipped_steps"]}
+        if accelerator.scaler is not None:
+            record["loss_scale"] = float(accelerator.scaler.get_scale())
         last.update(step_losses)
         progress.update(1)
         if step % args.logging_steps == 0 or step == args.max_steps:
             elapsed = max(time.perf_counter() - window["time"], 1e-9)
             record["samples_per_second"] = window["samples"] / elapsed
             record["padding_fraction"] = window["padded"] / max(window["tokens"], 1)
-            progress.set_postfix({k.split("/")[-1]: f"{v:.3f}" for k, v in record.items() if k.startswith("loss")}, refresh=False)
+            postfix = {k.split("/")[-1]: f"{v:.3f}" for k, v in record.items() if k.startswith("loss")}
+            if accelerator.scaler is not None:
+                postfix["skipped"] = state["skipped_steps"]
+            progress.set_postfix(postfix, refresh=False)
             accelerator.log(record, step=step)
             window = {"samples": 0, "time": time.perf_counter(), "padded": 0, "tokens": 0}
         if accelerator.is_main_process:
@@ -411,14 +457,17 @@ def run_pretraining(args: PretrainArguments) -> dict[str, Any]:
             save_checkpoint(
                 output_dir, step, unwrapped, optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer,
                 scheduler, state, rank, world, accelerator.wait_for_everyone, args.save_total_limit,
+                scaler=accelerator.scaler,
             )
     progress.close()
     save_checkpoint(
         output_dir, step, unwrapped, optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer,
-        scheduler, state, rank, world, accelerator.wait_for_everyone, args.save_total_limit,
+        scheduler, state, rank, world, accelerator.wait_for_everyone, args.save_total_limit, scaler=accelerator.scaler,
     )
     summary: dict[str, Any] = {"steps": step, "rows_seen": state["rows_seen"], "rows_skipped": state["rows_skipped"],
                                "skipped_optimizer_steps": state["skipped_steps"], "last_losses": last}
+    if accelerator.scaler is not None:
+        summary["loss_scale"] = float(accelerator.scaler.get_scale())
     if accelerator.is_main_process:
         final = output_dir / "final"
         unwrapped.save_pretrained(final)
