@@ -39,6 +39,10 @@ PRESETS: dict[str, dict] = {
         audio=_encoder(128, 2, 4, num_mel_bins=32, patch_frames=4, max_position_embeddings=64),
         fusion=_encoder(128, 2, 4),
         decoder=_encoder(128, 2, 4, max_position_embeddings=48),
+        # the tiny VQ tokenizers of examples/train_{image,audio}_tokenizer.py: 512 image codes (8 x 8 per 64-px image),
+        # 256 audio codes (one per 4 frames; 64 codes = the 256 frames the audio encoder reads)
+        image_decoder=dict(codebook_size=512, grid_size=8),
+        audio_decoder=dict(codebook_size=256, num_codes=64),
         projection_dim=64,
         max_text_length=48,
         max_audio_seconds=2.5,
@@ -49,6 +53,8 @@ PRESETS: dict[str, dict] = {
         audio=_encoder(768, 12, 12, num_mel_bins=80, patch_frames=4, max_position_embeddings=256),
         fusion=_encoder(768, 6, 12),
         decoder=_encoder(768, 6, 12, max_position_embeddings=128),
+        image_decoder=dict(codebook_size=8192, grid_size=28),  # 224 px, 8x downsampling
+        audio_decoder=dict(codebook_size=1024, num_codes=256),
         projection_dim=256,
         max_text_length=128,
         max_audio_seconds=10.0,
@@ -59,6 +65,8 @@ PRESETS: dict[str, dict] = {
         audio=_encoder(1024, 24, 16, num_mel_bins=80, patch_frames=4, max_position_embeddings=256),
         fusion=_encoder(1024, 12, 16),
         decoder=_encoder(1024, 12, 16, max_position_embeddings=128),
+        image_decoder=dict(codebook_size=8192, grid_size=28),
+        audio_decoder=dict(codebook_size=1024, num_codes=256),
         projection_dim=512,
         max_text_length=128,
         max_audio_seconds=10.0,
@@ -90,6 +98,8 @@ def build_preset(name: str, tokenizer, out_dir: Path) -> None:
             vocab_size=len(vocab), bos_token_id=vocab["[CLS]"], eos_token_id=vocab["[SEP]"], pad_token_id=vocab["[PAD]"],
             **spec["decoder"],
         ),
+        image_decoder_config=dict(spec["image_decoder"]),  # geometry: the cross-modal encoder's
+        audio_decoder_config=dict(spec["audio_decoder"]),
         projection_dim=spec["projection_dim"],
         mask_token_id=vocab["[MASK]"],
         special_token_ids=sorted(vocab[t] for t in ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")),

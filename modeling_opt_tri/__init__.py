@@ -2,17 +2,20 @@
 
 Importing the package registers OPT-Tri with the `transformers` Auto classes (`AutoConfig`, `AutoModel`,
 `AutoModelForPreTraining`, `AutoModelForSequenceClassification`, `AutoModelForVisualQuestionAnswering`,
-`AutoImageProcessor`, `AutoFeatureExtractor`, `AutoProcessor`), so installed users load
+`AutoModelForImageTextToText` (captioning/ASR), `AutoModelForMultimodalLM` (text-to-image),
+`AutoModelForTextToWaveform` (text-to-audio), `AutoImageProcessor`, `AutoFeatureExtractor`, `AutoProcessor`), so installed users load
 checkpoints without `trust_remote_code`. Checkpoints also carry the Hub files for users who never installed us.
 """
 
 from transformers import AutoConfig, AutoFeatureExtractor, AutoModel, AutoModelForPreTraining, AutoProcessor
 from transformers import AutoModelForImageTextToText, AutoModelForSequenceClassification, AutoModelForVisualQuestionAnswering
+from transformers import AutoModelForMultimodalLM, AutoModelForTextToWaveform
 from transformers.models.auto.image_processing_auto import AutoImageProcessor  # the real class even without torchvision
 
 from .configuration_opt_tri import (
     PRETRAINING_OBJECTIVES,
     OptTriAudioConfig,
+    OptTriCodeDecoderConfig,
     OptTriConfig,
     OptTriFusionConfig,
     OptTriTextDecoderConfig,
@@ -22,6 +25,8 @@ from .feature_extraction_opt_tri import OptTriFeatureExtractor
 from .image_processing_opt_tri import OptTriImageProcessor
 from .modeling_opt_tri import (
     OptTriAudioModel,
+    OptTriCodeDecoderOutput,
+    OptTriCodeGenerationOutput,
     OptTriForConditionalGeneration,
     OptTriForPairReasoning,
     OptTriForPreTraining,
@@ -29,6 +34,8 @@ from .modeling_opt_tri import (
     OptTriForQuestionAnswering,
     OptTriForRetrieval,
     OptTriForSequenceClassification,
+    OptTriForTextToAudio,
+    OptTriForTextToImage,
     OptTriModel,
     OptTriModelOutput,
     OptTriPreTrainedModel,
@@ -46,6 +53,9 @@ AutoModelForPreTraining.register(OptTriConfig, OptTriForPreTraining, exist_ok=Tr
 AutoModelForSequenceClassification.register(OptTriConfig, OptTriForSequenceClassification, exist_ok=True)
 AutoModelForVisualQuestionAnswering.register(OptTriConfig, OptTriForQuestionAnswering, exist_ok=True)
 AutoModelForImageTextToText.register(OptTriConfig, OptTriForConditionalGeneration, exist_ok=True)
+AutoModelForMultimodalLM.register(OptTriConfig, OptTriForTextToImage, exist_ok=True)
+AutoModelForTextToWaveform.register(OptTriConfig, OptTriForTextToAudio, exist_ok=True)
+AutoConfig.register(OptTriCodeDecoderConfig.model_type, OptTriCodeDecoderConfig, exist_ok=True)
 AutoConfig.register(OptTriImageVQConfig.model_type, OptTriImageVQConfig, exist_ok=True)
 AutoConfig.register(OptTriAudioVQConfig.model_type, OptTriAudioVQConfig, exist_ok=True)
 AutoModel.register(OptTriImageVQConfig, OptTriImageVQModel, exist_ok=True)
@@ -60,6 +70,9 @@ __all__ = [
     "OptTriAudioModel",
     "OptTriAudioVQConfig",
     "OptTriAudioVQModel",
+    "OptTriCodeDecoderConfig",
+    "OptTriCodeDecoderOutput",
+    "OptTriCodeGenerationOutput",
     "OptTriConfig",
     "OptTriFeatureExtractor",
     "OptTriForConditionalGeneration",
@@ -69,6 +82,8 @@ __all__ = [
     "OptTriForQuestionAnswering",
     "OptTriForRetrieval",
     "OptTriForSequenceClassification",
+    "OptTriForTextToAudio",
+    "OptTriForTextToImage",
     "OptTriFusionConfig",
     "OptTriImageProcessor",
     "OptTriImageVQConfig",

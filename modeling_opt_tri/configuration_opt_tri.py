@@ -235,6 +235,148 @@ class OptTriTextDecoderConfig(PretrainedConfig):
         _check_heads(self)
 
 
+
+#: Defaults of the code decoders by modality: the codebook sizes are the `OptTriImageVQConfig` /
+#: `OptTriAudioVQConfig` defaults, and an audio clip has at most 256 codes (10.24 s at 4 frames of 10 ms per code).
+CODE_DECODER_DEFAULTS: dict[str, dict[str, int]] = {
+    "image": {"codebook_size": 8192, "grid_size": 28},  # 224 px with 8x downsampling
+    "audio": {"codebook_size": 1024, "num_codes": 256},
+}
+
+
+class OptTriCodeDecoderConfig(PretrainedConfig):
+    r"""
+    Configuration of an OPT-Tri code decoder: a causal pre-norm transformer with cross-attention to the cross-modal
+    encoder's states that writes the discrete codes of a VQ tokenizer ([`OptTriImageVQModel`] for images,
+    [`OptTriAudioVQModel`] for audio), used by [`OptTriForTextToImage`] and [`OptTriForTextToAudio`].
+
+    Vocabulary: ids `0 .. codebook_size - 1` are the tokenizer's codes, unshifted (a code id *is* the codebook index),
+    followed by three special ids: `bos_token_id = codebook_size` (start of every sequence),
+    `eos_token_id = codebook_size + 1` (end of audio; never used for images) and `pad_token_id = codebook_size + 2`
+    (after the end of a shorter clip in a batch). `vocab_size = codebook_size + 3`. Generation only ever samples real
+    codes (and, for audio, the end code), never BOS or PAD.
+
+    Sequence layout:
+
+    - `modality="image"`: exactly `num_codes = grid_size ** 2` codes, the `(grid_size, grid_size)` code grid of one
+      image read in raster order (row by row). There is no end code: an image always has all its codes.
+    - `modality="audio"`: a variable number of codes, one per `frames_per_code` log-mel frames, followed by the end
+      code (`eos_token_id`). `num_codes` is the longest clip in codes; generation stops there if no end code came.
+
+    Args:
+        modality (`str`, defaults to `"image"`): `"image"` (fixed-size code grid) or `"audio"` (variable length).
+        codebook_size (`int`, *optional*): number of codes `K` of the VQ tokenizer; defaults to 8192 for images and
+            1024 for audio (the VQ configs' defaults).
+        grid_size (`int`, *optional*): images only: side of the code grid (`image_size / downsample` of the
+            tokenizer); defaults to `sqrt(num_codes)` when `num_codes` is given, else 28 (224 px, 8x downsampling).
+        num_codes (`int`, *optional*): codes per image (`grid_size ** 2`, the default), or the most codes per audio
+            clip (defaults to 256).
+        hidden_size, num_hidden_layers, num_attention_heads, intermediate_size: transformer geometry.
+        hidden_act, layer_norm_eps, hidden_dropout_prob, attention_probs_dropout_prob: as in BERT.
+        max_position_embeddings (`int`, *optional*): learned positions; at least (and by default) `num_codes + 1`
+            (the BOS token plus the codes).
+        initializer_range (`float`, defaults to 0.02): std of the normal initialiser.
+        use_cache (`bool`, defaults to `True`): keep a self-attention KV cache while generating.
+    """
+
+    model_type = "opt_tri_code_decoder"
+    NUM_SPECIAL_TOKENS = 3
+
+    def __init__(
+        self,
+        modality: str = "image",
+        codebook_size: int | None = None,
+        grid_size: int | None = None,
+        num_codes: int | None = None,
+        hidden_size: int = 768,
+        num_hidden_layers: int = 6,
+        num_attention_heads: int = 12,
+        intermediate_size: int = 3072,
+        hidden_act: str = "gelu",
+        layer_norm_eps: float = 1e-12,
+        hidden_dropout_prob: float = 0.0,
+        attention_probs_dropout_prob: float = 0.0,
+        max_position_embeddings: int | None = None,
+        initializer_range: float = 0.02,
+        **kwargs,
+    ):
+        if modality not in CODE_DECODER_DEFAULTS:
+            raise ValueError(f"OptTriCodeDecoderConfig.modality must be 'image' or 'audio', got {modality!r}")
+        defaults = CODE_DECODER_DEFAULTS[modality]
+        codebook_size = defaults["codebook_size"] if codebook_size is None else codebook_size
+        if modality == "image":
+            if grid_size is None:
+                if num_codes is None:
+                    grid_size = defaults["grid_size"]
+                elif isinstance(num_codes, int) and num_codes > 0 and math.isqrt(num_codes) ** 2 == num_codes:
+                    grid_size = math.isqrt(num_codes)
+                else:
+                    raise ValueError(
+                        f"OptTriCodeDecoderConfig: an image has a square code grid, so num_codes must be a square "
+                        f"(grid_size ** 2); got num_codes={num_codes!r}. Set grid_size instead."
+                    )
+            if isinstance(grid_size, bool) or not isinstance(grid_size, int) or grid_size <= 0:
+                raise ValueError(f"OptTriCodeDecoderConfig.grid_size must be a positive int, got {grid_size!r}")
+            num_codes = grid_size**2 if num_codes is None else num_codes
+            if num_codes != grid_size**2:
+                raise ValueError(
+                    f"OptTriCodeDecoderConfig: num_codes ({num_codes}) must be grid_size ** 2 = {grid_size ** 2} "
+                    "(one code per cell of the image's code grid)"
+                )
+        else:
+            if grid_size is not None:
+                raise ValueError("OptTriCodeDecoderConfig.grid_size is for images; audio code sequences are 1-D")
+            num_codes = defaults["num_codes"] if num_codes is None else num_codes
+        self.modality = modality
+        self.codebook_size = codebook_size
+        self.grid_size = grid_size
+        self.num_codes = num_codes
+        self.hidden_size = hidden_size
+        self.num_hidden_layers = num_hidden_layers
+        self.num_attention_heads = num_attention_heads
+        self.intermediate_size = intermediate_size
+        self.hidden_act = hidden_act
+        self.layer_norm_eps = layer_norm_eps
+        self.hidden_dropout_prob = hidden_dropout_prob
+        self.attention_probs_dropout_prob = attention_probs_dropout_prob
+        self.initializer_range = initializer_range
+        self.use_cache = kwargs.pop("use_cache", True)
+        _check_positive_ints(self, ("codebook_size", "num_codes"))
+        if codebook_size < 2:
+            raise ValueError(f"OptTriCodeDecoderConfig.codebook_size must be at least 2, got {codebook_size}")
+        self.max_position_embeddings = num_codes + 1 if max_position_embeddings is None else max_position_embeddings
+        # The special ids and the vocabulary follow from codebook_size; saved configs carry them, so check they agree.
+        derived = {
+            "vocab_size": codebook_size + self.NUM_SPECIAL_TOKENS,
+            "bos_token_id": codebook_size,
+            "eos_token_id": codebook_size + 1,
+            "pad_token_id": codebook_size + 2,
+        }
+        for name, value in derived.items():
+            given = kwargs.pop(name, None)
+            if given is not None and given != value:
+                raise ValueError(
+                    f"OptTriCodeDecoderConfig.{name} follows from codebook_size={codebook_size} and must be {value} "
+                    f"(codes 0..{codebook_size - 1}, then BOS, EOS, PAD); got {given!r}"
+                )
+            setattr(self, name, value)
+        super().__init__(**kwargs)
+        _check_positive_ints(
+            self,
+            ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "max_position_embeddings"),
+        )
+        _check_heads(self)
+        if self.max_position_embeddings < num_codes + 1:
+            raise ValueError(
+                f"OptTriCodeDecoderConfig.max_position_embeddings ({self.max_position_embeddings}) must be at least "
+                f"num_codes + 1 = {num_codes + 1} (the BOS token plus every code)"
+            )
+        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+                raise ValueError(f"OptTriCodeDecoderConfig.{name} must be a float in [0, 1), got {value!r}")
+
+
 #: Pre-training objectives and their default loss weights. See `OptTriForPreTraining` for what each one is.
 PRETRAINING_OBJECTIVES: dict[str, float] = {
     "mlm": 1.0,  # masked language modelling (15%, 80/10/10)
@@ -246,7 +388,14 @@ PRETRAINING_OBJECTIVES: dict[str, float] = {
     "tri_matching": 1.0,  # 5-way tri-modal matching
     "wra": 0.1,  # word-region alignment by optimal transport (IPOT)
     "dtr": 1.0,  # text reconstruction through the text decoder from the other modalities (text dropped)
+    # The objectives below predict VQ codes, so they need the image / audio tokenizers' codes as inputs (the
+    # pre-training script computes them with `--image_tokenizer` / `--audio_tokenizer`, which switch them on).
+    "mrc": 0.0,  # masked region classification: the VQ codes under each masked image patch
+    "mrc_kl": 0.0,  # MRC-kl: KL divergence to the tokenizer's soft code assignments of the masked patches
+    "dir": 0.0,  # image reconstruction: the image code decoder writes a dropped image's codes
+    "dar": 0.0,  # audio reconstruction: the audio code decoder writes a dropped clip's codes
 }
+CODE_OBJECTIVES: tuple[str, ...] = ("mrc", "mrc_kl", "dir", "dar")
 
 
 def _as_sub_config(value: Any, default_cls: type[PretrainedConfig], name: str) -> PretrainedConfig:
@@ -276,6 +425,17 @@ class OptTriConfig(PretrainedConfig):
             is accepted as an alias of this argument, never stored under that name).
         text_decoder_config (`dict` or [`OptTriTextDecoderConfig`], *optional*): text decoder config (captioning,
             ASR, DTR); its vocabulary must be the text encoder's.
+        image_decoder_config (`dict` or [`OptTriCodeDecoderConfig`], *optional*): the image code decoder of
+            [`OptTriForTextToImage`]. By default: `modality="image"`, 8192 codes, a code grid of
+            `vision_config.image_size // 8` per side (an image tokenizer with 8x downsampling), and the cross-modal
+            encoder's geometry. A dict without `grid_size`/`num_codes` gets that grid.
+        audio_decoder_config (`dict` or [`OptTriCodeDecoderConfig`], *optional*): the audio code decoder of
+            [`OptTriForTextToAudio`]. By default: `modality="audio"`, 1024 codes, at most
+            `audio_config.max_position_embeddings * audio_config.patch_frames // 4` codes (the longest clip the audio
+            encoder reads, at 4 frames per code), and the cross-modal encoder's geometry. A dict without `num_codes`
+            gets that length. In a dict for either decoder, each of `hidden_size`, `num_hidden_layers`,
+            `num_attention_heads` and `intermediate_size` that is not given is the cross-modal encoder's. Configs saved
+            before these decoders existed load with these defaults.
         projection_dim (`int`, defaults to 256): size of the projected, normalised retrieval embeddings.
         logit_scale_init_value (`float`, defaults to 2.6592): initial value of the learnable contrastive logit scale
             (log of the inverse temperature, as in CLIP).
@@ -291,6 +451,11 @@ class OptTriConfig(PretrainedConfig):
         masking_policy (`str`, defaults to `"conditional"`): `"conditional"` masks tokens of one modality at a time
             (UNITER), `"joint"` masks all modalities in the same pass (OPT).
         mac_temperature (`float`, defaults to 0.07): temperature of the masked audio contrastive loss.
+        itm_hard_negative_fraction (`float`, defaults to 0.5): how the ITM negatives are drawn. Each one comes from
+            the batch's contrastive similarities (a hard negative, as in ALBEF) with this probability, and uniformly
+            from the other samples otherwise. Hard negatives alone stall ITM at its label prior while the unimodal
+            encoders are still weak (a hard negative then often describes the same colours and shapes); the uniform
+            share keeps the matching signal learnable from the first steps.
         mask_token_id (`int`, defaults to 103): id of the tokenizer's `[MASK]` token (103 in BERT's vocabulary).
         special_token_ids (`list[int]`, *optional*): ids never chosen for MLM (`[PAD]`, `[CLS]`, `[SEP]`, ...);
             BERT's `[0, 100, 101, 102]` by default.
@@ -303,6 +468,8 @@ class OptTriConfig(PretrainedConfig):
         "audio_config": OptTriAudioConfig,
         "cross_modal_config": OptTriFusionConfig,
         "text_decoder_config": OptTriTextDecoderConfig,
+        "image_decoder_config": OptTriCodeDecoderConfig,
+        "audio_decoder_config": OptTriCodeDecoderConfig,
     }
 
     def __init__(
@@ -312,6 +479,8 @@ class OptTriConfig(PretrainedConfig):
         audio_config: dict | PretrainedConfig | None = None,
         cross_modal_config: dict | PretrainedConfig | None = None,
         text_decoder_config: dict | PretrainedConfig | None = None,
+        image_decoder_config: dict | PretrainedConfig | None = None,
+        audio_decoder_config: dict | PretrainedConfig | None = None,
         projection_dim: int = 256,
         logit_scale_init_value: float = 2.6592,
         initializer_range: float = 0.02,
@@ -322,6 +491,7 @@ class OptTriConfig(PretrainedConfig):
         modality_mask_probability: float = 0.3,
         masking_policy: str = "conditional",
         mac_temperature: float = 0.07,
+        itm_hard_negative_fraction: float = 0.5,
         mask_token_id: int = 103,
         special_token_ids: list[int] | None = None,
         **kwargs,
@@ -346,6 +516,8 @@ class OptTriConfig(PretrainedConfig):
                 pad_token_id=getattr(self.text_config, "pad_token_id", None) or 0,
             )
         self.text_decoder_config = _as_sub_config(text_decoder_config, OptTriTextDecoderConfig, "text_decoder_config")
+        self.image_decoder_config = self._code_decoder_config(image_decoder_config, "image")
+        self.audio_decoder_config = self._code_decoder_config(audio_decoder_config, "audio")
         self.projection_dim = projection_dim
         self.logit_scale_init_value = logit_scale_init_value
         self.initializer_range = initializer_range
@@ -356,10 +528,35 @@ class OptTriConfig(PretrainedConfig):
         self.modality_mask_probability = modality_mask_probability
         self.masking_policy = masking_policy
         self.mac_temperature = mac_temperature
+        self.itm_hard_negative_fraction = itm_hard_negative_fraction
         self.mask_token_id = mask_token_id
         self.special_token_ids = list(special_token_ids) if special_token_ids is not None else [0, 100, 101, 102]
         super().__init__(**kwargs)
         self._validate()
+
+    def _code_decoder_config(self, value: dict | PretrainedConfig | None, modality: str) -> PretrainedConfig:
+        """The image or audio code decoder config from `value` (see the class docstring for the defaults)."""
+        name = f"{modality}_decoder_config"
+        if isinstance(value, PretrainedConfig):
+            if getattr(value, "modality", None) != modality:
+                raise ValueError(f"{name} must be an OptTriCodeDecoderConfig with modality={modality!r}")
+            return value
+        if value is not None and not isinstance(value, dict):
+            raise TypeError(f"{name} must be a dict or an OptTriCodeDecoderConfig, got {type(value).__name__}")
+        value = dict(value or {})
+        model_type = value.pop("model_type", OptTriCodeDecoderConfig.model_type)
+        if model_type != OptTriCodeDecoderConfig.model_type:
+            raise ValueError(f"{name} must be of model_type {OptTriCodeDecoderConfig.model_type!r}, got {model_type!r}")
+        if value.setdefault("modality", modality) != modality:
+            raise ValueError(f"{name} has modality={value['modality']!r}; it must be {modality!r}")
+        if modality == "image" and "grid_size" not in value and "num_codes" not in value:
+            value["grid_size"] = max(1, self.vision_config.image_size // 8)
+        if modality == "audio" and "num_codes" not in value:
+            audio = self.audio_config
+            value["num_codes"] = max(1, audio.max_position_embeddings * audio.patch_frames // 4)
+        for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"):
+            value.setdefault(key, getattr(self.cross_modal_config, key))  # geometry not given: the cross-modal encoder's
+        return OptTriCodeDecoderConfig(**value)
 
     @classmethod
     def from_dict(cls, config_dict: dict[str, Any], **kwargs):
@@ -420,6 +617,9 @@ class OptTriConfig(PretrainedConfig):
                 raise ValueError(f"mask_token_id/special_token_ids must be ids in [0, {vocab}); got {token_id!r}")
         if not self.mac_temperature > 0:
             raise ValueError(f"mac_temperature must be positive, got {self.mac_temperature!r}")
+        fraction = self.itm_hard_negative_fraction
+        if not isinstance(fraction, (int, float)) or isinstance(fraction, bool) or not 0.0 <= fraction <= 1.0:
+            raise ValueError(f"itm_hard_negative_fraction must be a number in [0, 1], got {fraction!r}")
 
     def get_text_config(self, decoder: bool | None = None, encoder: bool | None = None) -> PretrainedConfig:
         """The text decoder's config for `decoder=True` (what `generate()` builds its cache from), else the text
@@ -441,6 +641,7 @@ class OptTriConfig(PretrainedConfig):
 
 __all__ = [
     "OptTriAudioConfig",
+    "OptTriCodeDecoderConfig",
     "OptTriConfig",
     "OptTriFusionConfig",
     "OptTriTextDecoderConfig",

@@ -30,7 +30,9 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput, logging
 
 from .configuration_opt_tri import (
+    PRETRAINING_OBJECTIVES,
     OptTriAudioConfig,
+    OptTriCodeDecoderConfig,
     OptTriConfig,
     OptTriFusionConfig,
     OptTriTextDecoderConfig,
@@ -261,6 +263,8 @@ class OptTriPreTrainedModel(PreTrainedModel):
             auto_map.setdefault("AutoConfig", "configuration_opt_tri.OptTriConfig")
             auto_map.setdefault("AutoModel", "modeling_opt_tri.OptTriModel")
             auto_map.setdefault("AutoModelForPreTraining", "modeling_opt_tri.OptTriForPreTraining")
+            auto_map.setdefault("AutoModelForMultimodalLM", "modeling_opt_tri.OptTriForTextToImage")
+            auto_map.setdefault("AutoModelForTextToWaveform", "modeling_opt_tri.OptTriForTextToAudio")
             self.config.auto_map = auto_map
         return super().save_pretrained(save_directory, *args, **kwargs)
 
@@ -935,6 +939,7 @@ class OptTriForPreTrainingOutput(ModelOutput):
     Args:
         loss: weighted sum of the computed losses (weights from `config.objectives`).
         mlm_logits (`(B, L, vocab)`), mlm_labels (`(B, L)`, -100 where not masked): masked language modelling.
+        mrc_loss / mrc_kl_loss / dir_loss / dar_loss: the VQ-code objectives (computed only when the codes are given).
         text_embeds / image_embeds / audio_embeds (`(B, projection_dim)`): normalised retrieval embeddings.
         logit_scale: the contrastive logit scale (before `exp`).
     """
@@ -949,6 +954,10 @@ class OptTriForPreTrainingOutput(ModelOutput):
     tri_matching_loss: torch.FloatTensor | None = None
     wra_loss: torch.FloatTensor | None = None
     dtr_loss: torch.FloatTensor | None = None
+    mrc_loss: torch.FloatTensor | None = None
+    mrc_kl_loss: torch.FloatTensor | None = None
+    dir_loss: torch.FloatTensor | None = None
+    dar_loss: torch.FloatTensor | None = None
     mlm_logits: torch.FloatTensor | None = None
     mlm_labels: torch.LongTensor | None = None
     text_embeds: torch.FloatTensor | None = None
@@ -990,6 +999,38 @@ class OptTriPredictionHead(nn.Module):
         return self.decoder(self.layer_norm(self.act(self.dense(hidden_states))))
 
 
+class OptTriMaskedCodeHead(nn.Module):
+    """
+    MRC head: the VQ codes under each ViT patch. A patch covers `r x r` cells of the image tokenizer's code grid
+    (`r = code grid side / patch grid side`), so each patch state is expanded into `r * r` states that share one
+    classifier over the `codebook_size` codes: `(B, N, hidden) -> (B, N, r * r, codebook_size)`.
+    """
+
+    def __init__(self, hidden_size: int, codes_per_patch: int, codebook_size: int, hidden_act: str, eps: float):
+        super().__init__()
+        self.codes_per_patch = codes_per_patch
+        self.dense = nn.Linear(hidden_size, codes_per_patch * hidden_size)
+        self.act = ACT2FN[hidden_act]
+        self.layer_norm = nn.LayerNorm(hidden_size, eps=eps)
+        self.decoder = nn.Linear(hidden_size, codebook_size)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        expanded = self.act(self.dense(hidden_states)).unflatten(-1, (self.codes_per_patch, -1))
+        return self.decoder(self.layer_norm(expanded))
+
+
+def codes_by_patch(codes: torch.Tensor, patches_per_side: int) -> torch.Tensor:
+    """
+    Regroup a code grid `(B, g, g, *rest)` by ViT patch: `(B, P * P, r * r, *rest)` with `P = patches_per_side` and
+    `r = g / P`; patches and the cells inside a patch are both in raster order (ViT's patch order).
+    """
+    batch, grid = codes.shape[0], codes.shape[1]
+    r = grid // patches_per_side
+    rest = codes.shape[3:]
+    grouped = codes.reshape(batch, patches_per_side, r, patches_per_side, r, *rest).transpose(2, 3)
+    return grouped.reshape(batch, patches_per_side**2, r * r, *rest)
+
+
 class OptTriForPreTraining(OptTriPreTrainedModel):
     """
     OPT-Tri with every OPT/UNITER pre-training objective. One call runs the unimodal encoders once, on the masked
@@ -997,14 +1038,18 @@ class OptTriForPreTraining(OptTriPreTrainedModel):
 
     - token level: MLM (15%, 80/10/10), MRFR (masked image patch regression to the normalised pixels), MAFR (masked
       audio patch regression to the log-mel frames) and MAC (InfoNCE between the predicted and the true frame patch,
-      negatives from real frames only). `masking_policy="conditional"` masks one modality per sample (UNITER),
-      `"joint"` all of them (OPT). Modalities not token-masked are dropped from the cross-modal input with
-      probability `modality_mask_probability` (modality-level masking; a sample always keeps one modality).
-    - modality level: DTR, the text decoder writes a dropped text from the cross-modal states of the other
-      modalities. (DIR and its audio analogue need the VQ tokenizers and code decoders; they are not wired in yet.)
+      negatives from real frames only). With the image tokenizer's codes (`image_codes`): MRC (the VQ codes under each
+      masked patch) and MRC-kl (KL divergence to the tokenizer's soft assignments `image_code_probs`).
+      `masking_policy="conditional"` masks one modality per sample (UNITER), `"joint"` all of them (OPT). Modalities
+      not token-masked are dropped from the cross-modal input with probability `modality_mask_probability`
+      (modality-level masking; a sample always keeps one modality).
+    - modality level: the decoders write a dropped modality from the cross-modal states of the others: DTR (text, by
+      the text decoder), DIR (image VQ codes, by the image code decoder) and DAR (audio VQ codes, by the audio code
+      decoder). DIR and DAR need `image_codes` / `audio_codes`.
     - sample level: contrastive alignment of every modality pair (learnable temperature, gathered across processes),
-      pairwise matching (ITM) of every pair with hard negatives sampled from the contrastive similarities, 5-way
-      tri-modal matching, and word-region alignment (WRA) by IPOT optimal transport between text and image tokens.
+      pairwise matching (ITM) of every pair with negatives sampled from the contrastive similarities (hard) or
+      uniformly (`itm_hard_negative_fraction`), 5-way tri-modal matching, and word-region alignment (WRA) by IPOT
+      optimal transport between text and image tokens.
 
     `tasks` picks the objectives of one call (one task per step, the OPT/UNITER scheduling); by default every
     objective with a positive weight runs and `loss` is their weighted sum (FLAVA's scheduling).
@@ -1024,9 +1069,22 @@ class OptTriForPreTraining(OptTriPreTrainedModel):
         self.mac_head = OptTriPredictionHead(fc.hidden_size, frame_dim, fc.hidden_act, fc.layer_norm_eps)
         self.itm_head = nn.Linear(fc.hidden_size, 2)
         self.tri_matching_head = nn.Linear(fc.hidden_size, len(TRI_MATCHING_CLASSES))
+        # MRC / MRC-kl: a patch covers r x r cells of the image tokenizer's code grid (None when the grids disagree)
+        idc = config.image_decoder_config
+        patches_per_side = vc.image_size // vc.patch_size
+        self.mrc_head = None
+        if idc.grid_size % patches_per_side == 0:
+            r = idc.grid_size // patches_per_side
+            self.mrc_head = OptTriMaskedCodeHead(fc.hidden_size, r * r, idc.codebook_size, fc.hidden_act, fc.layer_norm_eps)
         # the text decoder (shared with OptTriForConditionalGeneration) for DTR
         self.text_decoder = OptTriTextDecoder(config.text_decoder_config, fc.hidden_size)
         self.lm_head = nn.Linear(config.text_decoder_config.hidden_size, config.text_decoder_config.vocab_size, bias=False)
+        # the code decoders (shared with OptTriForTextToImage / OptTriForTextToAudio: same names) for DIR and DAR
+        idc, adc = config.image_decoder_config, config.audio_decoder_config
+        self.image_decoder = OptTriCodeDecoder(idc, fc.hidden_size)
+        self.image_head = nn.Linear(idc.hidden_size, idc.vocab_size, bias=False)
+        self.audio_decoder = OptTriCodeDecoder(adc, fc.hidden_size)
+        self.audio_head = nn.Linear(adc.hidden_size, adc.vocab_size, bias=False)
         self.post_init()
 
     # -- masking -----------------------------------------------------------------------------------------------------
@@ -1095,6 +1153,10 @@ class OptTriForPreTraining(OptTriPreTrainedModel):
         image_mask: torch.LongTensor | None = None,
         input_features: torch.FloatTensor | None = None,
         audio_attention_mask: torch.LongTensor | None = None,
+        image_codes: torch.LongTensor | None = None,
+        image_code_probs: torch.FloatTensor | None = None,
+        audio_codes: torch.LongTensor | None = None,
+        audio_codes_mask: torch.LongTensor | None = None,
         tasks: list[str] | tuple[str, ...] | None = None,
         return_dict: bool | None = None,
         **kwargs,
@@ -1103,16 +1165,20 @@ class OptTriForPreTraining(OptTriPreTrainedModel):
         Inputs as for [`OptTriModel`] (clean, unmasked: masking happens here, with torch's global RNG).
 
         Args:
+            image_codes (`(B, g, g)` int): the image tokenizer's code grid of each image (MRC targets, DIR targets).
+            image_code_probs (`(B, g, g, codebook_size)`): the tokenizer's soft code assignments (MRC-kl targets).
+            audio_codes (`(B, n)` int), audio_codes_mask (`(B, n)`): the audio tokenizer's codes (DAR targets).
             tasks: objectives to compute in this call (names from `config.objectives`); default: all with weight > 0.
         """
         cfg = self.config
         weights = cfg.objectives
         if tasks is None:
             tasks = [name for name, weight in weights.items() if weight > 0]
-        unknown = set(tasks) - set(weights)
+        unknown = set(tasks) - set(PRETRAINING_OBJECTIVES)
         if unknown:
-            raise ValueError(f"Unknown pre-training tasks {sorted(unknown)}; known: {sorted(weights)}")
+            raise ValueError(f"Unknown pre-training tasks {sorted(unknown)}; known: {sorted(PRETRAINING_OBJECTIVES)}")
         tasks = set(tasks)
+        self._check_code_inputs(tasks, pixel_values, image_codes, image_code_probs, input_features, audio_codes, audio_codes_mask)
         base = self.opt_tri
         batch = _check_model_inputs(
             cfg, input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
@@ -1134,8 +1200,8 @@ class OptTriForPreTraining(OptTriPreTrainedModel):
         }
 
         # 1. token-level masking
-        masked_tasks = tasks & {"mlm", "mrfr", "mafr", "mac"}
-        wanted = {"text": "mlm" in tasks, "image": "mrfr" in tasks, "audio": bool(tasks & {"mafr", "mac"})}
+        masked_tasks = tasks & {"mlm", "mrfr", "mrc", "mrc_kl", "mafr", "mac"}
+        wanted = {"text": "mlm" in tasks, "image": bool(tasks & {"mrfr", "mrc", "mrc_kl"}), "audio": bool(tasks & {"mafr", "mac"})}
         masked_rows = self._choose_masked_modalities(present, wanted) if masked_tasks else {m: no for m in MODALITIES}
         text_ids, mlm_labels = input_ids, None
         image_masked = audio_masked = None
@@ -1172,7 +1238,7 @@ class OptTriForPreTraining(OptTriPreTrainedModel):
         mlm_logits = None
 
         # 3. masked modelling through the cross-modal encoder, with modality-level masking
-        if (masked_tasks and any(masked_rows[m].any() for m in MODALITIES)) or "dtr" in tasks:
+        if (masked_tasks and any(masked_rows[m].any() for m in MODALITIES)) or tasks & {"dtr", "dir", "dar"}:
             kept = self._drop_modalities(present, masked_rows)
             parts = {
                 m: (states[m][0], states[m][1] * kept[m][:, None].long()) for m in states
@@ -1185,6 +1251,21 @@ class OptTriForPreTraining(OptTriPreTrainedModel):
                 target = input_ids[rows, 1:].masked_fill(attention_mask[rows, 1:] == 0, -100)
                 hidden = self.text_decoder(input_ids[rows, :-1], attention_mask[rows, :-1], fused[rows], fusion_mask[rows])
                 losses["dtr"] = mlm_loss(self.lm_head(hidden), target)
+            dropped_image = present["image"] & ~kept["image"]
+            if "dir" in tasks and image_codes is not None and bool(dropped_image.any()):
+                # DIR: the image code decoder writes the dropped image's VQ codes from the remaining modalities
+                rows = dropped_image.nonzero().flatten()
+                inputs, target = code_decoder_targets(cfg.image_decoder_config, image_codes[rows])
+                hidden = self.image_decoder(inputs, None, fused[rows], fusion_mask[rows])
+                losses["dir"] = mlm_loss(self.image_head(hidden), target)
+            dropped_audio = present["audio"] & ~kept["audio"]
+            if "dar" in tasks and audio_codes is not None and bool(dropped_audio.any()):
+                # DAR: the audio code decoder writes the dropped clip's VQ codes (then its end code)
+                rows = dropped_audio.nonzero().flatten()
+                mask = audio_codes_mask[rows] if audio_codes_mask is not None else None
+                inputs, target = code_decoder_targets(cfg.audio_decoder_config, audio_codes[rows], mask)
+                hidden = self.audio_decoder(inputs, (inputs != cfg.audio_decoder_config.pad_token_id).long(), fused[rows], fusion_mask[rows])
+                losses["dar"] = mlm_loss(self.audio_head(hidden), target)
             if "mlm" in tasks and mlm_labels is not None:
                 text_fused = fused[:, modality_ids == MODALITY_TEXT]
                 mlm_logits = self.mlm_head(text_fused)
@@ -1193,6 +1274,16 @@ class OptTriForPreTraining(OptTriPreTrainedModel):
                 patches = fused[:, modality_ids == MODALITY_IMAGE][:, 1:]
                 target = patchify_images(pixel_values.float(), cfg.vision_config.patch_size)
                 losses["mrfr"] = masked_regression_loss(self.mrfr_head(patches), target, image_masked)
+            if tasks & {"mrc", "mrc_kl"} and image_masked is not None:
+                patches = fused[:, modality_ids == MODALITY_IMAGE][:, 1:][image_masked]  # (M, hidden)
+                log_probs = F.log_softmax(self.mrc_head(patches).float(), dim=-1)  # (M, r*r, K)
+                per_side = cfg.vision_config.image_size // cfg.vision_config.patch_size
+                if "mrc" in tasks:
+                    target = codes_by_patch(image_codes, per_side)[image_masked]  # (M, r*r)
+                    losses["mrc"] = F.nll_loss(log_probs.flatten(0, 1), target.flatten().long())
+                if "mrc_kl" in tasks:
+                    soft = codes_by_patch(image_code_probs, per_side)[image_masked].float()  # (M, r*r, K)
+                    losses["mrc_kl"] = F.kl_div(log_probs, soft, reduction="none").sum(-1).mean()
             if audio_masked is not None and tasks & {"mafr", "mac"}:
                 tokens = fused[:, modality_ids == MODALITY_AUDIO][:, 1:]
                 target = patchify_audio(input_features.float(), cfg.audio_config.patch_frames)
@@ -1234,7 +1325,7 @@ class OptTriForPreTraining(OptTriPreTrainedModel):
 
         total = None
         for name, value in losses.items():
-            term = weights[name] * value
+            term = weights.get(name, 1.0) * value  # a task asked for by name but absent from the config: weight 1
             total = term if total is None else total + term
         output = OptTriForPreTrainingOutput(
             loss=total,
@@ -1249,17 +1340,57 @@ class OptTriForPreTraining(OptTriPreTrainedModel):
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         return output if return_dict else output.to_tuple()
 
+    def _check_code_inputs(self, tasks, pixel_values, image_codes, image_code_probs, input_features, audio_codes, audio_codes_mask):
+        """Clear errors for the VQ-code objectives: codes present, with the shapes and range the heads expect."""
+        cfg = self.config
+        idc, adc = cfg.image_decoder_config, cfg.audio_decoder_config
+        hint = "compute them with the VQ tokenizer (examples/pretrain.py does this with --image_tokenizer/--audio_tokenizer)"
+        if tasks & {"mrc", "mrc_kl", "dir"} and pixel_values is not None:
+            if tasks & {"mrc", "mrc_kl"} and self.mrc_head is None:
+                per_side = cfg.vision_config.image_size // cfg.vision_config.patch_size
+                raise ValueError(
+                    f"MRC needs the image tokenizer's code grid ({idc.grid_size} x {idc.grid_size}) to be a multiple of "
+                    f"the ViT patch grid ({per_side} x {per_side}): use a tokenizer whose downsampling divides the patch size"
+                )
+            if image_codes is None:
+                raise ValueError(f"The objectives {sorted(tasks & {'mrc', 'mrc_kl', 'dir'})} need image_codes; {hint}")
+            expected = (pixel_values.shape[0], idc.grid_size, idc.grid_size)
+            if tuple(image_codes.shape) != expected or image_codes.is_floating_point():
+                raise ValueError(f"image_codes must be an integer tensor of shape {expected}; got {image_codes.dtype} {tuple(image_codes.shape)}")
+            if int(image_codes.min()) < 0 or int(image_codes.max()) >= idc.codebook_size:
+                raise ValueError(f"image_codes must be in [0, {idc.codebook_size}) (image_decoder_config.codebook_size)")
+            if "mrc_kl" in tasks:
+                expected_soft = expected + (idc.codebook_size,)
+                if image_code_probs is None or tuple(image_code_probs.shape) != expected_soft:
+                    got = None if image_code_probs is None else tuple(image_code_probs.shape)
+                    raise ValueError(f"mrc_kl needs image_code_probs of shape {expected_soft} (soft code assignments); got {got}")
+        if "dar" in tasks and input_features is not None:
+            if audio_codes is None:
+                raise ValueError(f"The objective 'dar' needs audio_codes; {hint}")
+            if audio_codes.ndim != 2 or audio_codes.shape[0] != input_features.shape[0] or audio_codes.is_floating_point():
+                raise ValueError(f"audio_codes must be an integer tensor (B, n) with B = {input_features.shape[0]}; got {tuple(audio_codes.shape)}")
+            if audio_codes_mask is not None and tuple(audio_codes_mask.shape) != tuple(audio_codes.shape):
+                raise ValueError(f"audio_codes_mask must have the shape of audio_codes {tuple(audio_codes.shape)}")
+
     def _pair_matching(self, a, b, states, embeds, valid, want_wra):
-        """ITM for the pair (a, b): positives, plus one hard negative per side sampled from the similarities."""
+        """
+        ITM for the pair (a, b): the positives, plus one negative per side. A negative is drawn from the contrastive
+        similarities (hard) with probability `config.itm_hard_negative_fraction`, else uniformly from the other rows.
+        """
         base = self.opt_tri
         rows = valid.nonzero().flatten()
         with torch.no_grad():
+            n = len(rows)
+            off_diagonal = 1.0 - torch.eye(n, device=rows.device)
             sim = embeds[a][rows].float() @ embeds[b][rows].float().t()
-            weights = F.softmax(sim * base.logit_scale.exp().clamp(max=100.0), dim=1)
-            weights.fill_diagonal_(0.0)
-            weights = weights + 1e-6 * (1 - torch.eye(len(rows), device=sim.device))  # never all zero
-            neg_b = rows[torch.multinomial(weights, 1).flatten()]
-            neg_a = rows[torch.multinomial(weights.t(), 1).flatten()]
+            hard = F.softmax(sim * base.logit_scale.exp().clamp(max=100.0), dim=1) * off_diagonal
+            hard = hard / hard.sum(1, keepdim=True).clamp_min(1e-12)
+            hard_t = F.softmax(sim.t() * base.logit_scale.exp().clamp(max=100.0), dim=1) * off_diagonal
+            hard_t = hard_t / hard_t.sum(1, keepdim=True).clamp_min(1e-12)
+            fraction = self.config.itm_hard_negative_fraction
+            uniform = off_diagonal / (n - 1)
+            neg_b = rows[torch.multinomial(fraction * hard + (1 - fraction) * uniform + 1e-9 * off_diagonal, 1).flatten()]
+            neg_a = rows[torch.multinomial(fraction * hard_t + (1 - fraction) * uniform + 1e-9 * off_diagonal, 1).flatten()]
         a_index = torch.cat([rows, rows, neg_a])
         b_index = torch.cat([rows, neg_b, rows])
         parts = {a: _take(states[a], a_index), b: _take(states[b], b_index)}
@@ -1588,6 +1719,612 @@ def _shift_right(labels: torch.Tensor, bos_token_id: int, pad_token_id: int) -> 
     shifted[:, 1:] = labels[:, :-1].masked_fill(labels[:, :-1] == -100, pad_token_id)
     shifted[:, 0] = bos_token_id
     return shifted
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Code decoders: images and audio as discrete VQ codes (text-to-image, text-to-audio)
+#
+# A causal decoder with cross-attention to the cross-modal encoder's states writes the codes of a VQ tokenizer
+# (`OptTriImageVQModel` / `OptTriAudioVQModel`, separate checkpoints), which then turns them into pixels or a waveform.
+# Code ids are the codebook indices themselves; BOS, the end-of-audio code and PAD follow them (see
+# `OptTriCodeDecoderConfig`), so there is no +1 shift to get wrong, and sampling is restricted to real codes.
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+class OptTriCodeDecoder(nn.Module):
+    """Code + learned position embeddings, `num_hidden_layers` [`OptTriDecoderLayer`]s and a final LayerNorm.
+
+    Images are read in raster order (position `1 + r * grid_size + c` holds the input that predicts code `(r, c)`'s
+    successor); position 0 is the BOS token."""
+
+    def __init__(self, config: OptTriCodeDecoderConfig, encoder_hidden_size: int):
+        super().__init__()
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        self.embed_positions = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.encoder_projection = nn.Linear(encoder_hidden_size, config.hidden_size)
+        self.layers = nn.ModuleList([OptTriDecoderLayer(config, i) for i in range(config.num_hidden_layers)])
+        self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.LongTensor | None,
+        encoder_states: torch.FloatTensor,
+        encoder_mask: torch.LongTensor,
+        cache: Cache | None = None,
+    ) -> torch.FloatTensor:
+        """
+        Args:
+            input_ids (`(B, n)`): decoder ids (BOS, codes, end code, PAD); only the new ones when `cache` holds the
+                earlier ones.
+            attention_mask (`(B, past + n)`, *optional*): 0 for decoder positions not to attend to (default: none).
+            encoder_states (`(B, S, cross_modal_hidden)`), encoder_mask (`(B, S)`): the conditioning states.
+            cache: self-attention KV cache, updated in place.
+
+        Returns:
+            `(B, n, hidden)`: the final hidden states.
+        """
+        batch, length = input_ids.shape
+        past = cache.get_seq_length() if cache is not None else 0
+        if past + length > self.config.max_position_embeddings:
+            raise ValueError(
+                f"The {self.config.modality} code sequence ({past + length} positions with BOS) is longer than "
+                f"{self.config.modality}_decoder_config.max_position_embeddings ({self.config.max_position_embeddings})"
+            )
+        positions = torch.arange(past, past + length, device=input_ids.device)
+        hidden = self.embed_tokens(input_ids) + self.embed_positions(positions)
+        dtype = hidden.dtype
+        if attention_mask is None:
+            attention_mask = torch.ones(batch, past + length, dtype=torch.long, device=input_ids.device)
+        keys = torch.arange(past + length, device=input_ids.device)
+        allowed = (keys[None, :] <= positions[:, None])[None] & attention_mask.bool()[:, None, :]  # (B, n, past + n)
+        self_mask = (~allowed[:, None]).to(dtype) * torch.finfo(dtype).min
+        cross_mask = _additive_mask(encoder_mask, dtype)
+        encoder_states = self.encoder_projection(encoder_states)
+        for layer in self.layers:
+            hidden = layer(hidden, self_mask, encoder_states, cross_mask, cache)
+        return self.layer_norm(hidden)
+
+
+@dataclass
+class OptTriCodeDecoderOutput(ModelOutput):
+    r"""
+    Output of [`OptTriForTextToImage`] and [`OptTriForTextToAudio`]. `n` is the number of decoder positions: the
+    image's `num_codes`, or for audio the longest clip's codes + 1 (its end code) in teacher forcing.
+
+    Args:
+        loss (`torch.FloatTensor` of shape `()`): mean next-code cross-entropy over the labelled positions (the codes,
+            and for audio the end code), when `labels` are given.
+        logits (`torch.FloatTensor` of shape `(B, n, vocab_size)`): next-code scores over the whole decoder vocabulary
+            (`codebook_size` codes, then BOS, end, PAD).
+        cache (`Cache`): the decoder's self-attention cache, when `use_cache`.
+        encoder_hidden_states (`(B, S, cross_modal_hidden)`), encoder_attention_mask (`(B, S)`): the cross-modal
+            states the decoder attends to.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    cache: Cache | None = None
+    encoder_hidden_states: torch.FloatTensor | None = None
+    encoder_attention_mask: torch.LongTensor | None = None
+
+
+@dataclass
+class OptTriCodeGenerationOutput(ModelOutput):
+    r"""
+    Output of `generate` of [`OptTriForTextToImage`] / [`OptTriForTextToAudio`]. `B'` is the batch size times
+    `num_return_sequences` (the samples of one input are consecutive).
+
+    Args:
+        codes (`torch.LongTensor`): the generated codes, always in `[0, codebook_size)`: `(B', grid_size, grid_size)`
+            for images (raster order); `(B', T')` for audio, `T'` the longest clip, with 0 after a clip's end.
+        codes_mask (`torch.LongTensor`, same shape as `codes`): 1 for generated codes, 0 after the end of a clip (all
+            1 for images). Pass it to `OptTriAudioVQModel.decode_waveform` as the code mask.
+        sequences (`torch.LongTensor` of shape `(B', 1 + steps)`): the raw decoder ids: BOS, the codes, and for audio
+            the end code and PAD after it.
+    """
+
+    codes: torch.LongTensor | None = None
+    codes_mask: torch.LongTensor | None = None
+    sequences: torch.LongTensor | None = None
+
+
+def _filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """Keep the `top_k` best ids (0: all) and the smallest set whose probability reaches `top_p` (1.0: all) of
+    `logits` `(B, V)`; the rest become `-inf`. At least one id per row is kept."""
+    if top_k > 0 and top_k < logits.shape[-1]:
+        keep = torch.zeros_like(logits, dtype=torch.bool).scatter_(-1, logits.topk(top_k, dim=-1).indices, True)
+        logits = logits.masked_fill(~keep, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        probs = sorted_logits.softmax(dim=-1)
+        before = probs.cumsum(dim=-1) - probs  # probability mass of the better ids
+        drop = before >= top_p
+        drop[..., 0] = False
+        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    return logits
+
+
+def _check_sampling_arguments(temperature, top_k, top_p, seed, num_return_sequences) -> None:
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
+        raise ValueError(f"temperature must be a positive number, got {temperature!r}")
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
+        raise ValueError(f"top_k must be a non-negative int (0 switches top-k filtering off), got {top_k!r}")
+    if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1] (1.0 switches nucleus filtering off), got {top_p!r}")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise ValueError(f"seed must be an int or None, got {seed!r}")
+    if isinstance(num_return_sequences, bool) or not isinstance(num_return_sequences, int) or num_return_sequences < 1:
+        raise ValueError(f"num_return_sequences must be a positive int, got {num_return_sequences!r}")
+
+
+def code_decoder_targets(
+    dc: OptTriCodeDecoderConfig, labels: torch.Tensor, labels_mask: torch.Tensor | None = None
+) -> tuple[torch.LongTensor, torch.LongTensor]:
+    """
+    Teacher forcing of a code decoder: validate the VQ `labels` (images `(B, g, g)` or `(B, g * g)`; audio `(B, n)`
+    right-padded with -100 or `labels_mask` 0) and return (decoder inputs, targets), each `(B, n)` (audio: `n` = codes
+    + 1, the end code). Used by the text-to-image/audio heads and by DIR/DAR in pre-training.
+    """
+    if not torch.is_tensor(labels) or labels.is_floating_point() or labels.dtype == torch.bool:
+        raise TypeError(f"labels must be an integer tensor of {dc.modality} codes")
+    if dc.modality == "image" and labels.ndim == 3:
+        if tuple(labels.shape[1:]) != (dc.grid_size, dc.grid_size):
+            raise ValueError(
+                f"labels of shape {tuple(labels.shape)} do not match the decoder's code grid "
+                f"({dc.grid_size}, {dc.grid_size}); encode the images with the tokenizer the decoder was built for"
+            )
+        labels = labels.flatten(1)
+    if labels.ndim != 2:
+        raise ValueError(f"labels must have shape (B, n) codes, got {tuple(labels.shape)}")
+    labels = labels.long()
+    if labels_mask is not None:
+        if tuple(labels_mask.shape) != tuple(labels.shape):
+            raise ValueError(f"labels_mask must have shape {tuple(labels.shape)}, got {tuple(labels_mask.shape)}")
+        labels = labels.masked_fill(labels_mask == 0, -100)
+    real = labels != -100
+    bad = real & ((labels < 0) | (labels >= dc.codebook_size))
+    if bool(bad.any()):
+        raise ValueError(
+            f"labels must be {dc.modality} codes in [0, {dc.codebook_size}) (or -100 to ignore a position); got "
+            f"{labels[bad][:5].tolist()}. Is the tokenizer's codebook_size {dc.codebook_size}?"
+        )
+    batch, length = labels.shape
+    if dc.modality == "image":
+        if length != dc.num_codes:
+            raise ValueError(
+                f"An image has {dc.num_codes} codes ({dc.grid_size} x {dc.grid_size}); labels have {length} per row"
+            )
+        inputs = labels.new_full(labels.shape, dc.bos_token_id)
+        inputs[:, 1:] = labels[:, :-1].masked_fill(~real[:, :-1], dc.pad_token_id)
+        return inputs, labels
+    if length > dc.num_codes:
+        raise ValueError(f"labels have {length} codes per row, more than audio_decoder_config.num_codes={dc.num_codes}")
+    lengths = real.sum(-1)
+    positions = torch.arange(length, device=labels.device)
+    if bool((real != (positions[None, :] < lengths[:, None])).any()):
+        raise ValueError("audio labels must be right-padded: the real codes first, then -100 (or labels_mask 0)")
+    targets = labels.new_full((batch, length + 1), -100)
+    targets[:, :length] = labels
+    targets[torch.arange(batch, device=labels.device), lengths] = dc.eos_token_id  # the end-of-audio code
+    inputs = labels.new_full((batch, length + 1), dc.pad_token_id)
+    inputs[:, 0] = dc.bos_token_id
+    inputs[:, 1:] = labels.masked_fill(~real, dc.pad_token_id)
+    return inputs, targets
+
+
+class OptTriCodeGenerationModel(OptTriPreTrainedModel, GenerationMixin):
+    """
+    Shared base of [`OptTriForTextToImage`] and [`OptTriForTextToAudio`]: the tri-modal model (`self.opt_tri`, so a
+    pre-training checkpoint loads into it), a code decoder (`self.<modality>_decoder`, an [`OptTriCodeDecoder`]) and
+    a code head (`self.<modality>_head`), configured by `config.<modality>_decoder_config`.
+
+    The conditioning is any non-empty subset of text, image and audio, read once by the cross-modal encoder (text for
+    text-to-image and text-to-speech; an image for image-to-audio, and so on).
+    """
+
+    modality: str = "image"
+
+    def __init__(self, config: OptTriConfig):
+        super().__init__(config)
+        dc = self.decoder_config
+        self.opt_tri = OptTriModel(config)
+        setattr(self, f"{self.modality}_decoder", OptTriCodeDecoder(dc, config.cross_modal_config.hidden_size))
+        setattr(self, f"{self.modality}_head", nn.Linear(dc.hidden_size, dc.vocab_size, bias=False))
+        self.post_init()
+        if getattr(self, "generation_config", None) is not None:  # GenerationMixin's defaults come from the text decoder
+            self.generation_config.bos_token_id = dc.bos_token_id
+            self.generation_config.eos_token_id = dc.eos_token_id if self.modality == "audio" else None
+            self.generation_config.pad_token_id = dc.pad_token_id
+            self.generation_config.max_length = dc.num_codes + 1
+
+    # -- parts ---------------------------------------------------------------------------------------------------------
+
+    @property
+    def decoder_config(self) -> OptTriCodeDecoderConfig:
+        """`config.image_decoder_config` or `config.audio_decoder_config`."""
+        return getattr(self.config, f"{self.modality}_decoder_config")
+
+    @property
+    def code_decoder(self) -> OptTriCodeDecoder:
+        return getattr(self, f"{self.modality}_decoder")
+
+    @property
+    def code_head(self) -> nn.Linear:
+        return getattr(self, f"{self.modality}_head")
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.code_decoder.embed_tokens
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.code_head
+
+    def encode(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        token_type_ids=None,
+        pixel_values=None,
+        image_mask=None,
+        input_features=None,
+        audio_attention_mask=None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cross-modal states `(B, S, hidden)` and mask `(B, S)` of the conditioning inputs (any non-empty subset of
+        text `(B, L)`, image `(B, 3, H, W)` and audio `(B, n_mels, T)`)."""
+        if input_ids is None and pixel_values is None and input_features is None:
+            raise ValueError(
+                f"Nothing to condition the {self.modality} on: pass input_ids (the text prompt), and/or pixel_values "
+                "or input_features"
+            )
+        out = self.opt_tri(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            pixel_values=pixel_values,
+            image_mask=image_mask,
+            input_features=input_features,
+            audio_attention_mask=audio_attention_mask,
+        )
+        return out.last_hidden_state, out.fusion_attention_mask
+
+    # -- teacher forcing -----------------------------------------------------------------------------------------------
+
+    def _labels_to_targets(
+        self, labels: torch.Tensor, labels_mask: torch.Tensor | None
+    ) -> tuple[torch.LongTensor, torch.LongTensor]:
+        """Validate `labels` and return (decoder inputs, targets), each `(B, n)` (audio: `n` = codes + 1)."""
+        return code_decoder_targets(self.decoder_config, labels, labels_mask)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.LongTensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        image_mask: torch.LongTensor | None = None,
+        input_features: torch.FloatTensor | None = None,
+        audio_attention_mask: torch.LongTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        labels_mask: torch.LongTensor | None = None,
+        decoder_input_ids: torch.LongTensor | None = None,
+        decoder_attention_mask: torch.LongTensor | None = None,
+        encoder_hidden_states: torch.FloatTensor | None = None,
+        encoder_states_mask: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        past_key_values: Cache | None = None,
+        use_cache: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> OptTriCodeDecoderOutput:
+        r"""
+        Args:
+            input_ids (`(B, L)`), attention_mask (`(B, L)`), token_type_ids (`(B, L)`): the text prompt.
+            pixel_values (`(B, 3, H, W)`), image_mask (`(B,)`), input_features (`(B, n_mels, T)`),
+                audio_attention_mask (`(B, T)`): further (or other) conditioning inputs.
+            labels (`torch.LongTensor`): target codes from the VQ tokenizer, in `[0, codebook_size)`: images
+                `(B, grid_size, grid_size)` or `(B, num_codes)` (raster order; -100 ignores a position); audio
+                `(B, T')`, right-padded with -100 (or with `labels_mask` 0), `T' <= num_codes`. The decoder input
+                is BOS followed by the labels (teacher forcing), and for audio the target after a clip's last code is
+                the end code.
+            labels_mask (same shape as `labels`, *optional*): 0 where `labels` are padding (e.g. the `codes_mask` of
+                `OptTriAudioVQModel.encode(..., return_mask=True)`).
+            decoder_input_ids (`(B, n)`), decoder_attention_mask (`(B, past + n)`): decoder ids (BOS, codes) for
+                step-by-step decoding, instead of `labels`.
+            encoder_hidden_states (`(B, S, cross_modal_hidden)`), encoder_states_mask (`(B, S)`): precomputed
+                cross-modal states (from `encode`), which skip the encoder.
+            cache / past_key_values (`Cache`), use_cache: the decoder's self-attention cache.
+
+        Returns:
+            [`OptTriCodeDecoderOutput`] (a tuple when `return_dict=False`).
+        """
+        dc = self.decoder_config
+        cache = cache if cache is not None else past_key_values
+        if encoder_hidden_states is None:
+            encoder_hidden_states, encoder_states_mask = self.encode(
+                input_ids, attention_mask, token_type_ids, pixel_values, image_mask, input_features, audio_attention_mask
+            )
+        elif encoder_states_mask is None:
+            encoder_states_mask = torch.ones(
+                encoder_hidden_states.shape[:2], dtype=torch.long, device=encoder_hidden_states.device
+            )
+        targets = None
+        if labels is not None:
+            if decoder_input_ids is not None:
+                raise ValueError(
+                    "Pass either labels (teacher forcing builds the decoder input from them) or decoder_input_ids, "
+                    "not both"
+                )
+            decoder_input_ids, targets = self._labels_to_targets(labels, labels_mask)
+        elif decoder_input_ids is None:
+            raise ValueError(f"Pass labels (the target {self.modality} codes) or decoder_input_ids")
+        elif decoder_input_ids.ndim != 2 or int(decoder_input_ids.min()) < 0 or int(decoder_input_ids.max()) >= dc.vocab_size:
+            raise ValueError(f"decoder_input_ids must have shape (B, n) with ids in [0, {dc.vocab_size})")
+        if decoder_input_ids.shape[0] != encoder_hidden_states.shape[0]:
+            raise ValueError(
+                f"The {self.modality} codes have batch size {decoder_input_ids.shape[0]}, the conditioning inputs "
+                f"{encoder_hidden_states.shape[0]}"
+            )
+        if use_cache is None:
+            use_cache = dc.use_cache and not self.training and labels is None
+        if use_cache and cache is None:
+            cache = DynamicCache(config=dc)
+        hidden = self.code_decoder(
+            decoder_input_ids, decoder_attention_mask, encoder_hidden_states, encoder_states_mask,
+            cache if use_cache else None,
+        )
+        logits = self.code_head(hidden)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
+        output = OptTriCodeDecoderOutput(
+            loss=loss,
+            logits=logits,
+            cache=cache if use_cache else None,
+            encoder_hidden_states=encoder_hidden_states,
+            encoder_attention_mask=encoder_states_mask,
+        )
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        return output if return_dict else output.to_tuple()
+
+    def prepare_inputs_for_generation(self, input_ids, attention_mask=None, **kwargs):
+        """For `GenerationMixin` helpers: the decoder ids the cache has not seen, with the cached cross-modal states."""
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        past = cache.get_seq_length() if cache is not None else 0
+        return {
+            "decoder_input_ids": input_ids[:, past:] if past else input_ids,
+            "decoder_attention_mask": attention_mask,
+            "cache": cache,
+            "use_cache": kwargs.get("use_cache", True),
+            "encoder_hidden_states": kwargs.get("encoder_hidden_states"),
+            "encoder_states_mask": kwargs.get("encoder_states_mask"),
+        }
+
+    # -- sampling ------------------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.LongTensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        image_mask: torch.LongTensor | None = None,
+        input_features: torch.FloatTensor | None = None,
+        audio_attention_mask: torch.LongTensor | None = None,
+        encoder_hidden_states: torch.FloatTensor | None = None,
+        encoder_states_mask: torch.LongTensor | None = None,
+        do_sample: bool = True,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        num_return_sequences: int = 1,
+        max_new_codes: int | None = None,
+        min_new_codes: int = 1,
+        use_cache: bool = True,
+    ) -> OptTriCodeGenerationOutput:
+        r"""
+        Generate codes conditioned on the inputs (encoded once), one code per step with a KV cache.
+
+        Args:
+            input_ids (`(B, L)`), attention_mask, token_type_ids: the text prompt (tokenised by the processor).
+            pixel_values, image_mask, input_features, audio_attention_mask: other conditioning inputs.
+            encoder_hidden_states (`(B, S, hidden)`), encoder_states_mask (`(B, S)`): precomputed states instead.
+            do_sample (`bool`, defaults to `True`): sample (with `temperature`, `top_k`, `top_p`); `False` is greedy.
+            temperature (`float`, defaults to 1.0): divides the logits before sampling.
+            top_k (`int`, defaults to 0): sample among the `top_k` most likely codes only (0: all).
+            top_p (`float`, defaults to 1.0): nucleus sampling: among the fewest codes whose probability reaches
+                `top_p` (1.0: all).
+            seed (`int`, *optional*): seeds a private `torch.Generator`: the same seed gives the same codes, and the
+                global RNG is neither used nor changed. `None` samples from the global RNG. (The model must be in eval
+                mode, or active dropout also draws from the global RNG.)
+            num_return_sequences (`int`, defaults to 1): samples per input (consecutive in the output).
+            max_new_codes (`int`, *optional*): audio only: the most codes per clip (default and upper bound:
+                `audio_decoder_config.num_codes`). An image always gets `grid_size ** 2` codes.
+            min_new_codes (`int`, defaults to 1): audio only: the end code is not allowed before this many codes.
+            use_cache (`bool`, defaults to `True`): reuse the self-attention keys/values of earlier steps (the same
+                result as recomputing everything, faster).
+
+        Only real codes (ids `< codebook_size`, and for audio the end code) are ever chosen: BOS and PAD are masked
+        out before sampling, so the codes always index the tokenizer's codebook.
+
+        Returns:
+            [`OptTriCodeGenerationOutput`] with `codes`, `codes_mask` and the raw `sequences`.
+        """
+        dc = self.decoder_config
+        _check_sampling_arguments(temperature, top_k, top_p, seed, num_return_sequences)
+        if self.modality == "image":
+            if max_new_codes not in (None, dc.num_codes):
+                raise ValueError(f"An image always has {dc.num_codes} codes; max_new_codes={max_new_codes} is not allowed")
+            steps, min_new_codes = dc.num_codes, dc.num_codes
+        else:
+            steps = dc.num_codes if max_new_codes is None else max_new_codes
+            if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= dc.max_position_embeddings - 1:
+                raise ValueError(
+                    f"max_new_codes must be an int in [1, {dc.max_position_embeddings - 1}] (audio_decoder_config."
+                    f"max_position_embeddings - 1), got {max_new_codes!r}"
+                )
+            if isinstance(min_new_codes, bool) or not isinstance(min_new_codes, int) or not 0 <= min_new_codes <= steps:
+                raise ValueError(f"min_new_codes must be an int in [0, {steps}], got {min_new_codes!r}")
+        if encoder_hidden_states is None:
+            encoder_hidden_states, encoder_states_mask = self.encode(
+                input_ids, attention_mask, token_type_ids, pixel_values, image_mask, input_features, audio_attention_mask
+            )
+        elif encoder_states_mask is None:
+            encoder_states_mask = torch.ones(
+                encoder_hidden_states.shape[:2], dtype=torch.long, device=encoder_hidden_states.device
+            )
+        if num_return_sequences > 1:
+            encoder_hidden_states = encoder_hidden_states.repeat_interleave(num_return_sequences, dim=0)
+            encoder_states_mask = encoder_states_mask.repeat_interleave(num_return_sequences, dim=0)
+        device = encoder_hidden_states.device
+        batch = encoder_hidden_states.shape[0]
+        generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
+        sequences = torch.full((batch, 1), dc.bos_token_id, dtype=torch.long, device=device)
+        finished = torch.zeros(batch, dtype=torch.bool, device=device)
+        cache = DynamicCache(config=dc) if use_cache else None
+        code_logits = torch.zeros(dc.vocab_size, device=device)
+        code_logits[dc.codebook_size :] = float("-inf")  # BOS, end and PAD are never codes
+        for step in range(steps):
+            step_ids = sequences[:, -1:] if (cache is not None and step > 0) else sequences
+            hidden = self.code_decoder(step_ids, None, encoder_hidden_states, encoder_states_mask, cache)
+            scores = self.code_head(hidden[:, -1]).float()
+            logits = scores + code_logits
+            if self.modality == "audio" and step >= min_new_codes:
+                logits[:, dc.eos_token_id] = scores[:, dc.eos_token_id]  # the end of the clip may come now
+            if do_sample:
+                logits = _filter_logits(logits / temperature, top_k, top_p)
+                next_ids = torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(1)
+            else:
+                next_ids = logits.argmax(dim=-1)
+            if self.modality == "audio":
+                next_ids = next_ids.masked_fill(finished, dc.pad_token_id)
+                finished = finished | (next_ids == dc.eos_token_id)
+            sequences = torch.cat([sequences, next_ids[:, None]], dim=1)
+            if bool(finished.all()):
+                break
+        generated = sequences[:, 1:]
+        codes_mask = (generated < dc.codebook_size).long()
+        codes = generated.masked_fill(codes_mask == 0, 0)
+        if self.modality == "image":
+            codes = codes.view(batch, dc.grid_size, dc.grid_size)
+            codes_mask = codes_mask.view(batch, dc.grid_size, dc.grid_size)
+        else:  # as wide as the longest clip (the end code is not a code)
+            width = int(codes_mask.sum(-1).max())
+            codes, codes_mask = codes[:, :width], codes_mask[:, :width]
+        return OptTriCodeGenerationOutput(codes=codes, codes_mask=codes_mask, sequences=sequences)
+
+    def _check_tokenizer(self, tokenizer, kind: str) -> None:
+        """Raise unless `tokenizer` is a VQ tokenizer of `kind` ("image"/"audio") with this decoder's codebook."""
+        dc = self.decoder_config
+        needed = ("decode", "to_pil") if kind == "image" else ("decode_waveform",)
+        tokenizer_config = getattr(tokenizer, "config", None)
+        if tokenizer_config is None or not all(hasattr(tokenizer, name) for name in needed):
+            raise TypeError(
+                f"Expected an OptTri{kind.capitalize()}VQModel as the {kind} tokenizer, got {type(tokenizer).__name__}"
+            )
+        size = getattr(tokenizer_config, "codebook_size", None)
+        if size != dc.codebook_size:
+            raise ValueError(
+                f"The {kind} tokenizer has {size} codes but the {kind} decoder writes {dc.codebook_size} "
+                f"({kind}_decoder_config.codebook_size): use the tokenizer whose codes the decoder was trained on"
+            )
+        if kind == "image":
+            grid = tokenizer_config.image_size // tokenizer_config.downsample
+            if grid != dc.grid_size:
+                raise ValueError(
+                    f"The image tokenizer makes a {grid} x {grid} code grid (image_size {tokenizer_config.image_size} / "
+                    f"downsample {tokenizer_config.downsample}) but the decoder writes {dc.grid_size} x {dc.grid_size}"
+                )
+
+
+class OptTriForTextToImage(OptTriCodeGenerationModel):
+    """
+    Text-to-image generation (and DIR-style image generation from any conditioning): the cross-modal encoder reads
+    the prompt, a causal image code decoder writes the `grid_size x grid_size` codes of an [`OptTriImageVQModel`] in
+    raster order, and the tokenizer decodes them into pixels.
+
+    Example:
+
+    ```python
+    >>> batch = processor(text=["a red circle"], return_tensors="pt")
+    >>> images = model.generate_images(**batch, image_tokenizer=vq, seed=0, top_k=64)   # list of PIL images
+    >>> loss = model(**batch, labels=vq.encode(pixel_values)).loss                       # teacher forcing
+    ```
+    """
+
+    modality = "image"
+
+    @torch.no_grad()
+    def generate_images(self, image_tokenizer, return_codes: bool = False, **generate_kwargs):
+        """
+        Generate codes with `generate(**generate_kwargs)` (the prompt and the sampling settings) and decode them with
+        `image_tokenizer`, an [`OptTriImageVQModel`] with this decoder's codebook size and code grid.
+
+        Returns:
+            A list of `B'` RGB `PIL.Image`s of side `grid_size * image_tokenizer.config.downsample` (the tokenizer's
+            `image_size`), or `(images, OptTriCodeGenerationOutput)` with `return_codes=True`.
+        """
+        self._check_tokenizer(image_tokenizer, "image")
+        out = self.generate(**generate_kwargs)
+        device = next(image_tokenizer.parameters()).device
+        images = image_tokenizer.to_pil(image_tokenizer.decode(out.codes.to(device)))
+        return (images, out) if return_codes else images
+
+
+class OptTriForTextToAudio(OptTriCodeGenerationModel):
+    """
+    Text-to-audio generation (text-to-speech on speech data; image-to-audio with `pixel_values`): the cross-modal
+    encoder reads the conditioning, a causal audio code decoder writes the codes of an [`OptTriAudioVQModel`] (one
+    per `frames_per_code` log-mel frames) until it writes the end-of-audio code (`eos_token_id`) or reaches
+    `num_codes`, and the tokenizer turns them into log-mel frames and, by Griffin-Lim, a waveform.
+
+    Example:
+
+    ```python
+    >>> batch = processor(text=["a red circle"], return_tensors="pt")
+    >>> waveforms, rate = model.generate_audio(**batch, audio_tokenizer=vq, seed=0)   # float32 arrays, Hz
+    >>> codes, mask = vq.encode(features, frame_mask, return_mask=True)
+    >>> loss = model(**batch, labels=codes, labels_mask=mask).loss                    # teacher forcing
+    ```
+    """
+
+    modality = "audio"
+
+    @torch.no_grad()
+    def generate_audio(
+        self, audio_tokenizer, griffin_lim_iters: int | None = None, return_codes: bool = False, **generate_kwargs
+    ):
+        """
+        Generate codes with `generate(**generate_kwargs)` and vocode them with `audio_tokenizer`, an
+        [`OptTriAudioVQModel`] with this decoder's codebook size (`decode_waveform`: decode to log-mel, Griffin-Lim
+        with `griffin_lim_iters` iterations, default the tokenizer's; its phase seed is `generate_kwargs["seed"]` or
+        0). `min_new_codes` defaults to the fewest codes whose waveform the tokenizer's STFT can analyse (its
+        reflect padding of `n_fft // 2` samples needs a longer signal), 1 code for the default settings.
+
+        Returns:
+            `(waveforms, sampling_rate)`: a list of `B'` float32 1-D numpy arrays (each cut to its clip's codes:
+            `(codes * frames_per_code - 1) * hop_length` samples) and the tokenizer's sampling rate in Hz; or
+            `(waveforms, sampling_rate, OptTriCodeGenerationOutput)` with `return_codes=True`.
+        """
+        self._check_tokenizer(audio_tokenizer, "audio")
+        tc = audio_tokenizer.config
+        shortest = -(-((tc.n_fft // 2) // tc.hop_length + 2) // tc.frames_per_code)  # ceil(frames / frames_per_code)
+        generate_kwargs.setdefault("min_new_codes", shortest)
+        if generate_kwargs["min_new_codes"] < shortest:
+            raise ValueError(
+                f"min_new_codes={generate_kwargs['min_new_codes']} is too short for Griffin-Lim with this tokenizer "
+                f"(n_fft {tc.n_fft}, hop_length {tc.hop_length}, {tc.frames_per_code} frames per code): use at least "
+                f"{shortest}"
+            )
+        out = self.generate(**generate_kwargs)
+        device = next(audio_tokenizer.parameters()).device
+        seed = generate_kwargs.get("seed")
+        waveforms, sampling_rate = audio_tokenizer.decode_waveform(
+            out.codes.to(device), out.codes_mask.to(device), num_iters=griffin_lim_iters, seed=seed or 0
+        )
+        return (waveforms, sampling_rate, out) if return_codes else (waveforms, sampling_rate)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -2218,7 +2955,13 @@ __all__ = [
     "OptTriRerankOutput",
     "OptTriRetrievalOutput",
     "OptTriCaptioningOutput",
+    "OptTriCodeDecoder",
+    "OptTriCodeDecoderOutput",
+    "OptTriCodeGenerationModel",
+    "OptTriCodeGenerationOutput",
     "OptTriForConditionalGeneration",
+    "OptTriForTextToAudio",
+    "OptTriForTextToImage",
     "OptTriForPreTraining",
     "OptTriForPreTrainingOutput",
     "OptTriModel",
@@ -2229,5 +2972,7 @@ __all__ = [
 OptTriModel.register_for_auto_class("AutoModel")
 OptTriForPreTraining.register_for_auto_class("AutoModelForPreTraining")
 OptTriForConditionalGeneration.register_for_auto_class("AutoModelForImageTextToText")
+OptTriForTextToImage.register_for_auto_class("AutoModelForMultimodalLM")  # where transformers files Janus, Emu3
+OptTriForTextToAudio.register_for_auto_class("AutoModelForTextToWaveform")  # where transformers files MusicGen, Bark
 OptTriForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")
 OptTriForQuestionAnswering.register_for_auto_class("AutoModelForVisualQuestionAnswering")

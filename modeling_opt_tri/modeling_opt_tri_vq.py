@@ -582,6 +582,20 @@ class OptTriImageVQModel(OptTriVQPreTrainedModel):
         """Codes of `pixel_values` `(B, 3, H, W)` -> `(B, H / downsample, W / downsample)` (no buffer is changed)."""
         return self.quantizer.quantize(self._latents(pixel_values))
 
+    @torch.no_grad()
+    def encode_soft(self, pixel_values: torch.Tensor, temperature: float = 1.0) -> tuple[torch.LongTensor, torch.FloatTensor]:
+        """
+        Hard and soft codes of `pixel_values` `(B, 3, H, W)`: the codes `(B, h, w)` (as `encode`) and the soft
+        assignments `(B, h, w, codebook_size)`, a softmax over codes of `-||z - e_k||^2 / temperature` (the MRC-kl
+        targets). The soft assignments hold `B * h * w * codebook_size` floats.
+        """
+        if not temperature > 0:
+            raise ValueError(f"temperature must be positive, got {temperature!r}")
+        latents = self._latents(pixel_values).float()
+        codebook = self.quantizer.codebook.float()
+        distances = latents.pow(2).sum(-1, keepdim=True) - 2.0 * latents @ codebook.t() + codebook.pow(2).sum(1)
+        return distances.argmin(-1), F.softmax(-distances / temperature, dim=-1)
+
     def decode(self, codes: torch.Tensor) -> torch.FloatTensor:
         """Pixels `(B, 3, h * downsample, w * downsample)` (normalised like the input) of `codes` `(B, h, w)`."""
         if codes.ndim == 2:

@@ -80,6 +80,12 @@ def build_wordpiece_tokenizer(
     if not texts:
         raise ValueError("corpus holds no non-empty text to train the tokenizer on")
     backend.train_from_iterator(texts, trainer=trainer, length=len(texts))
+    # The trainer numbers tokens in hash-map order, which changes from run to run: renumber them (special tokens
+    # first, then the rest sorted) so that the same corpus always gives the same ids.
+    learned = sorted(token for token in backend.get_vocab() if token not in SPECIAL_TOKENS)
+    backend.model = models.WordPiece(
+        {token: i for i, token in enumerate([*SPECIAL_TOKENS, *learned])}, unk_token=unk, continuing_subword_prefix="##"
+    )
     for expected_id, token in enumerate(SPECIAL_TOKENS):
         actual_id = backend.token_to_id(token)
         if actual_id != expected_id:  # the trainer puts special tokens first; make sure of it

@@ -96,9 +96,15 @@ def test_save_load_round_trip_and_load_from_pretraining_checkpoint(tmp_path):
 def test_dtr_reconstructs_text_only_when_text_is_dropped():
     torch.manual_seed(0)
     model = OptTriForPreTraining(tiny_config(text_decoder_config=DECODER, modality_mask_probability=0.9))
-    out = model(**tiny_batch(8), tasks=["dtr"])
-    assert out.dtr_loss is not None and torch.isfinite(out.dtr_loss)
-    assert out.mlm_loss is None
+    computed = 0
+    for seed in range(10):  # whether a row's text is dropped is random: over 10 draws of 8 rows some are
+        torch.manual_seed(seed)
+        out = model(**tiny_batch(8), tasks=["dtr"])
+        assert out.mlm_loss is None
+        if out.dtr_loss is not None:
+            assert torch.isfinite(out.dtr_loss)
+            computed += 1
+    assert computed > 0
     # with no other modality the text can never be dropped, so DTR has nothing to do
     text_only = {k: v for k, v in tiny_batch(8).items() if k in ("input_ids", "attention_mask")}
     assert model(**text_only, tasks=["dtr"]).loss is None

@@ -15,10 +15,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from conftest import tiny_batch, tiny_config
-from modeling_opt_tri import OptTriForPreTraining
+from modeling_opt_tri import PRETRAINING_OBJECTIVES, OptTriForPreTraining
 from modeling_opt_tri.modeling_opt_tri import (
     MODALITIES,
     TRI_MATCHING_CLASSES,
+    codes_by_patch,
     contrastive_loss,
     ipot_transport,
     masked_frame_contrastive_loss,
@@ -363,6 +364,42 @@ def test_itm_labels_and_hard_negatives(monkeypatch):
     assert 2 not in used and set(used) == {0, 1, 3, 4}
 
 
+@pytest.mark.parametrize("fraction", [0.0, 0.5, 1.0])
+def test_itm_negative_sampling_mixes_hard_and_uniform(monkeypatch, fraction):
+    """With `itm_hard_negative_fraction` f, a negative is the most similar other row with probability ~f (plus the
+    uniform share), and every other row is drawn about equally often otherwise."""
+    cfg = tiny_config()
+    cfg.itm_hard_negative_fraction = fraction
+    model = OptTriForPreTraining(cfg)
+    n = 6
+    picked = []
+
+    def recording_fuse(text=None, image=None, audio=None):
+        picked.append(image[0][:, 0, 0].long())  # image rows: positives, the hard/uniform negatives, positives
+        return torch.zeros(text[0].shape[0], 1, 2), None, None
+
+    monkeypatch.setattr(model.opt_tri, "fuse", recording_fuse)
+    model.itm_head = nn.Identity()
+    # embeddings: row i's nearest other row is i ^ 1 (pairs 0-1, 2-3, 4-5), with a large margin
+    base = F.normalize(torch.randn(n // 2, 16, generator=_gen(3)), dim=-1)
+    text = base.repeat_interleave(2, 0)
+    embeds = {"text": text, "image": text.clone()}
+    with torch.no_grad():
+        model.opt_tri.logit_scale.fill_(math.log(100.0))
+    states = _identity_states(n)
+    valid = torch.ones(n, dtype=torch.bool)
+    trials = 400
+    torch.manual_seed(0)
+    for _ in range(trials):
+        model._pair_matching("text", "image", states, embeds, valid, want_wra=False)
+    negatives = torch.stack([p[n : 2 * n] for p in picked])  # (trials, n): the image negative of each text
+    rows = torch.arange(n)
+    assert (negatives != rows).all(), "a negative was the sample itself"
+    nearest = (negatives == (rows ^ 1)).float().mean().item()
+    expected = fraction + (1 - fraction) / (n - 1)
+    assert abs(nearest - expected) < 0.05, (fraction, nearest, expected)
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Masking
 # ----------------------------------------------------------------------------------------------------------------------
@@ -546,8 +583,11 @@ def test_tasks_select_the_objectives_computed(batch):
     with torch.no_grad():
         out = model(**batch)
     computed = out.losses().keys()
-    # every objective that does not depend on a modality being dropped at random is computed
-    assert set(config.objectives) - {"dtr"} <= computed <= set(config.objectives)
+    # every active objective that does not depend on a modality being dropped at random is computed (the VQ-code
+    # objectives are off by default: they need a tokenizer's codes)
+    active = {name for name, weight in config.objectives.items() if weight > 0}
+    assert active == set(PRETRAINING_OBJECTIVES) - {"mrc", "mrc_kl", "dir", "dar"}
+    assert active - {"dtr"} <= computed <= active
     expected = sum(config.objectives[k] * getattr(out, f"{k}_loss") for k in computed)
     assert torch.allclose(out.loss, expected)
     # a zero weight switches an objective off by default
@@ -584,10 +624,23 @@ def _evaluate(model, data, tasks=None, seeds=range(5)):
 
 @pytest.mark.slow
 def test_training_lowers_every_loss():
-    config = tiny_config()
+    """Every objective on, the VQ-code ones included (with fixed codes standing in for a tokenizer's)."""
+    objectives = {name: 1.0 for name in PRETRAINING_OBJECTIVES}
+    objectives["wra"] = 0.1
+    config = tiny_config(
+        objectives=objectives,
+        image_decoder_config=dict(codebook_size=16, grid_size=8),  # 2 x 2 codes under each of the 4 x 4 patches
+        audio_decoder_config=dict(codebook_size=16),
+    )
     torch.manual_seed(0)
     model = OptTriForPreTraining(config).train()
     data = _structured_batch()
+    g = _gen(5)
+    # each image repeats one patch (see _structured_batch), so give each image one code and one soft assignment
+    data["image_codes"] = torch.randperm(16, generator=g)[:4, None, None].expand(4, 8, 8).clone()
+    data["image_code_probs"] = F.softmax(3 * torch.randn(4, 1, 1, 16, generator=g), -1).expand(4, 8, 8, 16).clone()
+    data["audio_codes"] = torch.randint(16, (4, 10), generator=g)  # 40 frames, 4 frames per code
+    data["audio_codes_mask"] = data["audio_attention_mask"][:, ::4].clone()
     before = _evaluate(model, data)
     assert before.keys() == set(config.objectives), before.keys()  # the 5 fixed masking seeds cover every objective
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
@@ -636,3 +689,100 @@ def test_mlm_overfits_and_recovers_masked_tokens(batch):
             total += chosen.sum().item()
     assert total >= 20
     assert hits >= 0.8 * total, f"recovered {hits} of {total} masked tokens"
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# MRC / MRC-kl (VQ-code targets of masked patches)
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _mrc_config(grid=8, codebook=16):
+    """tiny_config with an image tokenizer grid of `grid` x `grid` codes over the 4 x 4 ViT patches (r = grid / 4)."""
+    return tiny_config(image_decoder_config=dict(codebook_size=codebook, grid_size=grid), masking_policy="joint")
+
+
+def test_codes_by_patch_groups_the_cells_under_each_patch():
+    grid = torch.arange(16).reshape(1, 4, 4)  # a 4x4 code grid under a 2x2 patch grid
+    grouped = codes_by_patch(grid, 2)
+    assert grouped.shape == (1, 4, 4)
+    assert grouped[0].tolist() == [[0, 1, 4, 5], [2, 3, 6, 7], [8, 9, 12, 13], [10, 11, 14, 15]]
+    soft = torch.arange(32.0).reshape(1, 4, 4, 2)
+    assert torch.equal(codes_by_patch(soft, 2)[0, 1, 2], soft[0, 1, 2])  # patch 1, cell (1, 0) = grid cell (1, 2)
+
+
+def _fixed_image_mask(monkeypatch, model, mask):
+    def fixed(real, rows, probability):
+        return mask.clone() if real.shape[1] == mask.shape[1] else OptTriForPreTraining._mask_positions(real, rows, probability)
+
+    monkeypatch.setattr(model, "_mask_positions", fixed)
+
+
+def test_mrc_uses_only_masked_patches_and_falls_toward_the_codes(monkeypatch, batch):
+    model = OptTriForPreTraining(_mrc_config())
+    n = model.config.num_image_patches
+    mask = torch.zeros(4, n, dtype=torch.bool)
+    mask[:, [1, 6]] = True  # patches 1 and 6 of every image
+    _fixed_image_mask(monkeypatch, model, mask)
+    codes = torch.randint(16, (4, 8, 8), generator=_gen(1))
+    # codes under unmasked patches never matter; codes under masked ones do
+    by_patch_index = codes_by_patch(torch.arange(64).reshape(1, 8, 8), 4)[0]  # (16 patches, 4 cells) -> grid cell
+    other = codes.clone().flatten(1)
+    other[:, by_patch_index[0]] = (other[:, by_patch_index[0]] + 5) % 16  # patch 0: not masked
+    changed = codes.clone().flatten(1)
+    changed[:, by_patch_index[6]] = (changed[:, by_patch_index[6]] + 5) % 16  # patch 6: masked
+    model.eval()
+    losses = []
+    for grid in (codes, other.reshape(4, 8, 8), changed.reshape(4, 8, 8)):
+        torch.manual_seed(0)
+        with torch.no_grad():
+            losses.append(float(model(**batch, image_codes=grid, tasks=["mrc"]).mrc_loss))
+    assert losses[0] == pytest.approx(losses[1], abs=1e-6), "an unmasked patch's codes changed the MRC loss"
+    assert abs(losses[0] - losses[2]) > 1e-4, "a masked patch's codes did not change the MRC loss"
+    # moving the prediction toward the codes lowers the loss
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    history = []
+    for _ in range(30):
+        torch.manual_seed(0)
+        loss = model(**batch, image_codes=codes, tasks=["mrc"]).mrc_loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        history.append(float(loss.detach()))
+    assert history[-1] < 0.3 * history[0], history
+
+
+def test_mrc_kl_is_cross_entropy_for_one_hot_targets_and_zero_at_the_prediction(monkeypatch, batch):
+    model = OptTriForPreTraining(_mrc_config()).eval()
+    mask = torch.zeros(4, model.config.num_image_patches, dtype=torch.bool)
+    mask[:, [0, 5, 15]] = True
+    _fixed_image_mask(monkeypatch, model, mask)
+    codes = torch.randint(16, (4, 8, 8), generator=_gen(2))
+    one_hot = F.one_hot(codes, 16).float()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        out = model(**batch, image_codes=codes, image_code_probs=one_hot, tasks=["mrc", "mrc_kl"])
+    assert float(out.mrc_kl_loss) == pytest.approx(float(out.mrc_loss), rel=1e-5)
+    soft = F.softmax(torch.randn(4, 8, 8, 16, generator=_gen(3)), -1)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        kl = float(model(**batch, image_codes=codes, image_code_probs=soft, tasks=["mrc_kl"]).mrc_kl_loss)
+    assert kl > 0
+
+
+def test_code_objectives_need_codes_of_the_right_shape(batch):
+    model = OptTriForPreTraining(_mrc_config())
+    with pytest.raises(ValueError, match="need image_codes"):
+        model(**batch, tasks=["mrc"])
+    with pytest.raises(ValueError, match=r"image_codes must be an integer tensor of shape \(4, 8, 8\)"):
+        model(**batch, image_codes=torch.zeros(4, 4, 4, dtype=torch.long), tasks=["mrc"])
+    with pytest.raises(ValueError, match=r"image_codes must be in \[0, 16\)"):
+        model(**batch, image_codes=torch.full((4, 8, 8), 16), tasks=["mrc"])
+    with pytest.raises(ValueError, match="mrc_kl needs image_code_probs"):
+        model(**batch, image_codes=torch.zeros(4, 8, 8, dtype=torch.long), tasks=["mrc_kl"])
+    with pytest.raises(ValueError, match="needs audio_codes"):
+        model(**batch, tasks=["dar"])
+    odd = OptTriForPreTraining(_mrc_config(grid=6))  # a 6x6 code grid cannot be split over 4x4 patches
+    assert odd.mrc_head is None
+    with pytest.raises(ValueError, match="multiple of the ViT patch grid"):
+        odd(**batch, image_codes=torch.zeros(4, 6, 6, dtype=torch.long), tasks=["mrc"])

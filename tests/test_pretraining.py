@@ -386,3 +386,45 @@ def test_sigkill_during_checkpoint_write_leaves_no_partial_checkpoint(tmp_path):
     final_b = load_file(str(run / "final" / "model.safetensors"))
     for key in final_a:
         torch.testing.assert_close(final_a[key], final_b[key], rtol=0, atol=1e-6)
+
+
+def _tiny_tokenizers(folder: Path) -> tuple[str, str]:
+    """Randomly initialised VQ tokenizers that fit the tiny preset (64-px images, 32 mel bins at 16 kHz)."""
+    from modeling_opt_tri import OptTriAudioVQConfig, OptTriAudioVQModel, OptTriImageVQConfig, OptTriImageVQModel
+
+    torch.manual_seed(0)
+    image = OptTriImageVQModel(OptTriImageVQConfig(image_size=64, downsample=8, codebook_size=32, embedding_dim=8,
+                                                   hidden_channels=8, num_res_blocks=1))
+    audio = OptTriAudioVQModel(OptTriAudioVQConfig(num_mel_bins=32, frames_per_code=4, codebook_size=16, embedding_dim=8,
+                                                   hidden_channels=8, num_res_blocks=1))
+    image.save_pretrained(folder / "image_tokenizer")
+    audio.save_pretrained(folder / "audio_tokenizer")
+    return str(folder / "image_tokenizer"), str(folder / "audio_tokenizer")
+
+
+@pytest.mark.slow
+def test_vq_code_objectives_train_with_the_tokenizers(tmp_path):
+    image_tok, audio_tok = _tiny_tokenizers(tmp_path)
+    with pytest.raises(ValueError, match="--image_tokenizer"):
+        run_pretraining(PretrainArguments(output_dir=str(tmp_path / "x"), max_steps=1, objectives="mrc=1", **COMMON))
+    with pytest.raises(ValueError, match="--audio_tokenizer"):
+        run_pretraining(PretrainArguments(output_dir=str(tmp_path / "x"), max_steps=1, objectives="dar=1", **COMMON))
+    # the tokenizers switch MRC, DIR and DAR on next to the preset's objectives, and size the code decoders
+    summary = run_pretraining(PretrainArguments(output_dir=str(tmp_path / "codes"), max_steps=6, save_steps=0,
+                                                image_tokenizer=image_tok, audio_tokenizer=audio_tok, **COMMON))
+    history = read_history(tmp_path / "codes" / "losses.jsonl")
+    assert all("loss/mrc" in record for record in history)  # conditional masking: some image is masked every step
+    assert any("loss/dir" in record for record in history) and any("loss/dar" in record for record in history)
+    assert all(np.isfinite(v) for record in history for k, v in record.items() if k.startswith("loss"))
+    from modeling_opt_tri import OptTriConfig
+
+    config = OptTriConfig.from_pretrained(tmp_path / "codes" / "final")
+    assert (config.image_decoder_config.codebook_size, config.image_decoder_config.grid_size) == (32, 8)
+    assert config.audio_decoder_config.codebook_size == 16
+    assert {n for n, w in config.objectives.items() if w > 0} >= {"mrc", "dir", "dar", "mlm", "contrastive"}
+    assert summary["steps"] == 6
+    # MRC-kl on request, with the soft assignments
+    run_pretraining(PretrainArguments(output_dir=str(tmp_path / "kl"), max_steps=2, save_steps=0,
+                                      objectives="mrc_kl=1", image_tokenizer=image_tok, **COMMON))
+    for record in read_history(tmp_path / "kl" / "losses.jsonl"):
+        assert set(k for k in record if k.startswith("loss/")) == {"loss/mrc_kl"} and record["loss/mrc_kl"] >= 0

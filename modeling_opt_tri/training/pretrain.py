@@ -33,6 +33,7 @@ from ..data.collate import LengthGroupedBatchSampler, ListBatchSampler, TriModal
 from ..modeling_opt_tri import OptTriForPreTraining
 from ..processing_opt_tri import OptTriProcessor
 from .checkpointing import latest_checkpoint, load_checkpoint, save_checkpoint
+from .codes import AUDIO_CODE_OBJECTIVES, IMAGE_CODE_OBJECTIVES, VQCodeTargets
 from .evaluation import embed_batches, format_retrieval_table, retrieval_metrics
 
 logger = logging.get_logger(__name__)
@@ -47,6 +48,13 @@ class PretrainArguments:
     init_text: str | None = field(default=None, metadata={"help": "local BERT-like folder for the text encoder"})
     init_vision: str | None = field(default=None, metadata={"help": "local ViT folder for the vision encoder"})
     init_audio: str | None = field(default=None, metadata={"help": "local OptTriAudio/AST folder for the audio encoder"})
+    image_tokenizer: str | None = field(
+        default=None, metadata={"help": "an OptTriImageVQModel folder: its codes are the MRC / MRC-kl / DIR targets (switches MRC and DIR on)"}
+    )
+    audio_tokenizer: str | None = field(
+        default=None, metadata={"help": "an OptTriAudioVQModel folder: its codes are the DAR targets (switches DAR on)"}
+    )
+    code_soft_temperature: float = field(default=1.0, metadata={"help": "temperature of the MRC-kl soft code assignments"})
     dataset: str = field(default="builtin", metadata={"help": "'builtin', a metadata.jsonl folder, or a dataset name/path"})
     dataset_config: str | None = None
     train_split: str = "train"
@@ -215,12 +223,14 @@ def _stream_length(row: dict[str, Any]) -> int:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def build_model(args: PretrainArguments, accelerator) -> tuple[OptTriForPreTraining, OptTriProcessor]:
+def build_model(args: PretrainArguments, accelerator) -> tuple[OptTriForPreTraining, OptTriProcessor, VQCodeTargets | None]:
     processor = OptTriProcessor.from_pretrained(args.model_name_or_path or args.preset)
+    image_tokenizer, audio_tokenizer = VQCodeTargets.load(args.image_tokenizer, args.audio_tokenizer)
     if args.model_name_or_path:
         model = OptTriForPreTraining.from_pretrained(args.model_name_or_path)
     else:
         config = OptTriConfig.from_pretrained(args.preset)
+        VQCodeTargets.adapt_config(config, image_tokenizer, audio_tokenizer)  # code decoders sized to the tokenizers
         if args.init_text or args.init_vision or args.init_audio:
             model = OptTriForPreTraining.from_unimodal_pretrained(
                 text=args.init_text, vision=args.init_vision, audio=args.init_audio, config=config
@@ -230,12 +240,20 @@ def build_model(args: PretrainArguments, accelerator) -> tuple[OptTriForPreTrain
     objectives = parse_weights(args.objectives, PRETRAINING_OBJECTIVES, "objective")
     if objectives is not None:
         model.config.objectives = {name: objectives.get(name, 0.0) for name in PRETRAINING_OBJECTIVES}
+    else:  # the tokenizers switch their objectives on (MRC rather than its KL variant, which --objectives can pick)
+        switched_on = (("mrc", "dir") if image_tokenizer is not None else ()) + (("dar",) if audio_tokenizer is not None else ())
+        model.config.objectives = {**model.config.objectives, **{name: 1.0 for name in switched_on}}
     if args.masking_policy:
         model.config.masking_policy = args.masking_policy
     model.config._validate()
+    VQCodeTargets.check_compatible(model.config, processor, image_tokenizer, audio_tokenizer)
     if args.gradient_checkpointing:
         model.gradient_checkpointing_enable()
-    return model, processor
+    codes = None
+    if image_tokenizer is not None or audio_tokenizer is not None:
+        need_soft = model.config.objectives.get("mrc_kl", 0.0) > 0
+        codes = VQCodeTargets(image_tokenizer, audio_tokenizer, args.code_soft_temperature, need_soft)
+    return model, processor, codes
 
 
 def _optimizer(model: torch.nn.Module, args: PretrainArguments) -> torch.optim.Optimizer:
@@ -304,14 +322,22 @@ def check_arguments(args: PretrainArguments) -> None:
         raise ValueError(f"--mixed_precision must be no, fp16 or bf16, got {args.mixed_precision!r}")
     if args.schedule not in ("weighted", "mix"):
         raise ValueError(f"--schedule must be 'weighted' or 'mix', got {args.schedule!r}")
-    parse_weights(args.objectives, PRETRAINING_OBJECTIVES, "objective")
+    objectives = parse_weights(args.objectives, PRETRAINING_OBJECTIVES, "objective") or {}
     parse_weights(args.mix_ratios, PRETRAINING_OBJECTIVES, "mix ratio")
+    for names, flag in ((IMAGE_CODE_OBJECTIVES, "image_tokenizer"), (AUDIO_CODE_OBJECTIVES, "audio_tokenizer")):
+        wanted = sorted(name for name in names if objectives.get(name, 0.0) > 0)
+        if wanted and not getattr(args, flag):
+            raise ValueError(f"--objectives {','.join(wanted)}: these objectives predict VQ codes; pass --{flag}")
+    if not args.code_soft_temperature > 0:
+        raise ValueError(f"--code_soft_temperature must be positive, got {args.code_soft_temperature!r}")
     folders = {
         "preset": None if args.model_name_or_path else args.preset,
         "model_name_or_path": args.model_name_or_path,
         "init_text": args.init_text,
         "init_vision": args.init_vision,
         "init_audio": args.init_audio,
+        "image_tokenizer": args.image_tokenizer,
+        "audio_tokenizer": args.audio_tokenizer,
         "dataset": None if args.dataset == "builtin" else args.dataset,
     }
     for flag, value in folders.items():
@@ -343,7 +369,7 @@ def run_pretraining(args: PretrainArguments) -> dict[str, Any]:
             "without autocast or loss scaling (fp16 needs a GPU; bf16 works on CPU)."
         )
     set_seed(args.seed, device_specific=True)
-    model, processor = build_model(args, accelerator)
+    model, processor, code_targets = build_model(args, accelerator)
     active = [name for name, weight in model.config.objectives.items() if weight > 0]
     if not active:
         raise ValueError("Every pre-training objective is switched off")
@@ -359,6 +385,8 @@ def run_pretraining(args: PretrainArguments) -> dict[str, Any]:
     stream = BatchStream(train_data, collator, args, rank, world, processor.tokenizer)
 
     model.to(accelerator.device)
+    if code_targets is not None:
+        code_targets.to(accelerator.device)
     optimizer = _optimizer(model, args)
     scheduler = get_cosine_schedule_with_warmup(optimizer, args.warmup_steps, args.max_steps)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
@@ -415,6 +443,8 @@ def run_pretraining(args: PretrainArguments) -> dict[str, Any]:
             window["tokens"] += tokens
             window["samples"] += rows * world
             batch = {k: v.to(accelerator.device, non_blocking=True) for k, v in batch.items()}
+            if code_targets is not None:
+                batch.update(code_targets(batch))
             last_micro = micro == args.gradient_accumulation_steps - 1
             with contextlib.nullcontext() if last_micro else accelerator.no_sync(model):
                 output = model(**batch, tasks=tasks)
