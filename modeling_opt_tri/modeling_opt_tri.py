@@ -1033,8 +1033,9 @@ def codes_by_patch(codes: torch.Tensor, patches_per_side: int) -> torch.Tensor:
 
 class OptTriForPreTraining(OptTriPreTrainedModel):
     """
-    OPT-Tri with every OPT/UNITER pre-training objective. One call runs the unimodal encoders once, on the masked
-    inputs, and reuses their states for all objectives:
+    OPT-Tri with every OPT/UNITER pre-training objective. One call runs each unimodal encoder once on the clean
+    inputs, whose states serve every sample-level objective, and a second time only on the rows whose modality is
+    token-masked, for the masked-modelling pass (FLAVA runs two full passes):
 
     - token level: MLM (15%, 80/10/10), MRFR (masked image patch regression to the normalised pixels), MAFR (masked
       audio patch regression to the log-mel frames) and MAC (InfoNCE between the predicted and the true frame patch,
@@ -1217,22 +1218,54 @@ class OptTriForPreTraining(OptTriPreTrainedModel):
             if masked_rows["audio"].any():
                 audio_masked = self._mask_positions(audio_real, masked_rows["audio"], cfg.mam_probability)
 
-        # 2. unimodal encoders, once
-        states: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        embeds: dict[str, torch.Tensor] = {}
-        if input_ids is not None:
-            hidden = base.encode_text(text_ids, attention_mask, token_type_ids)
-            states["text"] = (hidden, attention_mask)
-            embeds["text"] = F.normalize(base.text_projection(hidden[:, 0]), dim=-1)
-        if pixel_values is not None:
-            hidden = base.encode_image(pixel_values, image_masked)
-            states["image"] = (hidden, image_mask[:, None].expand(-1, hidden.shape[1]))
-            embeds["image"] = F.normalize(base.image_projection(hidden[:, 0]), dim=-1)
-        if input_features is not None:
-            hidden, token_mask = base.encode_audio(input_features, audio_attention_mask, audio_masked)
-            token_mask = token_mask * token_mask[:, 1:].amax(-1, keepdim=True)
-            states["audio"] = (hidden, token_mask)
-            embeds["audio"] = F.normalize(base.audio_projection(hidden[:, 0]), dim=-1)
+        # 2. unimodal encoders. The sample-level objectives (contrastive, ITM, WRA, tri-matching) read the clean inputs
+        # (`states`): a masked colour word or patch would make a true pair look mismatched. The masked-modelling pass
+        # reads the token-masked inputs (`masked_states`), which differ from the clean ones only in the rows whose
+        # modality is token-masked: only those rows are encoded a second time (under conditional masking, a third of
+        # the rows per modality).
+        sample_tasks = bool(tasks & {"contrastive", "itm", "wra", "tri_matching"})
+        token_masked = {"text": mlm_labels is not None, "image": image_masked is not None, "audio": audio_masked is not None}
+        text_types = (lambda rows: None) if token_type_ids is None else (lambda rows: token_type_ids[rows])
+        encoders = {
+            "text": lambda rows, masked: base.encode_text(
+                text_ids[rows] if masked else input_ids[rows], attention_mask[rows], text_types(rows)
+            ),
+            "image": lambda rows, masked: base.encode_image(pixel_values[rows], image_masked[rows] if masked else None),
+            "audio": lambda rows, masked: base.encode_audio(
+                input_features[rows], audio_attention_mask[rows], audio_masked[rows] if masked else None
+            )[0],
+        }
+        given = {"text": input_ids is not None, "image": pixel_values is not None, "audio": input_features is not None}
+        every_row = torch.arange(batch, device=device)
+        hidden_states: dict[str, torch.Tensor] = {}
+        masked_hidden: dict[str, torch.Tensor] = {}
+        for m in MODALITIES:
+            if not given[m]:
+                continue
+            if sample_tasks or not token_masked[m]:
+                hidden_states[m] = encoders[m](every_row, False)
+            if not token_masked[m]:
+                masked_hidden[m] = hidden_states[m]
+            elif m in hidden_states:  # re-encode only the token-masked rows
+                rows = masked_rows[m].nonzero().flatten()
+                masked_hidden[m] = hidden_states[m].clone()
+                masked_hidden[m][rows] = encoders[m](rows, True)
+            else:
+                masked_hidden[m] = encoders[m](every_row, True)
+        token_masks: dict[str, torch.Tensor] = {}
+        if given["text"]:
+            token_masks["text"] = attention_mask
+        if given["image"]:
+            token_masks["image"] = image_mask[:, None].expand(-1, masked_hidden["image"].shape[1])
+        if given["audio"]:
+            token_mask = base.audio_model.token_mask(audio_attention_mask.long())
+            token_masks["audio"] = token_mask * token_mask[:, 1:].amax(-1, keepdim=True)  # no audio: no [CLS] either
+        states = {m: (hidden_states[m], token_masks[m]) for m in hidden_states}
+        masked_states = {m: (masked_hidden[m], token_masks[m]) for m in masked_hidden}
+        projections = {"text": base.text_projection, "image": base.image_projection, "audio": base.audio_projection}
+        embeds = {
+            m: F.normalize(projections[m](hidden_states.get(m, masked_hidden[m])[:, 0]), dim=-1) for m in masked_hidden
+        }
 
         losses: dict[str, torch.Tensor] = {}
         mlm_logits = None
@@ -1241,7 +1274,7 @@ class OptTriForPreTraining(OptTriPreTrainedModel):
         if (masked_tasks and any(masked_rows[m].any() for m in MODALITIES)) or tasks & {"dtr", "dir", "dar"}:
             kept = self._drop_modalities(present, masked_rows)
             parts = {
-                m: (states[m][0], states[m][1] * kept[m][:, None].long()) for m in states
+                m: (masked_states[m][0], masked_states[m][1] * kept[m][:, None].long()) for m in masked_states
             }
             fused, fusion_mask, modality_ids = base.fuse(parts.get("text"), parts.get("image"), parts.get("audio"))
             dropped_text = present["text"] & ~kept["text"]

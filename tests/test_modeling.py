@@ -400,7 +400,9 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(batch):
         results.append((out, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
     (out_a, grads_a), (out_b, grads_b) = results
     assert layer_calls["n"] > forward_calls > 0, "gradient checkpointing did not recompute any layer"
-    assert out_a.losses().keys() == out_b.losses().keys() == {name for name, weight in config.objectives.items() if weight > 0}
+    active = {name for name, weight in config.objectives.items() if weight > 0}
+    assert out_a.losses().keys() == out_b.losses().keys()
+    assert active - {"dtr"} <= out_a.losses().keys() <= active  # DTR only when a text happens to be dropped
     for name, value in out_a.losses().items():
         assert value == pytest.approx(out_b.losses()[name], abs=1e-6), name
     assert grads_a.keys() == grads_b.keys() and len(grads_a) > 100

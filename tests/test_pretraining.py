@@ -219,7 +219,10 @@ def test_fp16_overflow_steps_are_skipped_and_counted(tmp_path, monkeypatch, cpu_
         if step in overflow:
             assert changed == [], f"step {step} was skipped but changed {changed[:5]}"
         else:
-            assert len(changed) > len(after[step]) // 2, f"step {step} trained only {len(changed)} tensors"
+            # the code decoders (for DIR/DAR, off here) never train; most of the encoder tensors do
+            encoder = [k for k in after[step] if k.startswith("opt_tri.")]
+            assert len([k for k in changed if k.startswith("opt_tri.")]) > len(encoder) // 2, (
+                f"step {step} trained only {len(changed)} tensors")
 
     # the checkpoints hold the counters and the scaler state, and resuming restores the scale
     trainer_state = json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())
