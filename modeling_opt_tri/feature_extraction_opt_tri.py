@@ -5,14 +5,16 @@ at load time (scipy lazily, for resampling; torch optionally) and nothing from t
 
 Features: mono waveform at `sampling_rate` -> Hann-windowed STFT (`n_fft`, `hop_length`, centred frames
 with reflect padding) -> power spectrum -> Slaney mel filter bank (`feature_size` bins, 0 Hz to Nyquist) ->
-natural log with a floor of 1e-10 -> `(log_mel - mel_mean) / mel_std`. The STFT of a whole batch is one
-vectorised NumPy computation (strided framing, `np.fft.rfft`, one matmul).
+natural log with a floor of 1e-10 -> `(log_mel - mel_mean) / mel_std`. The features of a whole batch are one
+vectorised torch computation over the real frames only (strided framing, one `rfft`, one matmul), run on the
+calling thread (see `_single_threaded_torch`); frames of padding are never transformed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from numbers import Real
 from typing import Any
 
@@ -90,6 +92,27 @@ def _to_mono_float(clip: Any) -> np.ndarray:
     if not np.isfinite(clip).all():
         raise ValueError("audio contains NaN or inf samples")
     return clip
+
+
+@contextlib.contextmanager
+def _single_threaded_torch() -> Iterator[None]:
+    """Run the enclosed torch ops on the calling thread only, then restore its intra-op thread count.
+
+    A batch of log-mel features is a few milliseconds of work. Spread over OpenMP workers it is barely faster,
+    and the workers then busy-wait after each op, taking CPU from the single-threaded work around it (PIL
+    resizing, tokenisation); on a machine with few cores that made the whole processor several times slower.
+    `torch.set_num_threads` sets the OpenMP and MKL thread counts of the calling thread (it is what DataLoader
+    workers do for good), and it is restored on exit, so other threads and later ops are unaffected.
+    """
+    threads = torch.get_num_threads()
+    if threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _resample(clip: np.ndarray, orig_rate: int, target_rate: int) -> np.ndarray:
@@ -197,35 +220,48 @@ class OptTriFeatureExtractor(SequenceFeatureExtractor):
             return list(audio)
         return [audio]
 
-    def _log_mel(self, clips: Sequence[np.ndarray], num_frames: int) -> np.ndarray:
-        """Normalised log-mel features of a batch of 1-D float32 clips, computed in one vectorised pass.
+    def _log_mel(self, clips: Sequence[np.ndarray]) -> tuple[np.ndarray, list[int]]:
+        """Normalised log-mel features of the real frames of a batch of 1-D float32 clips.
+
+        Only each clip's own `num_frames(len(clip))` frames are computed (no FFTs of padding): the
+        reflect-padded clips are laid end to end in one flat buffer, every real frame is gathered from it into
+        one `[N, n_fft]` matrix, and that goes through one windowed `rfft`, one power spectrum and one
+        `[N, n_freq] @ [n_freq, n_mels]` matmul. Per frame these are the same float32 operations as
+        `torch.stft(center=True)` on a zero-padded batch followed by the mel matmul, and give the same values.
 
         Args:
-            clips: `B` clips at `self.sampling_rate`.
-            num_frames: Frames to compute per row (`T`, at least every clip's own frame count).
+            clips: `B` clips at `self.sampling_rate`, each at least one sample long.
 
         Returns:
-            float32 `[B, T, feature_size]`; frames past a clip's end are computed on zeros (masked later).
+            (`features`, `lengths`): float32 `[N, feature_size]` with the frames of clip 0, then clip 1, ...,
+            and the frame count of each clip (`N = sum(lengths)`).
         """
-        half = self.n_fft // 2
-        length = (num_frames - 1) * self.hop_length + self.n_fft
-        buffer = np.zeros((len(clips), length), dtype=np.float32)
-        for row, clip in enumerate(clips):
-            padded = np.pad(clip, half, mode="reflect")  # centred frames, as torch.stft(center=True)
-            buffer[row, : padded.shape[0]] = padded[:length]
-        # torch's (multi-threaded, pocketfft/MKL) STFT is several times faster than numpy's on CPU batches
-        spectrum = torch.stft(
-            torch.from_numpy(buffer),
-            self.n_fft,
-            hop_length=self.hop_length,
-            window=torch.from_numpy(self.window),
-            center=False,
-            return_complex=True,
-        )[..., :num_frames]  # [B, n_fft // 2 + 1, T]
-        power = spectrum.real.square() + spectrum.imag.square()
-        mel = power.transpose(1, 2) @ torch.from_numpy(self.mel_filters)  # [B, T, feature_size]
-        log_mel = torch.log(torch.clamp(mel, min=LOG_FLOOR))
-        return ((log_mel - self.mel_mean) / self.mel_std).numpy()
+        n_fft, hop, half = self.n_fft, self.hop_length, self.n_fft // 2
+        sizes = [clip.shape[0] for clip in clips]
+        lengths = [self.num_frames(size) for size in sizes]
+        # segment of clip b: its reflect padding (`half` each side) plus room for the last frame when n_fft is odd
+        offsets = np.zeros(len(clips) + 1, dtype=np.int64)
+        np.cumsum([size + n_fft for size in sizes], out=offsets[1:])
+        buffer = np.zeros(int(offsets[-1]), dtype=np.float32)
+        for clip, size, offset in zip(clips, sizes, offsets[:-1].tolist()):
+            if size > half:  # centred frames: reflect padding, as torch.stft(center=True) / np.pad(mode="reflect")
+                buffer[offset : offset + half] = clip[half:0:-1]
+                buffer[offset + half : offset + half + size] = clip
+                buffer[offset + half + size : offset + 2 * half + size] = clip[-2 : -half - 2 : -1]
+            else:  # shorter than the padding: np.pad reflects repeatedly
+                buffer[offset : offset + size + 2 * half] = np.pad(clip, half, mode="reflect")
+        starts = np.concatenate(
+            [offset + hop * np.arange(length) for offset, length in zip(offsets[:-1].tolist(), lengths)]
+        )
+        with _single_threaded_torch():
+            signal = torch.from_numpy(buffer)
+            windows = signal.as_strided((signal.shape[0] - n_fft + 1, n_fft), (1, 1))  # every window, no copy
+            frames = torch.index_select(windows, 0, torch.from_numpy(starts))  # [N, n_fft], one gather
+            spectrum = torch.fft.rfft(frames.mul_(torch.from_numpy(self.window)))  # [N, n_fft // 2 + 1]
+            power = spectrum.real.square().add_(spectrum.imag.square())  # re^2 + im^2, no extra temporaries
+            mel = power @ torch.from_numpy(self.mel_filters)  # [N, feature_size]
+            features = mel.clamp_(min=LOG_FLOOR).log_().sub_(self.mel_mean).div_(self.mel_std)
+        return features.numpy(), lengths
 
     def __call__(
         self,
@@ -294,16 +330,18 @@ class OptTriFeatureExtractor(SequenceFeatureExtractor):
         lengths = [0 if clip is None else self.num_frames(clip.shape[0]) for clip in clips]
         multiple = self.pad_to_multiple_of
         total = max(multiple, -(-max(lengths) // multiple) * multiple)
-        features = np.full((len(batch), total, self.feature_size), self.padding_value, dtype=np.float32)
+        features = np.full((len(batch), self.feature_size, total), self.padding_value, dtype=np.float32)
         mask = (np.arange(total)[None, :] < np.asarray(lengths)[:, None]).astype(np.int64)  # [B, T]
         present = [row for row, clip in enumerate(clips) if clip is not None]
         if present:
-            computed = self._log_mel([clips[row] for row in present], num_frames=max(lengths))
-            features[present, : computed.shape[1]] = computed
-            features[~mask.astype(bool)] = self.padding_value
+            computed, _ = self._log_mel([clips[row] for row in present])  # [N, feature_size]
+            start = 0
+            for row in present:
+                features[row, :, : lengths[row]] = computed[start : start + lengths[row]].T
+                start += lengths[row]
         return BatchFeature(
             data={
-                "input_features": np.ascontiguousarray(features.transpose(0, 2, 1)),
+                "input_features": features,
                 "audio_attention_mask": mask,
             },
             tensor_type=return_tensors,

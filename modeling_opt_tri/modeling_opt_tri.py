@@ -1551,10 +1551,7 @@ class OptTriTextDecoder(nn.Module):
         batch, length = input_ids.shape
         past = cache.get_seq_length() if cache is not None else 0
         if past + length > self.config.max_position_embeddings:
-            raise ValueError(
-                f"The decoder sequence ({past + length} tokens) is longer than text_decoder_config."
-                f"max_position_embeddings ({self.config.max_position_embeddings}); lower max_new_tokens/max_length"
-            )
+            raise ValueError(self._length_error(past + length))
         positions = torch.arange(past, past + length, device=input_ids.device)
         hidden = self.embed_tokens(input_ids) + self.embed_positions(positions)
         dtype = hidden.dtype
@@ -1568,6 +1565,12 @@ class OptTriTextDecoder(nn.Module):
         for layer in self.layers:
             hidden = layer(hidden, self_mask, encoder_states, cross_mask, cache)
         return self.layer_norm(hidden)
+
+    def _length_error(self, total: int) -> str:
+        return (
+            f"The decoder sequence ({total} tokens) is longer than text_decoder_config.max_position_embeddings "
+            f"({self.config.max_position_embeddings}); lower max_new_tokens/max_length"
+        )
 
 
 @dataclass
@@ -1764,60 +1767,20 @@ def _shift_right(labels: torch.Tensor, bos_token_id: int, pad_token_id: int) -> 
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-class OptTriCodeDecoder(nn.Module):
-    """Code + learned position embeddings, `num_hidden_layers` [`OptTriDecoderLayer`]s and a final LayerNorm.
+class OptTriCodeDecoder(OptTriTextDecoder):
+    """
+    The causal decoder over VQ codes (image or audio): code + learned position embeddings, `num_hidden_layers`
+    [`OptTriDecoderLayer`]s with cross-attention to the cross-modal states, and a final LayerNorm. `input_ids` are
+    decoder ids (BOS, codes, end code, PAD). Images are read in raster order (position `1 + r * grid_size + c` holds
+    the input that predicts code `(r, c)`'s successor); position 0 is the BOS token.
+    """
 
-    Images are read in raster order (position `1 + r * grid_size + c` holds the input that predicts code `(r, c)`'s
-    successor); position 0 is the BOS token."""
-
-    def __init__(self, config: OptTriCodeDecoderConfig, encoder_hidden_size: int):
-        super().__init__()
-        self.config = config
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
-        self.embed_positions = nn.Embedding(config.max_position_embeddings, config.hidden_size)
-        self.encoder_projection = nn.Linear(encoder_hidden_size, config.hidden_size)
-        self.layers = nn.ModuleList([OptTriDecoderLayer(config, i) for i in range(config.num_hidden_layers)])
-        self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-
-    def forward(
-        self,
-        input_ids: torch.LongTensor,
-        attention_mask: torch.LongTensor | None,
-        encoder_states: torch.FloatTensor,
-        encoder_mask: torch.LongTensor,
-        cache: Cache | None = None,
-    ) -> torch.FloatTensor:
-        """
-        Args:
-            input_ids (`(B, n)`): decoder ids (BOS, codes, end code, PAD); only the new ones when `cache` holds the
-                earlier ones.
-            attention_mask (`(B, past + n)`, *optional*): 0 for decoder positions not to attend to (default: none).
-            encoder_states (`(B, S, cross_modal_hidden)`), encoder_mask (`(B, S)`): the conditioning states.
-            cache: self-attention KV cache, updated in place.
-
-        Returns:
-            `(B, n, hidden)`: the final hidden states.
-        """
-        batch, length = input_ids.shape
-        past = cache.get_seq_length() if cache is not None else 0
-        if past + length > self.config.max_position_embeddings:
-            raise ValueError(
-                f"The {self.config.modality} code sequence ({past + length} positions with BOS) is longer than "
-                f"{self.config.modality}_decoder_config.max_position_embeddings ({self.config.max_position_embeddings})"
-            )
-        positions = torch.arange(past, past + length, device=input_ids.device)
-        hidden = self.embed_tokens(input_ids) + self.embed_positions(positions)
-        dtype = hidden.dtype
-        if attention_mask is None:
-            attention_mask = torch.ones(batch, past + length, dtype=torch.long, device=input_ids.device)
-        keys = torch.arange(past + length, device=input_ids.device)
-        allowed = (keys[None, :] <= positions[:, None])[None] & attention_mask.bool()[:, None, :]  # (B, n, past + n)
-        self_mask = (~allowed[:, None]).to(dtype) * torch.finfo(dtype).min
-        cross_mask = _additive_mask(encoder_mask, dtype)
-        encoder_states = self.encoder_projection(encoder_states)
-        for layer in self.layers:
-            hidden = layer(hidden, self_mask, encoder_states, cross_mask, cache)
-        return self.layer_norm(hidden)
+    def _length_error(self, total: int) -> str:
+        modality = self.config.modality
+        return (
+            f"The {modality} code sequence ({total} positions with BOS) is longer than "
+            f"{modality}_decoder_config.max_position_embeddings ({self.config.max_position_embeddings})"
+        )
 
 
 @dataclass
