@@ -32,7 +32,6 @@ import statistics
 import time
 from typing import Any, Callable
 
-import numpy as np
 import torch
 from transformers import FlavaImageProcessorPil, FlavaProcessor, Wav2Vec2FeatureExtractor
 from transformers.utils import logging as hf_logging

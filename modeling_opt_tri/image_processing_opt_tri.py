@@ -203,9 +203,11 @@ def _resized_rgb(image: Any, size: int, resample: int) -> Image.Image | np.ndarr
 
 
 def _channels(rgb: Image.Image | np.ndarray) -> list[np.ndarray]:
-    """The three `[S, S]` channel planes of a resized image (contiguous for PIL images, split by PIL in C)."""
-    if isinstance(rgb, Image.Image):
-        return [np.asarray(band) for band in rgb.split()]
+    """The three `[S, S]` channel planes of a resized image (contiguous for PIL images: PIL packs each band)."""
+    if isinstance(rgb, Image.Image):  # one "raw" pack per band: no split() images, no interleaved copy
+        return [
+            np.frombuffer(rgb.tobytes("raw", band), dtype=np.uint8).reshape(rgb.height, rgb.width) for band in "RGB"
+        ]
     return [rgb[:, :, channel] for channel in range(3)]
 
 

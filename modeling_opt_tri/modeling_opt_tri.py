@@ -701,9 +701,12 @@ class OptTriModel(OptTriPreTrainedModel):
         batch = inputs[0].shape[0]
         device = inputs[0].device
         lengths = [x.shape[1] for x in inputs]
-        modality_ids = torch.repeat_interleave(
-            torch.tensor([MODALITY_CLS] + list(modality_codes), device=device), torch.tensor([1] + lengths, device=device)
-        )
+        modality_ids = torch.empty(1 + sum(lengths), dtype=torch.long, device=device)
+        modality_ids[:1] = MODALITY_CLS
+        start = 1
+        for code, length in zip(modality_codes, lengths):  # fill kernels only: no copy from the host, no sync
+            modality_ids[start : start + length] = code
+            start += length
         cls = self.fusion_cls_token.expand(batch, -1, -1).to(inputs[0].dtype)
         embeddings = torch.cat([cls] + inputs, dim=1) + self.modality_embeddings(modality_ids)
         fusion_mask = torch.cat([masks[0].new_ones(batch, 1)] + masks, dim=1)
@@ -806,14 +809,20 @@ class OptTriModel(OptTriPreTrainedModel):
 
 
 def mlm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy over masked tokens. logits `(..., V)`, labels `(...)` with -100 where not masked."""
-    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
+    """Cross-entropy over masked tokens. logits `(..., V)`, labels `(...)` with -100 where not masked; 0 (not NaN)
+    when nothing is labelled."""
+    labels = labels.reshape(-1)
+    total = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels, ignore_index=-100, reduction="sum")
+    return total / (labels != -100).sum().clamp(min=1)
 
 
-def masked_regression_loss(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean squared error over masked positions only. prediction/target `(B, n, d)`, mask `(B, n)` bool."""
+def masked_regression_loss(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """
+    Mean squared error over masked positions only: prediction/target `(B, n, d)` with mask `(B, n)` bool, or the
+    masked positions already selected, `(M, d)` without a mask. 0 (not NaN) when no position is masked.
+    """
     error = (prediction.float() - target.float()).pow(2).mean(-1)
-    mask = mask.float()
+    mask = torch.ones_like(error) if mask is None else mask.float()
     return (error * mask).sum() / mask.sum().clamp(min=1.0)
 
 
@@ -1187,6 +1196,10 @@ class OptTriForPreTraining(OptTriPreTrainedModel):
             audio_attention_mask=audio_attention_mask,
         )
         device = base.logit_scale.device
+        if input_ids is not None and input_ids.numel():  # before masking: a [MASK] could hide a bad id
+            low, high = (int(v) for v in torch.aminmax(input_ids))
+            if low < 0 or high >= cfg.text_config.vocab_size:
+                raise ValueError(f"input_ids must be in [0, {cfg.text_config.vocab_size}); got values in [{low}, {high}]")
         no = torch.zeros(batch, dtype=torch.bool, device=device)
         if input_ids is not None and attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
@@ -1306,7 +1319,8 @@ class OptTriForPreTraining(OptTriPreTrainedModel):
             if "mrfr" in tasks and image_masked is not None:
                 patches = fused[:, modality_ids == MODALITY_IMAGE][:, 1:]
                 target = patchify_images(pixel_values.float(), cfg.vision_config.patch_size)
-                losses["mrfr"] = masked_regression_loss(self.mrfr_head(patches), target, image_masked)
+                # the head runs on the masked patches only: the same loss as masked_regression_loss on every patch
+                losses["mrfr"] = masked_regression_loss(self.mrfr_head(patches[image_masked]), target[image_masked])
             if tasks & {"mrc", "mrc_kl"} and image_masked is not None:
                 patches = fused[:, modality_ids == MODALITY_IMAGE][:, 1:][image_masked]  # (M, hidden)
                 log_probs = F.log_softmax(self.mrc_head(patches).float(), dim=-1)  # (M, r*r, K)
@@ -1321,7 +1335,7 @@ class OptTriForPreTraining(OptTriPreTrainedModel):
                 tokens = fused[:, modality_ids == MODALITY_AUDIO][:, 1:]
                 target = patchify_audio(input_features.float(), cfg.audio_config.patch_frames)
                 if "mafr" in tasks:
-                    losses["mafr"] = masked_regression_loss(self.mafr_head(tokens), target, audio_masked)
+                    losses["mafr"] = masked_regression_loss(self.mafr_head(tokens[audio_masked]), target[audio_masked])
                 if "mac" in tasks:
                     losses["mac"] = masked_frame_contrastive_loss(
                         self.mac_head(tokens), target, audio_masked, audio_real, cfg.mac_temperature

@@ -1,0 +1,63 @@
+"""Smoke test: `benchmarks/pretrain_step.py` runs end to end (one tiny step per model). No timing assertions."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+
+SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "pretrain_step.py"
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("pretrain_step_benchmark", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_pretrain_step_benchmark_smoke(capsys):
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    bench = _load()
+    threads, verbosity = torch.get_num_threads(), hf_logging.get_verbosity()
+    try:  # main() sets torch's thread count and the transformers log level for the process
+        bench.main(["--steps", "1", "--warmup", "0", "--repeats", "1", "--batch-size", "4", "--no-memory"])
+    finally:
+        torch.set_num_threads(threads)
+        hf_logging.set_verbosity(verbosity)
+    out = capsys.readouterr().out
+    assert "FLAVA" in out and "OPT-Tri" in out and "vs FLAVA" in out
+
+
+def test_matched_flava_config_copies_the_geometry():
+    bench = _load()
+    config = bench.opt_tri_config("tiny")
+    flava = bench.matched_flava_config(config, text_length=32)
+    for ours, theirs in (
+        (config.text_config, flava.text_config),
+        (config.vision_config, flava.image_config),
+        (config.cross_modal_config, flava.multimodal_config),
+    ):
+        for name in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"):
+            assert getattr(ours, name) == getattr(theirs, name), name
+    assert flava.text_config.vocab_size == config.text_config.vocab_size
+    assert flava.image_config.image_size == config.vision_config.image_size
+    assert flava.image_config.patch_size == config.vision_config.patch_size
+    assert flava.image_config.vocab_size == config.image_decoder_config.codebook_size
+
+
+@pytest.mark.parametrize("argv", [["--batch-size", "2"], ["--device", "cuda"]])
+def test_bad_arguments_are_refused(argv):
+    bench = _load()
+    import torch
+
+    if argv[:2] == ["--device", "cuda"] and torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    with pytest.raises(SystemExit):
+        bench.parse_args(argv)
