@@ -63,7 +63,7 @@ class PretrainArguments:
     eval_rows: int = 200
     streaming: bool = False
     output_dir: str = "outputs/pretrain"
-    max_steps: int = 500
+    max_steps: int = 1000
     batch_size: int = 32
     eval_batch_size: int = 64
     max_tokens: int | None = field(default=None, metadata={"help": "token budget per batch (dynamic batching)"})
