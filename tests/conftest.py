@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -80,3 +82,36 @@ def require_fsdd():
     if not (FSDD_DIR / "recordings").is_dir():
         pytest.skip(f"{FSDD_DIR} not found: the real-speech (FSDD) tests need ../shared/data/fsdd next to the repo")
     return FSDD_DIR
+
+
+WITHOUT_OUR_PACKAGE = textwrap.dedent(
+    """
+    import importlib.abc, sys
+    class _Block(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "modeling_opt_tri" or name.startswith("modeling_opt_tri."):
+                raise ImportError(f"{name} is blocked: this process must work from the saved folders alone")
+            return None
+    sys.meta_path.insert(0, _Block())
+    try:
+        import modeling_opt_tri
+    except ImportError:
+        pass
+    else:
+        raise SystemExit("modeling_opt_tri is importable: the test would not prove anything")
+    """
+)
+
+
+def run_without_our_package(body: str, tmp_path: Path) -> dict:
+    """
+    Run the Python source `body` in a fresh interpreter (cwd `tmp_path`, offline, its own remote-code cache) where
+    `modeling_opt_tri` cannot be imported, so every class must come from saved folders through trust_remote_code.
+    `body` saves its results with `torch.save(..., "<tmp_path>/outputs.pt")`; they are returned.
+    """
+    script = WITHOUT_OUR_PACKAGE + textwrap.dedent(body)
+    env = dict(os.environ, HF_MODULES_CACHE=str(tmp_path / "modules"), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    result = subprocess.run([sys.executable, "-c", script], env=env, cwd=tmp_path, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return torch.load(tmp_path / "outputs.pt")

@@ -4,15 +4,12 @@ fine-tuning helpers (LoRA, layer freezing, encoder learning-rate scale, CoOp pro
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import textwrap
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_batch, tiny_config
+from conftest import run_without_our_package, tiny_batch, tiny_config
 
 from modeling_opt_tri.modeling_opt_tri import (
     OptTriForPairReasoning,
@@ -289,17 +286,6 @@ def test_trainer_save_load_evaluate_reproduces_the_metric(tmp_path):
 
 # ---- remote code --------------------------------------------------------------------------------------------------
 
-_BLOCKING_FINDER = '''
-import importlib.abc, sys
-class _Block(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name == "modeling_opt_tri" or name.startswith("modeling_opt_tri."):
-            raise ImportError(f"{name} is blocked: this process must load the model from the saved folder alone")
-        return None
-sys.meta_path.insert(0, _Block())
-'''
-
-
 # plain torch code, run in this process and (as source) in the subprocess where our package cannot be imported
 _HEAD_OUTPUTS = """
 def _head_outputs(models, inputs):
@@ -342,17 +328,11 @@ def test_every_head_round_trips_through_trust_remote_code(tmp_path):
         model.eval().save_pretrained(tmp_path / name)
     expected = _head_outputs(models, inputs)
     torch.save(inputs, tmp_path / "inputs.pt")
-    script = _BLOCKING_FINDER + textwrap.dedent(
+    body = (
         f"""
         import torch
         from transformers import AutoModelForSequenceClassification, AutoModelForVisualQuestionAnswering
         from transformers.dynamic_module_utils import get_class_from_dynamic_module
-        try:
-            import modeling_opt_tri
-        except ImportError:
-            pass
-        else:
-            raise SystemExit("modeling_opt_tri is importable: the test would not prove anything")
         root = {str(tmp_path)!r}
         exec({_HEAD_OUTPUTS!r})
         def head(name):
@@ -373,11 +353,7 @@ def test_every_head_round_trips_through_trust_remote_code(tmp_path):
                      "classes": {{k: type(m).__name__ for k, m in models.items()}}}}, f"{{root}}/outputs.pt")
         """
     )
-    env = dict(os.environ, HF_MODULES_CACHE=str(tmp_path / "modules"), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
-    result = subprocess.run([sys.executable, "-c", script], env=env, cwd=tmp_path, capture_output=True, text=True,
-                            timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    loaded = torch.load(tmp_path / "outputs.pt")
+    loaded = run_without_our_package(body, tmp_path)
     assert loaded["classes"] == {k: type(m).__name__ for k, m in models.items()}
     for name, value in expected.items():
         assert torch.equal(loaded["outputs"][name], value), name
