@@ -1587,6 +1587,38 @@ class OptTriTextDecoder(nn.Module):
         )
 
 
+def _states_mask(states: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """The mask `(B, S)` of precomputed cross-modal states: `mask`, or all ones."""
+    return mask if mask is not None else torch.ones(states.shape[:2], dtype=torch.long, device=states.device)
+
+
+def _decoder_output(output_cls, config, logits, targets, cache, states, states_mask, return_dict):
+    """The typed output of a decoder head: next-token cross-entropy over the labelled positions (when `targets`)."""
+    loss = None
+    if targets is not None:
+        loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
+    output = output_cls(
+        loss=loss, logits=logits, cache=cache, encoder_hidden_states=states, encoder_attention_mask=states_mask
+    )
+    return_dict = return_dict if return_dict is not None else config.return_dict
+    return output if return_dict else output.to_tuple()
+
+
+def _generation_step_inputs(prefix: str, input_ids, attention_mask, kwargs) -> dict:
+    """For `GenerationMixin`: the decoder ids the cache has not seen (as `<prefix>input_ids`), with the cache and
+    the cached cross-modal states."""
+    cache = kwargs.get("cache", kwargs.get("past_key_values"))
+    past = cache.get_seq_length() if cache is not None else 0
+    return {
+        f"{prefix}input_ids": input_ids[:, past:] if past else input_ids,
+        f"{prefix}attention_mask": attention_mask,
+        "cache": cache,
+        "use_cache": kwargs.get("use_cache", True),
+        "encoder_hidden_states": kwargs.get("encoder_hidden_states"),
+        "encoder_states_mask": kwargs.get("encoder_states_mask"),
+    }
+
+
 @dataclass
 class OptTriCaptioningOutput(ModelOutput):
     r"""
@@ -1691,8 +1723,7 @@ class OptTriForConditionalGeneration(OptTriPreTrainedModel, GenerationMixin):
             encoder_hidden_states, encoder_states_mask = self.encode(
                 pixel_values, image_mask, input_features, audio_attention_mask, encoder_input_ids, encoder_attention_mask
             )
-        elif encoder_states_mask is None:
-            encoder_states_mask = torch.ones(encoder_hidden_states.shape[:2], dtype=torch.long, device=encoder_hidden_states.device)
+        encoder_states_mask = _states_mask(encoder_hidden_states, encoder_states_mask)
         if input_ids is None:
             if labels is None:
                 raise ValueError("Pass input_ids (decoder tokens) or labels")
@@ -1704,33 +1735,14 @@ class OptTriForConditionalGeneration(OptTriPreTrainedModel, GenerationMixin):
         if use_cache and cache is None:
             cache = DynamicCache(config=self.config.get_text_config(decoder=True))
         hidden = self.text_decoder(input_ids, attention_mask, encoder_hidden_states, encoder_states_mask, cache if use_cache else None)
-        logits = self.lm_head(hidden)
-        loss = None
-        if labels is not None:
-            loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
-        output = OptTriCaptioningOutput(
-            loss=loss,
-            logits=logits,
-            cache=cache if use_cache else None,
-            encoder_hidden_states=encoder_hidden_states,
-            encoder_attention_mask=encoder_states_mask,
+        return _decoder_output(
+            OptTriCaptioningOutput, self.config, self.lm_head(hidden), labels, cache if use_cache else None,
+            encoder_hidden_states, encoder_states_mask, return_dict,
         )
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
-        return output if return_dict else output.to_tuple()
 
     def prepare_inputs_for_generation(self, input_ids, attention_mask=None, **kwargs):
         """Feed only the tokens the cache has not seen, with the cached cross-modal states."""
-        cache = kwargs.get("cache", kwargs.get("past_key_values"))
-        past = cache.get_seq_length() if cache is not None else 0
-        inputs = {
-            "input_ids": input_ids[:, past:] if past else input_ids,
-            "attention_mask": attention_mask,
-            "cache": cache,
-            "use_cache": kwargs.get("use_cache", True),
-            "encoder_hidden_states": kwargs.get("encoder_hidden_states"),
-            "encoder_states_mask": kwargs.get("encoder_states_mask"),
-        }
-        return inputs
+        return _generation_step_inputs("", input_ids, attention_mask, kwargs)
 
     @torch.no_grad()
     def generate(
@@ -2054,10 +2066,7 @@ class OptTriCodeGenerationModel(OptTriPreTrainedModel, GenerationMixin):
             encoder_hidden_states, encoder_states_mask = self.encode(
                 input_ids, attention_mask, token_type_ids, pixel_values, image_mask, input_features, audio_attention_mask
             )
-        elif encoder_states_mask is None:
-            encoder_states_mask = torch.ones(
-                encoder_hidden_states.shape[:2], dtype=torch.long, device=encoder_hidden_states.device
-            )
+        encoder_states_mask = _states_mask(encoder_hidden_states, encoder_states_mask)
         targets = None
         if labels is not None:
             if decoder_input_ids is not None:
@@ -2083,32 +2092,14 @@ class OptTriCodeGenerationModel(OptTriPreTrainedModel, GenerationMixin):
             decoder_input_ids, decoder_attention_mask, encoder_hidden_states, encoder_states_mask,
             cache if use_cache else None,
         )
-        logits = self.code_head(hidden)
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
-        output = OptTriCodeDecoderOutput(
-            loss=loss,
-            logits=logits,
-            cache=cache if use_cache else None,
-            encoder_hidden_states=encoder_hidden_states,
-            encoder_attention_mask=encoder_states_mask,
+        return _decoder_output(
+            OptTriCodeDecoderOutput, self.config, self.code_head(hidden), targets, cache if use_cache else None,
+            encoder_hidden_states, encoder_states_mask, return_dict,
         )
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
-        return output if return_dict else output.to_tuple()
 
     def prepare_inputs_for_generation(self, input_ids, attention_mask=None, **kwargs):
         """For `GenerationMixin` helpers: the decoder ids the cache has not seen, with the cached cross-modal states."""
-        cache = kwargs.get("cache", kwargs.get("past_key_values"))
-        past = cache.get_seq_length() if cache is not None else 0
-        return {
-            "decoder_input_ids": input_ids[:, past:] if past else input_ids,
-            "decoder_attention_mask": attention_mask,
-            "cache": cache,
-            "use_cache": kwargs.get("use_cache", True),
-            "encoder_hidden_states": kwargs.get("encoder_hidden_states"),
-            "encoder_states_mask": kwargs.get("encoder_states_mask"),
-        }
+        return _generation_step_inputs("decoder_", input_ids, attention_mask, kwargs)
 
     # -- sampling ------------------------------------------------------------------------------------------------------
 
@@ -2181,10 +2172,7 @@ class OptTriCodeGenerationModel(OptTriPreTrainedModel, GenerationMixin):
             encoder_hidden_states, encoder_states_mask = self.encode(
                 input_ids, attention_mask, token_type_ids, pixel_values, image_mask, input_features, audio_attention_mask
             )
-        elif encoder_states_mask is None:
-            encoder_states_mask = torch.ones(
-                encoder_hidden_states.shape[:2], dtype=torch.long, device=encoder_hidden_states.device
-            )
+        encoder_states_mask = _states_mask(encoder_hidden_states, encoder_states_mask)
         if num_return_sequences > 1:
             encoder_hidden_states = encoder_hidden_states.repeat_interleave(num_return_sequences, dim=0)
             encoder_states_mask = encoder_states_mask.repeat_interleave(num_return_sequences, dim=0)
