@@ -34,14 +34,13 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from torch.utils.data import DataLoader, TensorDataset
-from tqdm.auto import tqdm
-from transformers import get_cosine_schedule_with_warmup
 
 from modeling_opt_tri import OptTriProcessor
 from modeling_opt_tri.configuration_opt_tri_vq import OptTriAudioVQConfig
 from modeling_opt_tri.data.synthetic import build_synthetic_dataset
 from modeling_opt_tri.modeling_opt_tri_vq import OptTriAudioVQModel, spectral_convergence
 from modeling_opt_tri.training.plots import save_vq_loss_curve
+from modeling_opt_tri.training.vq import add_vq_training_arguments, train_vq
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -54,27 +53,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--num_train_rows", type=int, default=2048, help="ShapeWorld training rows")
     parser.add_argument("--num_eval_rows", type=int, default=32, help="held-out (validation split) rows")
     parser.add_argument("--num_griffin_lim_clips", type=int, default=8, help="held-out clips vocoded for the report")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--max_steps", type=int, default=1000)
-    parser.add_argument("--batch_size", type=int, default=16)
-    parser.add_argument("--learning_rate", type=float, default=2e-3)
-    parser.add_argument("--weight_decay", type=float, default=0.0)
-    parser.add_argument("--warmup_steps", type=int, default=20)
-    parser.add_argument("--max_grad_norm", type=float, default=1.0)
-    parser.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default="no")
-    parser.add_argument("--log_every", type=int, default=25)
-    parser.add_argument("--num_threads", type=int, default=0,
-                        help="torch CPU threads (0: torch's default); 1 is often fastest on a busy, shared CPU")
+    add_vq_training_arguments(parser, max_steps=1000, dead_code_threshold=0.25)
     # tokenizer (the defaults are the tiny setting; see OptTriAudioVQConfig for the full-size defaults)
     parser.add_argument("--codebook_size", type=int, default=256)
     parser.add_argument("--embedding_dim", type=int, default=32)
     parser.add_argument("--hidden_channels", type=int, default=128)
     parser.add_argument("--num_res_blocks", type=int, default=1)
     parser.add_argument("--frames_per_code", type=int, default=4)
-    parser.add_argument("--commitment_cost", type=float, default=0.25)
-    parser.add_argument("--ema_decay", type=float, default=0.95, help="0.95 reacts fast enough for a short run")
-    parser.add_argument("--dead_code_threshold", type=float, default=0.25,
-                        help="restart codes whose EMA usage (vectors per step) falls below this")
     parser.add_argument("--griffin_lim_iters", type=int, default=32)
     return parser.parse_args(argv)
 
@@ -234,60 +219,17 @@ def main(argv=None) -> dict:
     initial = evaluate(model.to(accelerator.device), eval_features, eval_mask)
 
     loader = DataLoader(TensorDataset(train_features, train_mask), batch_size=args.batch_size, shuffle=True, drop_last=True)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
-    scheduler = get_cosine_schedule_with_warmup(optimizer, args.warmup_steps, args.max_steps)
-    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
-    unwrapped = accelerator.unwrap_model(model)
 
-    history: list[dict] = []
-    metrics_file = open(output_dir / "metrics.jsonl", "w") if accelerator.is_main_process else None
-    progress = tqdm(total=args.max_steps, disable=not accelerator.is_local_main_process, desc="audio VQ", mininterval=5)
-    step, start = 0, time.time()
-    window_histogram = torch.zeros(config.codebook_size, device=accelerator.device)  # codes used since the last log
-    model.train()
-    while step < args.max_steps:
-        for features, mask in loader:
-            length = int(mask.sum(1).max())  # drop the columns that are padding for the whole batch
-            length += (-length) % config.frames_per_code
-            output = model(features[..., :length], mask[:, :length])
-            accelerator.backward(output.loss)
-            if args.max_grad_norm > 0:
-                accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad()
-            step += 1
-            record = {
-                "step": step,
-                "loss": output.loss.item(),
-                "reconstruction_loss": output.reconstruction_loss.item(),
-                "commitment_loss": output.commitment_loss.item(),
-                "perplexity": output.perplexity.item(),
-                "codebook_usage_pct": 100.0 * output.codebook_usage.item(),
-                "num_restarts": unwrapped.num_restarts,
-                "lr": scheduler.get_last_lr()[0],
-            }
-            window_histogram += torch.bincount(output.codes[output.codes_mask.bool()], minlength=config.codebook_size)
-            log_now = step % args.log_every == 0 or step == 1 or step == args.max_steps
-            if log_now:
-                record["window_codes_used_pct"] = 100.0 * float((window_histogram > 0).float().mean())
-                window_histogram.zero_()
-            history.append(record)
-            if metrics_file:
-                metrics_file.write(json.dumps(record) + "\n")
-            progress.update(1)
-            if log_now:
-                progress.write(
-                    f"step {step:5d}  log-mel MSE {record['reconstruction_loss']:.4f}  commit {record['commitment_loss']:.4f}"
-                    f"  perplexity {record['perplexity']:6.1f}  codes used {record['codebook_usage_pct']:5.1f}%"
-                    f"  (since last log {record['window_codes_used_pct']:5.1f}%)  restarts {record['num_restarts']}"
-                )
-            if step >= args.max_steps:
-                break
-    progress.close()
-    if metrics_file:
-        metrics_file.close()
-    train_seconds = time.time() - start
+    def audio_step(m, batch):
+        features, mask = batch
+        length = int(mask.sum(1).max())  # drop the columns that are padding for the whole batch
+        length += (-length) % config.frames_per_code
+        return m(features[..., :length], mask[:, :length])
+
+    unwrapped, history, train_seconds = train_vq(
+        model, loader, args, accelerator, output_dir, audio_step, "audio VQ", "log-mel MSE"
+    )
+    step = len(history)
 
     accelerator.wait_for_everyone()
     report: dict = {}

@@ -386,3 +386,22 @@ def test_trust_remote_code_in_fresh_process(tmp_path, pixel_values, audio_batch)
     assert outputs["classes"] == ["OptTriImageVQModel", "OptTriAudioVQModel"]
     assert torch.equal(outputs["image"], image.encode(pixel_values))
     assert torch.equal(outputs["audio"], audio.encode(features, mask))
+
+
+@pytest.mark.parametrize("script", ["train_image_tokenizer", "train_audio_tokenizer"])
+def test_tokenizer_training_scripts_run_and_log_every_step(tmp_path, script):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "examples" / f"{script}.py"
+    spec = importlib.util.spec_from_file_location(script, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    extra = ["--num_griffin_lim_clips", "1"] if "audio" in script else []
+    report = module.main(["--output_dir", str(tmp_path), "--max_steps", "4", "--num_train_rows", "32",
+                          "--num_eval_rows", "4", "--log_every", "2", "--num_threads", "1", *extra])
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3, 4] and report["steps"] == 4
+    assert [("window_codes_used_pct" in r) for r in records] == [True, True, False, True]
+    assert all(np.isfinite(r["loss"]) for r in records)
+    assert (tmp_path / "config.json").exists()
