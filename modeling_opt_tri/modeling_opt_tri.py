@@ -140,11 +140,20 @@ class OptTriAttention(nn.Module):
         self.out_proj = nn.Linear(config.hidden_size, config.hidden_size)
 
     def forward(
-        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, output_attentions: bool = False
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        output_attentions: bool = False,
+        query_states: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """
+        hidden_states `(B, S, d)` give the keys and values, and the queries unless `query_states` `(B, k, d)` is given
+        (then only those k positions are computed: the output is `(B, k, d)`).
+        """
         batch, length, _ = hidden_states.shape
+        queries = hidden_states if query_states is None else query_states
+        query = self.q_proj(queries).view(batch, queries.shape[1], self.num_heads, self.head_dim).transpose(1, 2)
         shape = (batch, length, self.num_heads, self.head_dim)
-        query = self.q_proj(hidden_states).view(shape).transpose(1, 2)
         key = self.k_proj(hidden_states).view(shape).transpose(1, 2)
         value = self.v_proj(hidden_states).view(shape).transpose(1, 2)
         implementation = self.config._attn_implementation or "sdpa"  # unset means the default, SDPA
@@ -160,7 +169,7 @@ class OptTriAttention(nn.Module):
             scaling=self.scaling,
             dropout=self.dropout if self.training else 0.0,
         )
-        output = self.out_proj(output.reshape(batch, length, -1))
+        output = self.out_proj(output.reshape(batch, queries.shape[1], -1))
         return output, (weights if output_attentions else None)
 
 
@@ -187,9 +196,19 @@ class OptTriLayer(GradientCheckpointingLayer):
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(
-        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, output_attentions: bool = False
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        output_attentions: bool = False,
+        query_index: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        attn_output, weights = self.self_attn(self.layer_norm1(hidden_states), attention_mask, output_attentions)
+        """`query_index` `(B, k)`: compute the output at these positions only (`(B, k, d)`); every position is still attended."""
+        normed = self.layer_norm1(hidden_states)
+        query_states = None
+        if query_index is not None:
+            gather = query_index[:, :, None].expand(-1, -1, hidden_states.shape[-1])
+            hidden_states, query_states = hidden_states.gather(1, gather), normed.gather(1, gather)
+        attn_output, weights = self.self_attn(normed, attention_mask, output_attentions, query_states)
         hidden_states = hidden_states + self.dropout(attn_output)
         hidden_states = hidden_states + self.dropout(self.mlp(self.layer_norm2(hidden_states)))
         return hidden_states, weights
@@ -219,6 +238,27 @@ class OptTriEncoder(nn.Module):
             if output_attentions:
                 all_attentions += (weights,)
         return hidden_states, all_hidden, all_attentions
+
+    def forward_selected(
+        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor, query_index: torch.Tensor, full_rows: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """
+        The same stack, computing the last layer's output only where it is needed: at the positions `query_index`
+        `(B, k)` of every row, and at every position of the rows `full_rows` `(R,)`. Every position still feeds the
+        keys and values, so the selected outputs equal those of `forward` (an objective that reads the `[CLS]` or a
+        few masked tokens skips most of the last layer's queries and MLP).
+
+        Returns `(selected (B, k, d), full (R, S, d) or None)`.
+        """
+        additive_mask = _additive_mask(attention_mask, hidden_states.dtype)
+        for layer in self.layers[:-1]:
+            hidden_states, _ = layer(hidden_states, additive_mask)
+        last = self.layers[-1]
+        selected, _ = last(hidden_states, additive_mask, query_index=query_index)
+        full = None
+        if full_rows is not None:
+            full, _ = last(hidden_states[full_rows], additive_mask[full_rows])
+        return selected, full
 
 
 def _additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -682,6 +722,39 @@ class OptTriModel(OptTriPreTrainedModel):
 
         Returns `(hidden (B, S, fusion_hidden), fusion_mask (B, S), modality_ids (S,))`.
         """
+        hidden, mask, modality_ids, _, _ = self._fuse(*self._fusion_inputs(text, image, audio), False, False)
+        return hidden, mask, modality_ids
+
+    def fuse_selected(
+        self,
+        text: tuple[torch.Tensor, torch.Tensor] | None = None,
+        image: tuple[torch.Tensor, torch.Tensor] | None = None,
+        audio: tuple[torch.Tensor, torch.Tensor] | None = None,
+        query_index: torch.Tensor | None = None,
+        full_rows: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
+        """
+        [`~OptTriModel.fuse`] for objectives that read only some cross-modal states: the `[CLS]` (matching) or the
+        masked tokens (masked modelling). The last layer runs only at the positions `query_index` `(B, k)` (default:
+        the `[CLS]`) and at every position of the rows `full_rows` `(R,)` (e.g. the rows a decoder cross-attends to).
+        The results equal the matching entries of `fuse()`.
+
+        Returns `(selected (B, k, fusion_hidden), full (R, S, fusion_hidden) or None, fusion_mask (B, S),
+        modality_ids (S,))`.
+        """
+        inputs, masks, codes = self._fusion_inputs(text, image, audio)
+        embeddings, fusion_mask, modality_ids = self._fusion_embeddings(inputs, masks, codes)
+        if query_index is None:
+            query_index = torch.zeros(embeddings.shape[0], 1, dtype=torch.long, device=embeddings.device)
+        selected, full = self.fusion_encoder.forward_selected(embeddings, fusion_mask, query_index, full_rows)
+        return (
+            self.fusion_layernorm(selected),
+            None if full is None else self.fusion_layernorm(full),
+            fusion_mask,
+            modality_ids,
+        )
+
+    def _fusion_inputs(self, text, image, audio) -> tuple[list[torch.Tensor], list[torch.Tensor], list[int]]:
         inputs, masks, ids = [], [], []
         for part, project, code in (
             (text, self.text_to_fusion, MODALITY_TEXT),
@@ -694,10 +767,17 @@ class OptTriModel(OptTriPreTrainedModel):
                 ids.append(code)
         if not inputs:
             raise ValueError("fuse() needs at least one modality")
-        hidden, mask, modality_ids, _, _ = self._fuse(inputs, masks, ids, False, False)
-        return hidden, mask, modality_ids
+        return inputs, masks, ids
 
     def _fuse(self, inputs, masks, modality_codes, output_attentions, output_hidden_states):
+        embeddings, fusion_mask, modality_ids = self._fusion_embeddings(inputs, masks, modality_codes)
+        hidden, all_hidden, all_attentions = self.fusion_encoder(
+            embeddings, fusion_mask, output_attentions=output_attentions, output_hidden_states=output_hidden_states
+        )
+        return self.fusion_layernorm(hidden), fusion_mask, modality_ids, all_hidden, all_attentions
+
+    def _fusion_embeddings(self, inputs, masks, modality_codes) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`[CLS] | part | part ...` embeddings with modality-type embeddings, their 0/1 mask and the modality ids."""
         batch = inputs[0].shape[0]
         device = inputs[0].device
         lengths = [x.shape[1] for x in inputs]
@@ -710,10 +790,7 @@ class OptTriModel(OptTriPreTrainedModel):
         cls = self.fusion_cls_token.expand(batch, -1, -1).to(inputs[0].dtype)
         embeddings = torch.cat([cls] + inputs, dim=1) + self.modality_embeddings(modality_ids)
         fusion_mask = torch.cat([masks[0].new_ones(batch, 1)] + masks, dim=1)
-        hidden, all_hidden, all_attentions = self.fusion_encoder(
-            embeddings, fusion_mask, output_attentions=output_attentions, output_hidden_states=output_hidden_states
-        )
-        return self.fusion_layernorm(hidden), fusion_mask, modality_ids, all_hidden, all_attentions
+        return embeddings, fusion_mask, modality_ids
 
     def forward(
         self,
@@ -840,10 +917,11 @@ def masked_frame_contrastive_loss(
     negatives across samples and from padding).
 
     Args:
-        prediction, target: `(B, A, d)`; masked: `(B, A)` bool, positions to predict; real: `(B, A)` bool,
-            unpadded positions (candidates).
+        prediction: `(B, A, d)`, or `(M, d)`: the predictions at the masked positions only, in row-major order.
+        target: `(B, A, d)`; masked: `(B, A)` bool, positions to predict; real: `(B, A)` bool, unpadded positions
+            (candidates).
     """
-    queries = F.normalize(prediction[masked].float(), dim=-1)  # (M, d)
+    queries = F.normalize((prediction[masked] if prediction.dim() == 3 else prediction).float(), dim=-1)  # (M, d)
     candidates = F.normalize(target[real].float(), dim=-1)  # (R, d)
     if queries.shape[0] == 0:
         return prediction.sum() * 0.0
@@ -947,7 +1025,8 @@ class OptTriForPreTrainingOutput(ModelOutput):
 
     Args:
         loss: weighted sum of the computed losses (weights from `config.objectives`).
-        mlm_logits (`(B, L, vocab)`), mlm_labels (`(B, L)`, -100 where not masked): masked language modelling.
+        mlm_logits (`(M, vocab)`): masked language modelling logits of the M masked tokens, in the row-major order of
+            `mlm_labels != -100` (only masked tokens are decoded). mlm_labels (`(B, L)`, -100 where not masked).
         mrc_loss / mrc_kl_loss / dir_loss / dar_loss: the VQ-code objectives (computed only when the codes are given).
         text_embeds / image_embeds / audio_embeds (`(B, projection_dim)`): normalised retrieval embeddings.
         logit_scale: the contrastive logit scale (before `exp`).
@@ -1283,59 +1362,103 @@ class OptTriForPreTraining(OptTriPreTrainedModel):
         losses: dict[str, torch.Tensor] = {}
         mlm_logits = None
 
-        # 3. masked modelling through the cross-modal encoder, with modality-level masking
+        # 3. masked modelling through the cross-modal encoder, with modality-level masking. The heads read only the
+        # masked tokens, and the decoders the rows whose modality was dropped: the last cross-modal layer runs there only.
         if (masked_tasks and any(masked_rows[m].any() for m in MODALITIES)) or tasks & {"dtr", "dir", "dar"}:
             kept = self._drop_modalities(present, masked_rows)
             parts = {
                 m: (masked_states[m][0], masked_states[m][1] * kept[m][:, None].long()) for m in masked_states
             }
-            fused, fusion_mask, modality_ids = base.fuse(parts.get("text"), parts.get("image"), parts.get("audio"))
-            dropped_text = present["text"] & ~kept["text"]
-            if "dtr" in tasks and input_ids is not None and bool(dropped_text.any()):
+            wanted_here = {  # per part: the positions whose cross-modal state a head reads
+                "text": mlm_labels != -100 if "mlm" in tasks and mlm_labels is not None else None,
+                "image": image_masked if tasks & {"mrfr", "mrc", "mrc_kl"} else None,
+                "audio": audio_masked if tasks & {"mafr", "mac"} else None,
+            }
+            columns, segment_start, offset = [torch.zeros(batch, 1, dtype=torch.bool, device=device)], {}, 1
+            for m in MODALITIES:
+                if m not in parts:
+                    continue
+                segment_start[m] = offset
+                length = parts[m][0].shape[1]
+                want = wanted_here[m]
+                if want is None:
+                    want = torch.zeros(batch, length, dtype=torch.bool, device=device)
+                elif m != "text":  # image / audio masks index the tokens after the part's own [CLS]
+                    want = torch.cat([torch.zeros_like(want[:, :1]), want], dim=1)
+                columns.append(want)
+                offset += length
+            needed = torch.cat(columns, dim=1)  # (B, S)
+            counts = needed.sum(1)
+            slots = max(int(counts.max()), 1)
+            query_index = torch.argsort((~needed).to(torch.uint8), dim=1, stable=True)[:, :slots]  # needed ones first
+            slot_valid = torch.arange(slots, device=device)[None, :] < counts[:, None]
+
+            dropped = {m: present[m] & ~kept[m] for m in MODALITIES}
+            decoding = {
+                m: dropped[m] if task in tasks and given_codes and bool(dropped[m].any()) else no
+                for m, task, given_codes in (
+                    ("text", "dtr", input_ids is not None),
+                    ("image", "dir", image_codes is not None),
+                    ("audio", "dar", audio_codes is not None),
+                )
+            }
+            decoded_rows = decoding["text"] | decoding["image"] | decoding["audio"]
+            full_rows = decoded_rows.nonzero().flatten() if bool(decoded_rows.any()) else None
+            selected, full, fusion_mask, _ = base.fuse_selected(
+                parts.get("text"), parts.get("image"), parts.get("audio"), query_index=query_index, full_rows=full_rows
+            )
+            row_in_full = torch.cumsum(decoded_rows.long(), 0) - 1
+
+            def decoder_inputs(m):  # (rows, their cross-modal states, their mask)
+                rows = decoding[m].nonzero().flatten()
+                return rows, full[row_in_full[rows]], fusion_mask[rows]
+
+            def at_masked(m):  # the selected states of part m's masked tokens, (M, hidden), row-major
+                length = parts[m][0].shape[1]
+                inside = (query_index >= segment_start[m]) & (query_index < segment_start[m] + length)
+                return selected[slot_valid & inside]
+
+            if bool(decoding["text"].any()):
                 # DTR: write the dropped text from the cross-modal states of the modalities that remain
-                rows = dropped_text.nonzero().flatten()
+                rows, states_rows, mask_rows = decoder_inputs("text")
                 target = input_ids[rows, 1:].masked_fill(attention_mask[rows, 1:] == 0, -100)
-                hidden = self.text_decoder(input_ids[rows, :-1], attention_mask[rows, :-1], fused[rows], fusion_mask[rows])
+                hidden = self.text_decoder(input_ids[rows, :-1], attention_mask[rows, :-1], states_rows, mask_rows)
                 losses["dtr"] = mlm_loss(self.lm_head(hidden), target)
-            dropped_image = present["image"] & ~kept["image"]
-            if "dir" in tasks and image_codes is not None and bool(dropped_image.any()):
+            if bool(decoding["image"].any()):
                 # DIR: the image code decoder writes the dropped image's VQ codes from the remaining modalities
-                rows = dropped_image.nonzero().flatten()
+                rows, states_rows, mask_rows = decoder_inputs("image")
                 inputs, target = code_decoder_targets(cfg.image_decoder_config, image_codes[rows])
-                hidden = self.image_decoder(inputs, None, fused[rows], fusion_mask[rows])
+                hidden = self.image_decoder(inputs, None, states_rows, mask_rows)
                 losses["dir"] = mlm_loss(self.image_head(hidden), target)
-            dropped_audio = present["audio"] & ~kept["audio"]
-            if "dar" in tasks and audio_codes is not None and bool(dropped_audio.any()):
+            if bool(decoding["audio"].any()):
                 # DAR: the audio code decoder writes the dropped clip's VQ codes (then its end code)
-                rows = dropped_audio.nonzero().flatten()
+                rows, states_rows, mask_rows = decoder_inputs("audio")
                 mask = audio_codes_mask[rows] if audio_codes_mask is not None else None
                 inputs, target = code_decoder_targets(cfg.audio_decoder_config, audio_codes[rows], mask)
-                hidden = self.audio_decoder(inputs, (inputs != cfg.audio_decoder_config.pad_token_id).long(), fused[rows], fusion_mask[rows])
+                hidden = self.audio_decoder(inputs, (inputs != cfg.audio_decoder_config.pad_token_id).long(), states_rows, mask_rows)
                 losses["dar"] = mlm_loss(self.audio_head(hidden), target)
-            if "mlm" in tasks and mlm_labels is not None:
-                text_fused = fused[:, modality_ids == MODALITY_TEXT]
-                mlm_logits = self.mlm_head(text_fused)
-                losses["mlm"] = mlm_loss(mlm_logits, mlm_labels)
-            if "mrfr" in tasks and image_masked is not None:
-                patches = fused[:, modality_ids == MODALITY_IMAGE][:, 1:]
-                target = patchify_images(pixel_values.float(), cfg.vision_config.patch_size)
-                # the head runs on the masked patches only: the same loss as masked_regression_loss on every patch
-                losses["mrfr"] = masked_regression_loss(self.mrfr_head(patches[image_masked]), target[image_masked])
-            if tasks & {"mrc", "mrc_kl"} and image_masked is not None:
-                patches = fused[:, modality_ids == MODALITY_IMAGE][:, 1:][image_masked]  # (M, hidden)
-                log_probs = F.log_softmax(self.mrc_head(patches).float(), dim=-1)  # (M, r*r, K)
-                per_side = cfg.vision_config.image_size // cfg.vision_config.patch_size
-                if "mrc" in tasks:
-                    target = codes_by_patch(image_codes, per_side)[image_masked]  # (M, r*r)
-                    losses["mrc"] = F.nll_loss(log_probs.flatten(0, 1), target.flatten().long())
-                if "mrc_kl" in tasks:
-                    soft = codes_by_patch(image_code_probs, per_side)[image_masked].float()  # (M, r*r, K)
-                    losses["mrc_kl"] = F.kl_div(log_probs, soft, reduction="none").sum(-1).mean()
-            if audio_masked is not None and tasks & {"mafr", "mac"}:
-                tokens = fused[:, modality_ids == MODALITY_AUDIO][:, 1:]
+            if wanted_here["text"] is not None:
+                mlm_logits = self.mlm_head(at_masked("text"))  # (M, vocab)
+                losses["mlm"] = mlm_loss(mlm_logits, mlm_labels[wanted_here["text"]])
+            if image_masked is not None and wanted_here["image"] is not None:
+                patches = at_masked("image")  # (M, hidden), in the order of image_masked
+                if "mrfr" in tasks:
+                    target = patchify_images(pixel_values.float(), cfg.vision_config.patch_size)
+                    losses["mrfr"] = masked_regression_loss(self.mrfr_head(patches), target[image_masked])
+                if tasks & {"mrc", "mrc_kl"}:
+                    log_probs = F.log_softmax(self.mrc_head(patches).float(), dim=-1)  # (M, r*r, K)
+                    per_side = cfg.vision_config.image_size // cfg.vision_config.patch_size
+                    if "mrc" in tasks:
+                        target = codes_by_patch(image_codes, per_side)[image_masked]  # (M, r*r)
+                        losses["mrc"] = F.nll_loss(log_probs.flatten(0, 1), target.flatten().long())
+                    if "mrc_kl" in tasks:
+                        soft = codes_by_patch(image_code_probs, per_side)[image_masked].float()  # (M, r*r, K)
+                        losses["mrc_kl"] = F.kl_div(log_probs, soft, reduction="none").sum(-1).mean()
+            if audio_masked is not None and wanted_here["audio"] is not None:
+                tokens = at_masked("audio")
                 target = patchify_audio(input_features.float(), cfg.audio_config.patch_frames)
                 if "mafr" in tasks:
-                    losses["mafr"] = masked_regression_loss(self.mafr_head(tokens[audio_masked]), target[audio_masked])
+                    losses["mafr"] = masked_regression_loss(self.mafr_head(tokens), target[audio_masked])
                 if "mac" in tasks:
                     losses["mac"] = masked_frame_contrastive_loss(
                         self.mac_head(tokens), target, audio_masked, audio_real, cfg.mac_temperature
@@ -1441,20 +1564,17 @@ class OptTriForPreTraining(OptTriPreTrainedModel):
         a_index = torch.cat([rows, rows, neg_a])
         b_index = torch.cat([rows, neg_b, rows])
         parts = {a: _take(states[a], a_index), b: _take(states[b], b_index)}
-        fused, fusion_mask, modality_ids = base.fuse(parts.get("text"), parts.get("image"), parts.get("audio"))
         labels = torch.cat([torch.ones_like(rows), torch.zeros_like(rows), torch.zeros_like(rows)])
+        if not want_wra:  # ITM reads the [CLS] only
+            cls = base.fuse_selected(parts.get("text"), parts.get("image"), parts.get("audio"))[0][:, 0]
+            return F.cross_entropy(self.itm_head(cls).float(), labels), None
+        fused, fusion_mask, modality_ids = base.fuse(parts.get("text"), parts.get("image"), parts.get("audio"))
         itm = F.cross_entropy(self.itm_head(fused[:, 0]).float(), labels)
-        wra = None
-        if want_wra:
-            code_a = {"text": MODALITY_TEXT, "image": MODALITY_IMAGE, "audio": MODALITY_AUDIO}
-            xa = modality_ids == code_a[a]
-            xb = modality_ids == code_a[b]
-            # token states only (the unimodal [CLS] of image/audio is excluded; text [CLS] too)
-            xa_idx = xa.nonzero().flatten()[1:]
-            xb_idx = xb.nonzero().flatten()[1:]
-            wra = wra_loss(
-                fused[:, xa_idx], fusion_mask[:, xa_idx], fused[:, xb_idx], fusion_mask[:, xb_idx], labels.bool()
-            )
+        code_a = {"text": MODALITY_TEXT, "image": MODALITY_IMAGE, "audio": MODALITY_AUDIO}
+        # token states only (the unimodal [CLS] of image/audio is excluded; text [CLS] too)
+        xa_idx = (modality_ids == code_a[a]).nonzero().flatten()[1:]
+        xb_idx = (modality_ids == code_a[b]).nonzero().flatten()[1:]
+        wra = wra_loss(fused[:, xa_idx], fusion_mask[:, xa_idx], fused[:, xb_idx], fusion_mask[:, xb_idx], labels.bool())
         return itm, wra
 
     def _tri_matching(self, states, valid):
@@ -1473,10 +1593,10 @@ class OptTriForPreTraining(OptTriPreTrainedModel):
         text_idx = torch.where((classes == 1) | (classes == 4), other1, rows)
         image_idx = torch.where(classes == 3, other1, rows)
         audio_idx = torch.where(classes == 2, other1, torch.where(classes == 4, other2, rows))
-        fused, _, _ = self.opt_tri.fuse(
+        cls = self.opt_tri.fuse_selected(
             _take(states["text"], text_idx), _take(states["image"], image_idx), _take(states["audio"], audio_idx)
-        )
-        return F.cross_entropy(self.tri_matching_head(fused[:, 0]).float(), classes)
+        )[0][:, 0]
+        return F.cross_entropy(self.tri_matching_head(cls).float(), classes)
 
 
 def _take(part: tuple[torch.Tensor, torch.Tensor], index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

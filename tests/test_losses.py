@@ -284,6 +284,17 @@ def _composition_class(t, i, a):
     return 4  # none_match
 
 
+def _as_fuse_selected(fake_fuse):
+    """A stand-in for `fuse_selected` (the matching objectives read the [CLS] through it) built on a fake `fuse`."""
+
+    def fuse_selected(text=None, image=None, audio=None, query_index=None, full_rows=None):
+        assert query_index is None and full_rows is None  # the [CLS] only
+        hidden, mask, ids = fake_fuse(text, image, audio)
+        return hidden[:, :1], None, mask, ids
+
+    return fuse_selected
+
+
 def test_tri_matching_labels_match_the_triples_built(monkeypatch):
     assert TRI_MATCHING_CLASSES == (
         "all_match", "image_audio_match", "text_image_match", "text_audio_match", "none_match"
@@ -300,6 +311,7 @@ def test_tri_matching_labels_match_the_triples_built(monkeypatch):
         return hidden, None, None
 
     monkeypatch.setattr(model.opt_tri, "fuse", fake_fuse)
+    monkeypatch.setattr(model.opt_tri, "fuse_selected", _as_fuse_selected(fake_fuse))
     model.tri_matching_head = nn.Identity()
     seen = set()
     for n in (3, 4, 5, 8):
@@ -331,6 +343,7 @@ def test_itm_labels_and_hard_negatives(monkeypatch):
         return logits[:, None, :], None, None
 
     monkeypatch.setattr(model.opt_tri, "fuse", fake_fuse)
+    monkeypatch.setattr(model.opt_tri, "fuse_selected", _as_fuse_selected(fake_fuse))
     model.itm_head = nn.Identity()
     n = 5
     states = _identity_states(n)
@@ -358,6 +371,7 @@ def test_itm_labels_and_hard_negatives(monkeypatch):
         return fake_fuse(text, image, audio)
 
     monkeypatch.setattr(model.opt_tri, "fuse", recording_fuse)
+    monkeypatch.setattr(model.opt_tri, "fuse_selected", _as_fuse_selected(recording_fuse))
     for seed in range(20):
         torch.manual_seed(seed)
         model._pair_matching("text", "image", states, embeds, valid, want_wra=False)
@@ -379,6 +393,7 @@ def test_itm_negative_sampling_mixes_hard_and_uniform(monkeypatch, fraction):
         return torch.zeros(text[0].shape[0], 1, 2), None, None
 
     monkeypatch.setattr(model.opt_tri, "fuse", recording_fuse)
+    monkeypatch.setattr(model.opt_tri, "fuse_selected", _as_fuse_selected(recording_fuse))
     model.itm_head = nn.Identity()
     # embeddings: row i's nearest other row is i ^ 1 (pairs 0-1, 2-3, 4-5), with a large margin
     base = F.normalize(torch.randn(n // 2, 16, generator=_gen(3)), dim=-1)
@@ -576,7 +591,8 @@ def test_tasks_select_the_objectives_computed(batch):
         out = model(**batch, tasks=["mlm"])
     assert out.losses().keys() == {"mlm"}
     assert torch.equal(out.loss, config.objectives["mlm"] * out.mlm_loss)
-    assert out.mlm_logits.shape == (4, 10, config.text_config.vocab_size)
+    # logits for the masked tokens only
+    assert out.mlm_logits.shape == (int((out.mlm_labels != -100).sum()), config.text_config.vocab_size)
     with torch.no_grad():
         out = model(**batch, tasks=["contrastive", "itm"])
     assert out.losses().keys() == {"contrastive", "itm"} and out.mlm_logits is None
@@ -622,9 +638,8 @@ def _evaluate(model, data, tasks=None, seeds=range(5)):
     return {k: float(np.mean([o[k] for o in outs if k in o])) for k in set().union(*outs)}
 
 
-@pytest.mark.slow
-def test_training_lowers_every_loss():
-    """Every objective on, the VQ-code ones included (with fixed codes standing in for a tokenizer's)."""
+def _every_objective_inputs():
+    """tiny_config with every objective on (VQ-code ones included) and a batch with codes for them."""
     objectives = {name: 1.0 for name in PRETRAINING_OBJECTIVES}
     objectives["wra"] = 0.1
     config = tiny_config(
@@ -632,8 +647,6 @@ def test_training_lowers_every_loss():
         image_decoder_config=dict(codebook_size=16, grid_size=8),  # 2 x 2 codes under each of the 4 x 4 patches
         audio_decoder_config=dict(codebook_size=16),
     )
-    torch.manual_seed(0)
-    model = OptTriForPreTraining(config).train()
     data = _structured_batch()
     g = _gen(5)
     # each image repeats one patch (see _structured_batch), so give each image one code and one soft assignment
@@ -641,6 +654,64 @@ def test_training_lowers_every_loss():
     data["image_code_probs"] = F.softmax(3 * torch.randn(4, 1, 1, 16, generator=g), -1).expand(4, 8, 8, 16).clone()
     data["audio_codes"] = torch.randint(16, (4, 10), generator=g)  # 40 frames, 4 frames per code
     data["audio_codes_mask"] = data["audio_attention_mask"][:, ::4].clone()
+    return config, data
+
+
+@pytest.mark.parametrize("policy", ["conditional", "joint"])
+def test_selected_cross_modal_states_give_the_losses_and_gradients_of_full_ones(monkeypatch, policy):
+    """
+    Pre-training runs the last cross-modal layer only where a head reads it (the [CLS] for matching, the masked tokens,
+    the rows a decoder writes from). Against a reference that runs every position and picks the same states, every
+    loss and every gradient agrees, with every objective on and dropped rows present.
+    """
+    config, data = _every_objective_inputs()
+    config.masking_policy = policy
+    config.modality_mask_probability = 0.5  # DTR / DIR / DAR rows in most draws
+    torch.manual_seed(0)
+    model = OptTriForPreTraining(config).train()
+    base = model.opt_tri
+    calls = []
+
+    def reference(text=None, image=None, audio=None, query_index=None, full_rows=None):
+        fused, mask, ids = base.fuse(text, image, audio)
+        if query_index is None:
+            query_index = torch.zeros(fused.shape[0], 1, dtype=torch.long)
+        calls.append(query_index.shape[1] < fused.shape[1])
+        selected = fused.gather(1, query_index[:, :, None].expand(-1, -1, fused.shape[-1]))
+        return selected, (None if full_rows is None else fused[full_rows]), mask, ids
+
+    def run(seed):
+        model.zero_grad()
+        torch.manual_seed(seed)
+        out = model(**data)
+        out.loss.backward()
+        return out, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    seen = set()
+    for seed in range(4):
+        fast, fast_grads = run(seed)
+        with monkeypatch.context() as patch:
+            patch.setattr(base, "fuse_selected", reference)
+            slow, slow_grads = run(seed)
+        assert fast.losses().keys() == slow.losses().keys()
+        seen |= fast.losses().keys()
+        for name, value in fast.losses().items():
+            assert math.isclose(value, slow.losses()[name], rel_tol=1e-5, abs_tol=1e-6), (name, value, slow.losses()[name])
+        assert fast_grads.keys() == slow_grads.keys()
+        for name, grad in fast_grads.items():
+            assert torch.allclose(grad, slow_grads[name], atol=1e-5, rtol=1e-4), name
+    # joint masking token-masks every present modality, and a token-masked modality is never dropped: no decoding
+    expected = set(PRETRAINING_OBJECTIVES) - ({"dtr", "dir", "dar"} if policy == "joint" else set())
+    assert seen == expected, seen
+    assert any(calls), "no call selected fewer positions than the sequence holds"
+
+
+@pytest.mark.slow
+def test_training_lowers_every_loss():
+    """Every objective on, the VQ-code ones included (with fixed codes standing in for a tokenizer's)."""
+    config, data = _every_objective_inputs()
+    torch.manual_seed(0)
+    model = OptTriForPreTraining(config).train()
     before = _evaluate(model, data)
     assert before.keys() == set(config.objectives), before.keys()  # the 5 fixed masking seeds cover every objective
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
@@ -685,7 +756,7 @@ def test_mlm_overfits_and_recovers_masked_tokens(batch):
             out = model(**batch, tasks=["mlm"])
             chosen = out.mlm_labels != -100
             assert torch.equal(out.mlm_labels[chosen], batch["input_ids"][chosen])
-            hits += (out.mlm_logits.argmax(-1)[chosen] == batch["input_ids"][chosen]).sum().item()
+            hits += (out.mlm_logits.argmax(-1) == batch["input_ids"][chosen]).sum().item()
             total += chosen.sum().item()
     assert total >= 20
     assert hits >= 0.8 * total, f"recovered {hits} of {total} masked tokens"

@@ -203,7 +203,9 @@ def test_save_and_load_pretraining_model_gives_identical_outputs(tmp_path, batch
             torch.manual_seed(5)
             got = reloaded(**batch)
         assert expected.loss is not None
-        assert _assert_outputs_equal(expected, got) >= 10
+        # float rounding only: a one-row CPU matmul may take another kernel path for another buffer alignment (seen:
+        # 2e-7 in the MAC loss of identical weights and inputs)
+        assert _assert_outputs_equal(expected, got, exact=False, atol=1e-6) >= 10
 
     # AutoModel on a pre-training checkpoint gives the base model, with identical base outputs
     base = AutoModel.from_pretrained(tmp_path).eval()
@@ -342,6 +344,27 @@ def test_sdpa_and_eager_agree(monkeypatch):
         out_sdpa = sdpa(**batch)
         assert len(calls) >= 2 + 2 + 2 + 2, "the SDPA model did not use SDPA in every encoder"
     _assert_outputs_equal(out_eager, out_sdpa, exact=False, atol=1e-5)
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_fuse_selected_equals_the_matching_states_of_fuse(attn):
+    """The last cross-modal layer computed at chosen positions / rows only gives exactly those states of `fuse()`."""
+    torch.manual_seed(0)
+    model = OptTriModel._from_config(tiny_config(), attn_implementation=attn).eval()
+    g = torch.Generator().manual_seed(1)
+    text = (torch.randn(3, 6, 32, generator=g), torch.tensor([[1] * 6, [1] * 3 + [0] * 3, [0] * 6]))
+    image = (torch.randn(3, 17, 32, generator=g), torch.ones(3, 17, dtype=torch.long))
+    audio = (torch.randn(3, 9, 32, generator=g), torch.tensor([[1] * 9, [1] * 4 + [0] * 5, [1] * 9]))
+    query_index = torch.tensor([[0, 3, 20], [5, 5, 31], [0, 7, 32]])
+    with torch.no_grad():
+        fused, mask, ids = model.fuse(text, image, audio)
+        selected, full, mask2, ids2 = model.fuse_selected(text, image, audio, query_index, torch.tensor([2, 0]))
+        cls, none, _, _ = model.fuse_selected(text, image, audio)
+    assert selected.shape == (3, 3, 48) and full.shape == (2, 33, 48) and none is None
+    assert torch.allclose(selected, fused.gather(1, query_index[:, :, None].expand(-1, -1, 48)), atol=1e-6)
+    assert torch.allclose(full, fused[[2, 0]], atol=1e-6)
+    assert torch.allclose(cls[:, 0], fused[:, 0], atol=1e-6)
+    assert torch.equal(mask, mask2) and torch.equal(ids, ids2)
 
 
 def test_output_attentions_shape_and_masked_columns():
@@ -490,7 +513,7 @@ def test_from_unimodal_pretrained_copies_the_encoders(unimodal_checkpoints, tmp_
     reloaded = OptTriForPreTraining.from_pretrained(tmp_path).eval()
     with torch.no_grad():
         torch.manual_seed(0)
-        _assert_outputs_equal(before, reloaded(**batch))
+        _assert_outputs_equal(before, reloaded(**batch), exact=False, atol=1e-6)  # float rounding only (see above)
 
 
 def test_from_unimodal_pretrained_rejects_wrong_checkpoints(unimodal_checkpoints):
