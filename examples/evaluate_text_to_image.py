@@ -60,9 +60,9 @@ def prompt_color(text: str) -> str:
     return words[0]
 
 
-def heldout_scenes(num_prompts: int, image_size: int, seed: int = 0) -> list[dict]:
+def heldout_scenes(num_prompts: int, image_size: int, seed: int = 0, sampling_rate: int = 16000) -> list[dict]:
     """Single-shape validation scenes, balanced over the six colours (the first `num_prompts // 6` of each)."""
-    world = ShapeWorld(seed=seed, image_size=image_size, max_shapes=1)
+    world = ShapeWorld(seed=seed, image_size=image_size, sampling_rate=sampling_rate, max_shapes=1)
     per_color = max(1, num_prompts // len(COLORS))
     chosen: dict[str, list[dict]] = {name: [] for name in COLORS}
     index = split_offset("validation")

@@ -27,13 +27,12 @@ import time
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, TensorDataset
-from transformers import get_cosine_schedule_with_warmup
 
-from modeling_opt_tri import OptTriCodeDecoderConfig, OptTriConfig, OptTriProcessor
+from modeling_opt_tri import OptTriProcessor
 from modeling_opt_tri.data.synthetic import build_synthetic_dataset
 from modeling_opt_tri.modeling_opt_tri import OptTriForTextToImage
 from modeling_opt_tri.modeling_opt_tri_vq import OptTriImageVQModel
+from modeling_opt_tri.training import text_to_code
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -43,61 +42,10 @@ from evaluate_text_to_image import evaluate  # noqa: E402  (the measurement scri
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--model", default=str(REPO_ROOT / "configuration" / "tiny"),
-                        help="OPT-Tri checkpoint or preset folder (with the processor files unless --processor)")
-    parser.add_argument("--processor", default=None, help="OptTriProcessor folder (default: --model)")
     parser.add_argument("--image_tokenizer", required=True, help="trained OptTriImageVQModel folder")
-    parser.add_argument("--output_dir", default="outputs/text2image")
-    parser.add_argument("--num_train_rows", type=int, default=4096, help="ShapeWorld training rows")
-    parser.add_argument("--max_shapes", type=int, default=1, help="shapes per scene (1: one colour per caption)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--max_steps", type=int, default=1500)
-    parser.add_argument("--max_minutes", type=float, default=0.0, help="stop training after this long (0: no limit)")
-    parser.add_argument("--batch_size", type=int, default=32)
-    parser.add_argument("--learning_rate", type=float, default=1e-3)
-    parser.add_argument("--weight_decay", type=float, default=0.01)
-    parser.add_argument("--warmup_steps", type=int, default=50)
-    parser.add_argument("--max_grad_norm", type=float, default=1.0)
-    parser.add_argument("--log_every", type=int, default=50)
-    parser.add_argument("--num_threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--skip_eval", action="store_true")
-    parser.add_argument("--eval_prompts", type=int, default=120)
-    parser.add_argument("--eval_top_k", type=int, default=0, help="top-k of the evaluation samples (0: off)")
-    parser.add_argument("--eval_temperature", type=float, default=1.0)
+    text_to_code.add_training_arguments(parser, default_model=str(REPO_ROOT / "configuration" / "tiny"),
+                                        default_output_dir="outputs/text2image")
     return parser.parse_args(argv)
-
-
-def build_model(folder: str, tokenizer: OptTriImageVQModel) -> OptTriForTextToImage:
-    """An `OptTriForTextToImage` from a checkpoint or preset folder whose image decoder writes `tokenizer`'s codes."""
-    config = OptTriConfig.from_pretrained(folder)
-    tc = tokenizer.config
-    grid = tc.image_size // tc.downsample
-    dc = config.image_decoder_config
-    if (dc.codebook_size, dc.grid_size) != (tc.codebook_size, grid):
-        print(f"image decoder: {dc.codebook_size} codes on a {dc.grid_size}x{dc.grid_size} grid -> the tokenizer's "
-              f"{tc.codebook_size} codes on {grid}x{grid}")
-        geometry = {k: getattr(dc, k) for k in ("hidden_size", "num_hidden_layers", "num_attention_heads",
-                                                "intermediate_size", "hidden_act", "layer_norm_eps")}
-        config.image_decoder_config = OptTriCodeDecoderConfig(
-            modality="image", codebook_size=tc.codebook_size, grid_size=grid, **geometry
-        )
-    if (Path(folder) / "model.safetensors").is_file():
-        return OptTriForTextToImage.from_pretrained(folder, config=config)
-    print(f"{folder} holds no weights: random initialisation")
-    return OptTriForTextToImage(config)
-
-
-@torch.no_grad()
-def encode_dataset(processor, tokenizer, rows, batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Token ids `(N, L)`, attention mask `(N, L)` and image codes `(N, grid, grid)` of the rows."""
-    text = processor(text=list(rows["text"]), return_tensors="pt")
-    codes = []
-    for start in range(0, len(rows), batch_size):
-        images = [image.convert("RGB") for image in rows[start : start + batch_size]["image"]]
-        pixels = processor.image_processor(images, return_tensors="pt")["pixel_values"]
-        codes.append(tokenizer.encode(pixels))
-    return text["input_ids"], text["attention_mask"], torch.cat(codes)
 
 
 def main(argv=None) -> dict:
@@ -113,58 +61,18 @@ def main(argv=None) -> dict:
     if tokenizer.config.image_size != image_size:
         raise SystemExit(f"the image tokenizer is for {tokenizer.config.image_size}-px images, the processor makes "
                          f"{image_size}-px images")
-    model = build_model(args.model, tokenizer).to(args.device)
+    model = text_to_code.build_generator(OptTriForTextToImage, args.model, processor, image_tokenizer=tokenizer)
+    model.to(args.device)
 
     started = time.time()
     rows = build_synthetic_dataset(args.num_train_rows, seed=args.seed, split="train", image_size=image_size,
                                    max_shapes=args.max_shapes)
-    input_ids, attention_mask, codes = encode_dataset(processor, tokenizer, rows)
-    print(f"encoded {len(codes)} rows into {tuple(codes.shape[1:])} codes in {time.time() - started:.0f}s")
-    loader = DataLoader(TensorDataset(input_ids, attention_mask, codes), batch_size=args.batch_size, shuffle=True,
-                        drop_last=True, generator=torch.Generator().manual_seed(args.seed))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
-    scheduler = get_cosine_schedule_with_warmup(optimizer, args.warmup_steps, args.max_steps)
-
-    model.train()
-    step, losses, log = 0, [], []
-    started = time.time()
-    with open(output_dir / "metrics.jsonl", "w") as metrics:
-        while step < args.max_steps:
-            for ids, mask, target in loader:
-                loss = model(input_ids=ids.to(args.device), attention_mask=mask.to(args.device),
-                             labels=target.to(args.device)).loss
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad()
-                step += 1
-                losses.append(loss.item())
-                if step % args.log_every == 0 or step == args.max_steps:
-                    recent = sum(losses[-args.log_every :]) / len(losses[-args.log_every :])
-                    record = {"step": step, "loss": round(recent, 4), "perplexity": round(math.exp(recent), 2),
-                              "seconds": round(time.time() - started, 1)}
-                    metrics.write(json.dumps(record) + "\n")
-                    metrics.flush()
-                    log.append(record)
-                    print(json.dumps(record), flush=True)
-                out_of_time = args.max_minutes and time.time() - started > 60 * args.max_minutes
-                if step >= args.max_steps or out_of_time:
-                    break
-            if args.max_minutes and time.time() - started > 60 * args.max_minutes:
-                print(f"stopping after {args.max_minutes} minutes at step {step}")
-                break
-    model.eval()
+    tensors = text_to_code.encode_rows(processor, rows, image_tokenizer=tokenizer)
+    print(f"encoded {len(rows)} rows into {tuple(tensors['labels'].shape[1:])} codes in {time.time() - started:.0f}s")
+    report = text_to_code.train(model, tensors, args, output_dir)
     model.save_pretrained(output_dir)
     processor.save_pretrained(output_dir)
-    report = {
-        "steps": step,
-        "train_seconds": round(time.time() - started, 1),
-        "loss_first_log": log[0]["loss"] if log else None,
-        "loss_last_log": log[-1]["loss"] if log else None,
-        "uniform_loss": round(math.log(tokenizer.config.codebook_size), 4),
-        "args": vars(args),
-    }
+    report.update(uniform_loss=round(math.log(tokenizer.config.codebook_size), 4), args=vars(args))
     if not args.skip_eval:
         report["evaluation"] = evaluate(
             model, processor, tokenizer, num_prompts=args.eval_prompts, seed=args.seed, output_dir=output_dir,

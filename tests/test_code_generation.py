@@ -575,3 +575,48 @@ def test_finetune_text_to_image_runs_end_to_end(tmp_path):
     model = OptTriForTextToImage.from_pretrained(tmp_path / "out")
     assert model.config.image_decoder_config.codebook_size == 32 and model.config.image_decoder_config.grid_size == 8
     assert (tmp_path / "out" / "generated_grid.png").is_file()
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# examples/finetune_text_to_audio.py and examples/evaluate_text_to_audio.py
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_the_pitch_statistic_reads_real_shapeworld_clips():
+    evaluate = _load_example("evaluate_text_to_audio")
+    scenes = evaluate.heldout_scenes(60, 64)
+    targets = [evaluate.prompt_color(row["text"]) for row in scenes]
+    clips = [row["audio"]["array"] for row in scenes]
+    assert [evaluate.dominant_pitch_color(clip, 16000) for clip in clips] == targets  # every shape's timbre included
+    assert evaluate.dominant_pitch_color(np.zeros(8000, dtype=np.float32), 16000) is None  # silence
+    t = np.arange(8000) / 16000
+    assert evaluate.dominant_pitch_color(0.3 * np.sin(2 * np.pi * 742.0 * 1.05 * t), 16000) == "yellow"  # within 8%
+
+
+@pytest.mark.slow
+def test_finetune_text_to_audio_runs_end_to_end(tmp_path):
+    finetune = _load_example("finetune_text_to_audio")
+    tokenizer = _audio_tokenizer(num_mel_bins=32, frames_per_code=4, codebook_size=24, sampling_rate=16000, n_fft=400,
+                                 hop_length=160, mel_mean=-4.27, mel_std=4.57)
+    tokenizer.save_pretrained(tmp_path / "vq")
+    report = finetune.main([
+        "--audio_tokenizer", str(tmp_path / "vq"), "--output_dir", str(tmp_path / "out"), "--num_train_rows", "16",
+        "--batch_size", "8", "--max_steps", "3", "--log_every", "1", "--eval_prompts", "6", "--num_threads", "1",
+    ])
+    assert report["steps"] == 3 and report["evaluation"]["num_prompts"] == 6
+    assert report["evaluation"]["real_audio_pitch_accuracy"] == 1.0
+    assert [json.loads(line)["step"] for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+    model = OptTriForTextToAudio.from_pretrained(tmp_path / "out")
+    assert model.config.audio_decoder_config.codebook_size == 24  # resized from the preset's 256 to the tokenizer
+    assert sorted(p.name for p in (tmp_path / "out").glob("generated_*.wav")) == sorted(
+        f"generated_{c}.wav" for c in ("red", "green", "blue", "yellow", "purple", "orange")
+    )
+
+
+def test_a_tokenizer_that_does_not_fit_the_processor_is_refused(tmp_path):
+    finetune = _load_example("finetune_text_to_audio")
+    tokenizer = _audio_tokenizer(num_mel_bins=32, frames_per_code=4, codebook_size=24)  # 8 kHz, n_fft 128
+    tokenizer.save_pretrained(tmp_path / "vq")
+    with pytest.raises(ValueError, match="sampling_rate=8000"):
+        finetune.main(["--audio_tokenizer", str(tmp_path / "vq"), "--output_dir", str(tmp_path / "out"),
+                       "--max_steps", "1", "--skip_eval"])

@@ -1,0 +1,84 @@
+"""Fine-tune OPT-Tri for text-to-audio generation (`OptTriForTextToAudio`) on the built-in ShapeWorld dataset.
+
+    python examples/train_audio_tokenizer.py --output_dir outputs/audio_tokenizer
+    python examples/finetune_text_to_audio.py --audio_tokenizer outputs/audio_tokenizer --output_dir outputs/text2audio
+    python examples/finetune_text_to_audio.py --model outputs/pretrain/final --audio_tokenizer ... --output_dir ...
+
+The targets are the codes of a trained audio tokenizer (`OptTriAudioVQModel`, one code per `frames_per_code` log-mel
+frames): every training clip is encoded once, before training, and the model learns its codes and then the end code
+by teacher forcing (next-code cross-entropy) conditioned on the caption. `--model` is an OPT-Tri checkpoint (a
+pre-training checkpoint loads its encoders and, when it matches the tokenizer, the audio decoder that DAR trained) or
+a preset folder such as `configuration/tiny` (random initialisation). The audio decoder config is resized to the
+tokenizer's codebook when the folder's disagrees.
+
+By default scenes have one shape (`--max_shapes 1`), so each caption names one colour (one pitch) and the measurement
+of `examples/evaluate_text_to_audio.py` (run at the end, unless `--skip_eval`) is well defined.
+
+It writes to `--output_dir`: the model and the processor (`save_pretrained`), `metrics.jsonl` (the training loss),
+`pitch_report.json` and `generated_<colour>.wav` (the evaluation) and `report.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from modeling_opt_tri import OptTriProcessor
+from modeling_opt_tri.data.synthetic import build_synthetic_dataset
+from modeling_opt_tri.modeling_opt_tri import OptTriForTextToAudio
+from modeling_opt_tri.modeling_opt_tri_vq import OptTriAudioVQModel
+from modeling_opt_tri.training import text_to_code
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from evaluate_text_to_audio import evaluate  # noqa: E402  (the measurement script next to this one)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--audio_tokenizer", required=True, help="trained OptTriAudioVQModel folder")
+    text_to_code.add_training_arguments(parser, default_model=str(REPO_ROOT / "configuration" / "tiny"),
+                                        default_output_dir="outputs/text2audio")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    if args.num_threads:
+        torch.set_num_threads(args.num_threads)
+    torch.manual_seed(args.seed)
+    output_dir = Path(args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    processor = OptTriProcessor.from_pretrained(args.processor or args.model)
+    tokenizer = OptTriAudioVQModel.from_pretrained(args.audio_tokenizer).eval()
+    model = text_to_code.build_generator(OptTriForTextToAudio, args.model, processor, audio_tokenizer=tokenizer)
+    model.to(args.device)
+
+    started = time.time()
+    rows = build_synthetic_dataset(args.num_train_rows, seed=args.seed, split="train",
+                                   sampling_rate=int(processor.feature_extractor.sampling_rate), max_shapes=args.max_shapes)
+    tensors = text_to_code.encode_rows(processor, rows, audio_tokenizer=tokenizer)
+    print(f"encoded {len(rows)} clips into up to {tensors['labels'].shape[1]} codes in {time.time() - started:.0f}s")
+    report = text_to_code.train(model, tensors, args, output_dir)
+    model.save_pretrained(output_dir)
+    processor.save_pretrained(output_dir)
+    report.update(uniform_loss=round(math.log(tokenizer.config.codebook_size + 1), 4), args=vars(args))
+    if not args.skip_eval:
+        report["evaluation"] = evaluate(
+            model, processor, tokenizer, num_prompts=args.eval_prompts, seed=args.seed, output_dir=output_dir,
+            top_k=args.eval_top_k, temperature=args.eval_temperature,
+        )
+    (output_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,157 @@
+"""Fine-tuning of the code generators (`OptTriForTextToImage`, `OptTriForTextToAudio`) on ShapeWorld captions.
+
+Shared by `examples/finetune_text_to_image.py` and `examples/finetune_text_to_audio.py`: the command-line flags, the
+model built to write a given VQ tokenizer's codes, the one-off encoding of the training rows into codes, and the
+teacher-forced training loop (AdamW, cosine schedule with warm-up, gradient clipping, `metrics.jsonl`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+from transformers import get_cosine_schedule_with_warmup
+
+from ..configuration_opt_tri import OptTriConfig
+from .codes import VQCodeTargets
+
+
+def add_training_arguments(parser: argparse.ArgumentParser, *, default_model: str, default_output_dir: str) -> None:
+    """The flags both fine-tuning scripts share (model, data, optimisation, logging, evaluation prompts)."""
+    parser.add_argument("--model", default=default_model,
+                        help="OPT-Tri checkpoint or preset folder (with the processor files unless --processor)")
+    parser.add_argument("--processor", default=None, help="OptTriProcessor folder (default: --model)")
+    parser.add_argument("--output_dir", default=default_output_dir)
+    parser.add_argument("--num_train_rows", type=int, default=4096, help="ShapeWorld training rows")
+    parser.add_argument("--max_shapes", type=int, default=1, help="shapes per scene (1: one colour per caption)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max_steps", type=int, default=1500)
+    parser.add_argument("--max_minutes", type=float, default=0.0, help="stop training after this long (0: no limit)")
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--learning_rate", type=float, default=1e-3)
+    parser.add_argument("--weight_decay", type=float, default=0.01)
+    parser.add_argument("--warmup_steps", type=int, default=50)
+    parser.add_argument("--max_grad_norm", type=float, default=1.0)
+    parser.add_argument("--log_every", type=int, default=50)
+    parser.add_argument("--num_threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--skip_eval", action="store_true")
+    parser.add_argument("--eval_prompts", type=int, default=120)
+    parser.add_argument("--eval_top_k", type=int, default=0, help="top-k of the evaluation samples (0: off)")
+    parser.add_argument("--eval_temperature", type=float, default=1.0)
+
+
+def build_generator(model_class, folder: str, processor, image_tokenizer=None, audio_tokenizer=None):
+    """
+    A `model_class` (`OptTriForTextToImage` / `OptTriForTextToAudio`) from a checkpoint or preset folder, whose code
+    decoder writes the given tokenizer's codes: a decoder config that disagrees (codebook size, code grid or clip
+    length) is resized to the tokenizer, and that decoder then starts at random. Raises when the tokenizer does not
+    fit the processor (image size and normalisation, mel settings).
+    """
+    config = OptTriConfig.from_pretrained(folder)
+    name = "image_decoder_config" if image_tokenizer is not None else "audio_decoder_config"
+    before = getattr(config, name).to_dict()
+    VQCodeTargets.adapt_config(config, image_tokenizer, audio_tokenizer)
+    after = getattr(config, name)
+    resized = {k: (before.get(k), getattr(after, k)) for k in ("codebook_size", "grid_size", "num_codes")
+               if before.get(k) != getattr(after, k)}
+    if resized:
+        print(f"{name} resized to the tokenizer: " + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in resized.items()))
+    VQCodeTargets.check_compatible(config, processor, image_tokenizer, audio_tokenizer)
+    if (Path(folder) / "model.safetensors").is_file():
+        # a resized decoder cannot take the checkpoint's decoder weights: those start at random (reported by HF)
+        return model_class.from_pretrained(folder, config=config, ignore_mismatched_sizes=bool(resized))
+    print(f"{folder} holds no weights: random initialisation")
+    return model_class(config)
+
+
+@torch.no_grad()
+def encode_rows(processor, rows, image_tokenizer=None, audio_tokenizer=None, batch_size: int = 64) -> dict[str, torch.Tensor]:
+    """
+    The captions of `rows` as `input_ids` / `attention_mask` `(N, L)`, and their images' codes as `labels`
+    `(N, g, g)` or their clips' codes as `labels` / `labels_mask` `(N, n)`, computed once by the frozen tokenizer.
+    """
+    text = processor(text=list(rows["text"]), return_tensors="pt")
+    targets = VQCodeTargets(image_tokenizer, audio_tokenizer)
+    labels, masks = [], []
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start : start + batch_size]
+        if image_tokenizer is not None:
+            images = [image.convert("RGB") for image in chunk["image"]]
+            batch = processor.image_processor(images, return_tensors="pt")
+            labels.append(targets(dict(batch))["image_codes"])
+        else:
+            clips = [clip["array"] for clip in chunk["audio"]]
+            rate = chunk["audio"][0]["sampling_rate"]
+            batch = processor.feature_extractor(clips, sampling_rate=rate, return_tensors="pt")
+            codes = targets(dict(batch))
+            labels.append(codes["audio_codes"])
+            masks.append(codes["audio_codes_mask"])
+    encoded = {"input_ids": text["input_ids"], "attention_mask": text["attention_mask"]}
+    if masks:  # clips differ in length: pad every chunk to the longest
+        longest = max(chunk.shape[1] for chunk in labels)
+        encoded["labels"] = torch.cat([torch.nn.functional.pad(c, (0, longest - c.shape[1])) for c in labels])
+        encoded["labels_mask"] = torch.cat([torch.nn.functional.pad(m, (0, longest - m.shape[1])) for m in masks])
+    else:
+        encoded["labels"] = torch.cat(labels)
+    return encoded
+
+
+def train(model, tensors: dict[str, torch.Tensor], args: argparse.Namespace, output_dir: Path) -> dict:
+    """
+    Teacher-forced training on `tensors` (from `encode_rows`) for `args.max_steps` steps (or `args.max_minutes`).
+    Logs the mean loss every `args.log_every` steps to stdout and `output_dir/metrics.jsonl`.
+
+    Returns the report's training part: steps, seconds, first and last logged loss.
+    """
+    names = list(tensors)
+    loader = DataLoader(TensorDataset(*tensors.values()), batch_size=args.batch_size, shuffle=True, drop_last=True,
+                        generator=torch.Generator().manual_seed(args.seed))
+    if len(loader) == 0:
+        raise ValueError(f"--num_train_rows ({len(next(iter(tensors.values())))}) must be at least --batch_size "
+                         f"({args.batch_size})")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, args.warmup_steps, args.max_steps)
+    model.train()
+    step, losses, log = 0, [], []
+    started = time.time()
+
+    def out_of_time() -> bool:
+        return bool(args.max_minutes) and time.time() - started > 60 * args.max_minutes
+
+    with open(output_dir / "metrics.jsonl", "w") as metrics:
+        while step < args.max_steps and not out_of_time():
+            for values in loader:
+                batch = {name: value.to(args.device) for name, value in zip(names, values)}
+                loss = model(**batch).loss
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+                step += 1
+                losses.append(loss.item())
+                if step % args.log_every == 0 or step == args.max_steps:
+                    recent = sum(losses[-args.log_every :]) / len(losses[-args.log_every :])
+                    record = {"step": step, "loss": round(recent, 4), "perplexity": round(math.exp(recent), 2),
+                              "seconds": round(time.time() - started, 1)}
+                    metrics.write(json.dumps(record) + "\n")
+                    metrics.flush()
+                    log.append(record)
+                    print(json.dumps(record), flush=True)
+                if step >= args.max_steps or out_of_time():
+                    break
+    if out_of_time():
+        print(f"stopped after {args.max_minutes} minutes at step {step}")
+    model.eval()
+    return {
+        "steps": step,
+        "train_seconds": round(time.time() - started, 1),
+        "loss_first_log": log[0]["loss"] if log else None,
+        "loss_last_log": log[-1]["loss"] if log else None,
+    }
