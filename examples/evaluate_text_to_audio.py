@@ -23,7 +23,6 @@ import argparse
 import json
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -33,9 +32,10 @@ from modeling_opt_tri import OptTriProcessor
 from modeling_opt_tri.data.synthetic import COLOR_PITCH_HZ, COLORS
 from modeling_opt_tri.modeling_opt_tri import OptTriForTextToAudio
 from modeling_opt_tri.modeling_opt_tri_vq import OptTriAudioVQModel
+from modeling_opt_tri.training import text_to_code
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from evaluate_text_to_image import _accuracy, heldout_scenes, prompt_color  # noqa: E402  (same prompts and scoring)
+from evaluate_text_to_image import _accuracy, color_breakdown, heldout_scenes, prompt_color  # noqa: E402  (same prompts and scoring)
 
 BAND = 0.08  # relative half-width of each colour's fundamental band
 MIN_RMS = 1e-3  # quieter clips count as silent (ShapeWorld's background noise alone has an RMS of 0.004)
@@ -95,11 +95,7 @@ def evaluate(
         "tokenizer_round_trip_pitch_accuracy": _accuracy([dominant_pitch_color(w, rate) for w in round_trip], targets),
         "chance": 1.0 / len(COLORS),
         "generated_silent": sum(p is None for p in predicted),
-        "per_color_accuracy": {
-            name: _accuracy([p for p, t in zip(predicted, targets) if t == name], [name] * targets.count(name))
-            for name in COLORS
-        },
-        "predicted_color_counts": dict(Counter(str(p) for p in predicted)),
+        **color_breakdown(predicted, targets),
         "generated_seconds_mean": round(float(np.mean([w.size / rate for w in generated])), 3),
         "real_seconds_mean": round(float(np.mean([w.size / real_rate for w in real])), 3),
         "generation_seconds": round(seconds, 1),
@@ -119,35 +115,14 @@ def evaluate(
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--model", required=True, help="OptTriForTextToAudio checkpoint folder")
-    parser.add_argument("--audio_tokenizer", required=True, help="OptTriAudioVQModel folder")
-    parser.add_argument("--processor", default=None, help="OptTriProcessor folder (default: --model)")
-    parser.add_argument("--output_dir", default=None, help="default: --model")
-    parser.add_argument("--num_prompts", type=int, default=120, help="held-out prompts (balanced over 6 colours)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch_size", type=int, default=24)
-    parser.add_argument("--greedy", action="store_true")
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--top_k", type=int, default=0)
-    parser.add_argument("--top_p", type=float, default=1.0)
-    parser.add_argument("--num_threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    text_to_code.add_evaluation_arguments(parser, "OptTriForTextToAudio", "--audio_tokenizer", "OptTriAudioVQModel")
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    if args.num_threads:
-        torch.set_num_threads(args.num_threads)
-    model = OptTriForTextToAudio.from_pretrained(args.model)
-    processor = OptTriProcessor.from_pretrained(args.processor or args.model)
     tokenizer = OptTriAudioVQModel.from_pretrained(args.audio_tokenizer)
-    report = evaluate(
-        model, processor, tokenizer, num_prompts=args.num_prompts, seed=args.seed, batch_size=args.batch_size,
-        output_dir=args.output_dir or args.model, do_sample=not args.greedy, temperature=args.temperature,
-        top_k=args.top_k, top_p=args.top_p,
-    )
-    print(json.dumps(report, indent=2))
-    return report
+    return text_to_code.run_evaluation(args, OptTriForTextToAudio, tokenizer, evaluate)
 
 
 if __name__ == "__main__":

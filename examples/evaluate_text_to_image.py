@@ -32,6 +32,7 @@ from modeling_opt_tri import OptTriProcessor
 from modeling_opt_tri.data.synthetic import COLOR_RGB, COLORS, ShapeWorld, split_offset
 from modeling_opt_tri.modeling_opt_tri import OptTriForTextToImage
 from modeling_opt_tri.modeling_opt_tri_vq import OptTriImageVQModel
+from modeling_opt_tri.training import text_to_code
 
 #: Hue (in [0, 1)) of each ShapeWorld colour's nominal RGB value.
 COLOR_HUES: dict[str, float] = {name: colorsys.rgb_to_hsv(*(c / 255 for c in rgb))[0] for name, rgb in COLOR_RGB.items()}
@@ -76,6 +77,17 @@ def heldout_scenes(num_prompts: int, image_size: int, seed: int = 0, sampling_ra
 
 def _accuracy(predictions: list[str | None], targets: list[str]) -> float:
     return float(np.mean([p == t for p, t in zip(predictions, targets)]))
+
+
+def color_breakdown(predicted: list[str | None], targets: list[str]) -> dict:
+    """Accuracy for each target colour, and how often each colour (or None) was predicted."""
+    return {
+        "per_color_accuracy": {
+            name: _accuracy([p for p, t in zip(predicted, targets) if t == name], [name] * targets.count(name))
+            for name in COLORS
+        },
+        "predicted_color_counts": dict(Counter(str(p) for p in predicted)),
+    }
 
 
 def _grid(images: list[Image.Image], columns: int) -> Image.Image:
@@ -125,11 +137,7 @@ def evaluate(
         "tokenizer_reconstruction_color_accuracy": _accuracy([dominant_color(i) for i in reconstructed], targets),
         "chance": 1.0 / len(COLORS),
         "generated_no_color_found": sum(p is None for p in predicted),
-        "per_color_accuracy": {
-            name: _accuracy([p for p, t in zip(predicted, targets) if t == name], [name] * targets.count(name))
-            for name in COLORS
-        },
-        "predicted_color_counts": dict(Counter(str(p) for p in predicted)),
+        **color_breakdown(predicted, targets),
         "generation_seconds": round(seconds, 1),
     }
     if output_dir is not None:
@@ -147,35 +155,14 @@ def evaluate(
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--model", required=True, help="OptTriForTextToImage checkpoint folder")
-    parser.add_argument("--image_tokenizer", required=True, help="OptTriImageVQModel folder")
-    parser.add_argument("--processor", default=None, help="OptTriProcessor folder (default: --model)")
-    parser.add_argument("--output_dir", default=None, help="default: --model")
-    parser.add_argument("--num_prompts", type=int, default=120, help="held-out prompts (balanced over 6 colours)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch_size", type=int, default=24)
-    parser.add_argument("--greedy", action="store_true")
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--top_k", type=int, default=0)
-    parser.add_argument("--top_p", type=float, default=1.0)
-    parser.add_argument("--num_threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    text_to_code.add_evaluation_arguments(parser, "OptTriForTextToImage", "--image_tokenizer", "OptTriImageVQModel")
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    if args.num_threads:
-        torch.set_num_threads(args.num_threads)
-    model = OptTriForTextToImage.from_pretrained(args.model)
-    processor = OptTriProcessor.from_pretrained(args.processor or args.model)
     tokenizer = OptTriImageVQModel.from_pretrained(args.image_tokenizer)
-    report = evaluate(
-        model, processor, tokenizer, num_prompts=args.num_prompts, seed=args.seed, batch_size=args.batch_size,
-        output_dir=args.output_dir or args.model, do_sample=not args.greedy, temperature=args.temperature,
-        top_k=args.top_k, top_p=args.top_p,
-    )
-    print(json.dumps(report, indent=2))
-    return report
+    return text_to_code.run_evaluation(args, OptTriForTextToImage, tokenizer, evaluate)
 
 
 if __name__ == "__main__":

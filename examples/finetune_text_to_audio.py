@@ -21,16 +21,9 @@ It writes to `--output_dir`: the model and the processor (`save_pretrained`), `m
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import sys
-import time
 from pathlib import Path
 
-import torch
-
-from modeling_opt_tri import OptTriProcessor
-from modeling_opt_tri.data.synthetic import build_synthetic_dataset
 from modeling_opt_tri.modeling_opt_tri import OptTriForTextToAudio
 from modeling_opt_tri.modeling_opt_tri_vq import OptTriAudioVQModel
 from modeling_opt_tri.training import text_to_code
@@ -51,33 +44,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    if args.num_threads:
-        torch.set_num_threads(args.num_threads)
-    torch.manual_seed(args.seed)
-    output_dir = Path(args.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    processor = OptTriProcessor.from_pretrained(args.processor or args.model)
     tokenizer = OptTriAudioVQModel.from_pretrained(args.audio_tokenizer).eval()
-    model = text_to_code.build_generator(OptTriForTextToAudio, args.model, processor, audio_tokenizer=tokenizer)
-    model.to(args.device)
-
-    started = time.time()
-    rows = build_synthetic_dataset(args.num_train_rows, seed=args.seed, split="train",
-                                   sampling_rate=int(processor.feature_extractor.sampling_rate), max_shapes=args.max_shapes)
-    tensors = text_to_code.encode_rows(processor, rows, audio_tokenizer=tokenizer)
-    print(f"encoded {len(rows)} clips into up to {tensors['labels'].shape[1]} codes in {time.time() - started:.0f}s")
-    report = text_to_code.train(model, tensors, args, output_dir)
-    model.save_pretrained(output_dir)
-    processor.save_pretrained(output_dir)
-    report.update(uniform_loss=round(math.log(tokenizer.config.codebook_size + 1), 4), args=vars(args))
-    if not args.skip_eval:
-        report["evaluation"] = evaluate(
-            model, processor, tokenizer, num_prompts=args.eval_prompts, seed=args.seed, output_dir=output_dir,
-            top_k=args.eval_top_k, temperature=args.eval_temperature,
-        )
-    (output_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
-    return report
+    return text_to_code.run(args, OptTriForTextToAudio, tokenizer, evaluate, audio_tokenizer=tokenizer)
 
 
 if __name__ == "__main__":

@@ -20,16 +20,9 @@ It writes to `--output_dir`: the model and the processor (`save_pretrained`), `m
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import sys
-import time
 from pathlib import Path
 
-import torch
-
-from modeling_opt_tri import OptTriProcessor
-from modeling_opt_tri.data.synthetic import build_synthetic_dataset
 from modeling_opt_tri.modeling_opt_tri import OptTriForTextToImage
 from modeling_opt_tri.modeling_opt_tri_vq import OptTriImageVQModel
 from modeling_opt_tri.training import text_to_code
@@ -50,37 +43,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    if args.num_threads:
-        torch.set_num_threads(args.num_threads)
-    torch.manual_seed(args.seed)
-    output_dir = Path(args.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    processor = OptTriProcessor.from_pretrained(args.processor or args.model)
     tokenizer = OptTriImageVQModel.from_pretrained(args.image_tokenizer).eval()
-    image_size = int(processor.image_processor.image_size)
-    if tokenizer.config.image_size != image_size:
-        raise SystemExit(f"the image tokenizer is for {tokenizer.config.image_size}-px images, the processor makes "
-                         f"{image_size}-px images")
-    model = text_to_code.build_generator(OptTriForTextToImage, args.model, processor, image_tokenizer=tokenizer)
-    model.to(args.device)
-
-    started = time.time()
-    rows = build_synthetic_dataset(args.num_train_rows, seed=args.seed, split="train", image_size=image_size,
-                                   max_shapes=args.max_shapes)
-    tensors = text_to_code.encode_rows(processor, rows, image_tokenizer=tokenizer)
-    print(f"encoded {len(rows)} rows into {tuple(tensors['labels'].shape[1:])} codes in {time.time() - started:.0f}s")
-    report = text_to_code.train(model, tensors, args, output_dir)
-    model.save_pretrained(output_dir)
-    processor.save_pretrained(output_dir)
-    report.update(uniform_loss=round(math.log(tokenizer.config.codebook_size), 4), args=vars(args))
-    if not args.skip_eval:
-        report["evaluation"] = evaluate(
-            model, processor, tokenizer, num_prompts=args.eval_prompts, seed=args.seed, output_dir=output_dir,
-            top_k=args.eval_top_k, temperature=args.eval_temperature,
-        )
-    (output_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
-    return report
+    return text_to_code.run(args, OptTriForTextToImage, tokenizer, evaluate, image_tokenizer=tokenizer)
 
 
 if __name__ == "__main__":

@@ -155,3 +155,77 @@ def train(model, tensors: dict[str, torch.Tensor], args: argparse.Namespace, out
         "loss_first_log": log[0]["loss"] if log else None,
         "loss_last_log": log[-1]["loss"] if log else None,
     }
+
+
+def run(args: argparse.Namespace, model_class, tokenizer, evaluate, image_tokenizer=None, audio_tokenizer=None) -> dict:
+    """
+    The whole fine-tuning command: build the model for `tokenizer` (passed again as `image_tokenizer` or
+    `audio_tokenizer`), render and encode `args.num_train_rows` ShapeWorld rows, train, save the model and processor
+    to `args.output_dir`, run `evaluate(model, processor, tokenizer, ...)` unless `args.skip_eval`, and write
+    `report.json`.
+    """
+    from ..data.synthetic import build_synthetic_dataset
+    from ..processing_opt_tri import OptTriProcessor
+
+    if args.num_threads:
+        torch.set_num_threads(args.num_threads)
+    torch.manual_seed(args.seed)
+    output_dir = Path(args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    processor = OptTriProcessor.from_pretrained(args.processor or args.model)
+    model = build_generator(model_class, args.model, processor, image_tokenizer, audio_tokenizer).to(args.device)
+    started = time.time()
+    rows = build_synthetic_dataset(
+        args.num_train_rows, seed=args.seed, split="train", image_size=int(processor.image_processor.image_size),
+        sampling_rate=int(processor.feature_extractor.sampling_rate), max_shapes=args.max_shapes,
+    )
+    tensors = encode_rows(processor, rows, image_tokenizer, audio_tokenizer)
+    print(f"encoded {len(rows)} rows into codes {tuple(tensors['labels'].shape[1:])} in {time.time() - started:.0f}s")
+    report = train(model, tensors, args, output_dir)
+    model.save_pretrained(output_dir)
+    processor.save_pretrained(output_dir)
+    dc = model.decoder_config
+    # the loss of a uniform guess over what the decoder may write: the codes, and for audio the end code
+    report.update(uniform_loss=round(math.log(dc.codebook_size + (dc.modality == "audio")), 4), args=vars(args))
+    if not args.skip_eval:
+        report["evaluation"] = evaluate(
+            model, processor, tokenizer, num_prompts=args.eval_prompts, seed=args.seed, output_dir=output_dir,
+            top_k=args.eval_top_k, temperature=args.eval_temperature,
+        )
+    (output_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+    return report
+
+
+def add_evaluation_arguments(parser: argparse.ArgumentParser, model_class_name: str, tokenizer_flag: str,
+                             tokenizer_class_name: str) -> None:
+    """The flags both evaluation scripts share: model, tokenizer, prompts and sampling."""
+    parser.add_argument("--model", required=True, help=f"{model_class_name} checkpoint folder")
+    parser.add_argument(tokenizer_flag, required=True, help=f"{tokenizer_class_name} folder")
+    parser.add_argument("--processor", default=None, help="OptTriProcessor folder (default: --model)")
+    parser.add_argument("--output_dir", default=None, help="default: --model")
+    parser.add_argument("--num_prompts", type=int, default=120, help="held-out prompts (balanced over 6 colours)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch_size", type=int, default=24)
+    parser.add_argument("--greedy", action="store_true")
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--top_k", type=int, default=0)
+    parser.add_argument("--top_p", type=float, default=1.0)
+    parser.add_argument("--num_threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+
+
+def run_evaluation(args: argparse.Namespace, model_class, tokenizer, evaluate) -> dict:
+    """Load `args.model` as `model_class` and its processor, and print `evaluate(...)`'s report."""
+    from ..processing_opt_tri import OptTriProcessor
+
+    if args.num_threads:
+        torch.set_num_threads(args.num_threads)
+    model = model_class.from_pretrained(args.model)
+    processor = OptTriProcessor.from_pretrained(args.processor or args.model)
+    report = evaluate(
+        model, processor, tokenizer, num_prompts=args.num_prompts, seed=args.seed, batch_size=args.batch_size,
+        output_dir=args.output_dir or args.model, do_sample=not args.greedy, temperature=args.temperature,
+        top_k=args.top_k, top_p=args.top_p,
+    )
+    print(json.dumps(report, indent=2))
+    return report
