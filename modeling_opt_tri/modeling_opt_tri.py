@@ -2856,8 +2856,8 @@ class OptTriForRetrieval(OptTriPreTrainedModel):
     def matching_logits(self, modality_a: str, part_a, modality_b: str, part_b) -> torch.Tensor:
         """ITM logits `(n, 2)` (class 1 = match) of aligned rows of two `(states, mask)` parts from `encode`."""
         parts = {modality_a: part_a, modality_b: part_b}
-        fused, _, _ = self.opt_tri.fuse(parts.get("text"), parts.get("image"), parts.get("audio"))
-        return self.itm_head(fused[:, 0])
+        cls = self.opt_tri.fuse_selected(parts.get("text"), parts.get("image"), parts.get("audio"))[0][:, 0]
+        return self.itm_head(cls)
 
     def matching_score(self, query_modality: str = "text", gallery_modality: str = "image", **inputs) -> torch.Tensor:
         """Cross-encoder matching probability `(B,)` of the aligned pairs (row i of one modality with row i of the other)."""
@@ -3053,8 +3053,8 @@ class OptTriForPairReasoning(OptTriPreTrainedModel):
         text = base.encode_text(input_ids, attention_mask, token_type_ids)
         images = base.encode_image(torch.cat([pixel_values[:, 0], pixel_values[:, 1]]))  # (2B, 1 + N, d)
         image_mask = torch.ones(images.shape[:2], dtype=torch.long, device=images.device)
-        fused, _, _ = base.fuse((text.repeat(2, 1, 1), attention_mask.long().repeat(2, 1)), (images, image_mask))
-        pooled = torch.cat([fused[:batch, 0], fused[batch:, 0]], dim=-1)
+        cls = base.fuse_selected((text.repeat(2, 1, 1), attention_mask.long().repeat(2, 1)), (images, image_mask))[0][:, 0]
+        pooled = torch.cat([cls[:batch], cls[batch:]], dim=-1)
         logits = self.classifier(pooled)
         loss = F.cross_entropy(logits.float(), labels.long(), ignore_index=-100) if labels is not None else None
         output = OptTriClassifierOutput(loss=loss, logits=logits)

@@ -217,6 +217,9 @@ def test_rerank_orders_the_shortlist_by_itm_score():
                 "pixel_values": candidates["pixel_values"][shortlist],
             }
             itm = model.matching_score("text", "image", **pairs)  # the cross-encoder, computed independently
+            # ... and equal to the ITM head on the full cross-modal forward's [CLS]
+            full = model.opt_tri(**pairs).pooler_output
+            torch.testing.assert_close(itm, model.itm_head(full).softmax(-1)[:, 1])
             order = itm.argsort(descending=True, stable=True)
             assert torch.equal(out.indices[i], shortlist[order])
             torch.testing.assert_close(out.scores[i], itm[order])
