@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -33,9 +32,8 @@ from modeling_opt_tri.data.synthetic import COLOR_PITCH_HZ, COLORS
 from modeling_opt_tri.modeling_opt_tri import OptTriForTextToAudio
 from modeling_opt_tri.modeling_opt_tri_vq import OptTriAudioVQModel
 from modeling_opt_tri.training import text_to_code
+from modeling_opt_tri.training.text_to_code import accuracy, color_breakdown, heldout_scenes, prompt_color
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from evaluate_text_to_image import _accuracy, color_breakdown, heldout_scenes, prompt_color  # noqa: E402  (same prompts and scoring)
 
 BAND = 0.08  # relative half-width of each colour's fundamental band
 MIN_RMS = 1e-3  # quieter clips count as silent (ShapeWorld's background noise alone has an RMS of 0.004)
@@ -90,9 +88,9 @@ def evaluate(
     report = {
         "num_prompts": len(prompts),
         "sampling": {"seed": seed, **sampling},
-        "generated_pitch_accuracy": _accuracy(predicted, targets),
-        "real_audio_pitch_accuracy": _accuracy([dominant_pitch_color(w, real_rate) for w in real], targets),
-        "tokenizer_round_trip_pitch_accuracy": _accuracy([dominant_pitch_color(w, rate) for w in round_trip], targets),
+        "generated_pitch_accuracy": accuracy(predicted, targets),
+        "real_audio_pitch_accuracy": accuracy([dominant_pitch_color(w, real_rate) for w in real], targets),
+        "tokenizer_round_trip_pitch_accuracy": accuracy([dominant_pitch_color(w, rate) for w in round_trip], targets),
         "chance": 1.0 / len(COLORS),
         "generated_silent": sum(p is None for p in predicted),
         **color_breakdown(predicted, targets),

@@ -21,7 +21,6 @@ import argparse
 import colorsys
 import json
 import time
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -29,10 +28,11 @@ import torch
 from PIL import Image
 
 from modeling_opt_tri import OptTriProcessor
-from modeling_opt_tri.data.synthetic import COLOR_RGB, COLORS, ShapeWorld, split_offset
+from modeling_opt_tri.data.synthetic import COLOR_RGB, COLORS
 from modeling_opt_tri.modeling_opt_tri import OptTriForTextToImage
 from modeling_opt_tri.modeling_opt_tri_vq import OptTriImageVQModel
 from modeling_opt_tri.training import text_to_code
+from modeling_opt_tri.training.text_to_code import accuracy, color_breakdown, heldout_scenes, prompt_color
 
 #: Hue (in [0, 1)) of each ShapeWorld colour's nominal RGB value.
 COLOR_HUES: dict[str, float] = {name: colorsys.rgb_to_hsv(*(c / 255 for c in rgb))[0] for name, rgb in COLOR_RGB.items()}
@@ -52,42 +52,6 @@ def dominant_color(image: Image.Image) -> str | None:
     distance = np.minimum(distance, 1.0 - distance)  # hue is circular
     votes = np.bincount(distance.argmin(axis=1), minlength=len(COLORS))
     return COLORS[int(votes.argmax())]
-
-
-def prompt_color(text: str) -> str:
-    words = [w for w in text.lower().replace(",", " ").replace(".", " ").split() if w in COLORS]
-    if len(set(words)) != 1:
-        raise ValueError(f"the prompt {text!r} must name exactly one colour")
-    return words[0]
-
-
-def heldout_scenes(num_prompts: int, image_size: int, seed: int = 0, sampling_rate: int = 16000) -> list[dict]:
-    """Single-shape validation scenes, balanced over the six colours (the first `num_prompts // 6` of each)."""
-    world = ShapeWorld(seed=seed, image_size=image_size, sampling_rate=sampling_rate, max_shapes=1)
-    per_color = max(1, num_prompts // len(COLORS))
-    chosen: dict[str, list[dict]] = {name: [] for name in COLORS}
-    index = split_offset("validation")
-    while any(len(rows) < per_color for rows in chosen.values()):
-        row = world.sample(index)
-        index += 1
-        if len(chosen[row["color"]]) < per_color:
-            chosen[row["color"]].append(row)
-    return [row for name in COLORS for row in chosen[name]]
-
-
-def _accuracy(predictions: list[str | None], targets: list[str]) -> float:
-    return float(np.mean([p == t for p, t in zip(predictions, targets)]))
-
-
-def color_breakdown(predicted: list[str | None], targets: list[str]) -> dict:
-    """Accuracy for each target colour, and how often each colour (or None) was predicted."""
-    return {
-        "per_color_accuracy": {
-            name: _accuracy([p for p, t in zip(predicted, targets) if t == name], [name] * targets.count(name))
-            for name in COLORS
-        },
-        "predicted_color_counts": dict(Counter(str(p) for p in predicted)),
-    }
 
 
 def _grid(images: list[Image.Image], columns: int) -> Image.Image:
@@ -132,9 +96,9 @@ def evaluate(
     report = {
         "num_prompts": len(prompts),
         "sampling": {"seed": seed, **sampling},
-        "generated_color_accuracy": _accuracy(predicted, targets),
-        "real_image_color_accuracy": _accuracy([dominant_color(i) for i in real], targets),
-        "tokenizer_reconstruction_color_accuracy": _accuracy([dominant_color(i) for i in reconstructed], targets),
+        "generated_color_accuracy": accuracy(predicted, targets),
+        "real_image_color_accuracy": accuracy([dominant_color(i) for i in real], targets),
+        "tokenizer_reconstruction_color_accuracy": accuracy([dominant_color(i) for i in reconstructed], targets),
         "chance": 1.0 / len(COLORS),
         "generated_no_color_found": sum(p is None for p in predicted),
         **color_breakdown(predicted, targets),

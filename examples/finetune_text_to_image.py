@@ -6,9 +6,10 @@
 
 The targets are the codes of a trained image tokenizer (`OptTriImageVQModel`): every training image is encoded once,
 before training, into its `grid x grid` codes, and the model learns them by teacher forcing (next-code cross-entropy)
-conditioned on the caption. `--model` is an OPT-Tri checkpoint (a pre-training checkpoint loads its encoders; the image
-decoder starts at random) or a preset folder such as `configuration/tiny` (random initialisation). The image decoder
-config is set to the tokenizer's codebook and code grid when the folder's disagrees.
+conditioned on the caption. `--model` is an OPT-Tri checkpoint (a pre-training checkpoint loads its encoders and, when it fits
+the tokenizer, the image decoder that DIR trained) or a preset folder such as `configuration/tiny` (random
+initialisation). The image decoder config is set to the tokenizer's codebook and code grid when the folder's
+disagrees.
 
 By default scenes have one shape (`--max_shapes 1`), so each caption names one colour and the colour measurement of
 `examples/evaluate_text_to_image.py` (run at the end, unless `--skip_eval`) is well defined.

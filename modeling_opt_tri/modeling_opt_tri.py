@@ -248,6 +248,9 @@ class OptTriEncoder(nn.Module):
         keys and values, so the selected outputs equal those of `forward` (an objective that reads the `[CLS]` or a
         few masked tokens skips most of the last layer's queries and MLP).
 
+        With dropout in the cross-modal encoder (the presets have none), the last layer's two computations for the
+        `full_rows` draw independent dropout masks.
+
         Returns `(selected (B, k, d), full (R, S, d) or None)`.
         """
         additive_mask = _additive_mask(attention_mask, hidden_states.dtype)

@@ -706,6 +706,85 @@ def test_selected_cross_modal_states_give_the_losses_and_gradients_of_full_ones(
     assert any(calls), "no call selected fewer positions than the sequence holds"
 
 
+@pytest.mark.parametrize("drop_text", [False, True])
+def test_each_head_reads_the_cross_modal_states_of_its_own_masked_tokens(monkeypatch, drop_text):
+    """
+    Trace which cross-modal positions reach each head: a stand-in for `fuse_selected` returns, for every selected
+    state, its (row, position), and every decoded row's full states carry the row. The masks drawn by the forward
+    are recorded, and the expected positions are worked out from the `[CLS] | text | image | audio` layout alone.
+    """
+    config, data = _every_objective_inputs()
+    config.masking_policy = "joint"  # every present modality token-masked in every row
+    model = OptTriForPreTraining(config).eval()
+    batch, text_len = data["input_ids"].shape
+    data["attention_mask"][3] = 0  # row 3 has no text
+    if drop_text:  # DTR needs a dropped text: conditional masking, and always drop what may be dropped
+        model.config.masking_policy = "conditional"
+        model.config.modality_mask_probability = 1.0
+    masks, seen = {}, {}
+    original_positions = OptTriForPreTraining._mask_positions
+
+    def spy_positions(real, rows, probability):
+        chosen = original_positions(real, rows, probability)
+        masks["image" if real.shape[1] == model.config.num_image_patches else "audio"] = chosen
+        return chosen
+
+    def tracer(text=None, image=None, audio=None, query_index=None, full_rows=None):
+        mask = torch.cat([torch.ones(batch, 1, dtype=torch.long)] + [p[1].long() for p in (text, image, audio) if p is not None], 1)
+        if query_index is None:
+            query_index = torch.zeros(batch, 1, dtype=torch.long)
+        selected = torch.zeros(*query_index.shape, 48)
+        selected[..., 0] = torch.arange(batch)[:, None].float()
+        selected[..., 1] = query_index.float()
+        full = None
+        if full_rows is not None:
+            full = torch.zeros(len(full_rows), mask.shape[1], 48)
+            full[..., 0] = full_rows[:, None].float()
+        return selected, full, mask, None
+
+    def record(name):
+        def hook(module, args, output):
+            seen[name] = args[0] if name != "text_decoder" else args[2]
+        return hook
+
+    monkeypatch.setattr(model, "_mask_positions", spy_positions)
+    monkeypatch.setattr(model.opt_tri, "fuse_selected", tracer)
+    for name in ("mlm_head", "mrfr_head", "mrc_head", "mafr_head", "mac_head", "text_decoder"):
+        getattr(model, name).register_forward_hook(record(name))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        out = model(**data, tasks=["mlm", "mrfr", "mrc", "mafr", "mac", "dtr"])
+    image_start = 1 + text_len  # [CLS] | text (with its own [CLS]) | image [CLS] + patches | audio [CLS] + tokens
+    audio_start = image_start + 1 + model.config.num_image_patches
+
+    def pairs(states):
+        return [(int(r), int(p)) for r, p in states[:, :2].tolist()]
+
+    def expected(mask, start):
+        return [(int(r), start + int(p)) for r, p in mask.nonzero().tolist()]
+
+    if out.mlm_labels is not None and (out.mlm_labels != -100).any():
+        assert pairs(seen["mlm_head"]) == expected(out.mlm_labels != -100, 1)
+    for head in ("mrfr_head", "mrc_head"):
+        if "image" in masks and masks["image"].any():
+            assert pairs(seen[head]) == expected(masks["image"], image_start + 1), head
+    for head in ("mafr_head", "mac_head"):
+        if "audio" in masks and masks["audio"].any():
+            assert pairs(seen[head]) == expected(masks["audio"], audio_start + 1), head
+    if drop_text:  # the text decoder reads the full states of exactly the rows whose text was dropped
+        assert out.dtr_loss is not None
+        states = seen["text_decoder"]  # (R, S, 48): every state of a decoded row carries its row
+        rows = states[:, 0, 0].long()
+        assert torch.equal(states[..., 0], rows[:, None].float().expand(-1, states.shape[1]))
+        # every present modality that is not token-masked is dropped (p = 1), so the text of exactly the rows with text
+        # whose text was not token-masked
+        has_text = data["attention_mask"].bool().any(1)
+        text_masked = (out.mlm_labels != -100).any(1) if out.mlm_labels is not None else torch.zeros_like(has_text)
+        assert rows.tolist() == (has_text & ~text_masked).nonzero().flatten().tolist() and len(rows) >= 1
+    else:
+        assert "mlm_head" in seen and "mrfr_head" in seen and "mafr_head" in seen and "mac_head" in seen
+
+
 @pytest.mark.slow
 def test_training_lowers_every_loss():
     """Every objective on, the VQ-code ones included (with fixed codes standing in for a tokenizer's)."""

@@ -2,7 +2,8 @@
 
 Shared by `examples/finetune_text_to_image.py` and `examples/finetune_text_to_audio.py`: the command-line flags, the
 model built to write a given VQ tokenizer's codes, the one-off encoding of the training rows into codes, and the
-teacher-forced training loop (AdamW, cosine schedule with warm-up, gradient clipping, `metrics.jsonl`).
+teacher-forced training loop (AdamW, cosine schedule with warm-up, gradient clipping, `metrics.jsonl`); and the
+held-out single-shape prompts and colour scoring that `examples/evaluate_text_to_{image,audio}.py` share.
 """
 
 from __future__ import annotations
@@ -11,13 +12,16 @@ import argparse
 import json
 import math
 import time
+from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 from transformers import get_cosine_schedule_with_warmup
 
 from ..configuration_opt_tri import OptTriConfig
+from ..data.synthetic import COLORS, ShapeWorld, split_offset
 from .codes import VQCodeTargets
 
 
@@ -50,8 +54,9 @@ def build_generator(model_class, folder: str, processor, image_tokenizer=None, a
     """
     A `model_class` (`OptTriForTextToImage` / `OptTriForTextToAudio`) from a checkpoint or preset folder, whose code
     decoder writes the given tokenizer's codes: a decoder config that disagrees (codebook size, code grid or clip
-    length) is resized to the tokenizer, and that decoder then starts at random. Raises when the tokenizer does not
-    fit the processor (image size and normalisation, mel settings).
+    length) is resized to the tokenizer, and the checkpoint tensors whose shape then differs (code embeddings, head,
+    positions) start at random while the decoder's layers load. Raises when the tokenizer does not fit the processor
+    (image size and normalisation, mel settings).
     """
     config = OptTriConfig.from_pretrained(folder)
     name = "image_decoder_config" if image_tokenizer is not None else "audio_decoder_config"
@@ -64,7 +69,7 @@ def build_generator(model_class, folder: str, processor, image_tokenizer=None, a
         print(f"{name} resized to the tokenizer: " + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in resized.items()))
     VQCodeTargets.check_compatible(config, processor, image_tokenizer, audio_tokenizer)
     if (Path(folder) / "model.safetensors").is_file():
-        # a resized decoder cannot take the checkpoint's decoder weights: those start at random (reported by HF)
+        # the tensors a resized decoder cannot take from the checkpoint start at random (reported by transformers)
         return model_class.from_pretrained(folder, config=config, ignore_mismatched_sizes=bool(resized))
     print(f"{folder} holds no weights: random initialisation")
     return model_class(config)
@@ -146,7 +151,7 @@ def train(model, tensors: dict[str, torch.Tensor], args: argparse.Namespace, out
                     print(json.dumps(record), flush=True)
                 if step >= args.max_steps or out_of_time():
                     break
-    if out_of_time():
+    if step < args.max_steps:
         print(f"stopped after {args.max_minutes} minutes at step {step}")
     model.eval()
     return {
@@ -229,3 +234,42 @@ def run_evaluation(args: argparse.Namespace, model_class, tokenizer, evaluate) -
     )
     print(json.dumps(report, indent=2))
     return report
+
+
+# ---------------------------------------------------------------------------------------------- evaluation prompts
+def prompt_color(text: str) -> str:
+    """The one ShapeWorld colour a prompt names (raises unless it names exactly one)."""
+    words = [w for w in text.lower().replace(",", " ").replace(".", " ").split() if w in COLORS]
+    if len(set(words)) != 1:
+        raise ValueError(f"the prompt {text!r} must name exactly one colour")
+    return words[0]
+
+
+def heldout_scenes(num_prompts: int, image_size: int, seed: int = 0, sampling_rate: int = 16000) -> list[dict]:
+    """Single-shape validation scenes, balanced over the six colours (the first `num_prompts // 6` of each)."""
+    world = ShapeWorld(seed=seed, image_size=image_size, sampling_rate=sampling_rate, max_shapes=1)
+    per_color = max(1, num_prompts // len(COLORS))
+    chosen: dict[str, list[dict]] = {name: [] for name in COLORS}
+    index = split_offset("validation")
+    while any(len(rows) < per_color for rows in chosen.values()):
+        row = world.sample(index)
+        index += 1
+        if len(chosen[row["color"]]) < per_color:
+            chosen[row["color"]].append(row)
+    return [row for name in COLORS for row in chosen[name]]
+
+
+def accuracy(predictions: list[str | None], targets: list[str]) -> float:
+    """Fraction of predictions equal to their target (a `None` prediction is wrong)."""
+    return float(np.mean([p == t for p, t in zip(predictions, targets)]))
+
+
+def color_breakdown(predicted: list[str | None], targets: list[str]) -> dict:
+    """Accuracy for each target colour, and how often each colour (or None) was predicted."""
+    return {
+        "per_color_accuracy": {
+            name: accuracy([p for p, t in zip(predicted, targets) if t == name], [name] * targets.count(name))
+            for name in COLORS
+        },
+        "predicted_color_counts": dict(Counter(str(p) for p in predicted)),
+    }
