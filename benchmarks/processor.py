@@ -2,6 +2,7 @@
 plus `Wav2Vec2FeatureExtractor` (audio) on the same inputs.
 
     python benchmarks/processor.py [--batches 20] [--batch-size 32] [--repeats 7] [--image-size 224] [--threads 1]
+                                   [--resize-backend torch|pil]
 
 Inputs (identical objects for both sides): rows of the built-in dataset decoded the way `TriModalCollator` hands
 them to a processor, i.e. RGB `PIL` images (64 px, already decoded) and float32 NumPy waveforms at 16 kHz
@@ -10,15 +11,18 @@ both sides must first turn into arrays).
 
 What each side does, per batch, returning PyTorch tensors:
   OPT-Tri: tokenizer (pad to longest, truncate at the tokenizer's limit) -> input_ids, token_type_ids,
-           attention_mask; image resize to S x S (PIL bicubic), rescale, normalise -> pixel_values [B, 3, S, S],
+           attention_mask; image resize to S x S (bicubic: by default torch's antialiased uint8 kernel, batched;
+           `--resize-backend pil` for PIL's), rescale, normalise -> pixel_values [B, 3, S, S],
            image_mask; log-mel (STFT n_fft 400, hop 160, 80 Slaney mel bins, log, normalise) ->
            input_features [B, 80, T], audio_attention_mask.
   FLAVA:   same tokenizer with the same padding/truncation -> the same three text tensors; FlavaImageProcessorPil
            resize to S x S (PIL bicubic), centre crop S x S (a no-op), rescale, normalise ->
            pixel_values [B, 3, S, S]; Wav2Vec2FeatureExtractor pad + per-clip zero-mean/unit-variance
            normalisation -> input_values [B, N], attention_mask (no spectral features at all).
-(torchvision is not installed here, so FLAVA's image processor is its PIL backend, which is what
-`FlavaImageProcessor` falls back to.)
+(torchvision is not installed here, and has no CPU build for this torch, so FLAVA's image processor is its PIL
+backend, which is what `FlavaImageProcessor` falls back to. FLAVA's torchvision backend would resize uint8
+tensors with the same torch kernel as our default; `--resize-backend pil` shows our figure with PIL resizing,
+i.e. the same resize work on both sides.)
 Both are built offline from default configs with our tokenizer (no download). The two sides run interleaved
 (alternating which goes first) in every repeat, so machine load hits both alike; the script prints the median
 samples/s of each, the ratio of the medians and the median of the per-repeat ratios.
@@ -64,7 +68,7 @@ def build_batches(num_rows: int, batch_size: int, raw_audio_lists: bool) -> list
     ]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batches", type=int, default=20)
     parser.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=32)
@@ -73,7 +77,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads for both sides")
     parser.add_argument("--raw-audio-lists", action="store_true", help="pass raw Python lists instead of arrays")
     parser.add_argument("--preset", default="configuration/tiny", help="tokenizer source")
-    args = parser.parse_args()
+    parser.add_argument("--resize-backend", choices=["torch", "pil"], default="torch", help="OptTriImageProcessor's")
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     hf_logging.set_verbosity_error()  # FLAVA's "no torchvision, using the PIL backend" notice
 
@@ -81,7 +86,7 @@ def main() -> None:
     max_length = int(tokenizer.model_max_length)
     size = args.image_size
     ours = OptTriProcessor(
-        image_processor=OptTriImageProcessor(image_size=size),
+        image_processor=OptTriImageProcessor(image_size=size, resize_backend=args.resize_backend),
         feature_extractor=OptTriFeatureExtractor(feature_size=80, sampling_rate=SAMPLING_RATE),
         tokenizer=tokenizer,
     )
@@ -124,7 +129,8 @@ def main() -> None:
     assert torch.equal(a["input_ids"], b["input_ids"])
     print(
         f"{num_rows} rows in {len(batches)} batches of {args.batch_size}; image {size} px; torch threads "
-        f"{torch.get_num_threads()}; audio as {'lists' if args.raw_audio_lists else 'float32 arrays'}; "
+        f"{torch.get_num_threads()}; our resize backend {args.resize_backend}; "
+        f"audio as {'lists' if args.raw_audio_lists else 'float32 arrays'}; "
         f"load average at start {os.getloadavg()[0]:.2f}"
     )
     for name, out in last.items():

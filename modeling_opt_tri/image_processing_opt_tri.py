@@ -1,21 +1,32 @@
 """Image processor for OPT-Tri.
 
 This is a Hub file: it is copied next to checkpoints as remote code. It imports only third-party packages
-(numpy, PIL, transformers; torch optionally) and nothing from the rest of the `modeling_opt_tri` package.
+(numpy, PIL, transformers; torch for the default resize backend) and nothing from the rest of the
+`modeling_opt_tri` package.
 
-Pipeline, per image: convert to RGB -> resize to `image_size` x `image_size` (PIL, bicubic by default) ->
-rescale to [0, 1] -> normalise with `image_mean` / `image_std`.
+Pipeline, per image: convert to RGB -> resize to `image_size` x `image_size` (bicubic by default) -> rescale to
+[0, 1] -> normalise with `image_mean` / `image_std`.
 
-Speed: PIL images are resized as they are (no NumPy -> PIL -> NumPy round trip), and each resized image is
-rescaled and normalised straight into its channels-first slot of the output batch while it is still in cache
-(three in-place float32 passes; no batch-sized temporaries, no channels-last copy). Everything runs in NumPy,
-so the processor never touches torch's intra-op thread pool (which on a busy machine costs more than the work).
-The arithmetic is the same float32 operations as the straightforward pipeline, so the pixels are bit-identical.
+Resizing (`resize_backend`):
+    - `"torch"` (default): 8-bit images (PIL images other than 16-bit / float modes, uint8 / bool arrays and
+      tensors) with a bilinear or bicubic filter are resized by torch's antialiased uint8 kernel
+      (`F.interpolate(..., antialias=True)` on uint8, the kernel torchvision uses), all images of one size in
+      one call. It follows PIL's resampling (same filters, same support when shrinking) but rounds
+      differently: values are within a few levels of PIL's, typically at most 2 of 255. It is about 10x faster
+      than PIL on a batch. The result of an image does not depend on what else is in the batch.
+    - `"pil"`: every image is resized by `PIL.Image.resize`, bit for bit PIL's result.
+    Float and 16-bit images, and the other filters (nearest, box, hamming, lanczos), always use PIL.
+
+Speed: the resized images are rescaled and normalised straight into their channels-first slots of the output
+batch one plane at a time while still in cache (three in-place float32 passes; no batch-sized float
+temporaries). Torch runs on the calling thread only (its intra-op pool, on a busy machine, costs more than
+the work). The arithmetic is the same float32 operations as `(uint8 * float32(1/255) - mean) * (1 / std)`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -28,7 +39,8 @@ from transformers.utils import TensorType, logging
 
 try:
     import torch
-except ImportError:  # torch is optional for the processor itself
+    import torch.nn.functional as F
+except ImportError:  # torch is needed only by resize_backend="torch"
     torch = None
 
 
@@ -39,6 +51,17 @@ IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 _FLOAT_RANGE_TOLERANCE = 1e-3
 """Float images may exceed [0, 1] by this much (rounding) before they are rejected."""
+
+RESIZE_BACKENDS: tuple[str, ...] = ("torch", "pil")
+
+_TORCH_FILTERS: dict[int, str] = {
+    int(Image.Resampling.BILINEAR): "bilinear",
+    int(Image.Resampling.BICUBIC): "bicubic",
+}
+"""PIL filters that torch's antialiased uint8 kernel implements, and their `F.interpolate` mode names."""
+
+_TORCH_RESIZE_CHUNK_BYTES = 64 * 2**20
+"""Images of one size are resized together in chunks of at most this many input bytes (at least one image)."""
 
 
 class OptTriImageProcessorKwargs(ImagesKwargs, total=False):
@@ -184,22 +207,63 @@ def _is_plain_pil(image: Any) -> bool:
     return isinstance(image, Image.Image) and not (image.mode.startswith("I") or image.mode == "F")
 
 
-def _resized_rgb(image: Any, size: int, resample: int) -> Image.Image | np.ndarray:
-    """One image resized to `size` x `size` RGB: a PIL RGB image, or an HWC array (uint8 0..255 or float32 [0, 1]).
+def _rgb_image(image: Any) -> Image.Image | np.ndarray:
+    """One image as RGB, not yet resized: a PIL RGB image (8-bit PIL inputs) or an HWC array (see `_to_rgb_array`).
 
-    A PIL image with 8-bit channels is converted and resized by PIL directly and returned as a PIL image; this
-    gives the same pixels as `_resize(_to_rgb_array(image))`, which would copy it to NumPy and back to PIL first.
-    Anything else (arrays, tensors, 16-bit and float PIL modes) goes through `_to_rgb_array` and `_resize`.
+    A PIL image with 8-bit channels stays a PIL image (converted to RGB if needed), so the PIL backend resizes it
+    without a NumPy -> PIL round trip; 16-bit and float PIL modes, arrays and tensors go through `_to_rgb_array`.
     """
     if _is_plain_pil(image):
         if image.width == 0 or image.height == 0:
             raise ValueError(f"image has zero size: {image.width}x{image.height} (width x height)")
-        if image.mode != "RGB":
-            image = image.convert("RGB")
-        if image.width != size or image.height != size:
-            image = image.resize((size, size), resample=resample)
-        return image
-    return _resize(_to_rgb_array(image), size, resample)
+        return image if image.mode == "RGB" else image.convert("RGB")
+    return _to_rgb_array(image)
+
+
+def _pil_resized(rgb: Image.Image | np.ndarray, size: int, resample: int) -> Image.Image | np.ndarray:
+    """`rgb` (from `_rgb_image`) resized to `size` x `size` by PIL; images already that size are returned as they are."""
+    if isinstance(rgb, Image.Image):
+        if rgb.width != size or rgb.height != size:
+            rgb = rgb.resize((size, size), resample=resample)
+        return rgb
+    return _resize(rgb, size, resample)
+
+
+def _torch_resized(images: list[np.ndarray], size: int, mode: str) -> list[np.ndarray]:
+    """Resize equally sized HWC uint8 RGB arrays to `[size, size, 3]` with torch's antialiased uint8 kernel.
+
+    The images are stacked `[N, 3, H, W]` (channels-last in memory, the layout the kernel is written for) and
+    resized in one call per chunk of `_TORCH_RESIZE_CHUNK_BYTES`. Returns HWC uint8 views of the result.
+    """
+    height, width = images[0].shape[:2]
+    per_chunk = max(1, _TORCH_RESIZE_CHUNK_BYTES // (height * width * 3))
+    resized: list[np.ndarray] = []
+    with _single_threaded_torch():
+        for start in range(0, len(images), per_chunk):
+            stacked = torch.from_numpy(np.stack(images[start : start + per_chunk])).permute(0, 3, 1, 2)
+            out = F.interpolate(stacked, size=(size, size), mode=mode, antialias=True)  # uint8 [n, 3, S, S]
+            resized.extend(out.permute(0, 2, 3, 1).numpy())  # HWC views (no copy when channels-last)
+    return resized
+
+
+@contextlib.contextmanager
+def _single_threaded_torch() -> Iterator[None]:
+    """Run the enclosed torch ops on the calling thread only, then restore its intra-op thread count.
+
+    Resizing a batch is about a millisecond of work; spread over OpenMP workers it is barely faster, and the
+    workers then busy-wait, taking CPU from the single-threaded work around it (tokenisation, feature
+    extraction, a DataLoader's other workers). `torch.set_num_threads` sets the calling thread's OpenMP / MKL
+    thread count, and it is restored on exit.
+    """
+    threads = torch.get_num_threads()
+    if threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _channels(rgb: Image.Image | np.ndarray) -> list[np.ndarray]:
@@ -217,8 +281,8 @@ _INV_255 = np.float32(1.0 / 255.0)
 class OptTriImageProcessor(BaseImageProcessor):
     r"""Turn images into OPT-Tri `pixel_values` and an `image_mask`.
 
-    Each image is converted to RGB, resized to a square `image_size` x `image_size` with PIL (bicubic by
-    default, aspect ratio not kept), scaled to [0, 1] and normalised with `image_mean` / `image_std`.
+    Each image is converted to RGB, resized to a square `image_size` x `image_size` (bicubic by default, aspect
+    ratio not kept), scaled to [0, 1] and normalised with `image_mean` / `image_std`.
 
     Accepted images:
         - `PIL.Image.Image` of any mode. Grayscale, palette, RGBA, CMYK... are converted with
@@ -236,6 +300,10 @@ class OptTriImageProcessor(BaseImageProcessor):
             rescaling to [0, 1].
         image_std (`list[float]`, defaults to the ImageNet std): Per-channel standard deviation.
         resample (`int`, defaults to `PIL.Image.BICUBIC` = 3): PIL resampling filter.
+        resize_backend (`str`, defaults to `"torch"`): `"torch"` resizes 8-bit images with a bilinear or bicubic
+            filter by torch's antialiased uint8 kernel, batched (about 10x faster than PIL; values within a few
+            levels of PIL's, typically at most 2 of 255); `"pil"` gives PIL's exact result. Float / 16-bit
+            images and other filters always use PIL. See the module docstring.
         do_normalize (`bool`, defaults to True): Whether to normalise; if False `pixel_values` are in [0, 1].
 
     Returns from `__call__` (a `BatchFeature`):
@@ -252,6 +320,7 @@ class OptTriImageProcessor(BaseImageProcessor):
         image_mean: Sequence[float] | None = None,
         image_std: Sequence[float] | None = None,
         resample: int = int(Image.Resampling.BICUBIC),
+        resize_backend: str = "torch",
         do_normalize: bool = True,
         **kwargs: Any,
     ) -> None:
@@ -268,7 +337,15 @@ class OptTriImageProcessor(BaseImageProcessor):
         self.image_size = image_size
         self.image_mean = [float(m) for m in mean]
         self.image_std = [float(s) for s in std]
+        if resize_backend not in RESIZE_BACKENDS:
+            raise ValueError(f"resize_backend must be one of {RESIZE_BACKENDS}, got {resize_backend!r}")
+        if resize_backend == "torch" and torch is None:
+            raise ImportError(
+                'resize_backend="torch" needs torch, which is not installed; install torch or pass '
+                'resize_backend="pil"'
+            )
         self.resample = int(resample)
+        self.resize_backend = resize_backend
         self.do_normalize = bool(do_normalize)
 
     @staticmethod
@@ -321,19 +398,38 @@ class OptTriImageProcessor(BaseImageProcessor):
         mask = np.zeros((len(batch),), dtype=np.int64)
         mean = np.asarray(self.image_mean, dtype=np.float32)
         inv_std = np.float32(1.0) / np.asarray(self.image_std, dtype=np.float32)
+        torch_mode = _TORCH_FILTERS.get(self.resample) if self.resize_backend == "torch" else None
+        resized: list[Image.Image | np.ndarray | None] = [None] * len(batch)
+        to_torch: dict[tuple[int, int], list[int]] = {}  # (height, width) -> rows for the torch kernel
+        arrays: dict[int, np.ndarray] = {}
         for row, image in enumerate(batch):
             if image is None:
-                pixels[row] = 0.0  # rows without an image are all zeros
                 continue
             try:
-                rgb = _resized_rgb(image, size, self.resample)
+                rgb = _rgb_image(image)
+                height, width = (rgb.height, rgb.width) if isinstance(rgb, Image.Image) else rgb.shape[:2]
+                if torch_mode is not None and (height, width) != (size, size):
+                    array = np.asarray(rgb) if isinstance(rgb, Image.Image) else rgb
+                    if array.dtype == np.uint8:
+                        to_torch.setdefault((height, width), []).append(row)
+                        arrays[row] = array
+                        continue
+                resized[row] = _pil_resized(rgb, size, self.resample)
             except (ValueError, TypeError) as error:
                 raise type(error)(f"images[{row}]: {error}") from None
+        for rows in to_torch.values():
+            for row, array in zip(rows, _torch_resized([arrays.pop(row) for row in rows], size, torch_mode)):
+                resized[row] = array
+
+        for row, rgb in enumerate(resized):
+            if rgb is None:
+                pixels[row] = 0.0  # rows without an image are all zeros
+                continue
             # rescale + normalise into this row's channels-first slot, one channel at a time (stays in cache);
             # the same float32 operations as `(uint8 * float32(1/255) - mean) * (1 / std)`, in place
             for channel, plane in enumerate(_channels(rgb)):
                 out = pixels[row, channel]
-                np.copyto(out, plane, casting="unsafe")  # uint8 -> float32 is exact; float planes are float32
+                out[...] = plane  # uint8 -> float32 is exact; float planes are float32
                 if plane.dtype == np.uint8:
                     out *= _INV_255
                 if normalize:

@@ -1,4 +1,4 @@
-"""Smoke test: `benchmarks/pretrain_step.py` runs end to end (one tiny step per model). No timing assertions."""
+"""Smoke tests: the benchmark scripts run end to end on tiny inputs. No timing assertions."""
 
 from __future__ import annotations
 
@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 
 
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "pretrain_step.py"
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+SCRIPT = BENCHMARKS / "pretrain_step.py"
 
 
-def _load():
-    spec = importlib.util.spec_from_file_location("pretrain_step_benchmark", SCRIPT)
+def _load(script: Path = SCRIPT, name: str = "pretrain_step_benchmark"):
+    spec = importlib.util.spec_from_file_location(name, script)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
@@ -33,6 +34,24 @@ def test_pretrain_step_benchmark_smoke(capsys):
         hf_logging.set_verbosity(verbosity)
     out = capsys.readouterr().out
     assert "FLAVA" in out and "OPT-Tri" in out and "vs FLAVA" in out
+
+
+@pytest.mark.parametrize("backend", ["torch", "pil"])
+def test_processor_benchmark_smoke(capsys, backend):
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    bench = _load(BENCHMARKS / "processor.py", "processor_benchmark")
+    threads, verbosity = torch.get_num_threads(), hf_logging.get_verbosity()
+    try:
+        bench.main(["--batches", "1", "--batch-size", "4", "--repeats", "1", "--image-size", "48",
+                    "--resize-backend", backend])
+    finally:
+        torch.set_num_threads(threads)
+        hf_logging.set_verbosity(verbosity)
+    out = capsys.readouterr().out
+    assert f"our resize backend {backend}" in out and "pixel_values [4, 3, 48, 48]" in out
+    assert "ratio OPT-Tri / FLAVA pair" in out
 
 
 def test_matched_flava_config_copies_the_geometry():
