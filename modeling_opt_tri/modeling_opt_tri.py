@@ -713,6 +713,76 @@ class OptTriModel(OptTriPreTrainedModel):
 
     # -- cross-modal -------------------------------------------------------------------------------------------------
 
+    def _encode_for_fusion(
+        self, input_ids, attention_mask, token_type_ids, pixel_values, image_mask, input_features,
+        audio_attention_mask, image_bool_masked_pos=None, audio_bool_masked_pos=None,
+    ) -> tuple[dict[str, torch.Tensor], list[torch.Tensor], list[torch.Tensor], list[int]]:
+        """Check the inputs and run the unimodal encoders: returns (the unimodal output fields, and the cross-modal
+        encoder's inputs, masks and modality codes, one per given modality)."""
+        batch = _check_model_inputs(
+            self.config, input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+            pixel_values=pixel_values, image_mask=image_mask, input_features=input_features,
+            audio_attention_mask=audio_attention_mask,
+        )
+        fusion_inputs: list[torch.Tensor] = []
+        fusion_masks: list[torch.Tensor] = []
+        modality_ids: list[int] = []
+        fields: dict[str, torch.Tensor | tuple | None] = {}
+
+        if input_ids is not None:
+            if attention_mask is None:
+                attention_mask = torch.ones_like(input_ids)
+            text_hidden = self.encode_text(input_ids, attention_mask, token_type_ids)
+            fields["text_last_hidden_state"] = text_hidden
+            fields["text_embeds"] = F.normalize(self.text_projection(text_hidden[:, 0]), dim=-1)
+            fusion_inputs.append(self.text_to_fusion(text_hidden))
+            fusion_masks.append(attention_mask.long())
+            modality_ids.append(MODALITY_TEXT)
+        if pixel_values is not None:
+            image_hidden = self.encode_image(pixel_values, image_bool_masked_pos)
+            fields["image_last_hidden_state"] = image_hidden
+            fields["image_embeds"] = F.normalize(self.image_projection(image_hidden[:, 0]), dim=-1)
+            if image_mask is None:
+                image_mask = torch.ones(batch, dtype=torch.long, device=image_hidden.device)
+            fusion_inputs.append(self.image_to_fusion(image_hidden))
+            fusion_masks.append(image_mask.long()[:, None].expand(-1, image_hidden.shape[1]))
+            modality_ids.append(MODALITY_IMAGE)
+        if input_features is not None:
+            audio_hidden, token_mask = self.encode_audio(input_features, audio_attention_mask, audio_bool_masked_pos)
+            token_mask = token_mask * token_mask[:, 1:].amax(-1, keepdim=True)  # a row without audio drops [CLS] too
+            fields["audio_last_hidden_state"] = audio_hidden
+            fields["audio_token_mask"] = token_mask
+            fields["audio_embeds"] = F.normalize(self.audio_projection(audio_hidden[:, 0]), dim=-1)
+            fusion_inputs.append(self.audio_to_fusion(audio_hidden))
+            fusion_masks.append(token_mask)
+            modality_ids.append(MODALITY_AUDIO)
+
+        return fields, fusion_inputs, fusion_masks, modality_ids
+
+    def pooled_output(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.LongTensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        image_mask: torch.LongTensor | None = None,
+        input_features: torch.FloatTensor | None = None,
+        audio_attention_mask: torch.LongTensor | None = None,
+    ) -> torch.Tensor:
+        """
+        The cross-modal `[CLS]` state `(B, fusion_hidden)`, i.e. `forward(...).pooler_output`, with the last
+        cross-modal layer computed at the `[CLS]` only (its keys and values still come from every position). The
+        classification and question-answering heads use it when no hidden states or attentions are asked for.
+        Inputs as for `forward`.
+        """
+        _, inputs, masks, codes = self._encode_for_fusion(
+            input_ids, attention_mask, token_type_ids, pixel_values, image_mask, input_features, audio_attention_mask
+        )
+        embeddings, fusion_mask, _ = self._fusion_embeddings(inputs, masks, codes)
+        cls_index = torch.zeros(embeddings.shape[0], 1, dtype=torch.long, device=embeddings.device)
+        selected, _ = self.fusion_encoder.forward_selected(embeddings, fusion_mask, cls_index)
+        return self.fusion_layernorm(selected[:, 0])
+
     def fuse(
         self,
         text: tuple[torch.Tensor, torch.Tensor] | None = None,
@@ -828,44 +898,10 @@ class OptTriModel(OptTriPreTrainedModel):
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
-        batch = _check_model_inputs(
-            self.config, input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-            pixel_values=pixel_values, image_mask=image_mask, input_features=input_features,
-            audio_attention_mask=audio_attention_mask,
+        fields, fusion_inputs, fusion_masks, modality_ids = self._encode_for_fusion(
+            input_ids, attention_mask, token_type_ids, pixel_values, image_mask, input_features,
+            audio_attention_mask, image_bool_masked_pos, audio_bool_masked_pos,
         )
-        fusion_inputs: list[torch.Tensor] = []
-        fusion_masks: list[torch.Tensor] = []
-        modality_ids: list[int] = []
-        fields: dict[str, torch.Tensor | tuple | None] = {}
-
-        if input_ids is not None:
-            if attention_mask is None:
-                attention_mask = torch.ones_like(input_ids)
-            text_hidden = self.encode_text(input_ids, attention_mask, token_type_ids)
-            fields["text_last_hidden_state"] = text_hidden
-            fields["text_embeds"] = F.normalize(self.text_projection(text_hidden[:, 0]), dim=-1)
-            fusion_inputs.append(self.text_to_fusion(text_hidden))
-            fusion_masks.append(attention_mask.long())
-            modality_ids.append(MODALITY_TEXT)
-        if pixel_values is not None:
-            image_hidden = self.encode_image(pixel_values, image_bool_masked_pos)
-            fields["image_last_hidden_state"] = image_hidden
-            fields["image_embeds"] = F.normalize(self.image_projection(image_hidden[:, 0]), dim=-1)
-            if image_mask is None:
-                image_mask = torch.ones(batch, dtype=torch.long, device=image_hidden.device)
-            fusion_inputs.append(self.image_to_fusion(image_hidden))
-            fusion_masks.append(image_mask.long()[:, None].expand(-1, image_hidden.shape[1]))
-            modality_ids.append(MODALITY_IMAGE)
-        if input_features is not None:
-            audio_hidden, token_mask = self.encode_audio(input_features, audio_attention_mask, audio_bool_masked_pos)
-            token_mask = token_mask * token_mask[:, 1:].amax(-1, keepdim=True)  # a row without audio drops [CLS] too
-            fields["audio_last_hidden_state"] = audio_hidden
-            fields["audio_token_mask"] = token_mask
-            fields["audio_embeds"] = F.normalize(self.audio_projection(audio_hidden[:, 0]), dim=-1)
-            fusion_inputs.append(self.audio_to_fusion(audio_hidden))
-            fusion_masks.append(token_mask)
-            modality_ids.append(MODALITY_AUDIO)
-
         hidden, fusion_mask, modality_ids_t, all_hidden, all_attentions = self._fuse(
             fusion_inputs, fusion_masks, modality_ids, output_attentions, output_hidden_states
         )
@@ -2603,6 +2639,21 @@ def _classification_loss(config: OptTriConfig, logits: torch.Tensor, labels: tor
     )
 
 
+def _pooled_cls(
+    model: "OptTriModel", output_attentions: bool | None, output_hidden_states: bool | None, **inputs
+) -> tuple[torch.Tensor, tuple | None, tuple | None]:
+    """The cross-modal `[CLS]` state `(B, d)` for a head, plus the cross-modal hidden states and attentions when
+    asked for (then through the full `forward`); otherwise through `pooled_output`, which runs the last
+    cross-modal layer at the `[CLS]` only."""
+    config = model.config
+    attentions_wanted = output_attentions if output_attentions is not None else config.output_attentions
+    hidden_wanted = output_hidden_states if output_hidden_states is not None else config.output_hidden_states
+    if attentions_wanted or hidden_wanted:
+        out = model(**inputs, output_attentions=output_attentions, output_hidden_states=output_hidden_states, return_dict=True)
+        return out.pooler_output, out.hidden_states, out.attentions
+    return model.pooled_output(**inputs), None, None
+
+
 def _save_hub_files(model: PreTrainedModel, save_directory) -> None:
     """Copy the Hub files (this module and its relative imports) next to the weights of a head with no Auto class,
     so that `get_class_from_dynamic_module("modeling_opt_tri.<Head>", folder)` loads it without our package."""
@@ -2712,14 +2763,12 @@ class OptTriForSequenceClassification(OptTriPreTrainedModel):
         if self.prompt_learner is not None:
             logits = self.prompt_logits(pixel_values, input_features, audio_attention_mask)
         else:
-            out = self.opt_tri(
-                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-                pixel_values=pixel_values, image_mask=image_mask, input_features=input_features,
-                audio_attention_mask=audio_attention_mask, output_attentions=output_attentions,
-                output_hidden_states=output_hidden_states, return_dict=True,
+            pooled, hidden_states, attentions = _pooled_cls(
+                self.opt_tri, output_attentions, output_hidden_states, input_ids=input_ids,
+                attention_mask=attention_mask, token_type_ids=token_type_ids, pixel_values=pixel_values,
+                image_mask=image_mask, input_features=input_features, audio_attention_mask=audio_attention_mask,
             )
-            logits = self.classifier(self.dropout(out.pooler_output))
-            hidden_states, attentions = out.hidden_states, out.attentions
+            logits = self.classifier(self.dropout(pooled))
         loss = _classification_loss(self.config, logits, labels) if labels is not None else None
         output = OptTriClassifierOutput(loss=loss, logits=logits, hidden_states=hidden_states, attentions=attentions)
         return_dict = return_dict if return_dict is not None else self.config.return_dict
@@ -2776,13 +2825,12 @@ class OptTriForQuestionAnswering(OptTriPreTrainedModel):
         Args:
             labels: answer ids `(B,)` or soft answer scores `(B, num_answers)` in [0, 1].
         """
-        out = self.opt_tri(
-            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-            pixel_values=pixel_values, image_mask=image_mask, input_features=input_features,
-            audio_attention_mask=audio_attention_mask, output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states, return_dict=True,
+        pooled, hidden_states, attentions = _pooled_cls(
+            self.opt_tri, output_attentions, output_hidden_states, input_ids=input_ids, attention_mask=attention_mask,
+            token_type_ids=token_type_ids, pixel_values=pixel_values, image_mask=image_mask,
+            input_features=input_features, audio_attention_mask=audio_attention_mask,
         )
-        logits = self.classifier(out.pooler_output)
+        logits = self.classifier(pooled)
         loss = None
         if labels is not None:
             if labels.ndim == 1:
@@ -2795,7 +2843,7 @@ class OptTriForQuestionAnswering(OptTriPreTrainedModel):
                 raise ValueError(
                     f"labels must be answer ids (B,) or soft scores (B, {self.num_labels}); got {tuple(labels.shape)}"
                 )
-        output = OptTriClassifierOutput(loss=loss, logits=logits, hidden_states=out.hidden_states, attentions=out.attentions)
+        output = OptTriClassifierOutput(loss=loss, logits=logits, hidden_states=hidden_states, attentions=attentions)
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         return output if return_dict else output.to_tuple()
 

@@ -155,6 +155,40 @@ def test_classification_from_every_subset_of_modalities():
         assert len(out.hidden_states) == model.config.cross_modal_config.num_hidden_layers + 1
 
 
+@pytest.mark.parametrize("cls", [OptTriForSequenceClassification, OptTriForQuestionAnswering])
+def test_heads_read_the_cls_through_the_selected_last_layer(cls, monkeypatch):
+    """Without hidden states / attentions asked for, the heads run the last cross-modal layer at the [CLS] only:
+    the logits, the loss and every gradient equal the full forward's (which `output_hidden_states=True` takes)."""
+    torch.manual_seed(0)
+    b = tiny_batch()
+    b["attention_mask"][1, 3:] = 0  # padding, so the [CLS] must mask it in the selected pass too
+    model = cls(_config(num_labels=3)).eval()
+    labels = torch.tensor([0, 2, 1, 2])
+    selected_calls = []
+    original = type(model.opt_tri.fusion_encoder).forward_selected
+    monkeypatch.setattr(
+        type(model.opt_tri.fusion_encoder), "forward_selected",
+        lambda self, *a, **k: selected_calls.append(a[2].shape) or original(self, *a, **k),
+    )
+    for groups in ((TEXT,), (IMAGE, AUDIO), (TEXT, IMAGE, AUDIO)):
+        inputs = _pick(b, *groups)
+        results = []
+        for full in (False, True):
+            model.zero_grad(set_to_none=True)
+            selected_calls.clear()
+            out = model(**inputs, labels=labels, output_hidden_states=full or None)
+            out.loss.backward()
+            assert (out.hidden_states is not None) == full and len(selected_calls) == (0 if full else 1)
+            grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+            results.append((out.logits.detach(), out.loss.detach(), grads))
+        (fast_logits, fast_loss, fast_grads), (logits, loss, grads) = results
+        assert selected_calls == [] and fast_grads.keys() == grads.keys()
+        torch.testing.assert_close(fast_logits, logits, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(fast_loss, loss, rtol=1e-5, atol=1e-6)
+        for name in grads:
+            torch.testing.assert_close(fast_grads[name], grads[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
 def test_heads_load_pretraining_checkpoint(tmp_path):
     torch.manual_seed(0)
     pretrained = OptTriForPreTraining(_config())
