@@ -98,9 +98,10 @@ def _to_mono_float(clip: Any) -> np.ndarray:
 def _single_threaded_torch() -> Iterator[None]:
     """Run the enclosed torch ops on the calling thread only, then restore its intra-op thread count.
 
-    A batch of log-mel features is a few milliseconds of work. Spread over OpenMP workers it is barely faster,
-    and the workers then busy-wait after each op, taking CPU from the single-threaded work around it (PIL
-    resizing, tokenisation); on a machine with few cores that made the whole processor several times slower.
+    Used for the log-mel features here and for the image processor's resize. A batch of either is a few
+    milliseconds of work. Spread over OpenMP workers it is barely faster, and the workers then busy-wait after
+    each op, taking CPU from the single-threaded work around it (tokenisation, the other modalities); on a
+    machine with few cores that made the whole processor several times slower.
     `torch.set_num_threads` sets the OpenMP and MKL thread counts of the calling thread (it is what DataLoader
     workers do for good), and it is restored on exit, so other threads and later ops are unaffected.
     """

@@ -1,8 +1,8 @@
 """Image processor for OPT-Tri.
 
-This is a Hub file: it is copied next to checkpoints as remote code. It imports only third-party packages
-(numpy, PIL, transformers; torch for the default resize backend) and nothing from the rest of the
-`modeling_opt_tri` package.
+This is a Hub file: it is copied next to checkpoints as remote code. It imports third-party packages (numpy,
+PIL, transformers; torch for the default resize backend) and, relatively, the Hub file
+`feature_extraction_opt_tri.py` (for `_single_threaded_torch`); nothing else from the `modeling_opt_tri` package.
 
 Pipeline, per image: convert to RGB -> resize to `image_size` x `image_size` (bicubic by default) -> rescale to
 [0, 1] -> normalise with `image_mean` / `image_std`.
@@ -25,8 +25,7 @@ the work). The arithmetic is the same float32 operations as `(uint8 * float32(1/
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -35,6 +34,8 @@ from transformers.feature_extraction_utils import BatchFeature
 from transformers.image_processing_utils import BaseImageProcessor
 from transformers.processing_utils import ImagesKwargs
 from transformers.utils import TensorType, logging
+
+from .feature_extraction_opt_tri import _single_threaded_torch
 
 
 try:
@@ -244,26 +245,6 @@ def _torch_resized(images: list[np.ndarray], size: int, mode: str) -> list[np.nd
             out = F.interpolate(stacked, size=(size, size), mode=mode, antialias=True)  # uint8 [n, 3, S, S]
             resized.extend(out.permute(0, 2, 3, 1).numpy())  # HWC views (no copy when channels-last)
     return resized
-
-
-@contextlib.contextmanager
-def _single_threaded_torch() -> Iterator[None]:
-    """Run the enclosed torch ops on the calling thread only, then restore its intra-op thread count.
-
-    Resizing a batch is about a millisecond of work; spread over OpenMP workers it is barely faster, and the
-    workers then busy-wait, taking CPU from the single-threaded work around it (tokenisation, feature
-    extraction, a DataLoader's other workers). `torch.set_num_threads` sets the calling thread's OpenMP / MKL
-    thread count, and it is restored on exit.
-    """
-    threads = torch.get_num_threads()
-    if threads == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _channels(rgb: Image.Image | np.ndarray) -> list[np.ndarray]:
