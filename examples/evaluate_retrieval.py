@@ -1,6 +1,7 @@
 """Evaluate cross-modal retrieval (R@1/5/10, six directions) of an OPT-Tri checkpoint on a held-out split.
 
     python examples/evaluate_retrieval.py --model outputs/tiny/final
+    python examples/evaluate_retrieval.py --model outputs/tiny/final --rerank 10   # also re-rank the top 10 by ITM
 """
 
 import argparse
@@ -15,7 +16,11 @@ def main() -> None:
     parser.add_argument("--eval_rows", type=int, default=200, help="rows of the built-in dataset")
     parser.add_argument("--seed", type=int, default=42, help="seed of the built-in dataset (as in pre-training)")
     parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--rerank", type=int, default=0, metavar="K",
+                        help="also report R@K after re-ranking each query's top K by the ITM cross-encoder (0: off)")
     args = parser.parse_args()
+    if args.rerank < 0:
+        parser.error(f"--rerank must be 0 (off) or a positive shortlist size, got {args.rerank}")
     if not os.path.isdir(args.model):
         parser.error(f"--model {args.model!r}: no such checkpoint folder (a save_pretrained output)")
     # imported after the arguments are checked, so that a mistyped flag fails in a fraction of a second
@@ -30,6 +35,27 @@ def main() -> None:
     settings = PretrainArguments(dataset=args.dataset, eval_split=args.split, eval_rows=args.eval_rows, seed=args.seed,
                                  eval_batch_size=args.batch_size)
     evaluate_retrieval(model, processor, settings)
+    if args.rerank:
+        import torch
+
+        from modeling_opt_tri import OptTriForRetrieval
+        from modeling_opt_tri.data.collate import TriModalCollator
+        from modeling_opt_tri.training.evaluation import (
+            encode_for_reranking,
+            format_retrieval_table,
+            reranked_retrieval_metrics,
+        )
+        from modeling_opt_tri.training.pretrain import load_split
+
+        retrieval = OptTriForRetrieval.from_pretrained(args.model).eval()
+        data = load_split(settings, settings.eval_split, settings.eval_rows, seed_offset=0)
+        loader = torch.utils.data.DataLoader(
+            list(data), batch_size=args.batch_size, collate_fn=TriModalCollator(processor)
+        )
+        encoded = encode_for_reranking(retrieval, loader)
+        results = reranked_retrieval_metrics(retrieval, encoded, top_k=args.rerank)
+        table = format_retrieval_table(results, encoded["text"][0].shape[0])
+        print(table.replace("Retrieval on", f"After ITM re-ranking of the top {args.rerank}: retrieval on", 1))
 
 
 if __name__ == "__main__":

@@ -456,6 +456,11 @@ class OptTriConfig(PretrainedConfig):
             from the other samples otherwise. Hard negatives alone stall ITM at its label prior while the unimodal
             encoders are still weak (a hard negative then often describes the same colours and shapes); the uniform
             share keeps the matching signal learnable from the first steps.
+        itm_rows_per_sample (`int`, defaults to 3): cross-modal rows that pairwise matching (ITM, and WRA with it)
+            scores per sample. `3` (ALBEF): the positive pair, the text with a negative image and the image with a
+            negative text. `1` (UNITER, FLAVA): the positive pair with probability 1/2, else a negative that
+            replaces one side, chosen at random. ITM is most of a pre-training step's cross-modal work, so `1`
+            makes it about three times cheaper.
         mask_token_id (`int`, defaults to 103): id of the tokenizer's `[MASK]` token (103 in BERT's vocabulary).
         special_token_ids (`list[int]`, *optional*): ids never chosen for MLM (`[PAD]`, `[CLS]`, `[SEP]`, ...);
             BERT's `[0, 100, 101, 102]` by default.
@@ -492,6 +497,7 @@ class OptTriConfig(PretrainedConfig):
         masking_policy: str = "conditional",
         mac_temperature: float = 0.07,
         itm_hard_negative_fraction: float = 0.5,
+        itm_rows_per_sample: int = 3,
         mask_token_id: int = 103,
         special_token_ids: list[int] | None = None,
         **kwargs,
@@ -529,6 +535,7 @@ class OptTriConfig(PretrainedConfig):
         self.masking_policy = masking_policy
         self.mac_temperature = mac_temperature
         self.itm_hard_negative_fraction = itm_hard_negative_fraction
+        self.itm_rows_per_sample = itm_rows_per_sample
         self.mask_token_id = mask_token_id
         self.special_token_ids = list(special_token_ids) if special_token_ids is not None else [0, 100, 101, 102]
         super().__init__(**kwargs)
@@ -620,6 +627,8 @@ class OptTriConfig(PretrainedConfig):
         fraction = self.itm_hard_negative_fraction
         if not isinstance(fraction, (int, float)) or isinstance(fraction, bool) or not 0.0 <= fraction <= 1.0:
             raise ValueError(f"itm_hard_negative_fraction must be a number in [0, 1], got {fraction!r}")
+        if self.itm_rows_per_sample not in (1, 3) or isinstance(self.itm_rows_per_sample, bool):
+            raise ValueError(f"itm_rows_per_sample must be 1 or 3, got {self.itm_rows_per_sample!r}")
 
     def get_text_config(self, decoder: bool | None = None, encoder: bool | None = None) -> PretrainedConfig:
         """The text decoder's config for `decoder=True` (what `generate()` builds its cache from), else the text

@@ -1583,8 +1583,9 @@ class OptTriForPreTraining(OptTriPreTrainedModel):
 
     def _pair_matching(self, a, b, states, embeds, valid, want_wra):
         """
-        ITM for the pair (a, b): the positives, plus one negative per side. A negative is drawn from the contrastive
-        similarities (hard) with probability `config.itm_hard_negative_fraction`, else uniformly from the other rows.
+        ITM for the pair (a, b) on the rows given by `itm_pairs` (`config.itm_rows_per_sample`). A negative partner
+        is drawn from the contrastive similarities (hard) with probability `config.itm_hard_negative_fraction`,
+        else uniformly from the other rows.
         """
         base = self.opt_tri
         rows = valid.nonzero().flatten()
@@ -1600,10 +1601,8 @@ class OptTriForPreTraining(OptTriPreTrainedModel):
             uniform = off_diagonal / (n - 1)
             neg_b = rows[torch.multinomial(fraction * hard + (1 - fraction) * uniform + 1e-9 * off_diagonal, 1).flatten()]
             neg_a = rows[torch.multinomial(fraction * hard_t + (1 - fraction) * uniform + 1e-9 * off_diagonal, 1).flatten()]
-        a_index = torch.cat([rows, rows, neg_a])
-        b_index = torch.cat([rows, neg_b, rows])
+        a_index, b_index, labels = itm_pairs(rows, neg_a, neg_b, self.config.itm_rows_per_sample)
         parts = {a: _take(states[a], a_index), b: _take(states[b], b_index)}
-        labels = torch.cat([torch.ones_like(rows), torch.zeros_like(rows), torch.zeros_like(rows)])
         if not want_wra:  # ITM reads the [CLS] only
             cls = base.fuse_selected(parts.get("text"), parts.get("image"), parts.get("audio"))[0][:, 0]
             return F.cross_entropy(self.itm_head(cls).float(), labels), None
@@ -1636,6 +1635,30 @@ class OptTriForPreTraining(OptTriPreTrainedModel):
             _take(states["text"], text_idx), _take(states["image"], image_idx), _take(states["audio"], audio_idx)
         )[0][:, 0]
         return F.cross_entropy(self.tri_matching_head(cls).float(), classes)
+
+
+def itm_pairs(
+    rows: torch.Tensor, neg_a: torch.Tensor, neg_b: torch.Tensor, rows_per_sample: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """
+    The rows pairwise matching scores, as indices into the batch: `(a_index, b_index, labels)`, label 1 for a
+    matched pair. `rows (n,)` are the samples, `neg_a (n,)` / `neg_b (n,)` a negative partner of each on side a / b.
+
+    - `rows_per_sample=3` (ALBEF): `3n` rows, the positives, then each `a` with its negative `b`, then each `b`
+      with its negative `a`.
+    - `rows_per_sample=1` (UNITER, FLAVA): `n` rows, sample `i` as its positive pair with probability 1/2, else
+      with one side (a or b, at random) replaced by its negative; uses torch's global RNG.
+    """
+    if rows_per_sample == 3:
+        labels = torch.cat([torch.ones_like(rows), torch.zeros_like(rows), torch.zeros_like(rows)])
+        return torch.cat([rows, rows, neg_a]), torch.cat([rows, neg_b, rows]), labels
+    if rows_per_sample != 1:
+        raise ValueError(f"rows_per_sample must be 1 or 3, got {rows_per_sample!r}")
+    draws = torch.rand(2, rows.shape[0], device=rows.device)
+    negative, replace_b = draws[0] < 0.5, draws[1] < 0.5
+    a_index = torch.where(negative & ~replace_b, neg_a, rows)
+    b_index = torch.where(negative & replace_b, neg_b, rows)
+    return a_index, b_index, (~negative).long()
 
 
 def _take(part: tuple[torch.Tensor, torch.Tensor], index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -206,6 +206,51 @@ def test_heads_load_pretraining_checkpoint(tmp_path):
 
 # ---- retrieval ----------------------------------------------------------------------------------------------------
 
+def test_reranked_retrieval_evaluation():
+    """`encode_for_reranking` pads batches of different lengths into one set (the ITM logits do not change), and
+    `reranked_retrieval_metrics` ranks each shortlist by the cross-encoder: with a cross-encoder that knows the
+    true pairs, R@1 is the share of queries whose true item made the shortlist."""
+    from modeling_opt_tri.training.evaluation import encode_for_reranking, reranked_retrieval_metrics
+
+    torch.manual_seed(0)
+    model = OptTriForRetrieval(_config()).eval()
+    first, second = tiny_batch(4, text_len=10, frames=40, seed=1), tiny_batch(3, text_len=6, frames=24, seed=2)
+    second["attention_mask"][0, 4:] = 0
+    encoded = encode_for_reranking(model, [first, second], progress=False)
+    assert encoded["text"][1].shape[:2] == (7, 10) and encoded["audio"][0].shape[0] == 7
+    alone = model.encode("text", {k: second[k] for k in TEXT})[1]
+    image = model.encode("image", {"pixel_values": second["pixel_values"]})[1]
+    padded_text = (encoded["text"][1][4:], encoded["text"][2][4:])
+    torch.testing.assert_close(
+        model.matching_logits("text", padded_text, "image", image), model.matching_logits("text", alone, "image", image),
+        rtol=1e-5, atol=1e-6,
+    )
+
+    oracle = OptTriForRetrieval(_config()).eval()
+    true_row = {}
+    for modality, (embeds, states, mask) in encoded.items():
+        states = states.clone()
+        states[..., 0] = torch.arange(7, dtype=states.dtype)[:, None]  # tag every state with its row
+        encoded[modality] = (embeds, states, mask)
+
+    def matching_logits(modality_a, part_a, modality_b, part_b):
+        same = (part_a[0][:, 0, 0] == part_b[0][:, 0, 0]).float()
+        return torch.stack([1 - same, same], dim=1)
+
+    oracle.matching_logits = matching_logits
+    results = reranked_retrieval_metrics(oracle, encoded, top_k=3, ks=(1, 3, 5))
+    for direction, values in results.items():
+        query, gallery = direction.split("->")
+        shortlist = (encoded[query][0] @ encoded[gallery][0].t()).topk(3, dim=1).indices
+        in_shortlist = (shortlist == torch.arange(7)[:, None]).any(1).float().mean().item()
+        assert values == {"R@1": pytest.approx(in_shortlist), "R@3": pytest.approx(in_shortlist)}  # no R@5 > top_k
+        true_row[direction] = in_shortlist
+    assert min(true_row.values()) < 1.0  # the shortlist sometimes misses, so R@1 is not trivially 1
+    with pytest.raises(ValueError, match="top_k"):
+        reranked_retrieval_metrics(oracle, encoded, top_k=0)
+
+
+
 def test_retrieval_similarity_shapes_and_embeddings():
     b = tiny_batch(5)
     model = OptTriForRetrieval(_config()).eval()

@@ -22,6 +22,7 @@ from modeling_opt_tri.modeling_opt_tri import (
     codes_by_patch,
     contrastive_loss,
     ipot_transport,
+    itm_pairs,
     masked_frame_contrastive_loss,
     masked_regression_loss,
     mlm_loss,
@@ -330,9 +331,10 @@ def test_tri_matching_labels_match_the_triples_built(monkeypatch):
     assert seen == set(range(5))
 
 
-def test_itm_labels_and_hard_negatives(monkeypatch):
+@pytest.mark.parametrize("rows_per_sample", [3, 1])
+def test_itm_labels_and_hard_negatives(monkeypatch, rows_per_sample):
     torch.manual_seed(0)
-    model = OptTriForPreTraining(tiny_config())
+    model = OptTriForPreTraining(tiny_config(itm_rows_per_sample=rows_per_sample))
     scale = {"value": 0.0}
 
     def fake_fuse(text=None, image=None, audio=None):
@@ -376,6 +378,56 @@ def test_itm_labels_and_hard_negatives(monkeypatch):
         torch.manual_seed(seed)
         model._pair_matching("text", "image", states, embeds, valid, want_wra=False)
     assert 2 not in used and set(used) == {0, 1, 3, 4}
+
+
+def test_itm_pairs_layouts():
+    rows = torch.tensor([0, 2, 3, 5, 6, 7])
+    neg_a, neg_b = rows.roll(1), rows.roll(-1)
+    a, b, labels = itm_pairs(rows, neg_a, neg_b, 3)
+    assert torch.equal(a, torch.cat([rows, rows, neg_a])) and torch.equal(b, torch.cat([rows, neg_b, rows]))
+    assert labels.tolist() == [1] * 6 + [0] * 12
+    torch.manual_seed(0)
+    negatives = replaced_b = 0
+    trials = 500
+    for _ in range(trials):
+        a, b, labels = itm_pairs(rows, neg_a, neg_b, 1)
+        assert a.shape == b.shape == labels.shape == rows.shape  # one row per sample
+        positive = labels == 1
+        assert torch.equal(a[positive], rows[positive]) and torch.equal(b[positive], rows[positive])
+        side_a, side_b = a != rows, b != rows
+        assert torch.equal(side_a | side_b, ~positive) and not (side_a & side_b).any()  # one side replaced
+        assert torch.equal(a[side_a], neg_a[side_a]) and torch.equal(b[side_b], neg_b[side_b])
+        negatives += int((~positive).sum())
+        replaced_b += int(side_b.sum())
+    assert abs(negatives / (trials * len(rows)) - 0.5) < 0.03
+    assert abs(replaced_b / negatives - 0.5) < 0.04
+    with pytest.raises(ValueError, match="1 or 3"):
+        itm_pairs(rows, neg_a, neg_b, 2)
+    with pytest.raises(ValueError, match="itm_rows_per_sample must be 1 or 3"):
+        tiny_config(itm_rows_per_sample=2)
+
+
+@pytest.mark.parametrize("rows_per_sample", [3, 1])
+def test_pretraining_itm_scores_rows_per_sample(monkeypatch, rows_per_sample):
+    """The pre-training forward scores `itm_rows_per_sample` cross-modal rows per sample and pair for ITM."""
+    torch.manual_seed(0)
+    model = OptTriForPreTraining(tiny_config(itm_rows_per_sample=rows_per_sample))
+    batch = tiny_batch(6)
+    scored = []
+    original = model.opt_tri.fuse_selected
+
+    def recording(text=None, image=None, audio=None, query_index=None, full_rows=None):
+        if query_index is None:  # the [CLS]-only calls: here ITM of text-image (WRA is not asked for)
+            assert text is not None and image is not None and audio is None
+            scored.append(text[0].shape[0])
+        return original(text, image, audio, query_index=query_index, full_rows=full_rows)
+
+    monkeypatch.setattr(model.opt_tri, "fuse_selected", recording)
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                pixel_values=batch["pixel_values"], tasks=["itm"])
+    assert scored == [6 * rows_per_sample] and torch.isfinite(out.itm_loss)
+    out.loss.backward()
+    assert model.itm_head.weight.grad.abs().sum() > 0
 
 
 @pytest.mark.parametrize("fraction", [0.0, 0.5, 1.0])

@@ -79,6 +79,9 @@ class PretrainArguments:
     schedule: str = field(default="weighted", metadata={"help": "'weighted' (all losses each step) or 'mix' (one task per step)"})
     mix_ratios: str | None = field(default=None, metadata={"help": "for --schedule mix, e.g. 'mlm=2,itm=1'"})
     masking_policy: str | None = field(default=None, metadata={"help": "conditional | joint (default: the config's)"})
+    itm_rows_per_sample: int | None = field(
+        default=None, metadata={"help": "3 (ALBEF) | 1 (UNITER/FLAVA): ITM rows per sample (default: the config's)"}
+    )
     save_steps: int = 100
     save_total_limit: int = 2
     resume_from_checkpoint: str | None = field(default=None, metadata={"help": "a checkpoint folder or 'latest'"})
@@ -245,6 +248,8 @@ def build_model(args: PretrainArguments, accelerator) -> tuple[OptTriForPreTrain
         model.config.objectives = {**model.config.objectives, **{name: 1.0 for name in switched_on}}
     if args.masking_policy:
         model.config.masking_policy = args.masking_policy
+    if args.itm_rows_per_sample is not None:
+        model.config.itm_rows_per_sample = args.itm_rows_per_sample
     model.config._validate()
     VQCodeTargets.check_compatible(model.config, processor, image_tokenizer, audio_tokenizer)
     if args.gradient_checkpointing:
