@@ -10,6 +10,8 @@ so the figure is the model's, not the data loader's. Both models are built from 
 
 - OPT-Tri from `configuration/<geometry>`; objectives `--tasks` (default FLAVA's: mlm, mrfr, itm, contrastive;
   `--with-audio` adds a row with audio inputs, where mafr is added to the tasks). SDPA attention.
+  `--itm-rows-per-sample 3` scores ITM on three cross-modal rows per sample (ALBEF: the positive and a negative on
+  each side) instead of the default one (UNITER / FLAVA).
 - FLAVA with the same text / image / multimodal widths, depths, heads, intermediate sizes, dropout, image and
   patch size, text length, text vocabulary, projection size, and the image tokenizer's codebook size as MIM
   vocabulary. Its objectives are its own pre-training losses on the same batch: MMM-text and MMM-image (masked
@@ -70,6 +72,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--with-audio", action="store_true", help="add a row: OPT-Tri with audio inputs as well")
     parser.add_argument("--gradient-checkpointing", action="store_true", help="for both models")
     parser.add_argument("--tasks", default=",".join(FLAVA_TASKS), help="OPT-Tri objectives (comma-separated)")
+    parser.add_argument("--itm-rows-per-sample", type=int, choices=[1, 3], default=None,
+                        help="OPT-Tri's config.itm_rows_per_sample (default: the preset's)")
     parser.add_argument("--text-length", type=int, default=32, help="tokens per caption (both models)")
     parser.add_argument("--audio-seconds", type=float, default=1.0, help="clip length for --with-audio (100 frames/s)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: 1 on CPU, unchanged on CUDA)")
@@ -88,9 +92,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 # ------------------------------------------------------------------------------------------------ models and batches
-def opt_tri_config(geometry: str) -> OptTriConfig:
+def opt_tri_config(geometry: str, itm_rows_per_sample: int | None = None) -> OptTriConfig:
     config = OptTriConfig.from_pretrained(str(REPO / "configuration" / geometry))
     config._attn_implementation = "sdpa"
+    if itm_rows_per_sample is not None:
+        config.itm_rows_per_sample = itm_rows_per_sample
     return config
 
 
@@ -267,7 +273,7 @@ def peak_memory(runner: Runner, autocast: Callable, device: torch.device) -> flo
 
 
 def build_runners(args: argparse.Namespace, device: torch.device) -> list[Runner]:
-    config = opt_tri_config(args.geometry)
+    config = opt_tri_config(args.geometry, args.itm_rows_per_sample)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     generator = torch.Generator().manual_seed(args.seed)
     runners = []
@@ -354,7 +360,8 @@ def main(argv: list[str] | None = None) -> None:
         f"gradient checkpointing {args.gradient_checkpointing}; {args.repeats} repeats x {args.steps} steps, "
         f"models interleaved; load average {load_start:.2f} -> {load_end:.2f}"
     )
-    print(f"OPT-Tri tasks: {args.tasks}{' (+mafr with audio)' if args.with_audio else ''}; "
+    print(f"OPT-Tri tasks: {args.tasks}{' (+mafr with audio)' if args.with_audio else ''}, "
+          f"ITM rows per sample {runners[1].model.config.itm_rows_per_sample}; "
           "FLAVA: mmm_text, mmm_image, itm, global contrastive")
     reference = statistics.median(runners[0].rates)
     header = (

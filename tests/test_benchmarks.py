@@ -21,19 +21,22 @@ def _load(script: Path = SCRIPT, name: str = "pretrain_step_benchmark"):
     return module
 
 
-def test_pretrain_step_benchmark_smoke(capsys):
+@pytest.mark.parametrize("itm_rows", [None, "3"])
+def test_pretrain_step_benchmark_smoke(capsys, itm_rows):
     import torch
     from transformers.utils import logging as hf_logging
 
     bench = _load()
     threads, verbosity = torch.get_num_threads(), hf_logging.get_verbosity()
+    extra = [] if itm_rows is None else ["--itm-rows-per-sample", itm_rows]
     try:  # main() sets torch's thread count and the transformers log level for the process
-        bench.main(["--steps", "1", "--warmup", "0", "--repeats", "1", "--batch-size", "4", "--no-memory"])
+        bench.main(["--steps", "1", "--warmup", "0", "--repeats", "1", "--batch-size", "4", "--no-memory", *extra])
     finally:
         torch.set_num_threads(threads)
         hf_logging.set_verbosity(verbosity)
     out = capsys.readouterr().out
     assert "FLAVA" in out and "OPT-Tri" in out and "vs FLAVA" in out
+    assert f"ITM rows per sample {itm_rows or 1}" in out
 
 
 @pytest.mark.parametrize("backend", ["torch", "pil"])

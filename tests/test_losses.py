@@ -434,7 +434,7 @@ def test_pretraining_itm_scores_rows_per_sample(monkeypatch, rows_per_sample):
 def test_itm_negative_sampling_mixes_hard_and_uniform(monkeypatch, fraction):
     """With `itm_hard_negative_fraction` f, a negative is the most similar other row with probability ~f (plus the
     uniform share), and every other row is drawn about equally often otherwise."""
-    cfg = tiny_config()
+    cfg = tiny_config(itm_rows_per_sample=3)  # the ALBEF layout: positives, then each text's image negative, ...
     cfg.itm_hard_negative_fraction = fraction
     model = OptTriForPreTraining(cfg)
     n = 6

@@ -80,7 +80,7 @@ class PretrainArguments:
     mix_ratios: str | None = field(default=None, metadata={"help": "for --schedule mix, e.g. 'mlm=2,itm=1'"})
     masking_policy: str | None = field(default=None, metadata={"help": "conditional | joint (default: the config's)"})
     itm_rows_per_sample: int | None = field(
-        default=None, metadata={"help": "3 (ALBEF) | 1 (UNITER/FLAVA): ITM rows per sample (default: the config's)"}
+        default=None, metadata={"help": "1 (UNITER/FLAVA) | 3 (ALBEF): ITM rows per sample (default: the config's)"}
     )
     save_steps: int = 100
     save_total_limit: int = 2
