@@ -248,8 +248,10 @@ def _cli_results() -> dict[str, subprocess.CompletedProcess]:
         "pretrain_missing_dataset": _pretrain_cli("--dataset", str(_workdir() / "no_such_dataset")),
         "pretrain_bad_mixed_precision": _pretrain_cli("--mixed_precision", "fp32"),
         "pretrain_unknown_objective": _pretrain_cli("--objectives", "mlm=1,foo=2"),
+        "pretrain_bad_itm_rows": _pretrain_cli("--itm_rows_per_sample", "2"),
         "evaluate_missing_model": _evaluate_cli(str(_workdir() / "no_such_model")),
         "evaluate_bert_checkpoint": _evaluate_cli(_bert_dir()),
+        "evaluate_negative_rerank": [*_evaluate_cli(str(_workdir() / "no_such_model")), "--rerank", "-1"],
     }
     env = dict(
         os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
@@ -552,7 +554,9 @@ CASES: list[tuple[str, Callable[[], Any], Raises | Returns | Warns | Exits]] = [
     _cli("pretrain_missing_dataset", r"^FileNotFoundError: --dataset '.*no_such_dataset': no such file or folder"),
     _cli("pretrain_bad_mixed_precision", r"^ValueError: --mixed_precision must be no, fp16 or bf16, got 'fp32'"),
     _cli("pretrain_unknown_objective", r"^ValueError: Unknown objective 'foo'; known: \["),
+    _cli("pretrain_bad_itm_rows", r"^ValueError: itm_rows_per_sample must be 1 or 3, got 2"),
     _cli("evaluate_missing_model", r"error: --model '.*no_such_model': no such checkpoint folder"),
+    _cli("evaluate_negative_rerank", r"error: --rerank must be 0 \(off\) or a positive shortlist size, got -1"),
     _cli("evaluate_bert_checkpoint", r"^ValueError: Cannot build OptTriConfig \(model_type 'opt_tri'\) from a config of "
                                      r"model_type 'bert'"),
 ]

@@ -83,3 +83,25 @@ def test_bad_arguments_are_refused(argv):
         pytest.skip("CUDA is available here")
     with pytest.raises(SystemExit):
         bench.parse_args(argv)
+
+
+def test_memory_estimate_smoke_and_checkpointing_saves_activation_memory(capsys):
+    import re
+
+    from transformers.utils import logging as hf_logging
+
+    bench = _load(BENCHMARKS / "memory_estimate.py", "memory_estimate_benchmark")
+    verbosity = hf_logging.get_verbosity()
+    per_sample = {}
+    try:
+        for checkpointing in (False, True):
+            bench.main(["--geometry", "tiny", "--batches", "4,8", "--dtype", "fp32"]
+                       + (["--gradient-checkpointing"] if checkpointing else []))
+            out = capsys.readouterr().out
+            assert "estimated training-step tensors at batch 256" in out
+            per_sample[checkpointing] = float(re.search(r"\+ ([0-9.]+) MiB per sample", out).group(1))
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    assert 0 < per_sample[True] < 0.5 * per_sample[False], per_sample
+    with pytest.raises(SystemExit):
+        bench.main(["--batches", "8,4"])
