@@ -459,9 +459,11 @@ class OptTriConfig(PretrainedConfig):
         itm_rows_per_sample (`int`, defaults to 1): cross-modal rows that pairwise matching (ITM, and WRA with it)
             scores per sample. `1` (UNITER, FLAVA): the positive pair with probability 1/2, else a negative that
             replaces one side, chosen at random. `3` (ALBEF): the positive pair, the text with a negative image and
-            the image with a negative text. ITM is most of a pre-training step's cross-modal work: `3` costs 1.45x
-            the FLOPs of a FLAVA-objective step on the tiny preset, and the main job ran 1.56x longer with it, for
-            the same retrieval (mean R@1 25.8% against 25.9%) and ITM re-ranking (15.1% against 14.2%).
+            the image with a negative text. ITM is most of a pre-training step's cross-modal work: with FLAVA's
+            objectives on the tiny preset a step is 16.4 GFLOP with `3` and 11.3 with `1`, and the main job ran
+            1.56x longer with `3`, for the same retrieval (mean R@1 25.8% against 25.9%) and similar ITM
+            re-ranking (15.1% against 14.2%, one seed each). Configs saved before this option existed load with
+            `1`.
         mask_token_id (`int`, defaults to 103): id of the tokenizer's `[MASK]` token (103 in BERT's vocabulary).
         special_token_ids (`list[int]`, *optional*): ids never chosen for MLM (`[PAD]`, `[CLS]`, `[SEP]`, ...);
             BERT's `[0, 100, 101, 102]` by default.

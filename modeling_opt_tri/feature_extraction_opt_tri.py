@@ -1,7 +1,9 @@
 """Log-mel feature extractor for OPT-Tri audio.
 
 This is a Hub file: it is copied next to checkpoints as remote code. It imports only numpy and transformers
-at load time (scipy lazily, for resampling; torch optionally) and nothing from the rest of the package.
+at load time (scipy lazily, for resampling; torch if installed, which the features need) and nothing from the rest
+of the package. The image processor imports `_single_threaded_torch` from here, so this file must import without
+torch.
 
 Features: mono waveform at `sampling_rate` -> Hann-windowed STFT (`n_fft`, `hop_length`, centred frames
 with reflect padding) -> power spectrum -> Slaney mel filter bank (`feature_size` bins, 0 Hz to Nyquist) ->
@@ -19,7 +21,6 @@ from numbers import Real
 from typing import Any
 
 import numpy as np
-import torch
 from transformers.audio_utils import mel_filter_bank, window_function
 from transformers.feature_extraction_sequence_utils import SequenceFeatureExtractor
 from transformers.feature_extraction_utils import BatchFeature
@@ -28,7 +29,7 @@ from transformers.utils import TensorType, logging
 
 try:
     import torch
-except ImportError:  # torch is optional for the feature extractor itself
+except ImportError:  # the log-mel features need torch (a clear error at construction); importing does not
     torch = None
 
 
@@ -105,6 +106,9 @@ def _single_threaded_torch() -> Iterator[None]:
     `torch.set_num_threads` sets the OpenMP and MKL thread counts of the calling thread (it is what DataLoader
     workers do for good), and it is restored on exit, so other threads and later ops are unaffected.
     """
+    if torch is None:  # nothing to pin without torch
+        yield
+        return
     threads = torch.get_num_threads()
     if threads == 1:
         yield
@@ -175,6 +179,8 @@ class OptTriFeatureExtractor(SequenceFeatureExtractor):
         padding_value: float = 0.0,
         **kwargs: Any,
     ) -> None:
+        if torch is None:
+            raise ImportError("OptTriFeatureExtractor computes its log-mel features with torch; install torch")
         kwargs.setdefault("return_attention_mask", True)
         super().__init__(feature_size=feature_size, sampling_rate=sampling_rate, padding_value=padding_value, **kwargs)
         for name, value in (

@@ -773,7 +773,7 @@ class OptTriModel(OptTriPreTrainedModel):
         The cross-modal `[CLS]` state `(B, fusion_hidden)`, i.e. `forward(...).pooler_output`, with the last
         cross-modal layer computed at the `[CLS]` only (its keys and values still come from every position). The
         classification and question-answering heads use it when no hidden states or attentions are asked for.
-        Inputs as for `forward`.
+        Inputs as for `forward`. It does not go through `forward`, so forward hooks on this module do not run.
         """
         _, inputs, masks, codes = self._encode_for_fusion(
             input_ids, attention_mask, token_type_ids, pixel_values, image_mask, input_features, audio_attention_mask

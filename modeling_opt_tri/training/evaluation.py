@@ -91,7 +91,9 @@ def _pad_cat(parts: list[torch.Tensor], length: int) -> torch.Tensor:
 def encode_for_reranking(model, dataloader, device=None, progress: bool = True):
     """
     For an `OptTriForRetrieval`: per modality, the embeddings `(N, projection_dim)` and the unimodal states and
-    masks `(N, L, d)` / `(N, L)` (padded to the longest row) of the rows that have all three modalities.
+    masks `(N, L, d)` / `(N, L)` (padded to the longest row) of the rows that have all three modalities. Every
+    row's states stay on the model's device (e.g. 5,000 base-size images: 197 x 768 floats each, about 3 GB), which
+    suits held-out splits of a few thousand rows.
     """
     was_training = model.training
     model.eval()
