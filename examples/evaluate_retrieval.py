@@ -24,13 +24,14 @@ def main() -> None:
     if not os.path.isdir(args.model):
         parser.error(f"--model {args.model!r}: no such checkpoint folder (a save_pretrained output)")
     # imported after the arguments are checked, so that a mistyped flag fails in a fraction of a second
-    from modeling_opt_tri import OptTriModel, OptTriProcessor
+    from modeling_opt_tri import OptTriForRetrieval, OptTriModel, OptTriProcessor
     from modeling_opt_tri.training.pretrain import PretrainArguments, evaluate_retrieval
 
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()  # a pre-training checkpoint's heads are unused here; no need to list them
-    model = OptTriModel.from_pretrained(args.model).eval()
+    # with --rerank, one retrieval model (its ITM head loads from a pre-training checkpoint) serves both tables
+    model = (OptTriForRetrieval if args.rerank else OptTriModel).from_pretrained(args.model).eval()
     processor = OptTriProcessor.from_pretrained(args.model)
     settings = PretrainArguments(dataset=args.dataset, eval_split=args.split, eval_rows=args.eval_rows, seed=args.seed,
                                  eval_batch_size=args.batch_size)
@@ -38,7 +39,6 @@ def main() -> None:
     if args.rerank:
         import torch
 
-        from modeling_opt_tri import OptTriForRetrieval
         from modeling_opt_tri.data.collate import TriModalCollator
         from modeling_opt_tri.training.evaluation import (
             encode_for_reranking,
@@ -47,13 +47,12 @@ def main() -> None:
         )
         from modeling_opt_tri.training.pretrain import load_split
 
-        retrieval = OptTriForRetrieval.from_pretrained(args.model).eval()
         data = load_split(settings, settings.eval_split, settings.eval_rows, seed_offset=0)
         loader = torch.utils.data.DataLoader(
             list(data), batch_size=args.batch_size, collate_fn=TriModalCollator(processor)
         )
-        encoded = encode_for_reranking(retrieval, loader)
-        results = reranked_retrieval_metrics(retrieval, encoded, top_k=args.rerank)
+        encoded = encode_for_reranking(model, loader)
+        results = reranked_retrieval_metrics(model, encoded, top_k=args.rerank)
         table = format_retrieval_table(results, encoded["text"][0].shape[0])
         print(table.replace("Retrieval on", f"After ITM re-ranking of the top {args.rerank}: retrieval on", 1))
 
