@@ -12,8 +12,10 @@ masked out of the cross-modal attention).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -366,6 +368,12 @@ class OptTriPreTrainedModel(PreTrainedModel):
             if missing:
                 logger.warning(f"Audio encoder weights newly initialised (not in the checkpoint): {missing}")
         return model
+
+    def resize_token_embeddings(self, new_num_tokens=None, pad_to_multiple_of=None, mean_resizing: bool = True):
+        """`PreTrainedModel.resize_token_embeddings` for the one text vocabulary of OPT-Tri: every module over it
+        (text encoder embeddings, text decoder embeddings, LM and MLM heads) is resized, and both the encoder's and
+        the decoder's `vocab_size` follow, so the resized model saves and reloads. Returns the input embeddings."""
+        return _resize_text_vocabulary(self, new_num_tokens, pad_to_multiple_of, mean_resizing)
 
 
 def _load_audio_encoder_checkpoint(path: str, default: OptTriAudioConfig) -> tuple[OptTriAudioConfig, dict]:
@@ -1215,6 +1223,14 @@ class OptTriForPreTraining(OptTriPreTrainedModel):
         self.audio_head = nn.Linear(adc.hidden_size, adc.vocab_size, bias=False)
         self.post_init()
 
+    def get_output_embeddings(self) -> nn.Module:
+        """The MLM head's output layer (as BERT's pre-training head); `resize_token_embeddings` also resizes the
+        text decoder's `lm_head`."""
+        return self.mlm_head.decoder
+
+    def set_output_embeddings(self, value: nn.Module) -> None:
+        self.mlm_head.decoder = value
+
     # -- masking -----------------------------------------------------------------------------------------------------
 
     def mask_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, rows: torch.Tensor):
@@ -1688,7 +1704,11 @@ class OptTriDecoderAttention(nn.Module):
         self.v_proj = nn.Linear(config.hidden_size, config.hidden_size)
         self.out_proj = nn.Linear(config.hidden_size, config.hidden_size)
 
-    def forward(self, hidden_states, attention_mask, key_value_states=None, cache=None):
+    def forward(
+        self, hidden_states, attention_mask, key_value_states=None, cache=None, output_attentions: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """hidden_states `(B, n, d)`, additive attention_mask `(B, 1, n, keys)`. Returns the output `(B, n, d)` and,
+        with `output_attentions` (computed eagerly then), the weights `(B, heads, n, keys)`."""
         batch, length, _ = hidden_states.shape
         query = self.q_proj(hidden_states).view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
         source = key_value_states if self.is_cross_attention else hidden_states
@@ -1697,13 +1717,13 @@ class OptTriDecoderAttention(nn.Module):
         value = self.v_proj(source).view(shape).transpose(1, 2)
         if cache is not None and not self.is_cross_attention:
             key, value = cache.update(key, value, self.layer_idx)
-        implementation = self.config._attn_implementation or "sdpa"
+        implementation = "eager" if output_attentions else (self.config._attn_implementation or "sdpa")
         attention = eager_attention_forward if implementation == "eager" else ALL_ATTENTION_FUNCTIONS[implementation]
-        output, _ = attention(
+        output, weights = attention(
             self, query, key, value, attention_mask, scaling=self.scaling,
             dropout=self.config.attention_probs_dropout_prob if self.training else 0.0,
         )
-        return self.out_proj(output.reshape(batch, length, -1))
+        return self.out_proj(output.reshape(batch, length, -1)), (weights if output_attentions else None)
 
 
 class OptTriDecoderLayer(GradientCheckpointingLayer):
@@ -1719,12 +1739,55 @@ class OptTriDecoderLayer(GradientCheckpointingLayer):
         self.mlp = OptTriMLP(config)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, hidden_states, self_mask, encoder_states, cross_mask, cache=None):
-        hidden_states = hidden_states + self.dropout(self.self_attn(self.self_attn_layer_norm(hidden_states), self_mask, cache=cache))
-        hidden_states = hidden_states + self.dropout(
-            self.cross_attn(self.cross_attn_layer_norm(hidden_states), cross_mask, key_value_states=encoder_states)
+    def forward(self, hidden_states, self_mask, encoder_states, cross_mask, cache=None, output_attentions: bool = False):
+        """Returns `(hidden_states, self-attention weights or None, cross-attention weights or None)`."""
+        attn_output, self_weights = self.self_attn(
+            self.self_attn_layer_norm(hidden_states), self_mask, cache=cache, output_attentions=output_attentions
         )
-        return hidden_states + self.dropout(self.mlp(self.mlp_layer_norm(hidden_states)))
+        hidden_states = hidden_states + self.dropout(attn_output)
+        attn_output, cross_weights = self.cross_attn(
+            self.cross_attn_layer_norm(hidden_states), cross_mask, key_value_states=encoder_states,
+            output_attentions=output_attentions,
+        )
+        hidden_states = hidden_states + self.dropout(attn_output)
+        return hidden_states + self.dropout(self.mlp(self.mlp_layer_norm(hidden_states))), self_weights, cross_weights
+
+
+@dataclass
+class OptTriDecoderModelOutput(ModelOutput):
+    r"""
+    Output of [`OptTriTextDecoder`] / [`OptTriCodeDecoder`] with `return_dict=True`.
+
+    Args:
+        last_hidden_state (`(B, n, hidden)`): the final LayerNorm's output.
+        hidden_states (`tuple(torch.FloatTensor)`): the embeddings and each layer's output `(B, n, hidden)`, when
+            `output_hidden_states` (a list of indices keeps those entries only).
+        attentions / cross_attentions (`tuple(torch.FloatTensor)`): per layer, the self-attention weights
+            `(B, heads, n, past + n)` and the cross-attention weights `(B, heads, n, S)`, when `output_attentions`.
+    """
+
+    last_hidden_state: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+    cross_attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+def _decoder_positions(attention_mask: torch.Tensor | None, past: int, length: int, device) -> torch.Tensor:
+    """Position ids `(B or 1, n)` of the `n` new tokens: counted over the real tokens of the mask `(B, past + n)`
+    (left padding does not shift them), or `past .. past + n - 1` without a mask."""
+    if attention_mask is None:
+        return torch.arange(past, past + length, device=device)[None]
+    positions = attention_mask.long().cumsum(-1) - 1
+    return positions.masked_fill(attention_mask == 0, 0)[:, -length:]
+
+
+def _select_hidden_states(states: tuple, which) -> tuple | None:
+    """`output_hidden_states`: `True` keeps all, a list of indices (negative ones count from the end) those."""
+    if not which:
+        return None
+    if isinstance(which, bool):
+        return states
+    return tuple(states[index] for index in which)
 
 
 class OptTriTextDecoder(nn.Module):
@@ -1739,28 +1802,49 @@ class OptTriTextDecoder(nn.Module):
         self.layers = nn.ModuleList([OptTriDecoderLayer(config, i) for i in range(config.num_hidden_layers)])
         self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
-    def forward(self, input_ids, attention_mask, encoder_states, encoder_mask, cache=None) -> torch.Tensor:
+    def forward(
+        self, input_ids, attention_mask, encoder_states, encoder_mask, cache=None, position_ids=None,
+        output_attentions: bool = False, output_hidden_states=False, return_dict: bool = False,
+    ) -> torch.Tensor | OptTriDecoderModelOutput:
         """
-        input_ids `(B, n)` (the new tokens when a cache holds the earlier ones), attention_mask `(B, past + n)`,
-        encoder_states `(B, S, encoder_hidden)`, encoder_mask `(B, S)`. Returns `(B, n, hidden)`.
+        input_ids `(B, n)` (the new tokens when a cache holds the earlier ones), attention_mask `(B, past + n)` (0 for
+        padding, left or right), encoder_states `(B, S, encoder_hidden)`, encoder_mask `(B, S)`, position_ids `(B, n)`
+        (default: counted over the mask's real tokens). Returns the states `(B, n, hidden)`, or with `return_dict` an
+        [`OptTriDecoderModelOutput`] (with the per-layer states / attention weights when asked for).
         """
         batch, length = input_ids.shape
         past = cache.get_seq_length() if cache is not None else 0
         if past + length > self.config.max_position_embeddings:
             raise ValueError(self._length_error(past + length))
-        positions = torch.arange(past, past + length, device=input_ids.device)
-        hidden = self.embed_tokens(input_ids) + self.embed_positions(positions)
+        if attention_mask is not None and tuple(attention_mask.shape) != (batch, past + length):
+            raise ValueError(
+                f"The decoder attention mask has shape {tuple(attention_mask.shape)}; it must cover the cached and the "
+                f"new tokens: ({batch}, {past + length})"
+            )
+        if position_ids is None:
+            position_ids = _decoder_positions(attention_mask, past, length, input_ids.device)
+        hidden = self.embed_tokens(input_ids) + self.embed_positions(position_ids)
         dtype = hidden.dtype
-        if attention_mask is None:
-            attention_mask = torch.ones(batch, past + length, dtype=torch.long, device=input_ids.device)
         keys = torch.arange(past + length, device=input_ids.device)
-        allowed = (keys[None, :] <= positions[:, None])[None] & attention_mask.bool()[:, None, :]  # (B, n, past + n)
+        allowed = (keys[None, :] <= keys[past:, None])[None]  # (1, n, past + n): causal in the order of the cache
+        if attention_mask is not None:
+            allowed = allowed & attention_mask.bool()[:, None, :]
         self_mask = (~allowed[:, None]).to(dtype) * torch.finfo(dtype).min
         cross_mask = _additive_mask(encoder_mask, dtype)
         encoder_states = self.encoder_projection(encoder_states)
+        all_hidden, self_weights, cross_weights = (hidden,), (), ()
         for layer in self.layers:
-            hidden = layer(hidden, self_mask, encoder_states, cross_mask, cache)
-        return self.layer_norm(hidden)
+            hidden, self_w, cross_w = layer(hidden, self_mask, encoder_states, cross_mask, cache, output_attentions)
+            all_hidden, self_weights, cross_weights = all_hidden + (hidden,), self_weights + (self_w,), cross_weights + (cross_w,)
+        hidden = self.layer_norm(hidden)
+        if not return_dict:
+            return hidden
+        return OptTriDecoderModelOutput(
+            last_hidden_state=hidden,
+            hidden_states=_select_hidden_states(all_hidden, output_hidden_states),
+            attentions=self_weights if output_attentions else None,
+            cross_attentions=cross_weights if output_attentions else None,
+        )
 
     def _length_error(self, total: int) -> str:
         return (
@@ -1774,31 +1858,113 @@ def _states_mask(states: torch.Tensor, mask: torch.Tensor | None) -> torch.Tenso
     return mask if mask is not None else torch.ones(states.shape[:2], dtype=torch.long, device=states.device)
 
 
-def _decoder_output(output_cls, config, logits, targets, cache, states, states_mask, return_dict):
+def _cache_argument(cache, kwargs: dict):
+    """The decoder's self-attention cache, passed as `cache` (its name since transformers 5.25) or under the
+    deprecated name `past_key_values` (popped from `kwargs`; a `FutureWarning` says so)."""
+    old = kwargs.pop("past_key_values", None)
+    if old is None:
+        return cache
+    if cache is not None and cache is not old:
+        raise ValueError("Pass the decoder cache as `cache` or under its deprecated name `past_key_values`, not both")
+    warnings.warn(
+        "`past_key_values` is deprecated and will be removed in a future release: pass the decoder cache as `cache`",
+        FutureWarning,
+        stacklevel=3,
+    )
+    return old
+
+
+def _output_flags(config, output_attentions, output_hidden_states) -> tuple:
+    """`output_attentions` / `output_hidden_states`, defaulting to the config's."""
+    attentions = output_attentions if output_attentions is not None else config.output_attentions
+    hidden = output_hidden_states if output_hidden_states is not None else config.output_hidden_states
+    return bool(attentions), hidden
+
+
+def _check_decoder_ids(ids: torch.Tensor, vocab_size: int, batch: int, name: str) -> None:
+    """Raise a `ValueError` naming `name` unless `ids` is `(batch, n >= 1)` with ids in `[0, vocab_size)`."""
+    if not torch.is_tensor(ids) or ids.ndim != 2 or ids.is_floating_point():
+        raise ValueError(f"{name} must be an integer tensor of shape (B, n), got {getattr(ids, 'shape', type(ids))}")
+    if ids.shape[1] == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(ids.shape)}): a decoder prompt needs at least the BOS token")
+    if ids.shape[0] != batch:
+        raise ValueError(
+            f"{name} has batch size {ids.shape[0]} but the conditioning inputs have {batch}: pass one decoder prompt "
+            "per conditioning row"
+        )
+    low, high = int(ids.min()), int(ids.max())
+    if low < 0 or high >= vocab_size:
+        raise ValueError(f"{name} holds ids outside the decoder vocabulary [0, {vocab_size}): min {low}, max {high}")
+
+
+def _check_generate_arguments(generate_kwargs: dict) -> None:
+    """Clear errors for the `GenerationMixin.generate` settings that otherwise fail deep inside it."""
+    for name in ("num_beams", "num_return_sequences"):
+        value = generate_kwargs.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+def _decoder_output(output_cls, config, logits, targets, cache, decoded, states, states_mask, encoder_outputs, return_dict):
     """The typed output of a decoder head: next-token cross-entropy over the labelled positions (when `targets`)."""
     loss = None
     if targets is not None:
+        if tuple(targets.shape) != tuple(logits.shape[:2]):
+            raise ValueError(f"The targets have shape {tuple(targets.shape)}; the logits {tuple(logits.shape[:2])}")
         loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
     output = output_cls(
-        loss=loss, logits=logits, cache=cache, encoder_hidden_states=states, encoder_attention_mask=states_mask
+        loss=loss,
+        logits=logits,
+        cache=cache,
+        hidden_states=decoded.hidden_states,
+        attentions=decoded.attentions,
+        cross_attentions=decoded.cross_attentions,
+        encoder_hidden_states=states,
+        encoder_attention_mask=states_mask,
+        encoder_outputs=encoder_outputs,
     )
     return_dict = return_dict if return_dict is not None else config.return_dict
     return output if return_dict else output.to_tuple()
 
 
-def _generation_step_inputs(prefix: str, input_ids, attention_mask, kwargs) -> dict:
-    """For `GenerationMixin`: the decoder ids the cache has not seen (as `<prefix>input_ids`), with the cache and
-    the cached cross-modal states."""
-    cache = kwargs.get("cache", kwargs.get("past_key_values"))
-    past = cache.get_seq_length() if cache is not None else 0
-    return {
-        f"{prefix}input_ids": input_ids[:, past:] if past else input_ids,
-        f"{prefix}attention_mask": attention_mask,
-        "cache": cache,
-        "use_cache": kwargs.get("use_cache", True),
-        "encoder_hidden_states": kwargs.get("encoder_hidden_states"),
-        "encoder_states_mask": kwargs.get("encoder_states_mask"),
-    }
+def _resize_text_vocabulary(model: PreTrainedModel, new_num_tokens, pad_to_multiple_of, mean_resizing) -> nn.Module:
+    """
+    `resize_token_embeddings` for every OPT-Tri head: the text vocabulary is one vocabulary, so the text encoder's
+    word embeddings, the text decoder's token embeddings, its LM head and the MLM head (those the head has) are all
+    resized, and both `text_config.vocab_size` and `text_decoder_config.vocab_size` follow. The code decoders'
+    vocabularies (a VQ tokenizer's codebook) are not token vocabularies and stay as they are.
+    """
+    if getattr(model.config, "text_config", None) is None:
+        raise ValueError(f"{type(model).__name__} has no token embeddings: it reads no text, so there is nothing to resize")
+    encoder_embeddings = model.base_model.get_input_embeddings()
+    if new_num_tokens is None and pad_to_multiple_of is None:
+        return model.get_input_embeddings()
+    size = encoder_embeddings.weight.shape[0] if new_num_tokens is None else new_num_tokens
+    if pad_to_multiple_of is not None:
+        if isinstance(pad_to_multiple_of, bool) or not isinstance(pad_to_multiple_of, int) or pad_to_multiple_of < 1:
+            raise ValueError(f"pad_to_multiple_of must be a positive int, got {pad_to_multiple_of!r}")
+        size = -(-size // pad_to_multiple_of) * pad_to_multiple_of
+    config = model.config
+    dc = config.text_decoder_config
+    used = {"mask_token_id": config.mask_token_id, "text_decoder_config.bos_token_id": dc.bos_token_id,
+            "text_decoder_config.eos_token_id": dc.eos_token_id, "text_decoder_config.pad_token_id": dc.pad_token_id}
+    used.update({f"special_token_ids[{i}]": token for i, token in enumerate(config.special_token_ids)})
+    if isinstance(size, bool) or not isinstance(size, int) or size <= max(used.values()):
+        raise ValueError(
+            f"Cannot resize the text vocabulary to {size!r} tokens: the config uses ids up to {max(used.values())} "
+            f"({', '.join(f'{k}={v}' for k, v in used.items())})"
+        )
+    model._get_resized_embeddings(encoder_embeddings, size, mean_resizing=mean_resizing)  # resized in place
+    decoder = getattr(model, "text_decoder", None)
+    if decoder is not None:
+        model._get_resized_embeddings(decoder.embed_tokens, size, mean_resizing=mean_resizing)
+    for owner, name in ((model, "lm_head"), (getattr(model, "mlm_head", None), "decoder")):
+        head = getattr(owner, name, None) if owner is not None else None
+        if head is not None:
+            setattr(owner, name, model._get_resized_lm_head(head, size, mean_resizing=mean_resizing))
+    config.text_config.vocab_size = size
+    dc.vocab_size = size
+    return model.get_input_embeddings()
 
 
 @dataclass
@@ -1807,18 +1973,28 @@ class OptTriCaptioningOutput(ModelOutput):
     Output of [`OptTriForConditionalGeneration`].
 
     Args:
-        loss: next-token cross-entropy over the labelled positions, when `labels` are given.
+        loss: next-token cross-entropy over the labelled positions, when `labels` (or `shift_labels`) are given.
         logits (`(B, n, vocab)`): next-token scores.
-        cache (`Cache`): the decoder's self-attention cache (`past_key_values` in older transformers releases).
+        cache (`Cache`): the decoder's self-attention cache (`past_key_values` before transformers 5.25).
+        hidden_states (`tuple(torch.FloatTensor)`): the decoder's embeddings and layer outputs `(B, n, hidden)`, when
+            `output_hidden_states`.
+        attentions / cross_attentions (`tuple(torch.FloatTensor)`): the decoder's self-attention `(B, heads, n,
+            past + n)` and cross-attention `(B, heads, n, S)` weights per layer, when `output_attentions`.
         encoder_hidden_states (`(B, S, cross_modal_hidden)`), encoder_attention_mask (`(B, S)`): the cross-modal
             states the decoder attends to (reused across generation steps).
+        encoder_outputs ([`OptTriModelOutput`]): the tri-modal model's full output (its own hidden states and
+            attentions when asked for), when this call ran the encoder (not with precomputed states).
     """
 
     loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
     cache: Cache | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+    cross_attentions: tuple[torch.FloatTensor, ...] | None = None
     encoder_hidden_states: torch.FloatTensor | None = None
     encoder_attention_mask: torch.LongTensor | None = None
+    encoder_outputs: OptTriModelOutput | None = None
 
 
 class OptTriForConditionalGeneration(OptTriPreTrainedModel, GenerationMixin):
@@ -1833,6 +2009,9 @@ class OptTriForConditionalGeneration(OptTriPreTrainedModel, GenerationMixin):
     >>> ids = model.generate(input_features=feats, audio_attention_mask=mask, num_beams=3)  # ASR
     >>> processor.batch_decode(ids, skip_special_tokens=True)
     ```
+
+    Decoder prompts (`input_ids`) may be left-padded (`attention_mask` 0): positions count real tokens only, so a
+    padded batch generates what each prompt generates alone.
     """
 
     def __init__(self, config: OptTriConfig):
@@ -1843,10 +2022,17 @@ class OptTriForConditionalGeneration(OptTriPreTrainedModel, GenerationMixin):
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Module:
+        """The decoder's token embeddings (this head's `input_ids` are decoder tokens)."""
         return self.text_decoder.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.text_decoder.embed_tokens = value
 
     def get_output_embeddings(self) -> nn.Module:
         return self.lm_head
+
+    def set_output_embeddings(self, value: nn.Module) -> None:
+        self.lm_head = value
 
     def encode(
         self,
@@ -1856,8 +2042,14 @@ class OptTriForConditionalGeneration(OptTriPreTrainedModel, GenerationMixin):
         audio_attention_mask=None,
         encoder_input_ids=None,
         encoder_attention_mask=None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Cross-modal states `(B, S, hidden)` and mask `(B, S)` of the conditioning inputs."""
+        output_attentions: bool | None = None,
+        output_hidden_states=None,
+        return_outputs: bool = False,
+    ):
+        """Cross-modal states `(B, S, hidden)` and mask `(B, S)` of the conditioning inputs (and the tri-modal model's
+        output with `return_outputs`)."""
+        if pixel_values is None and input_features is None and encoder_input_ids is None:
+            raise ValueError("Nothing to condition on: pass pixel_values and/or input_features (or encoder_input_ids)")
         out = self.opt_tri(
             input_ids=encoder_input_ids,
             attention_mask=encoder_attention_mask,
@@ -1865,7 +2057,12 @@ class OptTriForConditionalGeneration(OptTriPreTrainedModel, GenerationMixin):
             image_mask=image_mask,
             input_features=input_features,
             audio_attention_mask=audio_attention_mask,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
         )
+        if return_outputs:
+            return out.last_hidden_state, out.fusion_attention_mask, out
         return out.last_hidden_state, out.fusion_attention_mask
 
     def forward(
@@ -1881,29 +2078,41 @@ class OptTriForConditionalGeneration(OptTriPreTrainedModel, GenerationMixin):
         encoder_hidden_states: torch.FloatTensor | None = None,
         encoder_states_mask: torch.LongTensor | None = None,
         labels: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
         cache: Cache | None = None,
         use_cache: bool | None = None,
+        position_ids: torch.LongTensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | list[int] | None = None,
         return_dict: bool | None = None,
         **kwargs,
     ) -> OptTriCaptioningOutput:
         r"""
         Args:
-            input_ids (`(B, n)`), attention_mask (`(B, past + n)`): decoder tokens (start with `[CLS]`, the BOS).
+            input_ids (`(B, n)`), attention_mask (`(B, past + n)`): decoder tokens (start with `[CLS]`, the BOS);
+                padding (left or right) is 0 in the mask.
             pixel_values, image_mask, input_features, audio_attention_mask: the conditioning image and/or audio.
             encoder_input_ids, encoder_attention_mask: optional conditioning text (e.g. a question).
             encoder_hidden_states, encoder_states_mask: precomputed cross-modal states (from `encode`), which skip
                 the encoder.
-            labels (`(B, n)`): target tokens, -100 where ignored. When given without `input_ids`, the decoder input
-                is `labels` shifted right behind the BOS token (teacher forcing).
+            labels (`(B, n)`): target tokens aligned with the logits (position `t` predicts `labels[:, t]`), -100
+                where ignored. When given without `input_ids`, the decoder input is `labels` shifted right behind the
+                BOS token (teacher forcing, as in BART/Whisper).
+            shift_labels (`(B, n)`, keyword): targets already aligned with the logits (transformers' name); they
+                take precedence over `labels` for the loss.
+            cache (`Cache`), use_cache: the decoder's self-attention cache (`past_key_values=` is accepted with a
+                deprecation warning).
+            position_ids (`(B, n)`): decoder positions (default: counted over the real tokens of `attention_mask`).
+            output_attentions, output_hidden_states (`bool`, or for hidden states a list of indices), return_dict.
         """
         dc = self.config.text_decoder_config
-        cache = cache if cache is not None else past_key_values
+        cache = _cache_argument(cache, kwargs)
+        shift_labels = kwargs.pop("shift_labels", None)
+        output_attentions, output_hidden_states = _output_flags(self.config, output_attentions, output_hidden_states)
+        encoder_outputs = None
         if encoder_hidden_states is None:
-            if pixel_values is None and input_features is None and encoder_input_ids is None:
-                raise ValueError("Nothing to condition on: pass pixel_values and/or input_features (or encoder_input_ids)")
-            encoder_hidden_states, encoder_states_mask = self.encode(
-                pixel_values, image_mask, input_features, audio_attention_mask, encoder_input_ids, encoder_attention_mask
+            encoder_hidden_states, encoder_states_mask, encoder_outputs = self.encode(
+                pixel_values, image_mask, input_features, audio_attention_mask, encoder_input_ids,
+                encoder_attention_mask, output_attentions, output_hidden_states, return_outputs=True,
             )
         encoder_states_mask = _states_mask(encoder_hidden_states, encoder_states_mask)
         if input_ids is None:
@@ -1913,18 +2122,19 @@ class OptTriForConditionalGeneration(OptTriPreTrainedModel, GenerationMixin):
             if attention_mask is None:
                 attention_mask = (input_ids != dc.pad_token_id).long()
                 attention_mask[:, 0] = 1
+        _check_decoder_ids(input_ids, dc.vocab_size, encoder_hidden_states.shape[0], "input_ids (decoder tokens)")
         use_cache = use_cache if use_cache is not None else (dc.use_cache and not self.training)
         if use_cache and cache is None:
             cache = DynamicCache(config=self.config.get_text_config(decoder=True))
-        hidden = self.text_decoder(input_ids, attention_mask, encoder_hidden_states, encoder_states_mask, cache if use_cache else None)
-        return _decoder_output(
-            OptTriCaptioningOutput, self.config, self.lm_head(hidden), labels, cache if use_cache else None,
-            encoder_hidden_states, encoder_states_mask, return_dict,
+        decoded = self.text_decoder(
+            input_ids, attention_mask, encoder_hidden_states, encoder_states_mask, cache if use_cache else None,
+            position_ids, output_attentions, output_hidden_states, return_dict=True,
         )
-
-    def prepare_inputs_for_generation(self, input_ids, attention_mask=None, **kwargs):
-        """Feed only the tokens the cache has not seen, with the cached cross-modal states."""
-        return _generation_step_inputs("", input_ids, attention_mask, kwargs)
+        return _decoder_output(
+            OptTriCaptioningOutput, self.config, self.lm_head(decoded.last_hidden_state),
+            shift_labels if shift_labels is not None else labels, cache if use_cache else None, decoded,
+            encoder_hidden_states, encoder_states_mask, encoder_outputs, return_dict,
+        )
 
     @torch.no_grad()
     def generate(
@@ -1936,24 +2146,44 @@ class OptTriForConditionalGeneration(OptTriPreTrainedModel, GenerationMixin):
         encoder_input_ids=None,
         encoder_attention_mask=None,
         input_ids=None,
+        attention_mask=None,
+        encoder_hidden_states=None,
+        encoder_states_mask=None,
         **generate_kwargs,
-    ) -> torch.LongTensor:
+    ):
         """
-        `GenerationMixin.generate` (greedy, beam search, sampling; KV cache) after encoding the conditioning inputs
-        once. `input_ids` are optional decoder prompts (default: the BOS token). Returns token ids `(B, length)`.
+        `GenerationMixin.generate` (greedy, sampling, beam search, beam sampling, assisted and prompt-lookup decoding;
+        KV cache) after encoding the conditioning inputs once (or with precomputed `encoder_hidden_states`).
+        `input_ids` / `attention_mask` are optional decoder prompts, left-padded in a batch (default: the BOS token);
+        continuing from a returned cache, pass the whole sequence so far with `cache=`. Returns token ids
+        `(B, length)` (or a `GenerateOutput` with `return_dict_in_generate=True`).
         """
-        states, mask = self.encode(pixel_values, image_mask, input_features, audio_attention_mask, encoder_input_ids, encoder_attention_mask)
+        _check_generate_arguments(generate_kwargs)
+        cache = _cache_argument(generate_kwargs.pop("cache", None), generate_kwargs)
+        if cache is not None:
+            generate_kwargs["cache"] = cache
+        if encoder_hidden_states is None:
+            encoder_hidden_states, encoder_states_mask = self.encode(
+                pixel_values, image_mask, input_features, audio_attention_mask, encoder_input_ids, encoder_attention_mask
+            )
+        encoder_states_mask = _states_mask(encoder_hidden_states, encoder_states_mask)
         dc = self.config.text_decoder_config
+        batch = encoder_hidden_states.shape[0]
         if input_ids is None:
-            input_ids = torch.full((states.shape[0], 1), dc.bos_token_id, dtype=torch.long, device=states.device)
+            input_ids = torch.full((batch, 1), dc.bos_token_id, dtype=torch.long, device=encoder_hidden_states.device)
+        _check_decoder_ids(input_ids, dc.vocab_size, batch, "input_ids (the decoder prompt)")
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        elif attention_mask.ndim != 2 or attention_mask.shape[0] != batch:
+            raise ValueError(f"attention_mask must have shape ({batch}, length), got {tuple(attention_mask.shape)}")
         generate_kwargs.setdefault("bos_token_id", dc.bos_token_id)
         generate_kwargs.setdefault("eos_token_id", dc.eos_token_id)
         generate_kwargs.setdefault("pad_token_id", dc.pad_token_id)
         return super().generate(
             input_ids=input_ids,
-            attention_mask=torch.ones_like(input_ids),
-            encoder_hidden_states=states,
-            encoder_states_mask=mask,
+            attention_mask=attention_mask,
+            encoder_hidden_states=encoder_hidden_states,
+            encoder_states_mask=encoder_states_mask,
             **generate_kwargs,
         )
 
@@ -2003,15 +2233,22 @@ class OptTriCodeDecoderOutput(ModelOutput):
         logits (`torch.FloatTensor` of shape `(B, n, vocab_size)`): next-code scores over the whole decoder vocabulary
             (`codebook_size` codes, then BOS, end, PAD).
         cache (`Cache`): the decoder's self-attention cache, when `use_cache`.
+        hidden_states, attentions, cross_attentions: the code decoder's per-layer states and self-/cross-attention
+            weights (as in [`OptTriCaptioningOutput`]), when asked for.
         encoder_hidden_states (`(B, S, cross_modal_hidden)`), encoder_attention_mask (`(B, S)`): the cross-modal
             states the decoder attends to.
+        encoder_outputs ([`OptTriModelOutput`]): the tri-modal model's full output, when this call ran the encoder.
     """
 
     loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
     cache: Cache | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+    cross_attentions: tuple[torch.FloatTensor, ...] | None = None
     encoder_hidden_states: torch.FloatTensor | None = None
     encoder_attention_mask: torch.LongTensor | None = None
+    encoder_outputs: OptTriModelOutput | None = None
 
 
 @dataclass
@@ -2027,27 +2264,14 @@ class OptTriCodeGenerationOutput(ModelOutput):
             1 for images). Pass it to `OptTriAudioVQModel.decode_waveform` as the code mask.
         sequences (`torch.LongTensor` of shape `(B', 1 + steps)`): the raw decoder ids: BOS, the codes, and for audio
             the end code and PAD after it.
+        generate_output (`GenerateOutput`, *optional*): `GenerationMixin.generate`'s own output (scores, logits,
+            attentions, hidden states, cache, beam indices) with `return_dict_in_generate=True`.
     """
 
     codes: torch.LongTensor | None = None
     codes_mask: torch.LongTensor | None = None
     sequences: torch.LongTensor | None = None
-
-
-def _filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
-    """Keep the `top_k` best ids (0: all) and the smallest set whose probability reaches `top_p` (1.0: all) of
-    `logits` `(B, V)`; the rest become `-inf`. At least one id per row is kept."""
-    if top_k > 0 and top_k < logits.shape[-1]:
-        keep = torch.zeros_like(logits, dtype=torch.bool).scatter_(-1, logits.topk(top_k, dim=-1).indices, True)
-        logits = logits.masked_fill(~keep, float("-inf"))
-    if top_p < 1.0:
-        sorted_logits, order = logits.sort(dim=-1, descending=True)
-        probs = sorted_logits.softmax(dim=-1)
-        before = probs.cumsum(dim=-1) - probs  # probability mass of the better ids
-        drop = before >= top_p
-        drop[..., 0] = False
-        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
-    return logits
+    generate_output: ModelOutput | None = None
 
 
 def _check_sampling_arguments(temperature, top_k, top_p, seed, num_return_sequences) -> None:
@@ -2061,6 +2285,25 @@ def _check_sampling_arguments(temperature, top_k, top_p, seed, num_return_sequen
         raise ValueError(f"seed must be an int or None, got {seed!r}")
     if isinstance(num_return_sequences, bool) or not isinstance(num_return_sequences, int) or num_return_sequences < 1:
         raise ValueError(f"num_return_sequences must be a positive int, got {num_return_sequences!r}")
+
+
+#: `GenerationMixin.generate` settings that a code decoder's `generate` sets itself.
+_CODE_GENERATION_FIXED_SETTINGS = frozenset(
+    ("max_new_tokens", "max_length", "min_new_tokens", "min_length", "bos_token_id", "eos_token_id", "pad_token_id",
+     "suppress_tokens", "begin_suppress_tokens", "generation_config")
+)
+
+
+@contextlib.contextmanager
+def _private_rng(seed: int | None, device: torch.device):
+    """With a `seed`: run the block on the global RNG seeded with it, then restore the global RNG's state (so the
+    same seed gives the same samples and the caller's RNG is untouched). Without one: the global RNG as it is."""
+    if seed is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield
 
 
 def code_decoder_targets(
@@ -2125,7 +2368,9 @@ class OptTriCodeGenerationModel(OptTriPreTrainedModel, GenerationMixin):
     a code head (`self.<modality>_head`), configured by `config.<modality>_decoder_config`.
 
     The conditioning is any non-empty subset of text, image and audio, read once by the cross-modal encoder (text for
-    text-to-image and text-to-speech; an image for image-to-audio, and so on).
+    text-to-image and text-to-speech; an image for image-to-audio, and so on). `input_ids` are the text prompt, so
+    the input embeddings (what `resize_token_embeddings` resizes) are the text encoder's; the output embeddings are
+    the code head, whose vocabulary is the VQ tokenizer's codebook.
     """
 
     modality: str = "image"
@@ -2141,7 +2386,6 @@ class OptTriCodeGenerationModel(OptTriPreTrainedModel, GenerationMixin):
             self.generation_config.bos_token_id = dc.bos_token_id
             self.generation_config.eos_token_id = dc.eos_token_id if self.modality == "audio" else None
             self.generation_config.pad_token_id = dc.pad_token_id
-            self.generation_config.max_length = dc.num_codes + 1
 
     # -- parts ---------------------------------------------------------------------------------------------------------
 
@@ -2159,10 +2403,17 @@ class OptTriCodeGenerationModel(OptTriPreTrainedModel, GenerationMixin):
         return getattr(self, f"{self.modality}_head")
 
     def get_input_embeddings(self) -> nn.Module:
-        return self.code_decoder.embed_tokens
+        """The text encoder's word embeddings (`input_ids` are the text prompt)."""
+        return self.opt_tri.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.opt_tri.set_input_embeddings(value)
 
     def get_output_embeddings(self) -> nn.Module:
         return self.code_head
+
+    def set_output_embeddings(self, value: nn.Module) -> None:
+        setattr(self, f"{self.modality}_head", value)
 
     def encode(
         self,
@@ -2173,9 +2424,13 @@ class OptTriCodeGenerationModel(OptTriPreTrainedModel, GenerationMixin):
         image_mask=None,
         input_features=None,
         audio_attention_mask=None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        output_attentions: bool | None = None,
+        output_hidden_states=None,
+        return_outputs: bool = False,
+    ):
         """Cross-modal states `(B, S, hidden)` and mask `(B, S)` of the conditioning inputs (any non-empty subset of
-        text `(B, L)`, image `(B, 3, H, W)` and audio `(B, n_mels, T)`)."""
+        text `(B, L)`, image `(B, 3, H, W)` and audio `(B, n_mels, T)`), and with `return_outputs` the tri-modal
+        model's output."""
         if input_ids is None and pixel_values is None and input_features is None:
             raise ValueError(
                 f"Nothing to condition the {self.modality} on: pass input_ids (the text prompt), and/or pixel_values "
@@ -2189,7 +2444,12 @@ class OptTriCodeGenerationModel(OptTriPreTrainedModel, GenerationMixin):
             image_mask=image_mask,
             input_features=input_features,
             audio_attention_mask=audio_attention_mask,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
         )
+        if return_outputs:
+            return out.last_hidden_state, out.fusion_attention_mask, out
         return out.last_hidden_state, out.fusion_attention_mask
 
     # -- teacher forcing -----------------------------------------------------------------------------------------------
@@ -2216,8 +2476,9 @@ class OptTriCodeGenerationModel(OptTriPreTrainedModel, GenerationMixin):
         encoder_hidden_states: torch.FloatTensor | None = None,
         encoder_states_mask: torch.LongTensor | None = None,
         cache: Cache | None = None,
-        past_key_values: Cache | None = None,
         use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | list[int] | None = None,
         return_dict: bool | None = None,
         **kwargs,
     ) -> OptTriCodeDecoderOutput:
@@ -2237,16 +2498,21 @@ class OptTriCodeGenerationModel(OptTriPreTrainedModel, GenerationMixin):
                 step-by-step decoding, instead of `labels`.
             encoder_hidden_states (`(B, S, cross_modal_hidden)`), encoder_states_mask (`(B, S)`): precomputed
                 cross-modal states (from `encode`), which skip the encoder.
-            cache / past_key_values (`Cache`), use_cache: the decoder's self-attention cache.
+            cache (`Cache`), use_cache: the decoder's self-attention cache (`past_key_values=` is accepted with a
+                deprecation warning).
+            output_attentions, output_hidden_states (`bool`, or for hidden states a list of indices), return_dict.
 
         Returns:
             [`OptTriCodeDecoderOutput`] (a tuple when `return_dict=False`).
         """
         dc = self.decoder_config
-        cache = cache if cache is not None else past_key_values
+        cache = _cache_argument(cache, kwargs)
+        output_attentions, output_hidden_states = _output_flags(self.config, output_attentions, output_hidden_states)
+        encoder_outputs = None
         if encoder_hidden_states is None:
-            encoder_hidden_states, encoder_states_mask = self.encode(
-                input_ids, attention_mask, token_type_ids, pixel_values, image_mask, input_features, audio_attention_mask
+            encoder_hidden_states, encoder_states_mask, encoder_outputs = self.encode(
+                input_ids, attention_mask, token_type_ids, pixel_values, image_mask, input_features,
+                audio_attention_mask, output_attentions, output_hidden_states, return_outputs=True,
             )
         encoder_states_mask = _states_mask(encoder_hidden_states, encoder_states_mask)
         targets = None
@@ -2259,29 +2525,30 @@ class OptTriCodeGenerationModel(OptTriPreTrainedModel, GenerationMixin):
             decoder_input_ids, targets = self._labels_to_targets(labels, labels_mask)
         elif decoder_input_ids is None:
             raise ValueError(f"Pass labels (the target {self.modality} codes) or decoder_input_ids")
-        elif decoder_input_ids.ndim != 2 or int(decoder_input_ids.min()) < 0 or int(decoder_input_ids.max()) >= dc.vocab_size:
-            raise ValueError(f"decoder_input_ids must have shape (B, n) with ids in [0, {dc.vocab_size})")
-        if decoder_input_ids.shape[0] != encoder_hidden_states.shape[0]:
-            raise ValueError(
-                f"The {self.modality} codes have batch size {decoder_input_ids.shape[0]}, the conditioning inputs "
-                f"{encoder_hidden_states.shape[0]}"
-            )
+        _check_decoder_ids(decoder_input_ids, dc.vocab_size, encoder_hidden_states.shape[0], "decoder_input_ids")
         if use_cache is None:
             use_cache = dc.use_cache and not self.training and labels is None
         if use_cache and cache is None:
             cache = DynamicCache(config=dc)
-        hidden = self.code_decoder(
+        decoded = self.code_decoder(
             decoder_input_ids, decoder_attention_mask, encoder_hidden_states, encoder_states_mask,
-            cache if use_cache else None,
+            cache if use_cache else None, None, output_attentions, output_hidden_states, return_dict=True,
         )
         return _decoder_output(
-            OptTriCodeDecoderOutput, self.config, self.code_head(hidden), targets, cache if use_cache else None,
-            encoder_hidden_states, encoder_states_mask, return_dict,
+            OptTriCodeDecoderOutput, self.config, self.code_head(decoded.last_hidden_state), targets,
+            cache if use_cache else None, decoded, encoder_hidden_states, encoder_states_mask, encoder_outputs,
+            return_dict,
         )
 
-    def prepare_inputs_for_generation(self, input_ids, attention_mask=None, **kwargs):
-        """For `GenerationMixin` helpers: the decoder ids the cache has not seen, with the cached cross-modal states."""
-        return _generation_step_inputs("decoder_", input_ids, attention_mask, kwargs)
+    def prepare_inputs_for_generation(self, input_ids, *args, **kwargs):
+        """`GenerationMixin`'s inputs of one step (every keyword argument is passed on), with the decoder ids and
+        mask under this head's names (`input_ids` of `forward` are the text prompt)."""
+        inputs = super().prepare_inputs_for_generation(input_ids, *args, **kwargs)
+        for name in ("input_ids", "attention_mask", "position_ids"):
+            if name in inputs:
+                inputs[f"decoder_{name}"] = inputs.pop(name)
+        inputs.pop("decoder_position_ids", None)  # the code decoder counts positions itself
+        return inputs
 
     # -- sampling ------------------------------------------------------------------------------------------------------
 
@@ -2306,94 +2573,131 @@ class OptTriCodeGenerationModel(OptTriPreTrainedModel, GenerationMixin):
         max_new_codes: int | None = None,
         min_new_codes: int = 1,
         use_cache: bool = True,
+        **generate_kwargs,
     ) -> OptTriCodeGenerationOutput:
         r"""
-        Generate codes conditioned on the inputs (encoded once), one code per step with a KV cache.
+        Generate codes conditioned on the inputs (encoded once) with `GenerationMixin.generate`: sampling or greedy
+        decoding, beam search (`num_beams`), beam sampling, prompt-lookup decoding, with a KV cache.
 
         Args:
             input_ids (`(B, L)`), attention_mask, token_type_ids: the text prompt (tokenised by the processor).
             pixel_values, image_mask, input_features, audio_attention_mask: other conditioning inputs.
             encoder_hidden_states (`(B, S, hidden)`), encoder_states_mask (`(B, S)`): precomputed states instead.
-            do_sample (`bool`, defaults to `True`): sample (with `temperature`, `top_k`, `top_p`); `False` is greedy.
+            do_sample (`bool`, defaults to `True`): sample (with `temperature`, `top_k`, `top_p`); `False` is greedy
+                (or beam search with `num_beams > 1`).
             temperature (`float`, defaults to 1.0): divides the logits before sampling.
             top_k (`int`, defaults to 0): sample among the `top_k` most likely codes only (0: all).
             top_p (`float`, defaults to 1.0): nucleus sampling: among the fewest codes whose probability reaches
                 `top_p` (1.0: all).
-            seed (`int`, *optional*): seeds a private `torch.Generator`: the same seed gives the same codes, and the
-                global RNG is neither used nor changed. `None` samples from the global RNG. (The model must be in eval
-                mode, or active dropout also draws from the global RNG.)
+            seed (`int`, *optional*): the same seed gives the same codes, and the global RNG's state is restored
+                afterwards. `None` samples from the global RNG. (The model must be in eval mode, or active dropout
+                also draws from the global RNG.)
             num_return_sequences (`int`, defaults to 1): samples per input (consecutive in the output).
             max_new_codes (`int`, *optional*): audio only: the most codes per clip (default and upper bound:
                 `audio_decoder_config.num_codes`). An image always gets `grid_size ** 2` codes.
             min_new_codes (`int`, defaults to 1): audio only: the end code is not allowed before this many codes.
             use_cache (`bool`, defaults to `True`): reuse the self-attention keys/values of earlier steps (the same
                 result as recomputing everything, faster).
+            generate_kwargs: further `GenerationMixin.generate` settings (`num_beams`, `prompt_lookup_num_tokens`,
+                `return_dict_in_generate`, `output_scores`, `output_attentions`, ...).
 
-        Only real codes (ids `< codebook_size`, and for audio the end code) are ever chosen: BOS and PAD are masked
-        out before sampling, so the codes always index the tokenizer's codebook.
+        Only real codes (ids `< codebook_size`, and for audio the end code) are ever chosen: BOS and PAD are
+        suppressed, so the codes always index the tokenizer's codebook.
 
         Returns:
             [`OptTriCodeGenerationOutput`] with `codes`, `codes_mask` and the raw `sequences`.
         """
-        dc = self.decoder_config
         _check_sampling_arguments(temperature, top_k, top_p, seed, num_return_sequences)
-        if self.modality == "image":
-            if max_new_codes not in (None, dc.num_codes):
-                raise ValueError(f"An image always has {dc.num_codes} codes; max_new_codes={max_new_codes} is not allowed")
-            steps, min_new_codes = dc.num_codes, dc.num_codes
-        else:
-            steps = dc.num_codes if max_new_codes is None else max_new_codes
-            if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= dc.max_position_embeddings - 1:
-                raise ValueError(
-                    f"max_new_codes must be an int in [1, {dc.max_position_embeddings - 1}] (audio_decoder_config."
-                    f"max_position_embeddings - 1), got {max_new_codes!r}"
-                )
-            if isinstance(min_new_codes, bool) or not isinstance(min_new_codes, int) or not 0 <= min_new_codes <= steps:
-                raise ValueError(f"min_new_codes must be an int in [0, {steps}], got {min_new_codes!r}")
+        _check_generate_arguments(generate_kwargs)
+        if generate_kwargs.get("assistant_model") is not None:
+            raise ValueError(
+                "assistant_model is not supported by the code decoders (their generate takes the text prompt as "
+                "input_ids); use prompt_lookup_num_tokens for speculative decoding"
+            )
+        fixed = sorted(set(generate_kwargs) & _CODE_GENERATION_FIXED_SETTINGS)
+        if fixed:
+            raise ValueError(
+                f"{fixed} cannot be set for code generation: the length comes from max_new_codes / min_new_codes and "
+                "the decoder config, and the special ids from the codebook"
+            )
+        steps, min_new_codes = self._code_budget(max_new_codes, min_new_codes)
         if encoder_hidden_states is None:
             encoder_hidden_states, encoder_states_mask = self.encode(
                 input_ids, attention_mask, token_type_ids, pixel_values, image_mask, input_features, audio_attention_mask
             )
         encoder_states_mask = _states_mask(encoder_hidden_states, encoder_states_mask)
-        if num_return_sequences > 1:
-            encoder_hidden_states = encoder_hidden_states.repeat_interleave(num_return_sequences, dim=0)
-            encoder_states_mask = encoder_states_mask.repeat_interleave(num_return_sequences, dim=0)
+        settings = self._generation_settings(do_sample, temperature, top_k, top_p, steps, min_new_codes, use_cache)
+        settings.update(generate_kwargs)
+        # greedy/beam search give one answer per input: `num_return_sequences` copies of it
+        copies = num_return_sequences if not do_sample and settings.get("num_beams", 1) == 1 else 1
+        settings["num_return_sequences"] = num_return_sequences // copies
         device = encoder_hidden_states.device
-        batch = encoder_hidden_states.shape[0]
-        generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
-        sequences = torch.full((batch, 1), dc.bos_token_id, dtype=torch.long, device=device)
-        finished = torch.zeros(batch, dtype=torch.bool, device=device)
-        cache = DynamicCache(config=dc) if use_cache else None
-        code_logits = torch.zeros(dc.vocab_size, device=device)
-        code_logits[dc.codebook_size :] = float("-inf")  # BOS, end and PAD are never codes
-        for step in range(steps):
-            step_ids = sequences[:, -1:] if (cache is not None and step > 0) else sequences
-            hidden = self.code_decoder(step_ids, None, encoder_hidden_states, encoder_states_mask, cache)
-            scores = self.code_head(hidden[:, -1]).float()
-            logits = scores + code_logits
-            if self.modality == "audio" and step >= min_new_codes:
-                logits[:, dc.eos_token_id] = scores[:, dc.eos_token_id]  # the end of the clip may come now
-            if do_sample:
-                logits = _filter_logits(logits / temperature, top_k, top_p)
-                next_ids = torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(1)
-            else:
-                next_ids = logits.argmax(dim=-1)
-            if self.modality == "audio":
-                next_ids = next_ids.masked_fill(finished, dc.pad_token_id)
-                finished = finished | (next_ids == dc.eos_token_id)
-            sequences = torch.cat([sequences, next_ids[:, None]], dim=1)
-            if bool(finished.all()):
-                break
+        start = torch.full((encoder_hidden_states.shape[0], 1), self.decoder_config.bos_token_id, device=device)
+        with _private_rng(seed, device):
+            out = super().generate(
+                input_ids=start,
+                attention_mask=torch.ones_like(start),
+                encoder_hidden_states=encoder_hidden_states,
+                encoder_states_mask=encoder_states_mask,
+                **settings,
+            )
+        sequences = out if torch.is_tensor(out) else out.sequences
+        return self._codes_output(sequences.repeat_interleave(copies, dim=0), None if torch.is_tensor(out) else out)
+
+    def _codes_output(self, sequences: torch.Tensor, generate_output) -> OptTriCodeGenerationOutput:
+        """Codes and code mask of the generated decoder ids `sequences` `(B', 1 + steps)`."""
+        dc = self.decoder_config
         generated = sequences[:, 1:]
         codes_mask = (generated < dc.codebook_size).long()
         codes = generated.masked_fill(codes_mask == 0, 0)
         if self.modality == "image":
-            codes = codes.view(batch, dc.grid_size, dc.grid_size)
-            codes_mask = codes_mask.view(batch, dc.grid_size, dc.grid_size)
+            codes = codes.view(-1, dc.grid_size, dc.grid_size)
+            codes_mask = codes_mask.view(-1, dc.grid_size, dc.grid_size)
         else:  # as wide as the longest clip (the end code is not a code)
             width = int(codes_mask.sum(-1).max())
             codes, codes_mask = codes[:, :width], codes_mask[:, :width]
-        return OptTriCodeGenerationOutput(codes=codes, codes_mask=codes_mask, sequences=sequences)
+        return OptTriCodeGenerationOutput(
+            codes=codes, codes_mask=codes_mask, sequences=sequences, generate_output=generate_output
+        )
+
+    def _code_budget(self, max_new_codes, min_new_codes) -> tuple[int, int]:
+        """`(steps, min_new_codes)` of one `generate` call: every code of an image; for audio at most `max_new_codes`
+        (default `num_codes`) codes, the end code allowed after `min_new_codes`."""
+        dc = self.decoder_config
+        if self.modality == "image":
+            if max_new_codes not in (None, dc.num_codes):
+                raise ValueError(f"An image always has {dc.num_codes} codes; max_new_codes={max_new_codes} is not allowed")
+            return dc.num_codes, dc.num_codes
+        steps = dc.num_codes if max_new_codes is None else max_new_codes
+        if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= dc.max_position_embeddings - 1:
+            raise ValueError(
+                f"max_new_codes must be an int in [1, {dc.max_position_embeddings - 1}] (audio_decoder_config."
+                f"max_position_embeddings - 1), got {max_new_codes!r}"
+            )
+        if isinstance(min_new_codes, bool) or not isinstance(min_new_codes, int) or not 0 <= min_new_codes <= steps:
+            raise ValueError(f"min_new_codes must be an int in [0, {steps}], got {min_new_codes!r}")
+        return steps, min_new_codes
+
+    def _generation_settings(self, do_sample, temperature, top_k, top_p, steps, min_new_codes, use_cache) -> dict:
+        """The `GenerationMixin.generate` settings of a code decoder: BOS and PAD (and for images the end code) are
+        never generated, so every code indexes the tokenizer's codebook."""
+        dc = self.decoder_config
+        is_audio = self.modality == "audio"
+        settings = dict(
+            bos_token_id=dc.bos_token_id,
+            eos_token_id=dc.eos_token_id if is_audio else None,
+            pad_token_id=dc.pad_token_id,
+            suppress_tokens=[dc.bos_token_id, dc.pad_token_id] + ([] if is_audio else [dc.eos_token_id]),
+            max_new_tokens=steps,
+            min_new_tokens=min_new_codes if is_audio else None,
+            do_sample=do_sample,
+            use_cache=use_cache,
+        )
+        if do_sample:
+            settings.update(temperature=float(temperature), top_k=top_k, top_p=float(top_p))
+        if use_cache:  # GenerationMixin would size its cache from the text decoder's config
+            settings["cache"] = DynamicCache(config=dc)
+        return settings
 
     def _check_tokenizer(self, tokenizer, kind: str) -> None:
         """Raise unless `tokenizer` is a VQ tokenizer of `kind` ("image"/"audio") with this decoder's codebook."""
