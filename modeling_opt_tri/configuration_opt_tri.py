@@ -73,6 +73,21 @@ def _refuse_missing_path(name: Any) -> None:
         ) from None
 
 
+#: BERT's special ids, the defaults wherever a vocabulary holds them.
+BERT_SPECIAL_IDS: dict[str, int] = {"pad_token_id": 0, "bos_token_id": 101, "eos_token_id": 102, "mask_token_id": 103}
+#: The defaults in a vocabulary too small for BERT's ids (a test vocabulary, a custom tokenizer): the first ids.
+SMALL_VOCAB_SPECIAL_IDS: dict[str, int] = {"pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, "mask_token_id": 3}
+
+
+def default_special_ids(vocab_size: Any) -> dict[str, int]:
+    """The default `pad/bos/eos/mask_token_id` of a text vocabulary of `vocab_size` ids: BERT's when it holds them
+    (`vocab_size > 103`), else the first ids (`0`..`3`), so that a default config always passes its own checks.
+    Explicit ids (and every saved config, which carries them) are kept as given."""
+    if isinstance(vocab_size, int) and not isinstance(vocab_size, bool) and vocab_size > max(BERT_SPECIAL_IDS.values()):
+        return dict(BERT_SPECIAL_IDS)
+    return dict(SMALL_VOCAB_SPECIAL_IDS)
+
+
 class OptTriAudioConfig(PretrainedConfig):
     r"""
     Configuration of the OPT-Tri audio encoder: log-mel frames are cut into patches of `patch_frames` frames by a
@@ -186,7 +201,9 @@ class OptTriTextDecoderConfig(PretrainedConfig):
         hidden_size, num_hidden_layers, num_attention_heads, intermediate_size: transformer geometry.
         hidden_act, layer_norm_eps, hidden_dropout_prob, attention_probs_dropout_prob: as in BERT.
         max_position_embeddings (`int`, defaults to 128): the longest sequence the decoder generates.
-        bos_token_id / eos_token_id / pad_token_id: start (`[CLS]`), end (`[SEP]`) and padding ids.
+        bos_token_id / eos_token_id / pad_token_id: start (`[CLS]`), end (`[SEP]`) and padding ids. By default
+            BERT's `101` / `102` / `0` when the vocabulary holds them, else `1` / `2` / `0` (see
+            `default_special_ids`).
         initializer_range (`float`, defaults to 0.02): std of the normal initialiser.
     """
 
@@ -205,12 +222,16 @@ class OptTriTextDecoderConfig(PretrainedConfig):
         hidden_dropout_prob: float = 0.0,
         attention_probs_dropout_prob: float = 0.0,
         max_position_embeddings: int = 128,
-        bos_token_id: int = 101,
-        eos_token_id: int = 102,
-        pad_token_id: int = 0,
+        bos_token_id: int | None = None,
+        eos_token_id: int | None = None,
+        pad_token_id: int | None = None,
         initializer_range: float = 0.02,
         **kwargs,
     ):
+        defaults = default_special_ids(vocab_size)
+        bos_token_id = defaults["bos_token_id"] if bos_token_id is None else bos_token_id
+        eos_token_id = defaults["eos_token_id"] if eos_token_id is None else eos_token_id
+        pad_token_id = defaults["pad_token_id"] if pad_token_id is None else pad_token_id
         self.vocab_size = vocab_size
         self.hidden_size = hidden_size
         self.num_hidden_layers = num_hidden_layers
@@ -377,6 +398,37 @@ class OptTriCodeDecoderConfig(PretrainedConfig):
                 raise ValueError(f"OptTriCodeDecoderConfig.{name} must be a float in [0, 1), got {value!r}")
 
 
+class OptTriImageDecoderConfig(OptTriCodeDecoderConfig):
+    r"""
+    [`OptTriCodeDecoderConfig`] of the image code decoder (`modality="image"`), `OptTriConfig.image_decoder_config`.
+    A class of its own so that `OptTriImageDecoderConfig.from_pretrained(<a saved OptTriConfig>)` reads the image
+    decoder's sub-config (`base_config_key`), not the audio decoder's.
+    """
+
+    base_config_key = "image_decoder_config"
+
+    def __init__(self, modality: str = "image", **kwargs):
+        super().__init__(modality=modality, **kwargs)
+
+
+class OptTriAudioDecoderConfig(OptTriCodeDecoderConfig):
+    r"""
+    [`OptTriCodeDecoderConfig`] of the audio code decoder (`modality="audio"`), `OptTriConfig.audio_decoder_config`
+    (see [`OptTriImageDecoderConfig`] for why it is a class of its own).
+    """
+
+    base_config_key = "audio_decoder_config"
+
+    def __init__(self, modality: str = "audio", **kwargs):
+        super().__init__(modality=modality, **kwargs)
+
+
+CODE_DECODER_CONFIG_CLASSES: dict[str, type[OptTriCodeDecoderConfig]] = {
+    "image": OptTriImageDecoderConfig,
+    "audio": OptTriAudioDecoderConfig,
+}
+
+
 #: Pre-training objectives and their default loss weights. See `OptTriForPreTraining` for what each one is.
 PRETRAINING_OBJECTIVES: dict[str, float] = {
     "mlm": 1.0,  # masked language modelling (15%, 80/10/10)
@@ -464,9 +516,10 @@ class OptTriConfig(PretrainedConfig):
             1.56x longer with `3`, for the same retrieval (mean R@1 25.8% against 25.9%) and similar ITM
             re-ranking (15.1% against 14.2%, one seed each). Configs saved before this option existed load with
             `1`.
-        mask_token_id (`int`, defaults to 103): id of the tokenizer's `[MASK]` token (103 in BERT's vocabulary).
+        mask_token_id (`int`, *optional*): id of the tokenizer's `[MASK]` token: 103 (BERT's) by default, or 3 in a
+            vocabulary of at most 103 ids (see `default_special_ids`).
         special_token_ids (`list[int]`, *optional*): ids never chosen for MLM (`[PAD]`, `[CLS]`, `[SEP]`, ...);
-            BERT's `[0, 100, 101, 102]` by default.
+            BERT's `[0, 100, 101, 102]` by default, `[0, 1, 2]` in a vocabulary of at most 103 ids.
     """
 
     model_type = "opt_tri"
@@ -476,8 +529,8 @@ class OptTriConfig(PretrainedConfig):
         "audio_config": OptTriAudioConfig,
         "cross_modal_config": OptTriFusionConfig,
         "text_decoder_config": OptTriTextDecoderConfig,
-        "image_decoder_config": OptTriCodeDecoderConfig,
-        "audio_decoder_config": OptTriCodeDecoderConfig,
+        "image_decoder_config": OptTriImageDecoderConfig,
+        "audio_decoder_config": OptTriAudioDecoderConfig,
     }
 
     def __init__(
@@ -501,7 +554,7 @@ class OptTriConfig(PretrainedConfig):
         mac_temperature: float = 0.07,
         itm_hard_negative_fraction: float = 0.5,
         itm_rows_per_sample: int = 1,
-        mask_token_id: int = 103,
+        mask_token_id: int | None = None,
         special_token_ids: list[int] | None = None,
         **kwargs,
     ):
@@ -522,7 +575,10 @@ class OptTriConfig(PretrainedConfig):
                 num_hidden_layers=cm.num_hidden_layers,
                 num_attention_heads=cm.num_attention_heads,
                 intermediate_size=cm.intermediate_size,
-                pad_token_id=getattr(self.text_config, "pad_token_id", None) or 0,
+                # the text encoder's own special ids where its config has them (RoBERTa: <s>, </s>, <pad>)
+                bos_token_id=getattr(self.text_config, "bos_token_id", None),
+                eos_token_id=getattr(self.text_config, "eos_token_id", None),
+                pad_token_id=getattr(self.text_config, "pad_token_id", None),
             )
         self.text_decoder_config = _as_sub_config(text_decoder_config, OptTriTextDecoderConfig, "text_decoder_config")
         self.image_decoder_config = self._code_decoder_config(image_decoder_config, "image")
@@ -539,14 +595,18 @@ class OptTriConfig(PretrainedConfig):
         self.mac_temperature = mac_temperature
         self.itm_hard_negative_fraction = itm_hard_negative_fraction
         self.itm_rows_per_sample = itm_rows_per_sample
-        self.mask_token_id = mask_token_id
-        self.special_token_ids = list(special_token_ids) if special_token_ids is not None else [0, 100, 101, 102]
+        defaults = default_special_ids(self.text_config.vocab_size)
+        self.mask_token_id = defaults["mask_token_id"] if mask_token_id is None else mask_token_id
+        if special_token_ids is None:  # BERT's [PAD], [UNK], [CLS], [SEP]; in a small vocabulary [PAD], BOS, EOS
+            special_token_ids = [0, 100, 101, 102] if defaults == BERT_SPECIAL_IDS else [0, 1, 2]
+        self.special_token_ids = list(special_token_ids)
         super().__init__(**kwargs)
         self._validate()
 
     def _code_decoder_config(self, value: dict | PretrainedConfig | None, modality: str) -> PretrainedConfig:
         """The image or audio code decoder config from `value` (see the class docstring for the defaults)."""
         name = f"{modality}_decoder_config"
+        config_class = CODE_DECODER_CONFIG_CLASSES[modality]
         if isinstance(value, PretrainedConfig):
             if getattr(value, "modality", None) != modality:
                 raise ValueError(f"{name} must be an OptTriCodeDecoderConfig with modality={modality!r}")
@@ -566,7 +626,7 @@ class OptTriConfig(PretrainedConfig):
             value["num_codes"] = max(1, audio.max_position_embeddings * audio.patch_frames // 4)
         for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"):
             value.setdefault(key, getattr(self.cross_modal_config, key))  # geometry not given: the cross-modal encoder's
-        return OptTriCodeDecoderConfig(**value)
+        return config_class(**value)
 
     @classmethod
     def from_dict(cls, config_dict: dict[str, Any], **kwargs):
@@ -653,9 +713,11 @@ class OptTriConfig(PretrainedConfig):
 
 __all__ = [
     "OptTriAudioConfig",
+    "OptTriAudioDecoderConfig",
     "OptTriCodeDecoderConfig",
     "OptTriConfig",
     "OptTriFusionConfig",
+    "OptTriImageDecoderConfig",
     "OptTriTextDecoderConfig",
     "PRETRAINING_OBJECTIVES",
 ]
