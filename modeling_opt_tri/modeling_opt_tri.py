@@ -2436,6 +2436,10 @@ class OptTriCodeGenerationModel(OptTriPreTrainedModel, GenerationMixin):
                 f"Nothing to condition the {self.modality} on: pass input_ids (the text prompt), and/or pixel_values "
                 "or input_features"
             )
+        if input_ids is not None and (input_ids.ndim != 2 or input_ids.shape[1] == 0):
+            raise ValueError(
+                f"input_ids (the text prompt) must have shape (B, L) with L >= 1, got {tuple(input_ids.shape)}"
+            )
         out = self.opt_tri(
             input_ids=input_ids,
             attention_mask=attention_mask,

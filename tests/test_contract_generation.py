@@ -588,6 +588,8 @@ def test_bad_code_generation_settings_get_clear_errors(head):
     cond = _conditioning(head)
     with pytest.raises(ValueError, match="num_beams must be a positive int"):
         model.generate(**cond, num_beams=0)
+    with pytest.raises(ValueError, match=r"input_ids \(the text prompt\) must have shape \(B, L\) with L >= 1"):
+        model.generate(input_ids=torch.zeros(3, 0, dtype=torch.long), attention_mask=torch.zeros(3, 0))
     with pytest.raises(ValueError, match="cannot be set for code generation"):
         model.generate(**cond, eos_token_id=1)
     with pytest.raises(ValueError, match="outside the decoder vocabulary"):
