@@ -26,6 +26,7 @@ from transformers import AutoConfig, AutoModel, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache
+from transformers.generation import utils as _generation_utils
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
@@ -1858,6 +1859,10 @@ def _states_mask(states: torch.Tensor, mask: torch.Tensor | None) -> torch.Tenso
     return mask if mask is not None else torch.ones(states.shape[:2], dtype=torch.long, device=states.device)
 
 
+#: Whether the installed transformers names the cache `cache` (5.25 and later), so that `past_key_values` is deprecated.
+_PAST_KEY_VALUES_DEPRECATED = "cache" in getattr(_generation_utils, "ALL_CACHE_NAMES", ())
+
+
 def _cache_argument(cache, kwargs: dict):
     """The decoder's self-attention cache, passed as `cache` (its name since transformers 5.25) or under the
     deprecated name `past_key_values` (popped from `kwargs`; a `FutureWarning` says so)."""
@@ -1866,11 +1871,12 @@ def _cache_argument(cache, kwargs: dict):
         return cache
     if cache is not None and cache is not old:
         raise ValueError("Pass the decoder cache as `cache` or under its deprecated name `past_key_values`, not both")
-    warnings.warn(
-        "`past_key_values` is deprecated and will be removed in a future release: pass the decoder cache as `cache`",
-        FutureWarning,
-        stacklevel=3,
-    )
+    if _PAST_KEY_VALUES_DEPRECATED:  # transformers < 5.25 itself still passes `past_key_values`
+        warnings.warn(
+            "`past_key_values` is deprecated and will be removed in a future release: pass the decoder cache as `cache`",
+            FutureWarning,
+            stacklevel=3,
+        )
     return old
 
 
