@@ -1814,6 +1814,11 @@ class OptTriTextDecoder(nn.Module):
         [`OptTriDecoderModelOutput`] (with the per-layer states / attention weights when asked for).
         """
         batch, length = input_ids.shape
+        if getattr(cache, "is_compileable", False):
+            raise ValueError(
+                f"The OPT-Tri decoders keep a DynamicCache; a static (compileable) cache ({type(cache).__name__}, e.g. "
+                "from cache_implementation='static') is not supported"
+            )
         past = cache.get_seq_length() if cache is not None else 0
         if past + length > self.config.max_position_embeddings:
             raise ValueError(self._length_error(past + length))

@@ -580,6 +580,8 @@ def test_bad_caption_prompts_get_clear_errors():
         model(**cond, input_ids=torch.tensor([[BOS, 250]] * 3))
     with pytest.raises(ValueError, match="must cover the cached and the new tokens"):
         model(**cond, input_ids=torch.full((3, 2), BOS), attention_mask=torch.ones(3, 5, dtype=torch.long))
+    with pytest.raises(ValueError, match="static .compileable. cache .StaticCache.* is not supported"):
+        model.generate(**cond, max_new_tokens=2, cache_implementation="static")
 
 
 @pytest.mark.parametrize("head", ["image", "audio"])
