@@ -183,6 +183,10 @@ def test_prompt_lookup_and_assisted_decoding_match_greedy(decoding):
     fast = model.generate(**cond, input_ids=prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=6,
                           do_sample=False, **extra)
     assert torch.equal(fast, greedy)
+    torch.manual_seed(0)  # speculative sampling: the prompt is kept and the length respected
+    sampled = model.generate(**cond, input_ids=prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=6,
+                             do_sample=True, top_k=5, **extra)
+    assert torch.equal(sampled[:, :5], prompt) and 5 < sampled.shape[1] <= 11
 
 
 @pytest.mark.parametrize("head", ["image", "audio"])
