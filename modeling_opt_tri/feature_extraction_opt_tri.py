@@ -38,6 +38,13 @@ logger = logging.get_logger(__name__)
 LOG_FLOOR = 1e-10
 """Mel energies are clamped to at least this before the log, so silence gives log(1e-10), never -inf."""
 
+MIN_SAMPLING_RATE = 1000
+"""Lowest accepted input sampling rate in Hz. Lower rates are not audio (often a corrupt file header); resampling
+them to `sampling_rate` would multiply the clip's size (a 1 Hz header asks for 16000x the memory)."""
+
+MAX_SAMPLING_RATE = 384000
+"""Highest accepted input sampling rate in Hz (the highest rate of professional audio formats)."""
+
 _PCM_SCALE: dict[np.dtype, tuple[float, float]] = {
     np.dtype(np.int8): (0.0, 128.0),
     np.dtype(np.uint8): (128.0, 128.0),  # 8-bit WAV is unsigned with an offset of 128
@@ -45,6 +52,53 @@ _PCM_SCALE: dict[np.dtype, tuple[float, float]] = {
     np.dtype(np.int32): (0.0, 2147483648.0),
 }
 """Integer PCM dtype -> (offset, scale): `float = (int - offset) / scale`, which lies in [-1, 1]."""
+
+_INT16_RANGE = (-32768, 32767)
+
+
+def check_sampling_rate(sampling_rate: Any) -> int:
+    """Return `sampling_rate` as an int, or raise `ValueError` unless it is a whole number of Hz in
+    [`MIN_SAMPLING_RATE`, `MAX_SAMPLING_RATE`]."""
+    if isinstance(sampling_rate, bool) or not isinstance(sampling_rate, (int, np.integer)) or sampling_rate <= 0:
+        raise ValueError(f"sampling_rate must be a positive int (Hz), got {sampling_rate!r}")
+    if not MIN_SAMPLING_RATE <= sampling_rate <= MAX_SAMPLING_RATE:
+        raise ValueError(
+            f"sampling_rate {int(sampling_rate)} Hz is outside the supported range {MIN_SAMPLING_RATE}.."
+            f"{MAX_SAMPLING_RATE} Hz (a corrupt header, or a rate in kHz instead of Hz?)"
+        )
+    return int(sampling_rate)
+
+
+def pcm_to_float(samples: np.ndarray) -> np.ndarray:
+    """Samples of any supported dtype as float32 (any shape). The integer scaling rules:
+
+    - int8 / 128, uint8 (8-bit WAV) (x - 128) / 128, int16 / 32768, int32 / 2**31: by the dtype's width.
+    - int64, which is what a list of Python ints becomes (`np.asarray([20000, -20000])`), has no PCM width: its
+      values are read as 16-bit PCM (/ 32768) when they all lie in [-32768, 32767], and raise otherwise.
+    - floats are kept as they are (expected in about [-1, 1]); bool, unsigned wider than 8 bits, complex and
+      other dtypes raise.
+
+    Raises:
+        ValueError: an unsupported dtype, or int64 values outside the int16 range.
+    """
+    if samples.dtype in _PCM_SCALE:
+        offset, scale = _PCM_SCALE[samples.dtype]
+        return ((samples.astype(np.float32) - offset) / scale).astype(np.float32)
+    if samples.dtype == np.int64:
+        low, high = (int(samples.min()), int(samples.max())) if samples.size else (0, 0)
+        if low < _INT16_RANGE[0] or high > _INT16_RANGE[1]:
+            raise ValueError(
+                f"int64 audio samples (e.g. a list of Python ints) are read as 16-bit PCM, but these lie in "
+                f"[{low}, {high}], outside [-32768, 32767]; pass a numpy int32 array for 32-bit PCM, or floats "
+                "in [-1, 1]"
+            )
+        return (samples.astype(np.float32) / np.float32(32768.0)).astype(np.float32)
+    if not np.issubdtype(samples.dtype, np.floating):
+        raise ValueError(
+            f"unsupported audio dtype {samples.dtype}; use float samples (about -1..1) or integer PCM "
+            f"({', '.join(str(d) for d in _PCM_SCALE)}; int64 / Python ints in the int16 range)"
+        )
+    return samples.astype(np.float32, copy=False)
 
 
 def _is_torch_tensor(value: Any) -> bool:
@@ -54,7 +108,7 @@ def _is_torch_tensor(value: Any) -> bool:
 def _to_mono_float(clip: Any) -> np.ndarray:
     """Validate one clip and return it as a 1-D float32 array.
 
-    Integer PCM (int8, uint8, int16, int32) is scaled to [-1, 1]; floats are kept as they are. A 2-D input
+    Integer samples are scaled by the rules of `pcm_to_float`; floats are kept as they are. A 2-D input
     with a single channel (`[1, N]` or `[N, 1]`) is squeezed; real multi-channel audio raises.
     """
     if _is_torch_tensor(clip):
@@ -81,15 +135,7 @@ def _to_mono_float(clip: Any) -> np.ndarray:
         raise ValueError(f"audio must be a 1-D array of samples, got {clip.ndim} dimensions {tuple(clip.shape)}")
     if clip.shape[0] == 0:
         raise ValueError("audio is empty (0 samples)")
-    if clip.dtype in _PCM_SCALE:
-        offset, scale = _PCM_SCALE[clip.dtype]
-        return ((clip.astype(np.float32) - offset) / scale).astype(np.float32)
-    if not np.issubdtype(clip.dtype, np.floating):
-        raise ValueError(
-            f"unsupported audio dtype {clip.dtype}; use float samples (about -1..1) or integer PCM "
-            f"({', '.join(str(d) for d in _PCM_SCALE)})"
-        )
-    clip = clip.astype(np.float32, copy=False)
+    clip = pcm_to_float(clip)
     if not np.isfinite(clip).all():
         raise ValueError("audio contains NaN or inf samples")
     return clip
@@ -120,10 +166,14 @@ def _single_threaded_torch() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-def _resample(clip: np.ndarray, orig_rate: int, target_rate: int) -> np.ndarray:
+def resample(clip: np.ndarray, orig_rate: int, target_rate: int, max_samples: int | None = None) -> np.ndarray:
     """Resample a 1-D float32 clip with `scipy.signal.resample_poly` (up/down reduced by their gcd).
 
-    Returns float32 of length `ceil(len(clip) * target_rate / orig_rate)`.
+    With `max_samples`, only the input the first `max_samples` output samples depend on is resampled (the clip is
+    cut first, keeping the filter's reach as a margin), so a long clip costs what a `max_samples` one does; the
+    result is identical to resampling the whole clip and cutting it after.
+
+    Returns float32 of length `ceil(len(clip) * target_rate / orig_rate)`, at most `max_samples`.
     """
     try:
         from scipy.signal import resample_poly
@@ -133,7 +183,12 @@ def _resample(clip: np.ndarray, orig_rate: int, target_rate: int) -> np.ndarray:
             f"audio already sampled at {target_rate} Hz"
         ) from error
     divisor = math.gcd(orig_rate, target_rate)
-    return resample_poly(clip, target_rate // divisor, orig_rate // divisor).astype(np.float32)
+    up, down = target_rate // divisor, orig_rate // divisor
+    if max_samples is None:
+        return resample_poly(clip, up, down).astype(np.float32)
+    needed = -(-max_samples * orig_rate // target_rate)  # input samples under the first `max_samples` outputs
+    reach = 10 * max(up, down) // up + 2  # resample_poly's filter half-length (10 * max(up, down)), in input samples
+    return resample_poly(clip[: needed + reach], up, down)[:max_samples].astype(np.float32)
 
 
 class OptTriFeatureExtractor(SequenceFeatureExtractor):
@@ -155,7 +210,8 @@ class OptTriFeatureExtractor(SequenceFeatureExtractor):
 
     Input (`__call__(audio, sampling_rate=...)`): one clip or a list of clips; a clip is a 1-D numpy array,
     a 1-D torch tensor or a list of floats, and `None` in a list marks a row without audio. Float samples are
-    used as given (expected in about [-1, 1]); integer PCM (int8, uint8, int16, int32) is scaled to [-1, 1].
+    used as given (expected in about [-1, 1]); integer PCM (int8, uint8, int16, int32) is scaled to [-1, 1] by
+    its width, and int64 arrays / lists of Python ints are read as 16-bit PCM when they fit (see `pcm_to_float`).
     `[1, N]` / `[N, 1]` arrays are treated as mono.
 
     Output (`BatchFeature`):
@@ -281,8 +337,9 @@ class OptTriFeatureExtractor(SequenceFeatureExtractor):
 
         Args:
             audio: A clip or a list of clips (see the class docstring); `None` entries are rows without audio.
-            sampling_rate: Rate of `audio` in Hz. Required. Clips at another rate than `self.sampling_rate`
-                are resampled with `scipy.signal.resample_poly`.
+            sampling_rate: Rate of `audio` in Hz, in [`MIN_SAMPLING_RATE`, `MAX_SAMPLING_RATE`] (1 kHz to
+                384 kHz). Required. Clips at another rate than `self.sampling_rate` are cut to
+                `max_length_seconds`, then resampled with `scipy.signal.resample_poly`.
             return_tensors: `"pt"`, `"np"` or None (NumPy arrays).
             **kwargs: Ignored with a warning.
 
@@ -291,8 +348,9 @@ class OptTriFeatureExtractor(SequenceFeatureExtractor):
             int64 `[B, T]`.
 
         Raises:
-            ValueError: missing or non-positive `sampling_rate`, empty batch or clip, multi-channel audio,
-                NaN/inf samples, unsupported dtype.
+            ValueError: missing, non-positive or absurd (below 1 kHz, above 384 kHz) `sampling_rate`, empty batch
+                or clip, multi-channel audio, NaN/inf samples, unsupported dtype, int64 / Python int samples outside
+                the int16 range.
             TypeError: unsupported clip type.
         """
         if kwargs:
@@ -302,9 +360,7 @@ class OptTriFeatureExtractor(SequenceFeatureExtractor):
                 "sampling_rate is required: pass the rate of `audio` in Hz, e.g. "
                 f"`sampling_rate=16000` (features are computed at {self.sampling_rate} Hz; other rates are resampled)"
             )
-        if isinstance(sampling_rate, bool) or not isinstance(sampling_rate, (int, np.integer)) or sampling_rate <= 0:
-            raise ValueError(f"sampling_rate must be a positive int (Hz), got {sampling_rate!r}")
-        sampling_rate = int(sampling_rate)
+        sampling_rate = check_sampling_rate(sampling_rate)
         batch = self._as_list(audio)
         if not batch:
             raise ValueError("audio is an empty list; pass at least one clip (or None for a row without audio)")
@@ -322,11 +378,12 @@ class OptTriFeatureExtractor(SequenceFeatureExtractor):
                 samples = _to_mono_float(clip)
             except (ValueError, TypeError) as error:
                 raise type(error)(f"audio[{row}]: {error}") from None
-            if sampling_rate != self.sampling_rate:
-                samples = _resample(samples, sampling_rate, self.sampling_rate)
-            if max_samples is not None and samples.shape[0] > max_samples:
+            if max_samples is not None and -(-samples.shape[0] * self.sampling_rate // sampling_rate) > max_samples:
+                truncated += 1  # longer than max_length_seconds once at `self.sampling_rate`
+            if sampling_rate != self.sampling_rate:  # cut first, then resample only what is kept
+                samples = resample(samples, sampling_rate, self.sampling_rate, max_samples)
+            elif max_samples is not None:
                 samples = samples[:max_samples]
-                truncated += 1
             clips.append(samples)
         if truncated:
             logger.warning(
@@ -357,4 +414,11 @@ class OptTriFeatureExtractor(SequenceFeatureExtractor):
 
 OptTriFeatureExtractor.register_for_auto_class("AutoFeatureExtractor")
 
-__all__ = ["OptTriFeatureExtractor"]
+__all__ = [
+    "MAX_SAMPLING_RATE",
+    "MIN_SAMPLING_RATE",
+    "OptTriFeatureExtractor",
+    "check_sampling_rate",
+    "pcm_to_float",
+    "resample",
+]

@@ -4,7 +4,8 @@ This is a Hub file: it is copied next to checkpoints as remote code. It imports 
 PIL, transformers; torch for the default resize backend) and, relatively, the Hub file
 `feature_extraction_opt_tri.py` (for `_single_threaded_torch`); nothing else from the `modeling_opt_tri` package.
 
-Pipeline, per image: convert to RGB -> resize to `image_size` x `image_size` (bicubic by default) -> rescale to
+Pipeline, per image: convert to RGB (`to_rgb`, below; `data/decoding.py` uses the same function, so training rows
+and `processor(images=...)` give the same pixels) -> resize to `image_size` x `image_size` (bicubic by default) -> rescale to
 [0, 1] -> normalise with `image_mean` / `image_std`.
 
 Resizing (`resize_backend`):
@@ -31,7 +32,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.image_processing_utils import BaseImageProcessor
 from transformers.processing_utils import ImagesKwargs
@@ -63,6 +64,9 @@ _TORCH_FILTERS: dict[int, str] = {
 }
 """PIL filters that torch's antialiased uint8 kernel implements, and their `F.interpolate` mode names."""
 
+_EXIF_ORIENTATION = 0x0112
+"""EXIF tag of the image orientation (1: as stored)."""
+
 _TORCH_RESIZE_CHUNK_BYTES = 64 * 2**20
 """Images of one size are resized together in chunks of at most this many input bytes (at least one image)."""
 
@@ -78,27 +82,193 @@ def _is_torch_tensor(value: Any) -> bool:
     return torch is not None and isinstance(value, torch.Tensor)
 
 
-def _pil_to_array(image: Image.Image) -> np.ndarray:
-    """Convert a PIL image of any mode to an HWC RGB array, uint8 [0, 255] or float32 [0, 1].
+# ------------------------------------------------------------------------------------------ pixel conversion
+# `to_rgb` is the one conversion of an image to RGB pixels. The processor uses it for `images=...` and the
+# training data path (`data/decoding.py`) for every decoded row, so training and inference see the same pixels.
 
-    16-bit and 32-bit integer modes (`I;16*`, `I`) are scaled by 1/65535 to float32 [0, 1]; mode `F` is taken
-    as float in [0, 1]. Every other mode (`L`, `LA`, `P`, `RGBA`, `CMYK`, `YCbCr`, `1`, ...) goes through
-    `Image.convert("RGB")`, which drops any alpha channel without compositing.
+CHANNEL_COUNTS: tuple[int, ...] = (1, 3, 4)
+"""Channel counts an image array may have: 1 (grayscale), 3 (RGB), 4 (RGBA; alpha is composited over white)."""
+
+_INPUT_DATA_FORMATS: dict[str, int] = {"channels_first": 0, "channels_last": 2}
+"""Accepted `input_data_format` values (also `transformers.image_utils.ChannelDimension`) -> channel axis."""
+
+
+def channel_axis(shape: tuple[int, ...], input_data_format: Any = None) -> int:
+    """The channel axis of a 3-D image of `shape`: 0 (`[C, H, W]`) or 2 (`[H, W, C]`).
+
+    `input_data_format` (`"channels_first"`, `"channels_last"` or a `ChannelDimension`) settles it. Without it the
+    rules of transformers' `infer_channel_dimension_format` apply: the first axis is the channel axis when it has 1
+    or 3 entries, else the last axis when it has 1 or 3; then 4 (RGBA) is tried the same way, first axis first.
+    When both ends could hold channels (e.g. `(3, 4, 4)` or `(4, 4, 3)`) a warning asks for `input_data_format`.
     """
+    shape = tuple(int(n) for n in shape)
+    if input_data_format is not None:
+        name = str(getattr(input_data_format, "value", input_data_format))
+        if name not in _INPUT_DATA_FORMATS:
+            raise ValueError(
+                f"input_data_format must be 'channels_first' or 'channels_last', got {input_data_format!r}"
+            )
+        axis = _INPUT_DATA_FORMATS[name]
+        if shape[axis] not in CHANNEL_COUNTS:
+            raise ValueError(
+                f"image of shape {shape} has {shape[axis]} entries on its channel axis ({name}); expected 1, 3 or 4"
+            )
+        return axis
+    for counts in ((1, 3), (4,)):
+        if shape[0] in counts or shape[2] in counts:
+            axis = 0 if shape[0] in counts else 2
+            break
+    else:
+        raise ValueError(
+            f"image of shape {shape} has no channel axis with 1, 3 or 4 channels (grayscale, RGB or RGBA) at the "
+            "start or the end"
+        )
+    if shape[0] in CHANNEL_COUNTS and shape[2] in CHANNEL_COUNTS:
+        layout = "[C, H, W]" if axis == 0 else "[H, W, C]"
+        logger.warning(
+            f"the channel axis of an image of shape {shape} is ambiguous; reading it as {layout}. Pass "
+            "input_data_format='channels_first' or 'channels_last' to say which"
+        )
+    return axis
+
+
+def _integer_pixels(array: np.ndarray) -> np.ndarray:
+    """Integer pixels without a fixed range (signed ints, uint32/uint64, PIL mode "I") as uint8 or float32 [0, 1].
+
+    Values in 0..255 are 8-bit pixels (kept as uint8); values up to 65535 are 16-bit pixels (divided by 65535).
+    Negative values and values above 65535 have no pixel meaning and raise.
+    """
+    low, high = int(array.min()), int(array.max())
+    if low < 0:
+        raise ValueError(
+            f"integer image of dtype {array.dtype} has negative values (min {low}); integer pixels must be in "
+            "0..255 (8-bit) or 0..65535 (16-bit)"
+        )
+    if high <= 255:
+        return array.astype(np.uint8)
+    if high <= 65535:
+        return array.astype(np.float32) * np.float32(1.0 / 65535.0)
+    raise ValueError(
+        f"integer image of dtype {array.dtype} has values up to {high}, above the 16-bit range; integer pixels must "
+        "be in 0..255 (8-bit) or 0..65535 (16-bit): rescale it, or pass uint8, uint16 or float values in [0, 1]"
+    )
+
+
+def _unit_pixels(array: np.ndarray) -> np.ndarray:
+    """Pixels of any supported dtype as uint8 (0..255) or float32 (0..1); see `to_rgb` for the rules."""
+    kind, width = array.dtype.kind, array.dtype.itemsize
+    if kind == "b":
+        return array.astype(np.uint8) * np.uint8(255)
+    if kind == "u" and width == 1:
+        return array
+    if kind == "u" and width == 2:
+        return array.astype(np.float32) * np.float32(1.0 / 65535.0)
+    if kind in "iu":
+        return _integer_pixels(array)
+    if kind == "f":
+        return _float_to_unit_range(array)
+    raise TypeError(
+        f"unsupported image dtype {array.dtype}; use uint8 (0..255), uint16 (0..65535), bool, integers in 0..255 "
+        "or 0..65535, or float (0..1)"
+    )
+
+
+def _composite_on_white(rgba: Image.Image) -> Image.Image:
+    """An RGBA PIL image composited over an opaque white background, as RGB."""
+    background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(background, rgba).convert("RGB")
+
+
+def _array_to_rgb(array: np.ndarray, input_data_format: Any = None) -> np.ndarray:
+    """A 2-D or 3-D array as HWC RGB pixels: uint8 0..255 or float32 0..1 (see `to_rgb`)."""
+    if array.ndim not in (2, 3):
+        raise ValueError(
+            f"an image must have 2 (H, W) or 3 (H, W, C) / (C, H, W) dimensions, got {array.ndim} "
+            f"with shape {tuple(array.shape)}"
+        )
+    if array.size == 0:
+        raise ValueError(f"image has zero size: shape {tuple(array.shape)}")
+    if array.ndim == 3 and channel_axis(array.shape, input_data_format) == 0:
+        array = np.moveaxis(array, 0, -1)
+    pixels = _unit_pixels(array)
+    if pixels.ndim == 2:
+        pixels = pixels[:, :, None]
+    if pixels.shape[-1] == 4:
+        if pixels.dtype == np.uint8:  # PIL's compositing, so an RGBA array and an RGBA image agree exactly
+            return np.asarray(_composite_on_white(Image.fromarray(np.ascontiguousarray(pixels), mode="RGBA")))
+        alpha = pixels[:, :, 3:]
+        pixels = pixels[:, :, :3] * alpha + (np.float32(1.0) - alpha)
+    if pixels.shape[-1] == 1:
+        pixels = np.repeat(pixels, 3, axis=2)
+    return np.ascontiguousarray(pixels)
+
+
+_ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa"})
+
+
+def _pil_to_rgb(image: Image.Image) -> Image.Image | np.ndarray:
+    """A PIL image of any mode as RGB: a PIL RGB image for 8-bit modes, an HWC array for "I", "I;16*" and "F"."""
     if image.width == 0 or image.height == 0:
         raise ValueError(f"image has zero size: {image.width}x{image.height} (width x height)")
-    if image.mode.startswith("I"):  # "I;16", "I;16B", "I;16L", "I;16N", "I"
-        gray = np.asarray(image).astype(np.float32) / 65535.0
-        return np.repeat(np.clip(gray, 0.0, 1.0)[:, :, None], 3, axis=2)
-    if image.mode == "F":
-        return _float_to_unit_range(np.repeat(np.asarray(image, dtype=np.float32)[:, :, None], 3, axis=2))
-    if image.mode != "RGB":
-        image = image.convert("RGB")
-    return np.asarray(image, dtype=np.uint8)
+    if image.getexif().get(_EXIF_ORIENTATION, 1) != 1:
+        try:
+            image = ImageOps.exif_transpose(image)
+        except (OSError, ValueError, SyntaxError, TypeError, KeyError):
+            pass  # broken EXIF metadata does not make the pixels unusable
+    mode = image.mode
+    if mode in ("I", "F") or mode.startswith("I;16"):
+        return _array_to_rgb(np.asarray(image))  # the same rules as the array `np.asarray(image)`
+    if mode == "La":  # premultiplied alpha: over white, grey + (255 - alpha)
+        grey_alpha = np.asarray(image).astype(np.int32)
+        grey = np.clip(grey_alpha[:, :, 0] + 255 - grey_alpha[:, :, 1], 0, 255).astype(np.uint8)
+        return Image.fromarray(grey, mode="L").convert("RGB")
+    if mode in _ALPHA_MODES or "transparency" in image.info:
+        return _composite_on_white(image.convert("RGBA"))
+    return image if mode == "RGB" else image.convert("RGB")
+
+
+def to_rgb(image: Any, input_data_format: Any = None) -> Image.Image | np.ndarray:
+    """Convert one image (PIL, NumPy, torch) to RGB pixels, by the rules both training and inference use.
+
+    Returns a PIL image in mode RGB (PIL images with 8-bit channels), or an HWC array with 3 channels: uint8 in
+    0..255, or float32 in [0, 1] for deeper pixels.
+
+    Rules:
+        - PIL images: the EXIF orientation is applied. Modes with alpha (RGBA, LA, PA, RGBa, La, and any mode
+          with a "transparency" entry, e.g. palette images) are composited over white. Mode "I;16*" is 16-bit
+          (value / 65535), mode "I" follows the integer rule below and mode "F" the float rule, exactly as the
+          array `np.asarray(image)` does. Every other mode (1, L, P, CMYK, YCbCr, LAB, HSV, RGBX, ...) goes through
+          `convert("RGB")`.
+        - Arrays and tensors: `[H, W]` is grayscale; a 3-D array's channel axis is found by `channel_axis` (or
+          given by `input_data_format`). 1 channel is repeated to RGB; a 4th channel is alpha, composited over
+          white (in [0, 255] for uint8, [0, 1] for floats).
+        - dtypes: uint8 as is; bool as 0 / 255; uint16 as value / 65535; other integers (int8..int64, uint32,
+          uint64, PIL mode "I"), which have no fixed range, are 8-bit when every value is in 0..255 and 16-bit
+          (value / 65535) when every value is in 0..65535, and raise otherwise (also for negative values); floats
+          (float16/32/64, bfloat16 tensors) must lie in [0, 1] and be finite.
+
+    Raises:
+        ValueError: wrong number of dimensions, no channel axis with 1, 3 or 4 channels, zero size, NaN/inf or
+            out-of-range values, a bad `input_data_format`.
+        TypeError: unsupported image type or dtype.
+    """
+    if isinstance(image, Image.Image):
+        return _pil_to_rgb(image)
+    if _is_torch_tensor(image):
+        tensor = image.detach().cpu()
+        if tensor.dtype in (torch.bfloat16, torch.float16):
+            tensor = tensor.float()
+        image = tensor.numpy()
+    if not isinstance(image, np.ndarray):
+        raise TypeError(
+            f"unsupported image type {type(image).__name__}; expected a PIL.Image.Image, a numpy.ndarray "
+            "or a torch.Tensor (or None for a row without an image)"
+        )
+    return _array_to_rgb(image, input_data_format)
 
 
 def _float_to_unit_range(array: np.ndarray) -> np.ndarray:
-    """Check a float HWC array for NaN/inf and for values outside [0, 1]; return it as float32."""
+    """Check a float array for NaN/inf and for values outside [0, 1]; return it as float32."""
     array = array.astype(np.float32, copy=False)
     if not np.isfinite(array).all():
         raise ValueError("image contains NaN or inf values")
@@ -109,82 +279,6 @@ def _float_to_unit_range(array: np.ndarray) -> np.ndarray:
             "pixels (0..255) or divide by 255 first"
         )
     return np.clip(array, 0.0, 1.0)
-
-
-def _array_to_hwc(array: np.ndarray, channels_first_preferred: bool) -> np.ndarray:
-    """Bring a 2-D or 3-D array to HWC layout with 3 (RGB) channels.
-
-    Layout: a 2-D array is grayscale `[H, W]`. For a 3-D array, NumPy inputs are read as `[H, W, C]` when
-    the last axis has 1, 3 or 4 entries and as `[C, H, W]` otherwise; torch tensors
-    (`channels_first_preferred=True`) the other way round. One channel is repeated to RGB; a fourth
-    (alpha) channel is dropped.
-    """
-    if array.ndim == 2:
-        array = array[:, :, None]
-    elif array.ndim != 3:
-        raise ValueError(
-            f"an image must have 2 (H, W) or 3 (H, W, C) / (C, H, W) dimensions, got {array.ndim} "
-            f"with shape {tuple(array.shape)}"
-        )
-    elif channels_first_preferred and array.shape[0] in (1, 3, 4):
-        array = np.moveaxis(array, 0, -1)
-    elif array.shape[-1] not in (1, 3, 4):
-        if array.shape[0] in (1, 3, 4):
-            array = np.moveaxis(array, 0, -1)
-        else:
-            raise ValueError(
-                f"image of shape {tuple(array.shape)} has no channel axis with 1, 3 or 4 channels "
-                "(grayscale, RGB or RGBA) at the start or the end"
-            )
-    if 0 in array.shape:
-        raise ValueError(f"image has zero size: shape {tuple(array.shape)}")
-    channels = array.shape[-1]
-    if channels == 1:
-        array = np.repeat(array, 3, axis=2)
-    elif channels == 4:
-        array = array[:, :, :3]
-    return array
-
-
-def _to_rgb_array(image: Any) -> np.ndarray:
-    """Convert one image (PIL, NumPy, torch) to HWC RGB: uint8 in [0, 255] or float32 in [0, 1].
-
-    Accepted dtypes: uint8 (0..255), uint16 (0..65535, scaled by 1/65535), bool (0/1) and floats
-    (float16/32/64, bfloat16 tensors; values in [0, 1]). Other dtypes raise `TypeError`.
-    """
-    if isinstance(image, Image.Image):
-        return _pil_to_array(image)
-    channels_first = False
-    if _is_torch_tensor(image):
-        tensor = image.detach().cpu()
-        if tensor.dtype in (torch.bfloat16, torch.float16):
-            tensor = tensor.float()
-        image = tensor.numpy()
-        channels_first = True
-    if not isinstance(image, np.ndarray):
-        raise TypeError(
-            f"unsupported image type {type(image).__name__}; expected a PIL.Image.Image, a numpy.ndarray "
-            "or a torch.Tensor (or None for a row without an image)"
-        )
-    if image.ndim not in (2, 3):
-        raise ValueError(
-            f"an image must have 2 (H, W) or 3 (H, W, C) / (C, H, W) dimensions, got {image.ndim} "
-            f"with shape {tuple(image.shape)}"
-        )
-    if image.size == 0:
-        raise ValueError(f"image has zero size: shape {tuple(image.shape)}")
-    image = _array_to_hwc(image, channels_first_preferred=channels_first)
-    if image.dtype == np.uint8:
-        return np.ascontiguousarray(image)
-    if image.dtype == np.bool_:
-        return np.ascontiguousarray(image.astype(np.uint8) * 255)
-    if image.dtype == np.uint16:
-        return image.astype(np.float32) / 65535.0
-    if np.issubdtype(image.dtype, np.floating):
-        return _float_to_unit_range(image)
-    raise TypeError(
-        f"unsupported image dtype {image.dtype}; use uint8 (0..255), uint16 (0..65535) or float (0..1)"
-    )
 
 
 def _resize(rgb: np.ndarray, size: int, resample: int) -> np.ndarray:
@@ -206,26 +300,8 @@ def _resize(rgb: np.ndarray, size: int, resample: int) -> np.ndarray:
     return np.clip(np.stack(channels, axis=-1), 0.0, 1.0)
 
 
-def _is_plain_pil(image: Any) -> bool:
-    """True for a PIL image whose pixels are 8 bits per channel once converted to RGB (not `I*` or `F`)."""
-    return isinstance(image, Image.Image) and not (image.mode.startswith("I") or image.mode == "F")
-
-
-def _rgb_image(image: Any) -> Image.Image | np.ndarray:
-    """One image as RGB, not yet resized: a PIL RGB image (8-bit PIL inputs) or an HWC array (see `_to_rgb_array`).
-
-    A PIL image with 8-bit channels stays a PIL image (converted to RGB if needed), so the PIL backend resizes it
-    without a NumPy -> PIL round trip; 16-bit and float PIL modes, arrays and tensors go through `_to_rgb_array`.
-    """
-    if _is_plain_pil(image):
-        if image.width == 0 or image.height == 0:
-            raise ValueError(f"image has zero size: {image.width}x{image.height} (width x height)")
-        return image if image.mode == "RGB" else image.convert("RGB")
-    return _to_rgb_array(image)
-
-
 def _pil_resized(rgb: Image.Image | np.ndarray, size: int, resample: int) -> Image.Image | np.ndarray:
-    """`rgb` (from `_rgb_image`) resized to `size` x `size` by PIL; images already that size are returned as they are."""
+    """`rgb` (from `to_rgb`) resized to `size` x `size` by PIL; images already that size are returned as they are."""
     if isinstance(rgb, Image.Image):
         if rgb.width != size or rgb.height != size:
             rgb = rgb.resize((size, size), resample=resample)
@@ -273,14 +349,16 @@ class OptTriImageProcessor(BaseImageProcessor):
     Each image is converted to RGB, resized to a square `image_size` x `image_size` (bicubic by default, aspect
     ratio not kept), scaled to [0, 1] and normalised with `image_mean` / `image_std`.
 
-    Accepted images:
-        - `PIL.Image.Image` of any mode. Grayscale, palette, RGBA, CMYK... are converted with
-          `convert("RGB")` (alpha is dropped, not composited). 16-bit modes (`I;16`, `I`) are scaled by
-          1/65535.
+    Accepted images (converted to RGB by `to_rgb`, the same conversion the training data path uses):
+        - `PIL.Image.Image` of any mode. The EXIF orientation is applied; modes with alpha (RGBA, LA, PA,
+          palette images with transparency...) are composited over white; `I;16*` is scaled by 1/65535, `I`
+          and `F` follow the integer and float rules of arrays; other modes go through `convert("RGB")`.
         - `numpy.ndarray` with shape `[H, W]` (grayscale), `[H, W, C]` or `[C, H, W]` where `C` is 1
-          (grayscale, repeated to RGB), 3 (RGB) or 4 (RGBA, alpha dropped). dtype uint8 (0..255), uint16
-          (0..65535), bool, or float in [0, 1]. The channel axis is looked for last, then first.
-        - `torch.Tensor` as for NumPy, but the channel axis is looked for first (`[C, H, W]`), then last.
+          (grayscale, repeated to RGB), 3 (RGB) or 4 (RGBA, composited over white). dtype uint8 (0..255),
+          uint16 (0..65535), bool, other integers in 0..255 or 0..65535, or float in [0, 1]. The channel axis
+          follows transformers' `infer_channel_dimension_format` (first axis first); pass
+          `input_data_format="channels_first"` / `"channels_last"` to settle ambiguous shapes such as `(3, 4, 4)`.
+        - `torch.Tensor` as for NumPy.
         - a 4-D array / tensor is read as a batch of images (`[B, H, W, C]` or `[B, C, H, W]`).
 
     Args:
@@ -357,6 +435,7 @@ class OptTriImageProcessor(BaseImageProcessor):
         return_tensors: str | TensorType | None = None,
         image_size: int | None = None,
         do_normalize: bool | None = None,
+        input_data_format: Any = None,
         **kwargs: Any,
     ) -> BatchFeature:
         """Preprocess one image or a batch of images.
@@ -366,6 +445,8 @@ class OptTriImageProcessor(BaseImageProcessor):
             return_tensors: `"pt"`, `"np"` or `None` (default: NumPy arrays).
             image_size: Overrides `self.image_size` for this call.
             do_normalize: Overrides `self.do_normalize` for this call.
+            input_data_format: `"channels_first"` / `"channels_last"` (or a `ChannelDimension`): the layout of
+                every 3-D array / tensor in `images`; None infers it per image (see `channel_axis`).
             **kwargs: Ignored with a warning (kept for API compatibility with other image processors).
 
         Returns:
@@ -373,7 +454,7 @@ class OptTriImageProcessor(BaseImageProcessor):
 
         Raises:
             ValueError: empty batch, wrong number of dimensions, channel count other than 1/3/4, zero-size
-                image, NaN/inf or out-of-range float values.
+                image, NaN/inf or out-of-range values, a bad `input_data_format`.
             TypeError: unsupported image type or dtype.
         """
         if kwargs:
@@ -395,7 +476,7 @@ class OptTriImageProcessor(BaseImageProcessor):
             if image is None:
                 continue
             try:
-                rgb = _rgb_image(image)
+                rgb = to_rgb(image, input_data_format)
                 is_pil = isinstance(rgb, Image.Image)
                 height, width = (rgb.height, rgb.width) if is_pil else rgb.shape[:2]
                 if torch_mode is not None and (height, width) != (size, size) and (is_pil or rgb.dtype == np.uint8):
@@ -439,4 +520,4 @@ class OptTriImageProcessor(BaseImageProcessor):
 
 OptTriImageProcessor.register_for_auto_class("AutoImageProcessor")
 
-__all__ = ["OptTriImageProcessor"]
+__all__ = ["CHANNEL_COUNTS", "OptTriImageProcessor", "channel_axis", "to_rgb"]

@@ -180,6 +180,7 @@ class OptTriProcessor(ProcessorMixin):
         padding: bool | str = True,
         truncation: bool = True,
         max_length: int | None = None,
+        input_data_format: Any = None,
         **kwargs: Any,
     ) -> BatchFeature:
         """Process any non-empty subset of text, images and audio into one batch.
@@ -195,6 +196,8 @@ class OptTriProcessor(ProcessorMixin):
             truncation: Whether text longer than `max_length` tokens is truncated. When it is, a warning
                 says how many rows were cut.
             max_length: Token limit; defaults to the tokenizer's `model_max_length`.
+            input_data_format: Layout of 3-D image arrays (`"channels_first"` / `"channels_last"`), for shapes
+                such as `(3, 4, 4)` whose channel axis is ambiguous; see `OptTriImageProcessor.preprocess`.
             **kwargs: Passed to the tokenizer (e.g. `add_special_tokens`, `pad_to_multiple_of`).
 
         Returns:
@@ -216,7 +219,7 @@ class OptTriProcessor(ProcessorMixin):
             sizes["text"] = len(encoded["input_ids"])
             data.update(encoded)
         if images is not None:
-            image_features = self.image_processor(images, return_tensors=None)
+            image_features = self.image_processor(images, return_tensors=None, input_data_format=input_data_format)
             sizes["images"] = int(image_features["image_mask"].shape[0])
             data.update(image_features)
         if audio is not None:

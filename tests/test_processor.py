@@ -121,10 +121,15 @@ def test_image_modes_are_normalised_to_rgb(rgb):
     expected_gray = ip(Image.fromarray(gray))["pixel_values"]  # PIL "L"
     np.testing.assert_array_equal(ip(gray)["pixel_values"], expected_gray)
     np.testing.assert_array_equal(ip(gray[:, :, None])["pixel_values"], expected_gray)
-    rgba = np.concatenate([rgb, np.full(rgb.shape[:2] + (1,), 7, np.uint8)], axis=2)
     expected = ip(rgb)["pixel_values"]
-    np.testing.assert_array_equal(ip(rgba)["pixel_values"], expected)  # alpha dropped
-    np.testing.assert_array_equal(ip(Image.fromarray(rgba))["pixel_values"], expected)
+    rgba = np.concatenate([rgb, np.full(rgb.shape[:2] + (1,), 7, np.uint8)], axis=2)
+    over_white = Image.alpha_composite(Image.new("RGBA", (56, 40), (255,) * 4), Image.fromarray(rgba)).convert("RGB")
+    composited = ip(over_white)["pixel_values"]
+    assert np.abs(composited - expected).mean() > 0.5  # compositing over white changes the picture...
+    np.testing.assert_array_equal(ip(rgba)["pixel_values"], composited)  # ...the same way for arrays
+    np.testing.assert_array_equal(ip(Image.fromarray(rgba))["pixel_values"], composited)  # and RGBA images
+    opaque = np.concatenate([rgb, np.full(rgb.shape[:2] + (1,), 255, np.uint8)], axis=2)
+    np.testing.assert_array_equal(ip(opaque)["pixel_values"], expected)  # an opaque alpha changes nothing
     sixteen = Image.fromarray(gray.astype(np.uint16) * 257)  # 16-bit grayscale, same picture
     assert sixteen.mode.startswith("I")
     np.testing.assert_allclose(ip(sixteen)["pixel_values"], expected_gray, atol=0.05)
@@ -250,7 +255,9 @@ def test_resize_backend_choices_and_round_trip(rgb, tmp_path):
         (Image.new("RGB", (0, 4)), ValueError, "zero size"),
         (np.full((8, 8, 3), np.nan, np.float32), ValueError, "NaN"),
         (np.full((8, 8, 3), 200.0, np.float32), ValueError, r"\[0, 1\]"),
-        (np.zeros((8, 8, 3), np.int32), TypeError, "dtype"),
+        (np.full((8, 8, 3), -1, np.int32), ValueError, "negative values"),
+        (np.full((8, 8, 3), 70000, np.int64), ValueError, "above the 16-bit range"),
+        (np.zeros((8, 8, 3), np.complex64), TypeError, "dtype"),
         ("cat.png", TypeError, "unsupported image type"),
     ],
 )

@@ -11,7 +11,6 @@ padding stays small. The order depends only on `(seed, epoch)`, which makes the 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -19,7 +18,8 @@ import numpy as np
 import torch
 from transformers.utils import logging
 
-from .decoding import CorruptSampleError, decode_audio, decode_image
+from ..feature_extraction_opt_tri import resample
+from .decoding import MAX_IMAGE_PIXELS, CorruptSampleError, audio_duration, decode_audio, decode_image
 
 logger = logging.get_logger(__name__)
 
@@ -34,6 +34,11 @@ class TriModalCollator:
             lacks that modality).
         text_as_labels: for captioning/ASR: the text becomes decoder `labels` (`(B, n)`, the tokenized text after
             its `[CLS]`, -100 on padding) instead of encoder input; rows without text are then skipped.
+        max_image_pixels: images with more pixels are corrupt rows, refused from the file header before decoding
+            (decompression bombs); default `decoding.MAX_IMAGE_PIXELS` (8192 x 8192); None: no limit.
+
+    Audio is read only up to the feature extractor's `max_length_seconds` (plus a 20 ms margin), then resampled to
+    its rate: a long clip costs what a `max_length_seconds` one does.
 
     Returns (from `__call__`): a dict of tensors as the processor gives them (`input_ids`, `attention_mask`,
     `pixel_values`, `image_mask`, `input_features`, `audio_attention_mask`, for the modalities present in the batch)
@@ -48,13 +53,18 @@ class TriModalCollator:
         image_column: str = "image",
         audio_column: str = "audio",
         text_as_labels: bool = False,
+        max_image_pixels: int | None = MAX_IMAGE_PIXELS,
     ):
+        if max_image_pixels is not None and (isinstance(max_image_pixels, bool) or not isinstance(max_image_pixels, int) or max_image_pixels <= 0):
+            raise ValueError(f"max_image_pixels must be a positive int or None, got {max_image_pixels!r}")
         self.processor = processor
+        self.max_image_pixels = max_image_pixels
         self.text_as_labels = text_as_labels
         self.text_column = text_column
         self.image_column = image_column
         self.audio_column = audio_column
         self.sampling_rate = processor.feature_extractor.sampling_rate
+        self.max_audio_seconds = getattr(processor.feature_extractor, "max_length_seconds", None)
 
     def decode_row(self, row: dict[str, Any], context: str) -> tuple[str | None, Any, np.ndarray | None]:
         """Decode one row; raise `CorruptSampleError` when it cannot be used."""
@@ -69,15 +79,14 @@ class TriModalCollator:
                 raise CorruptSampleError(f"{context}: text must be a string, got {type(text).__name__}")
             text = text if text.strip() else None
         image = row.get(self.image_column)
-        image = decode_image(image, context=context) if image is not None else None
+        if image is not None:
+            image = decode_image(image, context=context, max_pixels=self.max_image_pixels)
         audio = row.get(self.audio_column)
         if audio is not None:
-            wave, rate = decode_audio(audio, context=context)
-            if rate != self.sampling_rate:
-                from scipy.signal import resample_poly
-
-                common = math.gcd(int(rate), int(self.sampling_rate))
-                wave = resample_poly(wave, self.sampling_rate // common, int(rate) // common).astype(np.float32)
+            wave, rate = decode_audio(audio, context=context, max_seconds=self.max_audio_seconds)
+            if rate != self.sampling_rate:  # cut first (to the feature extractor's limit), then resample
+                limit = None if self.max_audio_seconds is None else round(self.max_audio_seconds * self.sampling_rate)
+                wave = resample(wave, rate, self.sampling_rate, limit)
             audio = wave
         if text is None and image is None and audio is None:
             raise CorruptSampleError(f"{context}: the row has no text, image or audio")
@@ -132,40 +141,44 @@ def padding_fraction(batch: dict[str, Any]) -> tuple[int, int]:
     return padded, total
 
 
-def row_lengths(dataset, tokenizer=None, text_column="text", audio_column="audio", frames_per_second=100.0) -> list[tuple[int, int]]:
+def row_lengths(
+    dataset,
+    tokenizer=None,
+    text_column="text",
+    audio_column="audio",
+    frames_per_second=100.0,
+    max_text_tokens: int | None = None,
+    max_audio_seconds: float | None = None,
+) -> list[tuple[int, int]]:
     """
-    Model lengths of every row as `(audio frames, text tokens)`, for length grouping. Text length is counted with
-    `tokenizer` when given (else whitespace words + 2); audio length from the array length or the file header,
-    without decoding the audio.
+    Model lengths of every row as `(audio frames, text tokens)`, for length grouping and token budgets: the lengths
+    after truncation, i.e. what the processor gives the model. Text length is counted with `tokenizer` when given
+    (else whitespace words + 2) and capped at `max_text_tokens` (default: the tokenizer's `model_max_length`, the
+    processor's truncation limit); audio length comes from the array length or the file header (no decoding) and is
+    capped at `max_audio_seconds` (pass the feature extractor's `max_length_seconds`). Rows whose audio cannot be
+    read (missing, not a regular file, corrupt) count 0 frames: the collator skips and counts them later.
     """
-    import soundfile
-
     columns = dataset.column_names
     text_lengths = np.zeros(len(dataset), dtype=np.int64)
     audio_lengths = np.zeros(len(dataset), dtype=np.int64)
+    if max_text_tokens is None and tokenizer is not None:
+        limit = getattr(tokenizer, "model_max_length", None)
+        max_text_tokens = int(limit) if limit is not None and limit < 10**9 else None  # ~1e30 means "no limit"
     if text_column in columns:
         texts = [t if isinstance(t, str) else "" for t in dataset[text_column]]
         if tokenizer is not None:
             counts = [len(ids) for ids in tokenizer(texts, add_special_tokens=True, truncation=False)["input_ids"]]
         else:
             counts = [len(t.split()) + 2 for t in texts]
-        text_lengths += np.asarray(counts)
+        text_lengths += np.asarray(counts, dtype=np.int64)
+        if max_text_tokens is not None:
+            np.minimum(text_lengths, max_text_tokens, out=text_lengths)
     if audio_column in columns:
-        frames = []
-        for value in dataset.with_format(None)[audio_column] if hasattr(dataset, "with_format") else dataset[audio_column]:
-            seconds = 0.0
-            try:
-                if isinstance(value, dict) and value.get("array") is not None:
-                    seconds = len(value["array"]) / float(value["sampling_rate"])
-                elif isinstance(value, (str, dict)):
-                    path = value if isinstance(value, str) else value.get("path")
-                    if path:
-                        info = soundfile.info(path)
-                        seconds = info.frames / float(info.samplerate)
-            except Exception:  # unreadable: length 0 here, the collator skips and counts the row later
-                seconds = 0.0
-            frames.append(int(seconds * frames_per_second))
-        audio_lengths += np.asarray(frames, dtype=np.int64)
+        values = dataset.with_format(None)[audio_column] if hasattr(dataset, "with_format") else dataset[audio_column]
+        seconds = np.asarray([audio_duration(value) if value is not None else 0.0 for value in values], dtype=np.float64)
+        if max_audio_seconds is not None:
+            np.minimum(seconds, max_audio_seconds, out=seconds)
+        audio_lengths += (seconds * frames_per_second).astype(np.int64)
     return list(zip(audio_lengths.tolist(), text_lengths.tolist()))
 
 

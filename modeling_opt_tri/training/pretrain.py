@@ -148,7 +148,9 @@ class BatchStream:
         self.world_size = world_size
         self.streaming = not hasattr(dataset, "__len__")
         if not self.streaming:
-            lengths = row_lengths(dataset, tokenizer)
+            # lengths after truncation (the processor cuts text and audio), so long rows fit a token budget
+            max_seconds = collator.processor.feature_extractor.max_length_seconds
+            lengths = row_lengths(dataset, tokenizer, max_audio_seconds=max_seconds)
             self.sampler = LengthGroupedBatchSampler(
                 lengths,
                 args.batch_size,
