@@ -563,6 +563,530 @@ CASES: list[tuple[str, Callable[[], Any], Raises | Returns | Warns | Exits]] = [
 
 
 # ----------------------------------------------------------------------------------------------------------------------
+# Round 2 (issue 14): decoding faults. Training (the collator decodes with `decode_image`, then processes) and
+# inference (`processor(images=...)`) must see the same pixels; integer samples and pixels follow one documented rule;
+# absurd sampling rates, FIFOs and decompression bombs are corrupt rows in the data path and clear errors in the API.
+# ----------------------------------------------------------------------------------------------------------------------
+
+_DEEP_TOLERANCE = 0.5 / 255 + 1e-6  # decode_image rounds 16-bit / float pixels to 8 bits; the processor keeps floats
+
+
+def _both_paths(image) -> tuple[np.ndarray, np.ndarray]:
+    """(training pixels, inference pixels) of one image: processor(decode_image(x)) and processor(x)."""
+    return _pixels(decode_image(image)), _pixels(image)
+
+
+def _agree(tolerance: float = 0.0) -> Callable[[tuple[np.ndarray, np.ndarray]], bool]:
+    return lambda pair: float(np.abs(pair[0] - pair[1]).max()) <= tolerance
+
+
+def _mode_image(mode: str, seed: int = 0) -> Image.Image:
+    """A 32x32 PIL image of `mode` with varied content (every band random, alpha included)."""
+    rng = np.random.default_rng(seed)
+    if mode == "1":
+        return Image.fromarray(rng.integers(0, 2, (32, 32)).astype(bool))
+    if mode == "I":
+        return Image.fromarray(rng.integers(0, 65536, (32, 32)).astype(np.int32))
+    if mode == "I;8bit":  # mode "I" holding 8-bit values, as `image.convert("I")` of an "L" image gives
+        return Image.fromarray(rng.integers(0, 256, (32, 32), dtype=np.uint8)).convert("I")
+    if mode.startswith("I;16"):
+        image = Image.fromarray(rng.integers(0, 65536, (32, 32)).astype(np.uint16))
+        return image if mode == "I;16" else image.convert(mode) if mode != "I;16B" else Image.frombytes(
+            "I;16B", (32, 32), np.asarray(image).astype(">u2").tobytes())
+    if mode == "F":
+        return Image.fromarray(rng.random((32, 32), dtype=np.float32))
+    if mode == "P+transparency":
+        image = Image.fromarray(rng.integers(0, 8, (32, 32), dtype=np.uint8), mode="L").convert("P")
+        image.putpalette(rng.integers(0, 256, 768, dtype=np.uint8).tobytes())
+        image.info["transparency"] = 3
+        return image
+    if mode == "RGB+transparency":  # a PNG tRNS colour key
+        image = Image.fromarray(rng.integers(0, 2, (32, 32, 3), dtype=np.uint8) * 255)
+        image.info["transparency"] = (255, 255, 255)
+        return image
+    bands = len(Image.new(mode, (1, 1)).getbands())
+    return Image.frombytes(mode, (32, 32), rng.integers(0, 256, 32 * 32 * bands, dtype=np.uint8).tobytes())
+
+
+def _png_bytes_of(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _file_paths(image: Image.Image) -> tuple[np.ndarray, np.ndarray]:
+    """Training from the PNG file's bytes vs inference on `Image.open` of the same file."""
+    data = _png_bytes_of(image)
+    return _pixels(decode_image(data)), _pixels(Image.open(io.BytesIO(data)))
+
+
+def _array(dtype, seed: int = 0, shape=(32, 32, 3), high=None) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    kind = np.dtype(dtype).kind
+    if kind == "b":
+        return rng.integers(0, 2, shape).astype(bool)
+    if kind == "f":
+        return rng.random(shape).astype(dtype)
+    top = high if high is not None else min(int(np.iinfo(dtype).max), 65535)
+    return rng.integers(0, top + 1, shape).astype(dtype)
+
+
+def _jpeg_rotated() -> bytes:
+    """A 32x16 JPEG whose EXIF orientation (6: rotate 90 degrees clockwise) makes it 16x32 when shown."""
+    image = Image.fromarray(np.repeat(np.linspace(0, 255, 32, dtype=np.uint8)[None, :, None], 16, 0).repeat(3, 2))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", exif=exif.tobytes(), quality=95)
+    return buffer.getvalue()
+
+
+def _exif_paths() -> tuple[tuple[int, ...], np.ndarray, np.ndarray]:
+    """(decoded shape, training pixels, inference pixels) of a JPEG with an EXIF rotation."""
+    data = _jpeg_rotated()
+    decoded = decode_image(data)
+    return np.asarray(decoded).shape, _pixels(decoded), _pixels(Image.open(io.BytesIO(data)))
+
+
+def _chw_agrees(chw, **kwargs) -> bool:
+    """`chw` gives the pixels of its HWC transpose read as channels-last."""
+    hwc = np.ascontiguousarray(np.moveaxis(np.asarray(chw), 0, -1))
+    return np.array_equal(_pixels(chw, **kwargs), _pixels(hwc, input_data_format="channels_last"))
+
+
+def _small_chw(seed=0, channels=3, size=4) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (channels, size, size), dtype=np.uint8)
+
+
+# ---- audio --------------------------------------------------------------------------------------------------------
+
+
+def _features(clip, rate=SR) -> np.ndarray:
+    return _feature_extractor()(clip, sampling_rate=rate)["input_features"]
+
+
+def _audio_paths(samples) -> bool:
+    """decode_audio of an integer array and the feature extractor on the array give the same features."""
+    wave, rate = decode_audio({"array": samples, "sampling_rate": SR})
+    return np.array_equal(_features(wave, rate), _features(samples))
+
+
+def _wav_at(rate: int, samples: int = 40000, subtype: str = "PCM_16") -> bytes:
+    """A WAV file whose header says `rate` Hz (an 80 KB file at 1 Hz claims 11 hours)."""
+    import soundfile
+
+    buffer = io.BytesIO()
+    soundfile.write(buffer, np.zeros(samples, np.float32), rate, format="WAV", subtype=subtype)
+    return buffer.getvalue()
+
+
+def _resampled_lengths(func) -> tuple[Any, list[int]]:
+    """Run `func` and record the input length of every `scipy.signal.resample_poly` call."""
+    import scipy.signal
+
+    original, lengths = scipy.signal.resample_poly, []
+
+    def recording(x, up, down, *args, **kwargs):
+        lengths.append(len(x))
+        return original(x, up, down, *args, **kwargs)
+
+    scipy.signal.resample_poly = recording
+    try:
+        return func(), lengths
+    finally:
+        scipy.signal.resample_poly = original
+
+
+def _long_clip_features():
+    """60 s at 44.1 kHz through a feature extractor that keeps 1 s: features + how much was resampled."""
+    clip = np.random.default_rng(0).standard_normal(60 * 44100).astype(np.float32) * 0.1
+    return _resampled_lengths(lambda: _feature_extractor()(clip, sampling_rate=44100))
+
+
+def _cut_first_is_exact() -> bool:
+    from scipy.signal import resample_poly
+
+    clip = np.random.default_rng(1).standard_normal(3 * 44100).astype(np.float32) * 0.1
+    whole = resample_poly(clip, 160, 441).astype(np.float32)[:SR]  # 44.1 kHz -> 16 kHz, then cut to 1 s
+    features = _feature_extractor()(clip, sampling_rate=44100)["input_features"]
+    return np.array_equal(features, _feature_extractor()(whole, sampling_rate=SR)["input_features"])
+
+
+@functools.cache
+def _long_wav_path() -> str:
+    """A 60 s WAV at 8 kHz (960 KB)."""
+    import soundfile
+
+    path = _workdir() / "long_8k.wav"
+    soundfile.write(path, (np.random.default_rng(0).standard_normal(60 * 8000) * 0.1).astype(np.float32), 8000,
+                    subtype="PCM_16")
+    return str(path)
+
+
+def _collate_long_wav():
+    return _resampled_lengths(lambda: _collate([{"text": "a red circle", "audio": _long_wav_path()}]))
+
+
+# ---- non-regular files -------------------------------------------------------------------------------------------
+
+
+def _fifo(name: str) -> str:
+    path = _workdir() / name
+    if not path.exists():
+        os.mkfifo(path)
+    return str(path)
+
+
+def _bounded(func: Callable[[], Any], fifo: str | None = None, seconds: float = 10.0) -> Callable[[], Any]:
+    """`func` run in a thread; if it is still running after `seconds` (blocked on a FIFO), unblock it and fail."""
+    import threading
+
+    def run():
+        outcome: dict[str, Any] = {}
+
+        def target():
+            try:
+                outcome["value"] = func()
+            except BaseException as error:  # re-raised in the caller's thread, traceback kept
+                outcome["error"] = error
+
+        thread = threading.Thread(target=target, daemon=True)
+        thread.start()
+        thread.join(seconds)
+        if thread.is_alive():
+            if fifo is not None:  # a writer that closes at once gives the blocked reader EOF
+                with contextlib.suppress(OSError):
+                    os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+            thread.join(seconds)
+            raise AssertionError(f"the call was still running after {seconds} s (blocked on a FIFO?)")
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome.get("value")
+
+    return run
+
+
+# ---- decompression bombs -----------------------------------------------------------------------------------------
+
+
+@functools.cache
+def _png_bomb(width: int = 12000, height: int = 12000) -> bytes:
+    """A valid 1-bit PNG of `width` x `height` black pixels that compresses to a few KB (17 KB at 12000 px)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    row = b"\x00" + bytes((width + 7) // 8)  # filter byte + packed bits
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # bit depth 1, greyscale
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(row * height, 9))
+            + chunk(b"IEND", b""))
+
+
+def _bomb_path() -> str:
+    path = _workdir() / "bomb.png"
+    if not path.exists():
+        path.write_bytes(_png_bomb())
+    return str(path)
+
+
+def _peak_memory(func) -> tuple[Any, int]:
+    """(result or the error raised, peak bytes allocated through Python's allocators while `func` ran)."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        result = func()
+    except Exception as error:  # noqa: BLE001 - the caller checks which
+        result = error
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return result, peak
+
+
+# ---- length budgets -----------------------------------------------------------------------------------------------
+
+
+@functools.cache
+def _ten_minute_wav() -> str:
+    """A 10-minute clip at 1 kHz (1.2 MB): the budget must count it as the 1 s the feature extractor keeps."""
+    path = _workdir() / "ten_minutes.wav"
+    if not path.exists():
+        path.write_bytes(_wav_at(1000, samples=600 * 1000))
+    return str(path)
+
+
+def _lengths(rows: dict[str, list]) -> list[tuple[int, int]]:
+    import datasets
+
+    from modeling_opt_tri.data.collate import row_lengths
+
+    dataset = datasets.Dataset.from_dict(rows)
+    return row_lengths(dataset, _processor().tokenizer, max_audio_seconds=_feature_extractor().max_length_seconds)
+
+
+def _budget_sampler():
+    from modeling_opt_tri.data.collate import LengthGroupedBatchSampler
+
+    lengths = _lengths({"text": ["a red circle " * 200, "a blue square"], "audio": [_ten_minute_wav(), None]})
+    return LengthGroupedBatchSampler(lengths, batch_size=2, max_tokens=2 * (100 + 16))
+
+
+def _collator(**kwargs) -> TriModalCollator:
+    return TriModalCollator(_processor(), **kwargs)
+
+
+def _image_row(image, **kwargs):
+    return TriModalCollator(_processor(), **kwargs)([{"id": "big", "text": "a red circle", "image": image}])
+
+
+def _skipped(fragment: str) -> Callable[[dict], bool]:
+    return lambda b: b["num_skipped_rows"] == 1 and fragment in b["skipped_reasons"][0]
+
+
+_PIL_MODES = ["1", "L", "LA", "La", "P", "PA", "P+transparency", "RGB", "RGB+transparency", "RGBA", "RGBa", "RGBX",
+              "CMYK", "YCbCr", "LAB", "HSV", "I", "I;8bit", "I;16", "I;16B", "F"]
+_DEEP_MODES = {"I", "I;16", "I;16B", "F"}
+_PNG_MODES = ["1", "L", "LA", "P", "P+transparency", "RGB", "RGB+transparency", "RGBA", "I;16"]
+_DTYPES = [np.uint8, np.uint16, np.int8, np.int16, np.int32, np.int64, np.uint32, np.float16, np.float32, np.float64,
+           bool]
+_DEEP_DTYPES = {np.uint16, np.int16, np.int32, np.int64, np.uint32, np.float16, np.float32, np.float64}
+
+ROUND2_CASES: list[tuple[str, Callable[[], Any], Raises | Returns | Warns | Exits]] = [
+    # ---- item 10: every PIL mode, in memory and from a PNG file, gives the same pixels in training and inference --
+    *[(f"same_pixels:pil_mode_{mode}", functools.partial(lambda m: _both_paths(_mode_image(m)), mode),
+       Returns(_agree(_DEEP_TOLERANCE if mode in _DEEP_MODES else 0.0), f"mode {mode}: training == inference"))
+      for mode in _PIL_MODES],
+    *[(f"same_pixels:png_file_{mode}", functools.partial(lambda m: _file_paths(_mode_image(m)), mode),
+       Returns(_agree(_DEEP_TOLERANCE if mode.startswith("I;16") else 0.0), f"PNG of mode {mode}: same pixels"))
+      for mode in _PNG_MODES],
+    # ---- items 9/10: every NumPy dtype (HWC and CHW) and torch tensors, through both paths --------------------------
+    *[(f"same_pixels:numpy_{np.dtype(dtype).name}", functools.partial(lambda d: _both_paths(_array(d)), dtype),
+       Returns(_agree(_DEEP_TOLERANCE if dtype in _DEEP_DTYPES else 0.0), f"{np.dtype(dtype).name} HWC: same pixels"))
+      for dtype in _DTYPES],
+    *[(f"same_pixels:numpy_chw_{np.dtype(dtype).name}",
+       functools.partial(lambda d: _both_paths(np.ascontiguousarray(np.moveaxis(_array(d, seed=3), -1, 0))), dtype),
+       Returns(_agree(_DEEP_TOLERANCE if dtype in _DEEP_DTYPES else 0.0), f"{np.dtype(dtype).name} CHW: same pixels"))
+      for dtype in (np.uint8, np.uint16, np.float32)],
+    *[(f"same_pixels:torch_{name}", functools.partial(lambda t: _both_paths(t), tensor),
+       Returns(_agree(_DEEP_TOLERANCE if name != "uint8" else 0.0), f"torch {name} CHW: same pixels"))
+      for name, tensor in [("uint8", torch.from_numpy(_array(np.uint8)).permute(2, 0, 1)),
+                           ("float32", torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(0))),
+                           ("bfloat16", torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(1)).bfloat16()),
+                           ("int16", torch.from_numpy(_array(np.int16, high=255)).permute(2, 0, 1))]],
+    ("same_pixels:rgba_array_composited_like_rgba_image",
+     lambda: (_pixels(_array(np.uint8, shape=(32, 32, 4))), _pixels(Image.alpha_composite(
+         Image.new("RGBA", (32, 32), (255,) * 4), Image.fromarray(_array(np.uint8, shape=(32, 32, 4)))))),
+     Returns(_agree(0.0), "an RGBA array is composited over white exactly as PIL composites the RGBA image")),
+    ("same_pixels:exif_orientation_applied_in_both", _exif_paths,
+     Returns(lambda r: r[0] == (32, 16, 3) and np.array_equal(r[1], r[2]),
+             "EXIF orientation 6 turns the 16-high JPEG upright, in training and at inference alike")),
+    ("same_pixels:mode_I_8bit_is_not_white_or_black",
+     lambda: _both_paths(Image.new("L", (32, 32), 128).convert("I")),
+     Returns(lambda p: np.allclose(p[0], 128 / 255) and np.allclose(p[1], 128 / 255),
+             "mode I with values 0..255 (convert('I') of L) is 8-bit in both paths: grey 128 stays 128")),
+    # ---- item 9: integer pixels have one documented rule ------------------------------------------------------------
+    ("decode_image:int32_40000_is_16_bit_grey", lambda: np.asarray(decode_image(np.full((8, 8), 40000, np.int32))),
+     Returns(lambda a: (a == round(40000 / 65535 * 255)).all(), "int32 40000 -> 16-bit -> 156 of 255, not black")),
+    ("image_processor:int32_40000_is_16_bit_grey", lambda: _pixels(np.full((8, 8), 40000, np.int32)),
+     Returns(lambda p: np.allclose(p, 40000 / 65535, atol=1e-3), "int32 40000 -> value / 65535")),
+    ("image_processor:int64_8bit_values", lambda: _pixels(np.full((8, 8, 3), 200, np.int64)),
+     Returns(lambda p: np.allclose(p, 200 / 255), "int64 values in 0..255 (np.array of Python ints) -> 8-bit")),
+    ("decode_image:negative_int_pixels", lambda: decode_image(np.full((8, 8), -5, np.int16), context="row 2"),
+     Raises(CorruptSampleError, r"row 2: ndarray: integer image of dtype int16 has negative values \(min -5\)")),
+    ("image_processor:negative_int_pixels", lambda: _image_processor()(np.full((8, 8), -5, np.int32)),
+     Raises(ValueError, r"images\[0\]: integer image of dtype int32 has negative values")),
+    ("decode_image:int_pixels_above_16_bit", lambda: decode_image(np.full((8, 8), 70000, np.int32), context="row 2"),
+     Raises(CorruptSampleError, r"row 2: ndarray: integer image of dtype int32 has values up to 70000")),
+    ("decode_image:mode_I_above_16_bit", lambda: decode_image(Image.new("I", (8, 8), 2**20), context="row 2"),
+     Raises(CorruptSampleError, r"row 2: Image: integer image of dtype int32 has values up to 1048576")),
+    ("decode_image:float_0_255_refused_as_at_inference",
+     lambda: decode_image(np.full((8, 8, 3), 200.0, np.float32), context="row 2"),
+     Raises(CorruptSampleError, r"row 2: ndarray: float images must have values in \[0, 1\], got range \[200, 200\]")),
+    ("decode_image:mode_F_0_255_refused", lambda: decode_image(Image.new("L", (8, 8), 200).convert("F"), "row 2"),
+     Raises(CorruptSampleError, r"row 2: Image: float images must have values in \[0, 1\]")),
+    ("decode_image:uint16_small_values_are_16_bit", lambda: np.asarray(decode_image(np.full((8, 8), 255, np.uint16))),
+     Returns(lambda a: (a == 1).all(), "uint16 255 -> 255/65535 -> 1 of 255 (by width, as the processor does)")),
+    ("image_processor:big_endian_uint16", lambda: _pixels(np.full((8, 8), 65535, ">u2")),
+     Returns(lambda p: np.allclose(p, 1.0), "big-endian uint16 ('>u2', from I;16B) is 16-bit, not an unknown dtype")),
+    ("decode_image:bfloat16_tensor", lambda: np.asarray(decode_image(torch.ones(3, 8, 8, dtype=torch.bfloat16))),
+     Returns(lambda a: a.shape == (8, 8, 3) and (a == 255).all(), "bfloat16 CHW tensor -> white, not a torch error")),
+    ("decode_image:complex_pixels", lambda: decode_image(np.zeros((8, 8), np.complex64), context="row 2"),
+     Raises(CorruptSampleError, r"row 2: ndarray: unsupported image dtype complex64")),
+    ("decode_image:four_dimensional_array", lambda: decode_image(np.zeros((2, 8, 8, 3), np.uint8), context="row 2"),
+     Raises(CorruptSampleError, r"row 2: ndarray: an image must have 2 .* dimensions, got 4")),
+    ("collator:premultiplied_La_row", lambda: _collate([{"id": "la", "image": _mode_image("La")}, {"text": "x"}]),
+     Returns(lambda b: b["num_skipped_rows"] == 0 and b["pixel_values"].shape[0] == 2,
+             "a premultiplied 'La' image decodes (composited over white) instead of a raw PIL ValueError")),
+    # ---- item 11: channel axis as transformers infers it; input_data_format settles ambiguous shapes --------------
+    ("image_processor:chw_width_4_is_chw", lambda: _chw_agrees(_small_chw()),
+     Returns(bool, "(3, 4, 4) is [C, H, W] (the first axis wins, as in transformers), not HWC with 4 channels")),
+    ("image_processor:chw_width_3_is_chw", lambda: _chw_agrees(_small_chw(size=3)),
+     Returns(bool, "(3, 3, 3) is [C, H, W]")),
+    ("image_processor:chw_width_1_is_chw", lambda: _chw_agrees(_small_chw(channels=1, size=5)[:, :, :1].repeat(1, 0)),
+     Returns(bool, "(1, 5, 1) is [C, H, W]: one channel, 5x1 pixels")),
+    ("image_processor:chw_tensor_width_4", lambda: _chw_agrees(torch.from_numpy(_small_chw(seed=2))),
+     Returns(bool, "a (3, 4, 4) tensor is [C, H, W] as well")),
+    ("image_processor:chw_rgba_width_3",
+     lambda: _pixels(np.full((4, 3, 3), 255, np.uint8), input_data_format="channels_first").shape,
+     Returns(lambda s: s == (3, 32, 32), "(4, 3, 3) with input_data_format='channels_first': RGBA 3x3")),
+    ("image_processor:ambiguous_default_is_channels_first",
+     lambda: np.array_equal(_pixels(_small_chw(size=5)[:, :, :3]), _pixels(_small_chw(size=5)[:, :, :3],
+                                                                            input_data_format="channels_first")),
+     Returns(bool, "(3, 5, 3) is read as [C, H, W] unless input_data_format says otherwise")),
+    ("image_processor:input_data_format_channels_last",
+     lambda: np.array_equal(_pixels(np.full((3, 5, 3), 9, np.uint8), input_data_format="channels_last"),
+                            _pixels(Image.new("RGB", (5, 3), (9, 9, 9)))),
+     Returns(bool, "(3, 5, 3) with input_data_format='channels_last' is a 3x5 RGB image")),
+    ("image_processor:ambiguous_shape_warns", lambda: _pixels(_small_chw()),
+     Warns(r"channel axis of an image of shape \(3, 4, 4\) is ambiguous; reading it as \[C, H, W\]",
+           lambda p: p.shape == (3, 32, 32), "a warning names the shape and input_data_format")),
+    ("image_processor:bad_input_data_format", lambda: _image_processor()(_small_chw(), input_data_format="HWC"),
+     Raises(ValueError, r"images\[0\]: input_data_format must be 'channels_first' or 'channels_last', got 'HWC'")),
+    ("image_processor:input_data_format_wrong_axis",
+     lambda: _image_processor()(np.zeros((8, 8, 3), np.uint8), input_data_format="channels_first"),
+     Raises(ValueError, r"images\[0\]: image of shape \(8, 8, 3\) has 8 entries on its channel axis \(channels_first\)")),
+    ("processor:input_data_format_reaches_images",
+     lambda: (_processor()(images=[_small_chw(channels=4, size=3)], input_data_format="channels_first")["pixel_values"],
+              _processor()(images=[Image.fromarray(np.moveaxis(_small_chw(channels=4, size=3), 0, -1))])["pixel_values"]),
+     Returns(lambda p: np.array_equal(p[0], p[1]),
+             "processor(..., input_data_format='channels_first') reads (4, 3, 3) as a 3x3 RGBA image")),
+    ("decode_image:chw_width_4_is_chw", lambda: decode_image(_small_chw()).size,
+     Returns(lambda size: size == (4, 4), "decode_image reads (3, 4, 4) as a 4x4 RGB image too")),
+    ("image_processor:two_channels", lambda: _image_processor()(np.zeros((8, 8, 2), np.uint8)),
+     Raises(ValueError, r"images\[0\]: image of shape \(8, 8, 2\) has no channel axis with 1, 3 or 4 channels")),
+    # ---- item 9: integer audio samples have one documented rule, the same in decoding and the feature extractor ---
+    ("decode_audio:python_int_list_is_int16",
+     lambda: decode_audio({"array": [20000, -20000] * 800, "sampling_rate": SR})[0][:2],
+     Returns(lambda w: np.allclose(w, [20000 / 32768, -20000 / 32768]), "Python ints -> int16 scale, not 2**63")),
+    ("feature_extractor:python_int_list_is_int16",
+     lambda: np.array_equal(_features([20000, -20000] * 800), _features(np.array([20000, -20000] * 800, np.int16))),
+     Returns(bool, "a list of Python ints gives the features of the int16 array")),
+    ("decode_audio:python_ints_outside_int16",
+     lambda: decode_audio({"array": [40000, -40000] * 10, "sampling_rate": SR}, context="row 3"),
+     Raises(CorruptSampleError, r"row 3: dict value: int64 audio samples .* outside \[-32768, 32767\]; pass a numpy int32")),
+    ("feature_extractor:python_ints_outside_int16", lambda: _features([40000, -40000] * 10),
+     Raises(ValueError, r"audio\[0\]: int64 audio samples \(e.g. a list of Python ints\) are read as 16-bit PCM")),
+    *[(f"same_audio:{np.dtype(dtype).name}_pcm", functools.partial(
+        lambda d: _audio_paths(np.random.default_rng(0).integers(np.iinfo(d).min, np.iinfo(d).max, 1600).astype(d)),
+        dtype), Returns(bool, f"{np.dtype(dtype).name} PCM: decode_audio and the feature extractor scale it alike"))
+      for dtype in (np.int8, np.uint8, np.int16, np.int32)],
+    ("same_audio:int64_in_int16_range",
+     lambda: _audio_paths(np.random.default_rng(0).integers(-32768, 32767, 1600)),
+     Returns(bool, "int64 in the int16 range: both read it as 16-bit PCM")),
+    ("decode_audio:uint16_samples", lambda: decode_audio({"array": np.zeros(10, np.uint16), "sampling_rate": SR}, "r"),
+     Raises(CorruptSampleError, r"r: dict value: unsupported audio dtype uint16")),
+    ("feature_extractor:uint16_samples", lambda: _features(np.zeros(10, np.uint16)),
+     Raises(ValueError, r"audio\[0\]: unsupported audio dtype uint16")),
+    ("decode_audio:bool_samples", lambda: decode_audio({"array": np.ones(10, bool), "sampling_rate": SR}, "r"),
+     Raises(CorruptSampleError, r"r: dict value: unsupported audio dtype bool")),
+    ("decode_audio:complex_samples", lambda: decode_audio({"array": np.ones(10, np.complex64), "sampling_rate": SR}, "r"),
+     Raises(CorruptSampleError, r"r: dict value: unsupported audio dtype complex64")),
+    ("feature_extractor:int16_tensor", lambda: np.array_equal(_features(torch.full((800,), 16384, dtype=torch.int16)),
+                                                              _features(np.full(800, 0.5, np.float32))),
+     Returns(bool, "an int16 tensor is scaled by 1/32768 like the int16 array")),
+    # ---- item 2: absurd sampling rates; cut before resampling -------------------------------------------------------
+    ("decode_audio:wav_header_1_hz", lambda: decode_audio(_wav_at(1), context="row 4"),
+     Raises(CorruptSampleError, r"row 4: bytes: sampling_rate 1 Hz is outside the supported range 1000\.\.384000 Hz")),
+    ("decode_audio:array_rate_999", lambda: decode_audio({"array": _tone(0.1), "sampling_rate": 999}, "row 4"),
+     Raises(CorruptSampleError, r"row 4: dict value: sampling_rate 999 Hz is outside the supported range")),
+    ("decode_audio:array_rate_384001", lambda: decode_audio({"array": _tone(0.1), "sampling_rate": 384001}, "row 4"),
+     Raises(CorruptSampleError, r"sampling_rate 384001 Hz is outside the supported range")),
+    ("decode_audio:rate_1000_accepted", lambda: decode_audio({"array": _tone(0.1), "sampling_rate": 1000})[1],
+     Returns(lambda rate: rate == 1000, "1 kHz is the lowest accepted rate")),
+    ("decode_audio:rate_384000_accepted", lambda: decode_audio(_wav_at(384000, samples=3840))[1],
+     Returns(lambda rate: rate == 384000, "384 kHz is the highest accepted rate")),
+    ("decode_audio:rate_as_string", lambda: decode_audio({"array": _tone(0.1), "sampling_rate": "16 kHz"}, "row 4"),
+     Raises(CorruptSampleError, r"row 4: dict value: missing or invalid sampling_rate '16 kHz'")),
+    ("feature_extractor:sampling_rate_1", lambda: _feature_extractor()(_tone(0.1), sampling_rate=1),
+     Raises(ValueError, r"sampling_rate 1 Hz is outside the supported range 1000\.\.384000 Hz")),
+    ("feature_extractor:sampling_rate_500", lambda: _feature_extractor()(_tone(0.1), sampling_rate=500),
+     Raises(ValueError, r"sampling_rate 500 Hz is outside the supported range")),
+    ("feature_extractor:sampling_rate_in_megahertz", lambda: _feature_extractor()(_tone(0.1), sampling_rate=16_000_000),
+     Raises(ValueError, r"sampling_rate 16000000 Hz is outside the supported range")),
+    ("processor:audio_sampling_rate_1", lambda: _processor()(audio=[_tone(0.1)], sampling_rate=1),
+     Raises(ValueError, r"sampling_rate 1 Hz is outside the supported range")),
+    ("collator:wav_header_1_hz_row_skipped",
+     lambda: _peak_memory(lambda: _collate([{"id": "w", "text": "x", "audio": {"bytes": _wav_at(1), "path": "w.wav"}}])),
+     Returns(lambda r: _skipped("row w: file 'w.wav': sampling_rate 1 Hz is outside")(r[0]) and r[1] < 50 * 2**20,
+             "an 80 KB WAV claiming 1 Hz is a corrupt row, not a 2.4 GiB resample")),
+    ("feature_extractor:long_clip_cut_before_resampling", _long_clip_features,
+     Warns(r"1 of 1 audio clips were longer than max_length_seconds=1.0",
+           lambda r: r[0]["audio_attention_mask"].sum() == 101 and max(r[1]) < 1.1 * 44100,
+           "60 s at 44.1 kHz: about 1 s is resampled, not 60 s")),
+    ("feature_extractor:cut_first_equals_resample_then_cut", _cut_first_is_exact,
+     Returns(bool, "cutting first gives exactly the features of resampling the whole clip, then cutting")),
+    ("collator:long_wav_read_and_resampled_cut", _collate_long_wav,
+     Returns(lambda r: r[0]["audio_attention_mask"].sum() == 101 and max(r[1]) < 1.1 * 8000,
+             "a 60 s WAV at 8 kHz: about 1 s is read and resampled")),
+    ("decode_audio:max_seconds_reads_the_start", lambda: decode_audio(_long_wav_path(), max_seconds=2.0)[0].shape,
+     Returns(lambda s: 2 * 8000 <= s[0] <= 2.05 * 8000, "max_seconds=2 reads 2 s plus a 20 ms resampling margin")),
+    ("decode_audio:max_seconds_cuts_channels_first_arrays",
+     lambda: decode_audio({"array": np.zeros((2, 10 * SR), np.float32), "sampling_rate": SR}, max_seconds=1.0)[0].shape,
+     Returns(lambda s: SR <= s[0] < 1.1 * SR, "a [2, N] array is cut along its time axis")),
+    # ---- item 3: only regular files are read --------------------------------------------------------------------------
+    ("decode_image:fifo_path", _bounded(lambda: decode_image(_fifo("image.fifo"), "row 5"), _fifo("image.fifo")),
+     Raises(CorruptSampleError, r"row 5: file '.*image.fifo': image path is a FIFO \(named pipe\), not a regular file")),
+    ("decode_image:fifo_in_dict", _bounded(lambda: decode_image({"path": _fifo("dict.fifo"), "bytes": None}, "row 5"),
+                                           _fifo("dict.fifo")),
+     Raises(CorruptSampleError, r"row 5: file '.*dict.fifo': image path is a FIFO")),
+    ("decode_audio:fifo_path", _bounded(lambda: decode_audio(_fifo("audio.fifo"), "row 5"), _fifo("audio.fifo")),
+     Raises(CorruptSampleError, r"row 5: file '.*audio.fifo': audio path is a FIFO \(named pipe\), not a regular file")),
+    ("decode_audio:fifo_in_dict", _bounded(lambda: decode_audio({"path": _fifo("adict.fifo")}, "row 5"),
+                                           _fifo("adict.fifo")),
+     Raises(CorruptSampleError, r"row 5: file '.*adict.fifo': audio path is a FIFO")),
+    ("decode_image:character_device", lambda: decode_image(os.devnull, "row 5"),
+     Raises(CorruptSampleError, r"row 5: file '/dev/null': image path is a character device, not a regular file")),
+    ("decode_audio:character_device", lambda: decode_audio(os.devnull, "row 5"),
+     Raises(CorruptSampleError, r"row 5: file '/dev/null': audio path is a character device")),
+    ("decode_audio:directory", lambda: decode_audio(str(_workdir()), "row 5"),
+     Raises(CorruptSampleError, r"row 5: file '.*': audio path is a directory, not a regular file")),
+    ("decode_image:directory", lambda: decode_image(str(_workdir()), "row 5"),
+     Raises(CorruptSampleError, r"row 5: file '.*': image path is a directory, not a regular file")),
+    ("collator:fifo_image_row_skipped",
+     _bounded(lambda: _collate([{"id": "f", "image": _fifo("row.fifo")}, {"text": "a red circle"}]), _fifo("row.fifo")),
+     Returns(_skipped("image path is a FIFO"), "the FIFO row is skipped and counted; the batch goes on")),
+    ("row_lengths:fifo_audio_path", _bounded(lambda: _lengths({"text": ["x"], "audio": [_fifo("len.fifo")]}),
+                                             _fifo("len.fifo")),
+     Returns(lambda lengths: lengths[0][0] == 0, "the length pass does not block on a FIFO (0 frames; skipped later)")),
+    # ---- item 4: decompression bombs -----------------------------------------------------------------------------------
+    ("decode_image:png_bomb_bytes", lambda: _peak_memory(lambda: decode_image(_png_bomb(), context="row 6")),
+     Returns(lambda r: isinstance(r[0], CorruptSampleError) and "12000x12000 = 144000000 pixels is above the limit of "
+             "67108864 pixels" in str(r[0]) and r[1] < 20 * 2**20, "a 17 KB PNG of 144 M pixels is refused from its header")),
+    ("decode_image:png_bomb_file", lambda: decode_image(_bomb_path(), context="row 6"),
+     Raises(CorruptSampleError, r"row 6: file '.*bomb.png': image of 12000x12000 = 144000000 pixels is above the limit")),
+    ("decode_image:bomb_above_pil_limit", lambda: decode_image(_png_bomb(15000, 15000), context="row 6"),
+     Raises(CorruptSampleError, r"row 6: bytes: image is too large for PIL \(a decompression bomb\?\)")),
+    ("collator:png_bomb_row_skipped", lambda: _image_row(_png_bomb()),
+     Returns(_skipped("row big: bytes: image of 12000x12000"), "the bomb row is skipped and counted")),
+    ("collator:max_image_pixels_configurable", lambda: _image_row(_png((64, 64)), max_image_pixels=1000),
+     Returns(_skipped("64x64 = 4096 pixels is above the limit of 1000 pixels"), "a smaller limit applies")),
+    ("collator:max_image_pixels_none", lambda: _image_row(_png((64, 64)), max_image_pixels=None),
+     Returns(lambda b: b["num_skipped_rows"] == 0, "max_image_pixels=None disables the limit")),
+    ("collator:max_image_pixels_invalid", lambda: _collator(max_image_pixels=0),
+     Raises(ValueError, r"max_image_pixels must be a positive int or None, got 0")),
+    ("decode_image:in_memory_image_above_limit", lambda: decode_image(Image.new("L", (100, 100)), "row 6", max_pixels=5000),
+     Raises(CorruptSampleError, r"row 6: Image: image of 100x100 = 10000 pixels is above the limit of 5000 pixels")),
+    ("decode_image:array_above_limit", lambda: decode_image(np.zeros((100, 100, 3), np.uint8), "row 6", max_pixels=5000),
+     Raises(CorruptSampleError, r"row 6: ndarray: image array of shape \(100, 100, 3\) is above the limit of 5000")),
+    # ---- item 12: token budgets count truncated lengths -------------------------------------------------------------
+    ("row_lengths:long_caption_capped", lambda: _lengths({"text": ["a red circle " * 200]}),
+     Returns(lambda lengths: lengths == [(0, 16)], "a 600-word caption counts as the 16 tokens it is cut to")),
+    ("row_lengths:ten_minute_clip_capped", lambda: _lengths({"audio": [_ten_minute_wav()]}),
+     Returns(lambda lengths: lengths == [(100, 0)], "a 10-minute clip counts as the 1 s (100 frames) it is cut to")),
+    ("row_lengths:budget_accepts_rows_that_fit_once_cut", lambda: len(_budget_sampler()),
+     Returns(lambda batches: batches >= 1, "max_tokens=232 accepts rows that are 116 tokens once truncated")),
+    ("row_lengths:audio_bytes_measured", lambda: _lengths({"audio": [{"bytes": _wav_at(8000, 4000), "path": None}]}),
+     Returns(lambda lengths: lengths == [(50, 0)], "audio stored as bytes is measured from its header, not 0")),
+    ("row_lengths:absurd_rate_counts_zero", lambda: _lengths({"audio": [{"bytes": _wav_at(1), "path": None}]}),
+     Returns(lambda lengths: lengths == [(0, 0)], "a 1 Hz header is not 40000 s of audio (the row fails later)")),
+]
+CASES += ROUND2_CASES
+
+
+# ----------------------------------------------------------------------------------------------------------------------
 # The driver
 # ----------------------------------------------------------------------------------------------------------------------
 
@@ -616,7 +1140,7 @@ def test_catalogue_size():
     """The catalogue is large enough and its names are unique; print how many cases it holds per component."""
     names = [name for name, _, _ in CASES]
     assert len(names) == len(set(names)), [n for n, c in Counter(names).items() if c > 1]
-    assert len(CASES) >= 30, f"only {len(CASES)} bad-input cases"
+    assert len(CASES) > 200, f"only {len(CASES)} bad-input cases"
     per_area = Counter(name.split(":")[0] for name in names)
     kinds = Counter(type(expectation).__name__ for _, _, expectation in CASES)
     print(f"\nbad-input catalogue: {len(CASES)} cases ({len(_SLOW_CASES)} CLI subprocess cases marked slow)")

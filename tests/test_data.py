@@ -318,3 +318,119 @@ def test_decode_audio_corrupt(tmp_path: Path) -> None:
         decode_audio({"array": [0.0, 0.1]})
     with pytest.raises(CorruptSampleError, match="missing modality"):
         decode_audio(None)
+
+
+# ------------------------------------------------------------------------------------------ round 2 (issue 14)
+def _tiny_processor(max_length_seconds: float = 1.0):
+    from modeling_opt_tri import OptTriFeatureExtractor, OptTriImageProcessor, OptTriProcessor
+    from modeling_opt_tri.tokenization import build_wordpiece_tokenizer
+
+    tokenizer = build_wordpiece_tokenizer(["a red circle", "a blue square"] * 4, vocab_size=40, model_max_length=16)
+    return OptTriProcessor(
+        image_processor=OptTriImageProcessor(image_size=16),
+        feature_extractor=OptTriFeatureExtractor(feature_size=16, max_length_seconds=max_length_seconds),
+        tokenizer=tokenizer,
+    )
+
+
+def _wav_bytes(rate: int, samples: int) -> bytes:
+    buffer = io.BytesIO()
+    soundfile.write(buffer, np.zeros(samples, np.float32), rate, format="WAV", subtype="PCM_16")
+    return buffer.getvalue()
+
+
+def test_token_budget_counts_truncated_lengths(tmp_path: Path) -> None:
+    """--max_tokens: a 10-minute clip and a 600-word caption fit a budget sized for what the processor keeps."""
+    from modeling_opt_tri.data.collate import TriModalCollator
+    from modeling_opt_tri.training.pretrain import BatchStream, PretrainArguments
+
+    (tmp_path / "long.wav").write_bytes(_wav_bytes(1000, 600 * 1000))  # 10 minutes at 1 kHz
+    rows = [{"text": "a red circle " * 200, "audio": "long.wav"}, {"text": "a blue square"}]
+    (tmp_path / "metadata.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    dataset = load_metadata_folder(tmp_path)
+    processor = _tiny_processor(max_length_seconds=1.0)  # keeps 16 tokens and 1 s (100 frames)
+    args = PretrainArguments(batch_size=2, max_tokens=2 * (100 + 16))
+    stream = BatchStream(dataset, TriModalCollator(processor), args, 0, 1, processor.tokenizer)
+    assert sorted(stream.sampler.lengths.tolist())[-1] == 116  # the long row, counted as cut
+    _, _, batch = next(stream.iterate(0, 0))
+    assert batch["input_ids"].shape[1] <= 16 and batch["audio_attention_mask"].sum() == 101
+
+
+def test_image_pixel_limit_is_checked_before_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A decompression bomb is refused from its header: the pixels are never decoded."""
+    from PIL import ImageFile
+
+    big = io.BytesIO()
+    Image.new("1", (3000, 3000)).save(big, format="PNG")
+    decoded = []
+    original = ImageFile.ImageFile.load
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: decoded.append(self.size) or original(self))
+    with pytest.raises(CorruptSampleError, match=r"row 1: bytes: image of 3000x3000 = 9000000 pixels is above the limit "
+                                                 r"of 1000000 pixels \(a decompression bomb\?\)"):
+        decode_image(big.getvalue(), context="row 1", max_pixels=1_000_000)
+    assert decoded == []
+    assert decode_image(big.getvalue()).size == (3000, 3000) and decoded  # under the default limit it decodes
+
+
+def test_non_regular_files_in_a_folder_are_corrupt_rows(tmp_path: Path) -> None:
+    """FIFOs named by metadata.jsonl are skipped rows (counted), and neither decoding nor the length pass blocks."""
+    import os
+    import threading
+
+    from modeling_opt_tri.data.collate import TriModalCollator, row_lengths
+
+    os.mkfifo(tmp_path / "image.png")
+    os.mkfifo(tmp_path / "sound.wav")
+    (tmp_path / "one_hz.wav").write_bytes(_wav_bytes(1, 40000))  # 80 KB that claim 11 hours
+    rows = [{"text": "a", "image": "image.png"}, {"text": "b", "audio": "sound.wav"}, {"text": "c", "audio": "one_hz.wav"},
+            {"text": "a red circle"}]
+    (tmp_path / "metadata.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    dataset = load_metadata_folder(tmp_path)
+    processor = _tiny_processor()
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            outcome["lengths"] = row_lengths(dataset, processor.tokenizer, max_audio_seconds=1.0)
+            outcome["batch"] = TriModalCollator(processor)([dataset[i] for i in range(len(dataset))])
+        except Exception as error:  # noqa: BLE001 - re-raised below, in the test's thread
+            outcome["error"] = error
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(20)
+    if thread.is_alive():
+        for fifo in ("image.png", "sound.wav"):  # unblock the reader before failing
+            try:
+                os.close(os.open(tmp_path / fifo, os.O_WRONLY | os.O_NONBLOCK))
+            except OSError:
+                pass
+        pytest.fail("decoding a FIFO blocked")
+    if "error" in outcome:
+        raise outcome["error"]
+    assert [frames for frames, _ in outcome["lengths"]] == [0, 0, 0, 0]
+    batch = outcome["batch"]
+    assert batch["num_skipped_rows"] == 3 and batch["input_ids"].shape[0] == 1
+    reasons = "\n".join(batch["skipped_reasons"])
+    assert "image path is a FIFO (named pipe), not a regular file" in reasons
+    assert "audio path is a FIFO (named pipe), not a regular file" in reasons
+    assert "sampling_rate 1 Hz is outside the supported range 1000..384000 Hz" in reasons
+
+
+def test_integer_audio_scaling_rules() -> None:
+    """Python int lists are int16 PCM when they fit (not divided by 2**63); numpy ints by their width."""
+    wave, _ = decode_audio({"array": [20000, -20000, 0, 32767], "sampling_rate": 16000})
+    np.testing.assert_allclose(wave, np.array([20000, -20000, 0, 32767]) / 32768, rtol=1e-6)
+    for dtype, value, expected in [(np.int8, -64, -0.5), (np.uint8, 192, 0.5), (np.int16, 16384, 0.5),
+                                   (np.int32, 2**30, 0.5), (np.int64, 8192, 0.25)]:
+        wave, _ = decode_audio({"array": np.full(4, value, dtype), "sampling_rate": 16000})
+        np.testing.assert_allclose(wave, expected, err_msg=str(dtype))
+    with pytest.raises(CorruptSampleError, match=r"outside \[-32768, 32767\]"):
+        decode_audio({"array": [2**31 - 1, 0], "sampling_rate": 16000})
+
+
+def test_decode_image_integer_and_layout_rules() -> None:
+    """int32 pixels above 255 are 16-bit (not black); (3, 4, 4) is channels-first (not 4-channel HWC)."""
+    assert np.asarray(decode_image(np.full((8, 8), 40000, np.int32))).max() == round(40000 / 65535 * 255)
+    chw = np.random.default_rng(0).integers(0, 256, (3, 4, 4), dtype=np.uint8)
+    np.testing.assert_array_equal(np.asarray(decode_image(chw)), np.moveaxis(chw, 0, -1))
