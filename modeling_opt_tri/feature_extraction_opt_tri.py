@@ -55,6 +55,11 @@ _PCM_SCALE: dict[np.dtype, tuple[float, float]] = {
 
 _INT16_RANGE = (-32768, 32767)
 
+MAX_FLOAT_AMPLITUDE = 64.0
+"""Float samples are expected in about [-1, 1]; a clip whose peak is above this (36 dB over full scale) is integer
+PCM stored as floats (e.g. `int16_array.astype(np.float32)`, peaks near 32768), and its features would be shifted by
+the square of the scale, or overflow to inf, silently. Such clips raise instead."""
+
 
 def check_sampling_rate(sampling_rate: Any) -> int:
     """Return `sampling_rate` as an int, or raise `ValueError` unless it is a whole number of Hz in
@@ -75,11 +80,11 @@ def pcm_to_float(samples: np.ndarray) -> np.ndarray:
     - int8 / 128, uint8 (8-bit WAV) (x - 128) / 128, int16 / 32768, int32 / 2**31: by the dtype's width.
     - int64, which is what a list of Python ints becomes (`np.asarray([20000, -20000])`), has no PCM width: its
       values are read as 16-bit PCM (/ 32768) when they all lie in [-32768, 32767], and raise otherwise.
-    - floats are kept as they are (expected in about [-1, 1]); bool, unsigned wider than 8 bits, complex and
-      other dtypes raise.
+    - floats are kept as they are (expected in about [-1, 1]); a peak above `MAX_FLOAT_AMPLITUDE` (64) raises
+      (integer PCM stored as floats). bool, unsigned wider than 8 bits, complex and other dtypes raise.
 
     Raises:
-        ValueError: an unsupported dtype, or int64 values outside the int16 range.
+        ValueError: an unsupported dtype, int64 values outside the int16 range, float samples above 64.
     """
     if samples.dtype in _PCM_SCALE:
         offset, scale = _PCM_SCALE[samples.dtype]
@@ -98,6 +103,12 @@ def pcm_to_float(samples: np.ndarray) -> np.ndarray:
             f"unsupported audio dtype {samples.dtype}; use float samples (about -1..1) or integer PCM "
             f"({', '.join(str(d) for d in _PCM_SCALE)}; int64 / Python ints in the int16 range)"
         )
+    peak = float(np.abs(samples).max()) if samples.size else 0.0
+    if peak > MAX_FLOAT_AMPLITUDE and math.isfinite(peak):
+        raise ValueError(
+            f"float audio samples should lie in about [-1, 1], but these reach {peak:.6g}: integer PCM stored as floats? "
+            "Divide by 32768 (16-bit) or 2**31 (32-bit), or pass the integer array itself"
+        )
     return samples.astype(np.float32, copy=False)
 
 
@@ -112,6 +123,8 @@ def _to_mono_float(clip: Any) -> np.ndarray:
     with a single channel (`[1, N]` or `[N, 1]`) is squeezed; real multi-channel audio raises.
     """
     if _is_torch_tensor(clip):
+        if clip.is_meta:
+            raise ValueError(f"audio tensor of shape {tuple(clip.shape)} is on the meta device: it holds no samples")
         clip = clip.detach().cpu()
         if clip.dtype in (torch.bfloat16, torch.float16):
             clip = clip.float()
@@ -415,6 +428,7 @@ class OptTriFeatureExtractor(SequenceFeatureExtractor):
 OptTriFeatureExtractor.register_for_auto_class("AutoFeatureExtractor")
 
 __all__ = [
+    "MAX_FLOAT_AMPLITUDE",
     "MAX_SAMPLING_RATE",
     "MIN_SAMPLING_RATE",
     "OptTriFeatureExtractor",

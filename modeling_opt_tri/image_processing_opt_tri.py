@@ -255,6 +255,8 @@ def to_rgb(image: Any, input_data_format: Any = None) -> Image.Image | np.ndarra
     if isinstance(image, Image.Image):
         return _pil_to_rgb(image)
     if _is_torch_tensor(image):
+        if image.is_meta:
+            raise ValueError(f"image tensor of shape {tuple(image.shape)} is on the meta device: it holds no pixels")
         tensor = image.detach().cpu()
         if tensor.dtype in (torch.bfloat16, torch.float16):
             tensor = tensor.float()

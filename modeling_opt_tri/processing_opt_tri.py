@@ -121,6 +121,10 @@ class OptTriProcessor(ProcessorMixin):
         Returns lists (not tensors) so `None` rows can be blanked: their ids become the pad id and their
         `attention_mask` (and `token_type_ids`) all zeros. Counts rows cut by truncation and logs a warning.
         """
+        if not isinstance(text, (str, list, tuple)):
+            raise TypeError(
+                f"text must be a string or a list of strings (None for a row without text), got {type(text).__name__}"
+            )
         rows = [text] if isinstance(text, str) else list(text)
         if not rows:
             raise ValueError("text is an empty list; pass at least one string (or None for a row without text)")

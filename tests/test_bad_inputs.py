@@ -1086,6 +1086,74 @@ ROUND2_CASES: list[tuple[str, Callable[[], Any], Raises | Returns | Warns | Exit
 CASES += ROUND2_CASES
 
 
+def _frames_read(func) -> tuple[Any, list[int]]:
+    """Run `func` and record how many frames every `soundfile.SoundFile.read` call returned."""
+    import soundfile
+
+    original, frames = soundfile.SoundFile.read, []
+
+    def recording(self, *args, **kwargs):
+        data = original(self, *args, **kwargs)
+        frames.append(len(data))
+        return data
+
+    soundfile.SoundFile.read = recording
+    try:
+        return func(), frames
+    finally:
+        soundfile.SoundFile.read = original
+
+
+@functools.cache
+def _long_16k_wav_path() -> str:
+    """A 30 s WAV at the feature extractor's rate (960 KB): no resampling, so only the read can be cut."""
+    path = _workdir() / "long_16k.wav"
+    path.write_bytes(_wav(_tone(30.0)))
+    return str(path)
+
+
+def _symlink_loop() -> str:
+    path = _workdir() / "loop.png"
+    if not os.path.lexists(path):
+        os.symlink(path, path)
+    return str(path)
+
+
+ROUND2_PROBED_CASES: list[tuple[str, Callable[[], Any], Raises | Returns | Warns | Exits]] = [
+    # ---- faults found beyond the issue's list ------------------------------------------------------------------------
+    ("feature_extractor:float_audio_at_int16_scale", lambda: _features(np.full(1600, 20000.0, np.float32)),
+     Raises(ValueError, r"audio\[0\]: float audio samples should lie in about \[-1, 1\], but these reach 20000: integer "
+                        r"PCM stored as floats\?")),
+    ("feature_extractor:float_audio_overflowing_to_inf", lambda: _features(np.full(1600, 1e20)),
+     Raises(ValueError, r"audio\[0\]: float audio samples should lie in about \[-1, 1\], but these reach 1e\+20")),
+    ("decode_audio:float_audio_at_int16_scale",
+     lambda: decode_audio({"array": np.full(1600, -32768.0), "sampling_rate": SR}, context="row 8"),
+     Raises(CorruptSampleError, r"row 8: dict value: float audio samples should lie in about \[-1, 1\], but these reach "
+                                r"32768")),
+    ("decode_audio:zero_dimensional_array_with_limit",
+     lambda: decode_audio({"array": 0.5, "sampling_rate": SR}, context="row 8", max_seconds=1.0),
+     Raises(CorruptSampleError, r"row 8: dict value: audio array has unsupported shape \(\) \(expected 1-D or 2-D\)")),
+    ("decode_image:nul_byte_in_path", lambda: decode_image("bad\x00name.png", context="row 8"),
+     Raises(CorruptSampleError, r"row 8: file .*: cannot open the image file \(embedded null byte\)")),
+    ("decode_audio:nul_byte_in_path", lambda: decode_audio({"path": "bad\x00name.wav"}, context="row 8"),
+     Raises(CorruptSampleError, r"row 8: file .*: cannot open the audio file \(embedded null byte\)")),
+    ("decode_image:symlink_loop", lambda: decode_image(_symlink_loop(), context="row 8"),
+     Raises(CorruptSampleError, r"row 8: file '.*loop.png': cannot open the image file \(Too many levels of symbolic")),
+    ("collator:long_wav_read_only_to_the_limit", lambda: _frames_read(lambda: _collate([{"audio": _long_16k_wav_path()}])),
+     Returns(lambda r: r[0]["audio_attention_mask"].sum() == 101 and sum(r[1]) < 1.1 * SR,
+             "a 30 s WAV is read only to max_length_seconds (+20 ms), not whole into memory")),
+    ("processor:text_not_a_string_or_list", lambda: _processor()(text=5),
+     Raises(TypeError, r"text must be a string or a list of strings \(None for a row without text\), got int")),
+    ("image_processor:meta_tensor", lambda: _image_processor()(torch.empty(3, 8, 8, device="meta")),
+     Raises(ValueError, r"images\[0\]: image tensor of shape \(3, 8, 8\) is on the meta device")),
+    ("feature_extractor:meta_tensor", lambda: _feature_extractor()(torch.empty(800, device="meta"), sampling_rate=SR),
+     Raises(ValueError, r"audio\[0\]: audio tensor of shape \(800,\) is on the meta device")),
+    ("decode_image:string_array", lambda: decode_image(np.array([["a", "b"]]), context="row 8"),
+     Raises(CorruptSampleError, r"row 8: ndarray: unsupported image dtype <U1")),
+]
+CASES += ROUND2_PROBED_CASES
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # The driver
 # ----------------------------------------------------------------------------------------------------------------------

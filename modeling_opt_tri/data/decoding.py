@@ -104,8 +104,9 @@ def _open_regular_file(path: str | os.PathLike[str], where: str, kind: str) -> B
         descriptor = os.open(path, flags)
     except FileNotFoundError:
         raise CorruptSampleError(f"{where}: {kind} file does not exist") from None
-    except OSError as error:
-        raise CorruptSampleError(f"{where}: cannot open the {kind} file ({error.strerror or error})") from None
+    except (OSError, ValueError) as error:  # ValueError: a NUL byte in the path
+        reason = getattr(error, "strerror", None) or error
+        raise CorruptSampleError(f"{where}: cannot open the {kind} file ({reason})") from None
     mode = os.fstat(descriptor).st_mode
     if not stat.S_ISREG(mode):
         os.close(descriptor)
@@ -273,8 +274,8 @@ def _array_audio(value: dict[str, Any], where: str, max_seconds: float | None) -
         raise CorruptSampleError(f"{where}: audio array is ragged or not numeric ({err})") from err
     if arr.dtype == object:
         raise CorruptSampleError(f"{where}: audio array is ragged or not numeric")
-    if arr.ndim > 2:
-        raise CorruptSampleError(f"{where}: audio array has unsupported shape {arr.shape}")
+    if arr.ndim not in (1, 2):
+        raise CorruptSampleError(f"{where}: audio array has unsupported shape {arr.shape} (expected 1-D or 2-D)")
     limit = _frame_limit(max_seconds, rate)
     if limit is not None:  # cut the time axis (the longer one of a 2-D array) before any conversion
         arr = arr[:limit] if arr.ndim == 1 or arr.shape[0] >= arr.shape[1] else arr[:, :limit]
