@@ -106,8 +106,8 @@ def pcm_to_float(samples: np.ndarray) -> np.ndarray:
     peak = float(np.abs(samples).max()) if samples.size else 0.0
     if peak > MAX_FLOAT_AMPLITUDE and math.isfinite(peak):
         raise ValueError(
-            f"float audio samples should lie in about [-1, 1], but these reach {peak:.6g}: integer PCM stored as floats? "
-            "Divide by 32768 (16-bit) or 2**31 (32-bit), or pass the integer array itself"
+            f"float audio samples should lie in about [-1, 1], but these reach {peak:.6g}: integer PCM stored as "
+            "floats? Divide by 32768 (16-bit) or 2**31 (32-bit), or pass the integer array itself"
         )
     return samples.astype(np.float32, copy=False)
 

@@ -5,8 +5,8 @@ PIL, transformers; torch for the default resize backend) and, relatively, the Hu
 `feature_extraction_opt_tri.py` (for `_single_threaded_torch`); nothing else from the `modeling_opt_tri` package.
 
 Pipeline, per image: convert to RGB (`to_rgb`, below; `data/decoding.py` uses the same function, so training rows
-and `processor(images=...)` give the same pixels) -> resize to `image_size` x `image_size` (bicubic by default) -> rescale to
-[0, 1] -> normalise with `image_mean` / `image_std`.
+and `processor(images=...)` give the same pixels) -> resize to `image_size` x `image_size` (bicubic by default) ->
+rescale to [0, 1] -> normalise with `image_mean` / `image_std`.
 
 Resizing (`resize_backend`):
     - `"torch"` (default): 8-bit images (PIL images other than 16-bit / float modes, uint8 / bool arrays and
@@ -101,7 +101,7 @@ def channel_axis(shape: tuple[int, ...], input_data_format: Any = None) -> int:
     or 3 entries, else the last axis when it has 1 or 3; then 4 (RGBA) is tried the same way, first axis first.
     When both ends could hold channels (e.g. `(3, 4, 4)` or `(4, 4, 3)`) a warning asks for `input_data_format`.
     """
-    shape = tuple(int(n) for n in shape)
+    shape = tuple(map(int, shape))
     if input_data_format is not None:
         name = str(getattr(input_data_format, "value", input_data_format))
         if name not in _INPUT_DATA_FORMATS:

@@ -1150,6 +1150,13 @@ ROUND2_PROBED_CASES: list[tuple[str, Callable[[], Any], Raises | Returns | Warns
      Raises(ValueError, r"audio\[0\]: audio tensor of shape \(800,\) is on the meta device")),
     ("decode_image:string_array", lambda: decode_image(np.array([["a", "b"]]), context="row 8"),
      Raises(CorruptSampleError, r"row 8: ndarray: unsupported image dtype <U1")),
+    ("decode_audio:bfloat16_tensor",
+     lambda: decode_audio({"array": torch.full((800,), 0.5, dtype=torch.bfloat16), "sampling_rate": SR})[0],
+     Returns(lambda w: w.dtype == np.float32 and np.allclose(w, 0.5), "a bfloat16 tensor is widened, not 'not numeric'")),
+    ("decode_image:empty_file", lambda: decode_image(_folder("empty_files", None, {"e.png": b""}) + "/e.png", "row 8"),
+     Raises(CorruptSampleError, r"row 8: file '.*e.png': unreadable or truncated image")),
+    ("decode_audio:empty_file", lambda: decode_audio(_folder("empty_files", None, {"e.wav": b""}) + "/e.wav", "row 8"),
+     Raises(CorruptSampleError, r"row 8: file '.*e.wav': unreadable or truncated audio")),
 ]
 CASES += ROUND2_PROBED_CASES
 

@@ -55,7 +55,8 @@ class TriModalCollator:
         text_as_labels: bool = False,
         max_image_pixels: int | None = MAX_IMAGE_PIXELS,
     ):
-        if max_image_pixels is not None and (isinstance(max_image_pixels, bool) or not isinstance(max_image_pixels, int) or max_image_pixels <= 0):
+        valid = isinstance(max_image_pixels, int) and not isinstance(max_image_pixels, bool) and max_image_pixels > 0
+        if max_image_pixels is not None and not valid:
             raise ValueError(f"max_image_pixels must be a positive int or None, got {max_image_pixels!r}")
         self.processor = processor
         self.max_image_pixels = max_image_pixels
@@ -175,7 +176,7 @@ def row_lengths(
             np.minimum(text_lengths, max_text_tokens, out=text_lengths)
     if audio_column in columns:
         values = dataset.with_format(None)[audio_column] if hasattr(dataset, "with_format") else dataset[audio_column]
-        seconds = np.asarray([audio_duration(value) if value is not None else 0.0 for value in values], dtype=np.float64)
+        seconds = np.asarray([0.0 if value is None else audio_duration(value) for value in values], dtype=np.float64)
         if max_audio_seconds is not None:
             np.minimum(seconds, max_audio_seconds, out=seconds)
         audio_lengths += (seconds * frames_per_second).astype(np.int64)

@@ -268,8 +268,12 @@ def _check_rate(sampling_rate: Any, where: str) -> int:
 def _array_audio(value: dict[str, Any], where: str, max_seconds: float | None) -> tuple[np.ndarray, int]:
     """Samples and rate of an ``{"array", "sampling_rate"}`` value (cut to ``max_seconds`` plus the margin)."""
     rate = _check_rate(value.get("sampling_rate"), where)
+    raw = value["array"]
+    if hasattr(raw, "detach") and hasattr(raw, "numpy"):  # a torch tensor (any device; half precision widened)
+        raw = raw.detach().cpu()
+        raw = (raw.float() if str(raw.dtype) in ("torch.bfloat16", "torch.float16") else raw).numpy()
     try:
-        arr = np.asarray(value["array"])
+        arr = np.asarray(raw)
     except (ValueError, TypeError) as err:
         raise CorruptSampleError(f"{where}: audio array is ragged or not numeric ({err})") from err
     if arr.dtype == object:
