@@ -261,8 +261,16 @@ class OptTriFeatureExtractor(SequenceFeatureExtractor):
         ):
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if max_length_seconds is not None and not max_length_seconds > 0:
-            raise ValueError(f"max_length_seconds must be positive or None, got {max_length_seconds!r}")
+        if max_length_seconds is not None and not (
+            isinstance(max_length_seconds, Real)
+            and not isinstance(max_length_seconds, bool)
+            and math.isfinite(max_length_seconds)
+            and round(max_length_seconds * sampling_rate) >= 1
+        ):
+            raise ValueError(
+                f"max_length_seconds must be a finite number of seconds of at least one sample (1 / sampling_rate) "
+                f"or None, got {max_length_seconds!r}"
+            )
         if not (math.isfinite(mel_std) and mel_std > 0):
             raise ValueError(f"mel_std must be positive, got {mel_std!r}")
         self.n_fft = n_fft

@@ -82,6 +82,20 @@ def _is_torch_tensor(value: Any) -> bool:
     return torch is not None and isinstance(value, torch.Tensor)
 
 
+def _check_image_size(image_size: Any) -> int:
+    """`image_size` if it is a positive int (the side of the output image, in pixels); raise otherwise."""
+    if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) or image_size <= 0:
+        raise ValueError(f"image_size must be a positive int, got {image_size!r}")
+    return int(image_size)
+
+
+def _check_flag(name: str, value: Any) -> bool:
+    """`value` if it is a bool (a string such as "no" would silently count as True); raise otherwise."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
 # ------------------------------------------------------------------------------------------ pixel conversion
 # `to_rgb` is the one conversion of an image to RGB pixels. The processor uses it for `images=...` and the
 # training data path (`data/decoding.py`) for every decoded row, so training and inference see the same pixels.
@@ -396,14 +410,20 @@ class OptTriImageProcessor(BaseImageProcessor):
     ) -> None:
         kwargs.pop("size", None)  # saved by some transformers versions' base `to_dict`; we use `image_size`
         super().__init__(**kwargs)
-        if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size <= 0:
-            raise ValueError(f"image_size must be a positive int, got {image_size!r}")
+        image_size = _check_image_size(image_size)
         mean = list(IMAGENET_MEAN if image_mean is None else image_mean)
         std = list(IMAGENET_STD if image_std is None else image_std)
         if len(mean) != 3 or len(std) != 3:
             raise ValueError(f"image_mean and image_std need 3 values (RGB), got {mean} and {std}")
         if any(not np.isfinite(s) or s <= 0 for s in std):
             raise ValueError(f"image_std values must be positive and finite, got {std}")
+        if not all(np.isfinite(m) for m in mean):
+            raise ValueError(f"image_mean values must be finite, got {mean}")
+        if int(resample) not in {int(f) for f in Image.Resampling}:
+            raise ValueError(
+                f"resample must be a PIL filter ({', '.join(f'{f.name}={int(f)}' for f in Image.Resampling)}), "
+                f"got {resample!r}"
+            )
         self.image_size = image_size
         self.image_mean = [float(m) for m in mean]
         self.image_std = [float(s) for s in std]
@@ -416,7 +436,7 @@ class OptTriImageProcessor(BaseImageProcessor):
             )
         self.resample = int(resample)
         self.resize_backend = resize_backend
-        self.do_normalize = bool(do_normalize)
+        self.do_normalize = _check_flag("do_normalize", do_normalize)
 
     @staticmethod
     def _as_list(images: Any) -> list[Any]:
@@ -461,8 +481,8 @@ class OptTriImageProcessor(BaseImageProcessor):
         """
         if kwargs:
             logger.warning(f"OptTriImageProcessor ignores the unsupported arguments {sorted(kwargs)}")
-        size = self.image_size if image_size is None else int(image_size)
-        normalize = self.do_normalize if do_normalize is None else bool(do_normalize)
+        size = self.image_size if image_size is None else _check_image_size(image_size)
+        normalize = self.do_normalize if do_normalize is None else _check_flag("do_normalize", do_normalize)
         batch = self._as_list(images)
         if not batch:
             raise ValueError("images is an empty list; pass at least one image (or None for an empty row)")

@@ -1158,6 +1158,26 @@ ROUND2_PROBED_CASES: list[tuple[str, Callable[[], Any], Raises | Returns | Warns
     ("decode_audio:empty_file", lambda: decode_audio(_folder("empty_files", None, {"e.wav": b""}) + "/e.wav", "row 8"),
      Raises(CorruptSampleError, r"row 8: file '.*e.wav': unreadable or truncated audio")),
 ]
+ROUND2_PROBED_CASES += [
+    ("image_processor:image_size_zero_per_call", lambda: _image_processor()(np.zeros((8, 8, 3), np.uint8), image_size=0),
+     Raises(ValueError, r"image_size must be a positive int, got 0")),
+    ("image_processor:image_size_negative_per_call", lambda: _image_processor()(np.zeros((8, 8, 3), np.uint8),
+                                                                                image_size=-5),
+     Raises(ValueError, r"image_size must be a positive int, got -5")),
+    ("image_processor:image_size_float_per_call", lambda: _image_processor()(np.zeros((8, 8, 3), np.uint8),
+                                                                             image_size=3.7),
+     Raises(ValueError, r"image_size must be a positive int, got 3.7")),
+    ("image_processor:do_normalize_string", lambda: _image_processor()(np.zeros((8, 8, 3), np.uint8), do_normalize="no"),
+     Raises(ValueError, r"do_normalize must be True or False, got 'no'")),
+    ("image_processor:image_mean_nan", lambda: OptTriImageProcessor(image_mean=[float("nan")] * 3),
+     Raises(ValueError, r"image_mean values must be finite, got \[nan, nan, nan\]")),
+    ("image_processor:unknown_resample_filter", lambda: OptTriImageProcessor(resample=99),
+     Raises(ValueError, r"resample must be a PIL filter \(NEAREST=0, .*\), got 99")),
+    ("feature_extractor:max_length_below_one_sample", lambda: OptTriFeatureExtractor(max_length_seconds=1e-9),
+     Raises(ValueError, r"max_length_seconds must be a finite number of seconds of at least one sample")),
+    ("feature_extractor:max_length_infinite", lambda: OptTriFeatureExtractor(max_length_seconds=float("inf")),
+     Raises(ValueError, r"max_length_seconds must be a finite number .* got inf")),
+]
 CASES += ROUND2_PROBED_CASES
 
 
