@@ -347,6 +347,36 @@ class OptTriFeatureExtractor(SequenceFeatureExtractor):
             features = mel.clamp_(min=LOG_FLOOR).log_().sub_(self.mel_mean).div_(self.mel_std)
         return features.numpy(), lengths
 
+    def _clips_at_rate(self, batch: list[Any], sampling_rate: int) -> list[np.ndarray | None]:
+        """Validate each clip, cut it to `max_length_seconds` and resample it to `self.sampling_rate` (cut first, so
+        only what is kept is resampled); warn how many clips were cut. `None` rows stay `None`."""
+        max_samples = (
+            None if self.max_length_seconds is None else int(round(self.max_length_seconds * self.sampling_rate))
+        )
+        clips: list[np.ndarray | None] = []
+        truncated = 0
+        for row, clip in enumerate(batch):
+            if clip is None:
+                clips.append(None)
+                continue
+            try:
+                samples = _to_mono_float(clip)
+            except (ValueError, TypeError) as error:
+                raise type(error)(f"audio[{row}]: {error}") from None
+            if max_samples is not None and -(-samples.shape[0] * self.sampling_rate // sampling_rate) > max_samples:
+                truncated += 1  # longer than max_length_seconds once at `self.sampling_rate`
+            if sampling_rate != self.sampling_rate:
+                samples = resample(samples, sampling_rate, self.sampling_rate, max_samples)
+            elif max_samples is not None:
+                samples = samples[:max_samples]
+            clips.append(samples)
+        if truncated:
+            logger.warning(
+                f"{truncated} of {len(batch)} audio clips were longer than max_length_seconds="
+                f"{self.max_length_seconds} and were truncated"
+            )
+        return clips
+
     def __call__(
         self,
         audio: Any,
@@ -386,31 +416,7 @@ class OptTriFeatureExtractor(SequenceFeatureExtractor):
         if not batch:
             raise ValueError("audio is an empty list; pass at least one clip (or None for a row without audio)")
 
-        max_samples = (
-            None if self.max_length_seconds is None else int(round(self.max_length_seconds * self.sampling_rate))
-        )
-        clips: list[np.ndarray | None] = []
-        truncated = 0
-        for row, clip in enumerate(batch):
-            if clip is None:
-                clips.append(None)
-                continue
-            try:
-                samples = _to_mono_float(clip)
-            except (ValueError, TypeError) as error:
-                raise type(error)(f"audio[{row}]: {error}") from None
-            if max_samples is not None and -(-samples.shape[0] * self.sampling_rate // sampling_rate) > max_samples:
-                truncated += 1  # longer than max_length_seconds once at `self.sampling_rate`
-            if sampling_rate != self.sampling_rate:  # cut first, then resample only what is kept
-                samples = resample(samples, sampling_rate, self.sampling_rate, max_samples)
-            elif max_samples is not None:
-                samples = samples[:max_samples]
-            clips.append(samples)
-        if truncated:
-            logger.warning(
-                f"{truncated} of {len(batch)} audio clips were longer than max_length_seconds="
-                f"{self.max_length_seconds} and were truncated"
-            )
+        clips = self._clips_at_rate(batch, sampling_rate)
 
         lengths = [0 if clip is None else self.num_frames(clip.shape[0]) for clip in clips]
         multiple = self.pad_to_multiple_of
