@@ -65,14 +65,14 @@ def zero_shot_accuracy(model, processor, collator, dataset, names, modality, bat
     base = model.opt_tri
     model.eval()
     prompts = processor.tokenizer([f"a {name} shape" for name in names], padding=True, return_tensors="pt")
-    classes = base.get_text_features(prompts["input_ids"], prompts["attention_mask"])
+    classes = base.get_text_features(prompts["input_ids"], prompts["attention_mask"]).pooler_output
     correct = total = 0
     for start in range(0, len(dataset), batch_size):
         batch = collator([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
         if modality == "image":
-            features = base.get_image_features(batch["pixel_values"])
+            features = base.get_image_features(batch["pixel_values"]).pooler_output
         else:
-            features = base.get_audio_features(batch["input_features"], batch["audio_attention_mask"])
+            features = base.get_audio_features(batch["input_features"], batch["audio_attention_mask"]).pooler_output
         correct += int(((features @ classes.t()).argmax(-1) == batch["labels"]).sum())
         total += len(batch["labels"])
     return correct / total

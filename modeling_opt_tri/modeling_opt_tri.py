@@ -30,7 +30,7 @@ from transformers.generation import utils as _generation_utils
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-from transformers.utils import ModelOutput, logging
+from transformers.utils import ModelOutput, can_return_tuple, logging
 
 from .configuration_opt_tri import (
     PRETRAINING_OBJECTIVES,
@@ -73,9 +73,14 @@ class OptTriModelOutput(ModelOutput):
             audio_last_hidden_state (`(B, 1 + A, audio_hidden)`): the unimodal encoders' outputs.
         audio_token_mask (`torch.LongTensor` of shape `(B, 1 + A)`): 1 for real audio tokens (`[CLS]` included).
         hidden_states (`tuple(torch.FloatTensor)`): cross-modal hidden states, embeddings and after each layer, when
-            `output_hidden_states=True`.
+            `output_hidden_states=True` (the same as `cross_modal_outputs.hidden_states`).
         attentions (`tuple(torch.FloatTensor)`): cross-modal attention weights `(B, heads, S, S)` per layer, when
-            `output_attentions=True` (eager attention only).
+            `output_attentions=True` (computed on the eager path).
+        text_outputs / image_outputs / audio_outputs (`ModelOutput`): each given tower's own output
+            (`last_hidden_state`, `hidden_states`, `attentions`), when hidden states or attentions are asked for
+            (as FLAVA's `text_output` / `image_output`).
+        cross_modal_outputs (`BaseModelOutputWithPooling`): the cross-modal encoder's output (`last_hidden_state`,
+            `pooler_output`, `hidden_states` before the final LayerNorm, `attentions`), when asked for.
     """
 
     last_hidden_state: torch.FloatTensor | None = None
@@ -91,6 +96,14 @@ class OptTriModelOutput(ModelOutput):
     audio_token_mask: torch.LongTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
+    text_outputs: ModelOutput | None = None
+    image_outputs: ModelOutput | None = None
+    audio_outputs: ModelOutput | None = None
+    cross_modal_outputs: BaseModelOutputWithPooling | None = None
+
+    def to_tuple(self) -> tuple:
+        """The fields that are set, with the per-tower outputs turned into tuples too (as `CLIPOutput` does)."""
+        return tuple(value.to_tuple() if isinstance(value, ModelOutput) else value for value in super().to_tuple())
 
     def modality_slice(self, modality: str) -> slice:
         """Positions of `modality` ("text", "image" or "audio") in `last_hidden_state`."""
@@ -161,8 +174,9 @@ class OptTriAttention(nn.Module):
         value = self.v_proj(hidden_states).view(shape).transpose(1, 2)
         implementation = self.config._attn_implementation or "sdpa"  # unset means the default, SDPA
         attention: Callable = eager_attention_forward
-        if implementation != "eager" and not output_attentions:
-            attention = ALL_ATTENTION_FUNCTIONS[implementation]
+        if not output_attentions:  # only the eager path computes the weights
+            # looked up at every call, so `set_attn_implementation` switches a built model
+            attention = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
         output, weights = attention(
             self,
             query,
@@ -229,15 +243,21 @@ class OptTriEncoder(nn.Module):
         hidden_states: torch.Tensor,
         attention_mask: torch.Tensor,
         output_attentions: bool = False,
-        output_hidden_states: bool = False,
+        output_hidden_states: bool | int | list[int] = False,
     ) -> tuple[torch.Tensor, tuple | None, tuple | None]:
+        """
+        `output_hidden_states` is a flag or, as in `transformers` >= 5, the index or indices (negative ones count from
+        the end) of the states to keep among the `1 + num_layers` (embeddings, then after each layer); the tuple keeps
+        its full length, with `None` at the states not selected.
+        """
         additive_mask = _additive_mask(attention_mask, hidden_states.dtype)
-        all_hidden = (hidden_states,) if output_hidden_states else None
+        keep = _selected_hidden_states(output_hidden_states, len(self.layers) + 1)
+        all_hidden = (hidden_states if 0 in keep else None,) if keep else None
         all_attentions = () if output_attentions else None
-        for layer in self.layers:
+        for index, layer in enumerate(self.layers, start=1):
             hidden_states, weights = layer(hidden_states, additive_mask, output_attentions)
-            if output_hidden_states:
-                all_hidden += (hidden_states,)
+            if keep:
+                all_hidden += (hidden_states if index in keep else None,)
             if output_attentions:
                 all_attentions += (weights,)
         return hidden_states, all_hidden, all_attentions
@@ -267,6 +287,34 @@ class OptTriEncoder(nn.Module):
         return selected, full
 
 
+def _selected_hidden_states(output_hidden_states: bool | int | list[int] | None, count: int) -> set[int]:
+    """The indices in `range(count)` that `output_hidden_states` (a flag, an index or a list of indices) selects."""
+    if output_hidden_states is None or isinstance(output_hidden_states, bool):
+        return set(range(count)) if output_hidden_states else set()
+    indices = [output_hidden_states] if isinstance(output_hidden_states, int) else list(output_hidden_states)
+    for index in indices:
+        if not isinstance(index, int) or isinstance(index, bool) or not -count <= index < count:
+            raise ValueError(
+                f"output_hidden_states must be a bool or indices in [-{count}, {count}) of the {count} hidden states "
+                f"(embeddings and each layer); got {output_hidden_states!r}"
+            )
+    return {index % count for index in indices}
+
+
+def _wants_outputs(config, output_attentions, output_hidden_states) -> tuple[bool, bool | int | list[int]]:
+    """The call's `output_attentions` / `output_hidden_states`, defaulting to the config's."""
+    attentions = output_attentions if output_attentions is not None else bool(getattr(config, "output_attentions", False))
+    hidden = output_hidden_states if output_hidden_states is not None else bool(getattr(config, "output_hidden_states", False))
+    return attentions, hidden
+
+
+def _asked(output_hidden_states: bool | int | list[int] | None) -> bool:
+    """Whether `output_hidden_states` asks for any hidden state (a flag, an index or a non-empty list)."""
+    if output_hidden_states is None or isinstance(output_hidden_states, bool):
+        return bool(output_hidden_states)
+    return isinstance(output_hidden_states, int) or len(output_hidden_states) > 0
+
+
 def _additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """`(B, S)` 0/1 mask -> additive `(B, 1, 1, S)` mask with 0 where attended and the dtype's minimum elsewhere."""
     return (1.0 - mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
@@ -286,7 +334,15 @@ class OptTriPreTrainedModel(PreTrainedModel):
     accepts_loss_kwargs = False
     _supports_sdpa = True
     _supports_attention_backend = True
-    _no_split_modules = ["OptTriLayer", "BertLayer", "ViTLayer", "RobertaLayer"]
+    # completed in `post_init` from the layers actually built (the towers' own lists come from transformers)
+    _no_split_modules = ["OptTriLayer", "OptTriDecoderLayer"]
+
+    def post_init(self) -> None:
+        """`PreTrainedModel.post_init`, then `_no_split_modules` reduced to the block classes this model contains:
+        the towers' own lists (gathered by transformers), our encoder layers and the decoder layers."""
+        super().post_init()
+        built = {type(module).__name__ for module in self.modules()}
+        self._no_split_modules = {name for name in self._no_split_modules if name in built}
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
@@ -477,6 +533,10 @@ class OptTriAudioModel(OptTriPreTrainedModel):
         self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.post_init()
 
+    def get_input_embeddings(self) -> nn.Module:
+        """The patch stem (a `Conv1d` over log-mel frames), as `ASTModel`/`ViTModel` return their patch embedding."""
+        return self.embeddings.patch_embedding
+
     def token_mask(self, audio_attention_mask: torch.Tensor) -> torch.Tensor:
         """Frame mask `(B, T)` -> token mask `(B, 1 + A)` (a token is real if any of its frames is; `[CLS]` is 1)."""
         batch, frames = audio_attention_mask.shape
@@ -489,11 +549,11 @@ class OptTriAudioModel(OptTriPreTrainedModel):
         input_features: torch.Tensor,
         audio_attention_mask: torch.Tensor | None = None,
         bool_masked_pos: torch.Tensor | None = None,
-        output_attentions: bool = False,
-        output_hidden_states: bool = False,
-        return_dict: bool = True,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | int | list[int] | None = None,
+        return_dict: bool | None = None,
         **kwargs,
-    ) -> BaseModelOutputWithPooling:
+    ) -> BaseModelOutputWithPooling | tuple:
         r"""
         Args:
             input_features (`(B, num_mel_bins, T)`): normalised log-mel frames from [`OptTriFeatureExtractor`].
@@ -501,9 +561,15 @@ class OptTriAudioModel(OptTriPreTrainedModel):
             bool_masked_pos (`(B, A)` bool): audio tokens to replace by the learned mask token (masked audio
                 modelling), where `A = ceil(T / patch_frames)`.
 
+            output_attentions, output_hidden_states, return_dict: as in `transformers` (defaults from the config);
+                `output_hidden_states` may also be the index or indices of the states to return (the others are
+                `None`). Attention weights are computed by the eager path, whatever the attention implementation.
+
         Returns: `last_hidden_state (B, 1 + A, D)`, `pooler_output (B, D)` (the `[CLS]` state), plus `hidden_states`
-        and `attentions` on request.
+        (`1 + num_hidden_layers` of `(B, 1 + A, D)`, before the final LayerNorm) and `attentions`
+        (`(B, heads, 1 + A, 1 + A)` per layer) on request.
         """
+        output_attentions, output_hidden_states = _wants_outputs(self.config, output_attentions, output_hidden_states)
         _check_audio_features(input_features, self.config)
         frames = input_features.shape[-1]
         pad = (-frames) % self.config.patch_frames
@@ -517,9 +583,11 @@ class OptTriAudioModel(OptTriPreTrainedModel):
             embeddings, token_mask, output_attentions=output_attentions, output_hidden_states=output_hidden_states
         )
         hidden = self.layernorm(hidden)
-        return BaseModelOutputWithPooling(
+        output = BaseModelOutputWithPooling(
             last_hidden_state=hidden, pooler_output=hidden[:, 0], hidden_states=all_hidden, attentions=all_attentions
         )
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        return output if return_dict else output.to_tuple()
 
 
 def _check_audio_features(input_features: torch.Tensor, config: OptTriAudioConfig) -> None:
@@ -666,6 +734,11 @@ class OptTriModel(OptTriPreTrainedModel):
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, token_type_ids=None, **kwargs
     ) -> torch.Tensor:
         """Text encoder states `(B, L, text_hidden)`. A row whose mask is all 0 (no text) still runs, on `[CLS]`."""
+        return self.text_tower(input_ids, attention_mask, token_type_ids, **kwargs).last_hidden_state
+
+    def text_tower(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, token_type_ids=None, **kwargs):
+        """The text encoder's own output (`last_hidden_state (B, L, text_hidden)`, and `hidden_states` / `attentions`
+        when asked for through `kwargs`)."""
         if input_ids.ndim != 2:
             raise ValueError(f"input_ids must have shape (batch, length); got {tuple(input_ids.shape)}")
         vocab = self.config.text_config.vocab_size
@@ -675,10 +748,15 @@ class OptTriModel(OptTriPreTrainedModel):
             attention_mask = attention_mask.clone()
             attention_mask[:, 0] = 1
         extra = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
-        return self.text_model(input_ids=input_ids, attention_mask=attention_mask, **extra, **kwargs).last_hidden_state
+        return self.text_model(input_ids=input_ids, attention_mask=attention_mask, **extra, **kwargs, return_dict=True)
 
     def encode_image(self, pixel_values: torch.Tensor, bool_masked_pos: torch.Tensor | None = None, **kwargs):
         """ViT states `(B, 1 + N, vision_hidden)` (`[CLS]` first). `bool_masked_pos (B, N)` masks patches."""
+        return self.image_tower(pixel_values, bool_masked_pos, **kwargs).last_hidden_state
+
+    def image_tower(self, pixel_values: torch.Tensor, bool_masked_pos: torch.Tensor | None = None, **kwargs):
+        """The vision encoder's own output (`last_hidden_state (B, 1 + N, vision_hidden)`, and `hidden_states` /
+        `attentions` when asked for through `kwargs`)."""
         vc = self.config.vision_config
         if not torch.is_tensor(pixel_values) or not pixel_values.is_floating_point():
             raise TypeError("pixel_values must be a floating-point tensor (B, C, H, W); use OptTriImageProcessor")
@@ -689,12 +767,20 @@ class OptTriModel(OptTriPreTrainedModel):
                 f"{tuple(pixel_values.shape)}. Use OptTriImageProcessor with image_size={vc.image_size}."
             )
         pixel_values = pixel_values.to(self.vision_model.embeddings.patch_embeddings.projection.weight.dtype)
-        return self.vision_model(pixel_values=pixel_values, bool_masked_pos=bool_masked_pos, **kwargs).last_hidden_state
+        return self.vision_model(pixel_values=pixel_values, bool_masked_pos=bool_masked_pos, **kwargs, return_dict=True)
 
     def encode_audio(
         self, input_features: torch.Tensor, audio_attention_mask: torch.Tensor | None = None, bool_masked_pos=None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Audio states `(B, 1 + A, audio_hidden)` and the token mask `(B, 1 + A)`."""
+        out, token_mask = self.audio_tower(input_features, audio_attention_mask, bool_masked_pos)
+        return out.last_hidden_state, token_mask
+
+    def audio_tower(
+        self, input_features: torch.Tensor, audio_attention_mask: torch.Tensor | None = None, bool_masked_pos=None, **kwargs
+    ) -> tuple[BaseModelOutputWithPooling, torch.Tensor]:
+        """The audio encoder's own output (hidden states / attentions when asked for through `kwargs`) and the token
+        mask `(B, 1 + A)`."""
         if audio_attention_mask is None:
             audio_attention_mask = torch.ones(
                 input_features.shape[0], input_features.shape[-1], dtype=torch.long, device=input_features.device
@@ -703,31 +789,83 @@ class OptTriModel(OptTriPreTrainedModel):
             input_features.to(self.audio_model.embeddings.patch_embedding.weight.dtype),
             audio_attention_mask,
             bool_masked_pos=bool_masked_pos,
+            return_dict=True,
+            **kwargs,
         )
-        return out.last_hidden_state, self.audio_model.token_mask(audio_attention_mask.long())
+        return out, self.audio_model.token_mask(audio_attention_mask.long())
 
-    def get_text_features(self, input_ids, attention_mask=None, token_type_ids=None) -> torch.Tensor:
-        """Projected, L2-normalised text embeddings `(B, projection_dim)` from the text encoder's `[CLS]` state."""
-        hidden = self.encode_text(input_ids, attention_mask, token_type_ids)
-        return F.normalize(self.text_projection(hidden[:, 0]), dim=-1)
+    def _features(self, tower_output, projection: nn.Module) -> BaseModelOutputWithPooling:
+        """A tower's output with `pooler_output` replaced by its projected, L2-normalised `[CLS]` state."""
+        return BaseModelOutputWithPooling(
+            last_hidden_state=tower_output.last_hidden_state,
+            pooler_output=F.normalize(projection(tower_output.last_hidden_state[:, 0]), dim=-1),
+            hidden_states=tower_output.hidden_states,
+            attentions=tower_output.attentions,
+        )
 
-    def get_image_features(self, pixel_values) -> torch.Tensor:
-        """Projected, L2-normalised image embeddings `(B, projection_dim)` from the ViT `[CLS]` state."""
-        return F.normalize(self.image_projection(self.encode_image(pixel_values)[:, 0]), dim=-1)
+    def _tower_kwargs(self, output_attentions, output_hidden_states) -> dict:
+        attentions, hidden = _wants_outputs(self.config, output_attentions, output_hidden_states)
+        return {"output_attentions": attentions, "output_hidden_states": hidden}
 
-    def get_audio_features(self, input_features, audio_attention_mask=None) -> torch.Tensor:
-        """Projected, L2-normalised audio embeddings `(B, projection_dim)` from the audio `[CLS]` state."""
-        hidden, _ = self.encode_audio(input_features, audio_attention_mask)
-        return F.normalize(self.audio_projection(hidden[:, 0]), dim=-1)
+    @can_return_tuple
+    def get_text_features(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.LongTensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | int | list[int] | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPooling | tuple:
+        r"""
+        The text encoder's output, as `CLIPModel.get_text_features` in `transformers` 5: `last_hidden_state
+        (B, L, text_hidden)`, `pooler_output (B, projection_dim)` the projected **and L2-normalised** `[CLS]` state
+        (the retrieval embedding; CLIP's is not normalised), and `hidden_states` / `attentions` on request.
+        `return_dict=False` gives the tuple.
+        """
+        out = self.text_tower(
+            input_ids, attention_mask, token_type_ids, **self._tower_kwargs(output_attentions, output_hidden_states)
+        )
+        return self._features(out, self.text_projection)
+
+    @can_return_tuple
+    def get_image_features(
+        self,
+        pixel_values: torch.FloatTensor,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | int | list[int] | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPooling | tuple:
+        r"""The vision encoder's output; `pooler_output (B, projection_dim)` is the projected, L2-normalised `[CLS]`
+        state. See [`~OptTriModel.get_text_features`]."""
+        out = self.image_tower(pixel_values, **self._tower_kwargs(output_attentions, output_hidden_states))
+        return self._features(out, self.image_projection)
+
+    @can_return_tuple
+    def get_audio_features(
+        self,
+        input_features: torch.FloatTensor,
+        audio_attention_mask: torch.LongTensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | int | list[int] | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPooling | tuple:
+        r"""The audio encoder's output; `pooler_output (B, projection_dim)` is the projected, L2-normalised `[CLS]`
+        state. See [`~OptTriModel.get_text_features`]."""
+        out, _ = self.audio_tower(
+            input_features, audio_attention_mask, **self._tower_kwargs(output_attentions, output_hidden_states)
+        )
+        return self._features(out, self.audio_projection)
 
     # -- cross-modal -------------------------------------------------------------------------------------------------
 
     def _encode_for_fusion(
         self, input_ids, attention_mask, token_type_ids, pixel_values, image_mask, input_features,
-        audio_attention_mask, image_bool_masked_pos=None, audio_bool_masked_pos=None,
+        audio_attention_mask, image_bool_masked_pos=None, audio_bool_masked_pos=None, tower_kwargs=None,
     ) -> tuple[dict[str, torch.Tensor], list[torch.Tensor], list[torch.Tensor], list[int]]:
         """Check the inputs and run the unimodal encoders: returns (the unimodal output fields, and the cross-modal
-        encoder's inputs, masks and modality codes, one per given modality)."""
+        encoder's inputs, masks and modality codes, one per given modality). With `tower_kwargs`
+        (`output_attentions` / `output_hidden_states`), the fields include each tower's own output."""
         batch = _check_model_inputs(
             self.config, input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
             pixel_values=pixel_values, image_mask=image_mask, input_features=input_features,
@@ -741,15 +879,19 @@ class OptTriModel(OptTriPreTrainedModel):
         if input_ids is not None:
             if attention_mask is None:
                 attention_mask = torch.ones_like(input_ids)
-            text_hidden = self.encode_text(input_ids, attention_mask, token_type_ids)
+            text_out = self.text_tower(input_ids, attention_mask, token_type_ids, **(tower_kwargs or {}))
+            text_hidden = text_out.last_hidden_state
             fields["text_last_hidden_state"] = text_hidden
+            fields["text_outputs"] = text_out if tower_kwargs else None
             fields["text_embeds"] = F.normalize(self.text_projection(text_hidden[:, 0]), dim=-1)
             fusion_inputs.append(self.text_to_fusion(text_hidden))
             fusion_masks.append(attention_mask.long())
             modality_ids.append(MODALITY_TEXT)
         if pixel_values is not None:
-            image_hidden = self.encode_image(pixel_values, image_bool_masked_pos)
+            image_out = self.image_tower(pixel_values, image_bool_masked_pos, **(tower_kwargs or {}))
+            image_hidden = image_out.last_hidden_state
             fields["image_last_hidden_state"] = image_hidden
+            fields["image_outputs"] = image_out if tower_kwargs else None
             fields["image_embeds"] = F.normalize(self.image_projection(image_hidden[:, 0]), dim=-1)
             if image_mask is None:
                 image_mask = torch.ones(batch, dtype=torch.long, device=image_hidden.device)
@@ -757,9 +899,13 @@ class OptTriModel(OptTriPreTrainedModel):
             fusion_masks.append(image_mask.long()[:, None].expand(-1, image_hidden.shape[1]))
             modality_ids.append(MODALITY_IMAGE)
         if input_features is not None:
-            audio_hidden, token_mask = self.encode_audio(input_features, audio_attention_mask, audio_bool_masked_pos)
+            audio_out, token_mask = self.audio_tower(
+                input_features, audio_attention_mask, audio_bool_masked_pos, **(tower_kwargs or {})
+            )
+            audio_hidden = audio_out.last_hidden_state
             token_mask = token_mask * token_mask[:, 1:].amax(-1, keepdim=True)  # a row without audio drops [CLS] too
             fields["audio_last_hidden_state"] = audio_hidden
+            fields["audio_outputs"] = audio_out if tower_kwargs else None
             fields["audio_token_mask"] = token_mask
             fields["audio_embeds"] = F.normalize(self.audio_projection(audio_hidden[:, 0]), dim=-1)
             fusion_inputs.append(self.audio_to_fusion(audio_hidden))
@@ -901,19 +1047,29 @@ class OptTriModel(OptTriPreTrainedModel):
             image_bool_masked_pos (`(B, N)` bool), audio_bool_masked_pos (`(B, A)` bool): patches / audio tokens to
                 replace by the learned mask token (masked modelling in pre-training).
 
+            output_attentions, output_hidden_states: as in `transformers` (defaults from the config). They apply to
+                every tower: the output then also holds `text_outputs` / `image_outputs` / `audio_outputs` (each
+                tower's own output) and `cross_modal_outputs`. `output_hidden_states` may be the index or indices of
+                the states to keep (per tower; the others are `None`). The cross-modal and audio encoders compute
+                attention weights on the eager path whatever the attention implementation; the text and vision
+                towers follow `transformers` and return no weights under SDPA (use `attn_implementation="eager"`).
+
         At least one of `input_ids`, `pixel_values` and `input_features` must be given, with the same batch size.
         """
-        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
-        output_hidden_states = (
-            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
-        )
+        output_attentions, output_hidden_states = _wants_outputs(self.config, output_attentions, output_hidden_states)
+        wanted = output_attentions or _asked(output_hidden_states)
+        tower_kwargs = {"output_attentions": output_attentions, "output_hidden_states": output_hidden_states}
         fields, fusion_inputs, fusion_masks, modality_ids = self._encode_for_fusion(
             input_ids, attention_mask, token_type_ids, pixel_values, image_mask, input_features,
-            audio_attention_mask, image_bool_masked_pos, audio_bool_masked_pos,
+            audio_attention_mask, image_bool_masked_pos, audio_bool_masked_pos, tower_kwargs if wanted else None,
         )
         hidden, fusion_mask, modality_ids_t, all_hidden, all_attentions = self._fuse(
             fusion_inputs, fusion_masks, modality_ids, output_attentions, output_hidden_states
         )
+        if wanted:
+            fields["cross_modal_outputs"] = BaseModelOutputWithPooling(
+                last_hidden_state=hidden, pooler_output=hidden[:, 0], hidden_states=all_hidden, attentions=all_attentions
+            )
         output = OptTriModelOutput(
             last_hidden_state=hidden,
             pooler_output=hidden[:, 0],
@@ -1719,7 +1875,8 @@ class OptTriDecoderAttention(nn.Module):
         if cache is not None and not self.is_cross_attention:
             key, value = cache.update(key, value, self.layer_idx)
         implementation = "eager" if output_attentions else (self.config._attn_implementation or "sdpa")
-        attention = eager_attention_forward if implementation == "eager" else ALL_ATTENTION_FUNCTIONS[implementation]
+        # looked up at every call, so `set_attn_implementation` switches a built model
+        attention = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
         output, weights = attention(
             self, query, key, value, attention_mask, scaling=self.scaling,
             dropout=self.config.attention_probs_dropout_prob if self.training else 0.0,
@@ -3071,11 +3228,11 @@ class OptTriForSequenceClassification(OptTriPreTrainedModel):
         if modality == "image":
             if pixel_values is None:
                 raise ValueError("This prompt-tuned classifier compares images with the class prompts: pass pixel_values")
-            features = base.get_image_features(pixel_values)
+            features = base.get_image_features(pixel_values).pooler_output
         else:
             if input_features is None:
                 raise ValueError("This prompt-tuned classifier compares audio with the class prompts: pass input_features")
-            features = base.get_audio_features(input_features, audio_attention_mask)
+            features = base.get_audio_features(input_features, audio_attention_mask).pooler_output
         classes = self.prompt_learner(base.text_model, base.text_projection)
         return base.logit_scale.exp().clamp(max=100.0) * features @ classes.t()
 
@@ -3216,14 +3373,17 @@ class OptTriForRetrieval(OptTriPreTrainedModel):
         _save_hub_files(self, save_directory)
         return super().save_pretrained(save_directory, *args, **kwargs)
 
-    def get_text_features(self, input_ids, attention_mask=None, token_type_ids=None) -> torch.Tensor:
-        return self.opt_tri.get_text_features(input_ids, attention_mask, token_type_ids)
+    def get_text_features(self, input_ids, attention_mask=None, token_type_ids=None, **kwargs):
+        """[`OptTriModel.get_text_features`]: `pooler_output` is the dual encoder's text embedding."""
+        return self.opt_tri.get_text_features(input_ids, attention_mask, token_type_ids, **kwargs)
 
-    def get_image_features(self, pixel_values) -> torch.Tensor:
-        return self.opt_tri.get_image_features(pixel_values)
+    def get_image_features(self, pixel_values, **kwargs):
+        """[`OptTriModel.get_image_features`]: `pooler_output` is the dual encoder's image embedding."""
+        return self.opt_tri.get_image_features(pixel_values, **kwargs)
 
-    def get_audio_features(self, input_features, audio_attention_mask=None) -> torch.Tensor:
-        return self.opt_tri.get_audio_features(input_features, audio_attention_mask)
+    def get_audio_features(self, input_features, audio_attention_mask=None, **kwargs):
+        """[`OptTriModel.get_audio_features`]: `pooler_output` is the dual encoder's audio embedding."""
+        return self.opt_tri.get_audio_features(input_features, audio_attention_mask, **kwargs)
 
     def encode(self, modality: str, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """

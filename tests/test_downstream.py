@@ -260,9 +260,9 @@ def test_retrieval_similarity_shapes_and_embeddings():
             assert out.loss is None
             assert out.logits_per_query.shape == (5, 5) and torch.equal(out.logits_per_gallery, out.logits_per_query.t())
             features = {
-                "text": lambda: model.get_text_features(b["input_ids"], b["attention_mask"]),
-                "image": lambda: model.get_image_features(b["pixel_values"]),
-                "audio": lambda: model.get_audio_features(b["input_features"], b["audio_attention_mask"]),
+                "text": lambda: model.get_text_features(b["input_ids"], b["attention_mask"]).pooler_output,
+                "image": lambda: model.get_image_features(b["pixel_values"]).pooler_output,
+                "audio": lambda: model.get_audio_features(b["input_features"], b["audio_attention_mask"]).pooler_output,
             }
             torch.testing.assert_close(out.query_embeds, features[query]())
             torch.testing.assert_close(out.gallery_embeds, features[gallery]())
@@ -284,8 +284,8 @@ def test_rerank_orders_the_shortlist_by_itm_score():
     out = model.rerank(queries, candidates, "text", "image", top_k=5)
     assert out.indices.shape == out.scores.shape == out.retrieval_indices.shape == (4, 5)
     with torch.no_grad():
-        q = model.get_text_features(**queries)
-        c = model.get_image_features(**candidates)
+        q = model.get_text_features(**queries).pooler_output
+        c = model.get_image_features(**candidates).pooler_output
         torch.testing.assert_close(out.similarity, q @ c.t())
         assert torch.equal(out.retrieval_indices, (q @ c.t()).topk(5, dim=1).indices)
         for i in range(4):
@@ -561,7 +561,7 @@ def test_prompt_tuning_learns_only_the_context(tmp_path):
             embeds = torch.cat([words[:, :1], learner.context[None], words[:, 1:]], dim=1)
             hidden = base.text_model(inputs_embeds=embeds).last_hidden_state
             classes.append(F.normalize(base.text_projection(hidden[:, 0]), dim=-1))
-        expected = base.logit_scale.exp() * base.get_image_features(images["pixel_values"]) @ torch.cat(classes).t()
+        expected = base.logit_scale.exp() * base.get_image_features(images["pixel_values"]).pooler_output @ torch.cat(classes).t()
         torch.testing.assert_close(model(**images).logits, expected, rtol=1e-4, atol=1e-4)
     frozen_before = {n: p.clone() for n, p in model.named_parameters() if not p.requires_grad}
     context_before = learner.context.detach().clone()

@@ -34,10 +34,10 @@ def embed_batches(model, dataloader, device=None, progress: bool = True) -> dict
         keep = batch["attention_mask"].bool().any(1) & batch["image_mask"].bool() & batch["audio_attention_mask"].bool().any(1)
         if not keep.any():
             continue
-        chunks["text"].append(base.get_text_features(batch["input_ids"][keep], batch["attention_mask"][keep]).float().cpu())
-        chunks["image"].append(base.get_image_features(batch["pixel_values"][keep]).float().cpu())
+        chunks["text"].append(base.get_text_features(batch["input_ids"][keep], batch["attention_mask"][keep]).pooler_output.float().cpu())
+        chunks["image"].append(base.get_image_features(batch["pixel_values"][keep]).pooler_output.float().cpu())
         chunks["audio"].append(
-            base.get_audio_features(batch["input_features"][keep], batch["audio_attention_mask"][keep]).float().cpu()
+            base.get_audio_features(batch["input_features"][keep], batch["audio_attention_mask"][keep]).pooler_output.float().cpu()
         )
     if was_training:
         base.train()
