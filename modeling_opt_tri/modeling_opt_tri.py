@@ -53,6 +53,22 @@ MODALITIES = ("text", "image", "audio")
 # ----------------------------------------------------------------------------------------------------------------------
 
 
+def _nested_to_tuple(output: ModelOutput) -> tuple:
+    """The fields that are set, with nested outputs (per tower) turned into tuples too (as `CLIPOutput` does)."""
+    return tuple(v.to_tuple() if isinstance(v, ModelOutput) else v for v in ModelOutput.to_tuple(output))
+
+
+_TOWER_FIELDS = ("text_outputs", "image_outputs", "audio_outputs", "cross_modal_outputs")
+
+
+def _tower_fields(base_output: ModelOutput | None) -> dict:
+    """The per-tower outputs and cross-modal hidden states / attentions of an [`OptTriModelOutput`], for a head."""
+    if base_output is None:
+        return {}
+    fields = {name: base_output.get(name) for name in _TOWER_FIELDS}
+    return {**fields, "hidden_states": base_output.hidden_states, "attentions": base_output.attentions}
+
+
 @dataclass
 class OptTriModelOutput(ModelOutput):
     r"""
@@ -102,8 +118,7 @@ class OptTriModelOutput(ModelOutput):
     cross_modal_outputs: BaseModelOutputWithPooling | None = None
 
     def to_tuple(self) -> tuple:
-        """The fields that are set, with the per-tower outputs turned into tuples too (as `CLIPOutput` does)."""
-        return tuple(value.to_tuple() if isinstance(value, ModelOutput) else value for value in super().to_tuple())
+        return _nested_to_tuple(self)
 
     def modality_slice(self, modality: str) -> slice:
         """Positions of `modality` ("text", "image" or "audio") in `last_hidden_state`."""
@@ -1234,6 +1249,9 @@ class OptTriForPreTrainingOutput(ModelOutput):
         mrc_loss / mrc_kl_loss / dir_loss / dar_loss: the VQ-code objectives (computed only when the codes are given).
         text_embeds / image_embeds / audio_embeds (`(B, projection_dim)`): normalised retrieval embeddings.
         logit_scale: the contrastive logit scale (before `exp`).
+        text_outputs / image_outputs / audio_outputs / cross_modal_outputs: the base model's outputs on the clean
+            (unmasked) inputs, when `output_hidden_states` / `output_attentions` are asked for (see
+            [`OptTriModelOutput`]).
     """
 
     loss: torch.FloatTensor | None = None
@@ -1256,6 +1274,13 @@ class OptTriForPreTrainingOutput(ModelOutput):
     image_embeds: torch.FloatTensor | None = None
     audio_embeds: torch.FloatTensor | None = None
     logit_scale: torch.FloatTensor | None = None
+    text_outputs: ModelOutput | None = None
+    image_outputs: ModelOutput | None = None
+    audio_outputs: ModelOutput | None = None
+    cross_modal_outputs: BaseModelOutputWithPooling | None = None
+
+    def to_tuple(self) -> tuple:
+        return _nested_to_tuple(self)
 
     def losses(self) -> dict[str, float]:
         """The computed per-objective losses as Python floats (for logging)."""
@@ -1390,53 +1415,53 @@ class OptTriForPreTraining(OptTriPreTrainedModel):
 
     # -- masking -----------------------------------------------------------------------------------------------------
 
-    def mask_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, rows: torch.Tensor):
+    def mask_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, rows: torch.Tensor, generator=None):
         """BERT masking of the `rows` `(B,)` bool: returns (masked ids, labels with -100 where not masked)."""
         cfg = self.config
         candidates = attention_mask.bool() & rows[:, None]
         for special in cfg.special_token_ids:
             candidates &= input_ids != special
-        chosen = (torch.rand(input_ids.shape, device=input_ids.device) < cfg.mlm_probability) & candidates
+        chosen = (torch.rand(input_ids.shape, device=input_ids.device, generator=generator) < cfg.mlm_probability) & candidates
         # at least one masked token in every chosen row that has a candidate
-        first = torch.rand(input_ids.shape, device=input_ids.device).masked_fill(~candidates, -1.0).argmax(-1)
+        first = torch.rand(input_ids.shape, device=input_ids.device, generator=generator).masked_fill(~candidates, -1.0).argmax(-1)
         force = candidates.any(-1) & ~chosen.any(-1)
         chosen[force, first[force]] = True
         labels = input_ids.masked_fill(~chosen, -100)
-        roll = torch.rand(input_ids.shape, device=input_ids.device)
+        roll = torch.rand(input_ids.shape, device=input_ids.device, generator=generator)
         masked_ids = input_ids.clone()
         masked_ids[chosen & (roll < 0.8)] = cfg.mask_token_id
-        random_tokens = torch.randint(cfg.text_config.vocab_size, input_ids.shape, device=input_ids.device)
+        random_tokens = torch.randint(cfg.text_config.vocab_size, input_ids.shape, device=input_ids.device, generator=generator)
         swap = chosen & (roll >= 0.8) & (roll < 0.9)
         masked_ids[swap] = random_tokens[swap]
         return masked_ids, labels
 
     @staticmethod
-    def _mask_positions(real: torch.Tensor, rows: torch.Tensor, probability: float) -> torch.Tensor:
+    def _mask_positions(real: torch.Tensor, rows: torch.Tensor, probability: float, generator=None) -> torch.Tensor:
         """Choose ~`probability` of the `real` `(B, n)` positions of the `rows`, at least one per row."""
         candidates = real.bool() & rows[:, None]
-        chosen = (torch.rand(real.shape, device=real.device) < probability) & candidates
-        first = torch.rand(real.shape, device=real.device).masked_fill(~candidates, -1.0).argmax(-1)
+        chosen = (torch.rand(real.shape, device=real.device, generator=generator) < probability) & candidates
+        first = torch.rand(real.shape, device=real.device, generator=generator).masked_fill(~candidates, -1.0).argmax(-1)
         force = candidates.any(-1) & ~chosen.any(-1)
         chosen[force, first[force]] = True
         return chosen
 
-    def _choose_masked_modalities(self, present: dict[str, torch.Tensor], wanted: dict[str, bool]) -> dict[str, torch.Tensor]:
+    def _choose_masked_modalities(self, present: dict[str, torch.Tensor], wanted: dict[str, bool], generator=None) -> dict[str, torch.Tensor]:
         """Per sample, which modalities get token-level masking: one (conditional) or all present (joint)."""
         eligible = {m: present[m] & wanted[m] for m in MODALITIES}
         if self.config.masking_policy == "joint":
             return eligible
         stacked = torch.stack([eligible[m].float() for m in MODALITIES], dim=1)  # (B, 3)
-        scores = torch.rand(stacked.shape, device=stacked.device).masked_fill(stacked == 0, -1.0)
+        scores = torch.rand(stacked.shape, device=stacked.device, generator=generator).masked_fill(stacked == 0, -1.0)
         pick = scores.argmax(1)
         has_any = stacked.sum(1) > 0
         return {m: (pick == i) & has_any for i, m in enumerate(MODALITIES)}
 
-    def _drop_modalities(self, present: dict[str, torch.Tensor], keep: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def _drop_modalities(self, present: dict[str, torch.Tensor], keep: dict[str, torch.Tensor], generator=None) -> dict[str, torch.Tensor]:
         """Modality-level masking: drop each present modality not in `keep` with p=modality_mask_probability."""
         p = self.config.modality_mask_probability
         kept = {}
         for m in MODALITIES:
-            dropped = torch.rand(present[m].shape, device=present[m].device) < p
+            dropped = torch.rand(present[m].shape, device=present[m].device, generator=generator) < p
             kept[m] = present[m] & (keep[m] | ~dropped)
         any_kept = torch.stack([kept[m] for m in MODALITIES], 1).any(1)
         for m in MODALITIES:  # never drop everything: restore the modalities of rows that lost all of them
@@ -1459,19 +1484,35 @@ class OptTriForPreTraining(OptTriPreTrainedModel):
         audio_codes: torch.LongTensor | None = None,
         audio_codes_mask: torch.LongTensor | None = None,
         tasks: list[str] | tuple[str, ...] | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | int | list[int] | None = None,
         return_dict: bool | None = None,
+        generator: torch.Generator | None = None,
         **kwargs,
     ) -> OptTriForPreTrainingOutput:
         r"""
-        Inputs as for [`OptTriModel`] (clean, unmasked: masking happens here, with torch's global RNG).
+        Inputs as for [`OptTriModel`] (clean, unmasked: masking happens here).
 
         Args:
             image_codes (`(B, g, g)` int): the image tokenizer's code grid of each image (MRC targets, DIR targets).
             image_code_probs (`(B, g, g, codebook_size)`): the tokenizer's soft code assignments (MRC-kl targets).
             audio_codes (`(B, n)` int), audio_codes_mask (`(B, n)`): the audio tokenizer's codes (DAR targets).
             tasks: objectives to compute in this call (names from `config.objectives`); default: all with weight > 0.
+            output_attentions, output_hidden_states: also run the base model once on the clean inputs and return its
+                per-tower outputs (`text_outputs`, `image_outputs`, `audio_outputs`, `cross_modal_outputs`), as
+                FLAVA's pre-training output holds the unmasked `text_output` / `image_output` / `multimodal_output`.
+            generator: the `torch.Generator` (on the model's device) of every random draw of this call.
+
+        What is random: which modalities of a sample are token-masked (conditional policy), which tokens / patches /
+        audio tokens are masked and how (80/10/10 for text), which modalities are dropped (modality-level masking),
+        the ITM negatives (hard or uniform) and the `rows_per_sample=1` pairing, and the tri-modal matching classes
+        and partners. In training mode these draws come from `generator`, or torch's global RNG when it is `None`,
+        and dropout (in the towers; the presets' cross-modal encoder has none) from the global RNG. In `eval()` mode
+        without a `generator`, a generator with a fixed seed is used, so identical calls give identical outputs and
+        the global RNG is left alone.
         """
         cfg = self.config
+        generator = _eval_generator(self, generator, self.opt_tri.logit_scale.device)
         weights = cfg.objectives
         if tasks is None:
             tasks = [name for name, weight in weights.items() if weight > 0]
@@ -1507,20 +1548,20 @@ class OptTriForPreTraining(OptTriPreTrainedModel):
         # 1. token-level masking
         masked_tasks = tasks & {"mlm", "mrfr", "mrc", "mrc_kl", "mafr", "mac"}
         wanted = {"text": "mlm" in tasks, "image": bool(tasks & {"mrfr", "mrc", "mrc_kl"}), "audio": bool(tasks & {"mafr", "mac"})}
-        masked_rows = self._choose_masked_modalities(present, wanted) if masked_tasks else {m: no for m in MODALITIES}
+        masked_rows = self._choose_masked_modalities(present, wanted, generator) if masked_tasks else {m: no for m in MODALITIES}
         text_ids, mlm_labels = input_ids, None
         image_masked = audio_masked = None
         if input_ids is not None and masked_rows["text"].any():
-            text_ids, mlm_labels = self.mask_text(input_ids, attention_mask, masked_rows["text"])
+            text_ids, mlm_labels = self.mask_text(input_ids, attention_mask, masked_rows["text"], generator=generator)
         if pixel_values is not None and masked_rows["image"].any():
             n = cfg.num_image_patches
             real = torch.ones(batch, n, dtype=torch.bool, device=device)
-            image_masked = self._mask_positions(real, masked_rows["image"], cfg.mvm_probability)
+            image_masked = self._mask_positions(real, masked_rows["image"], cfg.mvm_probability, generator=generator)
         audio_real = None
         if input_features is not None:
             audio_real = base.audio_model.token_mask(audio_attention_mask.long())[:, 1:].bool()
             if masked_rows["audio"].any():
-                audio_masked = self._mask_positions(audio_real, masked_rows["audio"], cfg.mam_probability)
+                audio_masked = self._mask_positions(audio_real, masked_rows["audio"], cfg.mam_probability, generator=generator)
 
         # 2. unimodal encoders. The sample-level objectives (contrastive, ITM, WRA, tri-matching) read the clean inputs
         # (`states`): a masked colour word or patch would make a true pair look mismatched. The masked-modelling pass
@@ -1577,7 +1618,7 @@ class OptTriForPreTraining(OptTriPreTrainedModel):
         # 3. masked modelling through the cross-modal encoder, with modality-level masking. The heads read only the
         # masked tokens, and the decoders the rows whose modality was dropped: the last cross-modal layer runs there only.
         if (masked_tasks and any(masked_rows[m].any() for m in MODALITIES)) or tasks & {"dtr", "dir", "dar"}:
-            kept = self._drop_modalities(present, masked_rows)
+            kept = self._drop_modalities(present, masked_rows, generator)
             parts = {
                 m: (masked_states[m][0], masked_states[m][1] * kept[m][:, None].long()) for m in masked_states
             }
@@ -1692,7 +1733,9 @@ class OptTriForPreTraining(OptTriPreTrainedModel):
                 valid = present[a] & present[b] if a in states and b in states else no
                 if int(valid.sum()) < 2:
                     continue
-                itm, wra = self._pair_matching(a, b, states, embeds, valid, want_wra="wra" in tasks and a == "text")
+                itm, wra = self._pair_matching(
+                    a, b, states, embeds, valid, want_wra="wra" in tasks and a == "text", generator=generator
+                )
                 itm_losses.append(itm)
                 if wra is not None:
                     wra_losses.append(wra)
@@ -1703,7 +1746,7 @@ class OptTriForPreTraining(OptTriPreTrainedModel):
         if "tri_matching" in tasks and len(states) == 3:
             valid = present["text"] & present["image"] & present["audio"]
             if int(valid.sum()) >= 3:
-                losses["tri_matching"] = self._tri_matching(states, valid)
+                losses["tri_matching"] = self._tri_matching(states, valid, generator)
 
         total = None
         for name, value in losses.items():
@@ -1718,9 +1761,23 @@ class OptTriForPreTraining(OptTriPreTrainedModel):
             image_embeds=embeds.get("image"),
             audio_embeds=embeds.get("audio"),
             logit_scale=logit_scale,
+            **self._clean_outputs(output_attentions, output_hidden_states, input_ids, attention_mask, token_type_ids,
+                                  pixel_values, image_mask, input_features, audio_attention_mask),
         )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         return output if return_dict else output.to_tuple()
+
+    def _clean_outputs(self, output_attentions, output_hidden_states, *inputs) -> dict:
+        """The base model's per-tower outputs on the clean inputs, when hidden states or attentions are asked for."""
+        attentions, hidden = _wants_outputs(self.config, output_attentions, output_hidden_states)
+        if not (attentions or _asked(hidden)):
+            return {}
+        names = ("input_ids", "attention_mask", "token_type_ids", "pixel_values", "image_mask", "input_features",
+                 "audio_attention_mask")
+        base_output = self.opt_tri(
+            **dict(zip(names, inputs)), output_attentions=attentions, output_hidden_states=hidden, return_dict=True
+        )
+        return {name: base_output.get(name) for name in _TOWER_FIELDS}
 
     def _check_code_inputs(self, tasks, pixel_values, image_codes, image_code_probs, input_features, audio_codes, audio_codes_mask):
         """Clear errors for the VQ-code objectives: codes present, with the shapes and range the heads expect."""
@@ -1754,7 +1811,7 @@ class OptTriForPreTraining(OptTriPreTrainedModel):
             if audio_codes_mask is not None and tuple(audio_codes_mask.shape) != tuple(audio_codes.shape):
                 raise ValueError(f"audio_codes_mask must have the shape of audio_codes {tuple(audio_codes.shape)}")
 
-    def _pair_matching(self, a, b, states, embeds, valid, want_wra):
+    def _pair_matching(self, a, b, states, embeds, valid, want_wra, generator=None):
         """
         ITM for the pair (a, b) on the rows given by `itm_pairs` (`config.itm_rows_per_sample`). A negative partner
         is drawn from the contrastive similarities (hard) with probability `config.itm_hard_negative_fraction`,
@@ -1772,9 +1829,9 @@ class OptTriForPreTraining(OptTriPreTrainedModel):
             hard_t = hard_t / hard_t.sum(1, keepdim=True).clamp_min(1e-12)
             fraction = self.config.itm_hard_negative_fraction
             uniform = off_diagonal / (n - 1)
-            neg_b = rows[torch.multinomial(fraction * hard + (1 - fraction) * uniform + 1e-9 * off_diagonal, 1).flatten()]
-            neg_a = rows[torch.multinomial(fraction * hard_t + (1 - fraction) * uniform + 1e-9 * off_diagonal, 1).flatten()]
-        a_index, b_index, labels = itm_pairs(rows, neg_a, neg_b, self.config.itm_rows_per_sample)
+            neg_b = rows[torch.multinomial(fraction * hard + (1 - fraction) * uniform + 1e-9 * off_diagonal, 1, generator=generator).flatten()]
+            neg_a = rows[torch.multinomial(fraction * hard_t + (1 - fraction) * uniform + 1e-9 * off_diagonal, 1, generator=generator).flatten()]
+        a_index, b_index, labels = itm_pairs(rows, neg_a, neg_b, self.config.itm_rows_per_sample, generator)
         parts = {a: _take(states[a], a_index), b: _take(states[b], b_index)}
         if not want_wra:  # ITM reads the [CLS] only
             cls = base.fuse_selected(parts.get("text"), parts.get("image"), parts.get("audio"))[0][:, 0]
@@ -1788,16 +1845,16 @@ class OptTriForPreTraining(OptTriPreTrainedModel):
         wra = wra_loss(fused[:, xa_idx], fusion_mask[:, xa_idx], fused[:, xb_idx], fusion_mask[:, xb_idx], labels.bool())
         return itm, wra
 
-    def _tri_matching(self, states, valid):
+    def _tri_matching(self, states, valid, generator=None):
         """5-way matching: which modalities of a (text, image, audio) triple belong to the same sample."""
         rows = valid.nonzero().flatten()
         n = len(rows)
         device = rows.device
-        classes = torch.randint(len(TRI_MATCHING_CLASSES), (n,), device=device)
-        shift1 = torch.randint(1, n, (1,), device=device)
+        classes = torch.randint(len(TRI_MATCHING_CLASSES), (n,), device=device, generator=generator)
+        shift1 = torch.randint(1, n, (1,), device=device, generator=generator)
         shift2 = shift1
         if n > 2:  # uniform over {1..n-1} minus {shift1} (a shift of 0 would pick the sample itself)
-            shift2 = torch.randint(1, n - 1, (1,), device=device)
+            shift2 = torch.randint(1, n - 1, (1,), device=device, generator=generator)
             shift2 = shift2 + (shift2 >= shift1).long()
         other1 = rows[(torch.arange(n, device=device) + shift1) % n]  # always a different sample
         other2 = rows[(torch.arange(n, device=device) + shift2) % n]  # different from the sample and from other1
@@ -1811,7 +1868,7 @@ class OptTriForPreTraining(OptTriPreTrainedModel):
 
 
 def itm_pairs(
-    rows: torch.Tensor, neg_a: torch.Tensor, neg_b: torch.Tensor, rows_per_sample: int
+    rows: torch.Tensor, neg_a: torch.Tensor, neg_b: torch.Tensor, rows_per_sample: int, generator=None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """
     The rows pairwise matching scores, as indices into the batch: `(a_index, b_index, labels)`, label 1 for a
@@ -1820,18 +1877,31 @@ def itm_pairs(
     - `rows_per_sample=3` (ALBEF): `3n` rows, the positives, then each `a` with its negative `b`, then each `b`
       with its negative `a`.
     - `rows_per_sample=1` (UNITER, FLAVA): `n` rows, sample `i` as its positive pair with probability 1/2, else
-      with one side (a or b, at random) replaced by its negative; uses torch's global RNG.
+      with one side (a or b, at random) replaced by its negative; draws from `generator` (default: torch's
+      global RNG).
     """
     if rows_per_sample == 3:
         labels = torch.cat([torch.ones_like(rows), torch.zeros_like(rows), torch.zeros_like(rows)])
         return torch.cat([rows, rows, neg_a]), torch.cat([rows, neg_b, rows]), labels
     if rows_per_sample != 1:
         raise ValueError(f"rows_per_sample must be 1 or 3, got {rows_per_sample!r}")
-    draws = torch.rand(2, rows.shape[0], device=rows.device)
+    draws = torch.rand(2, rows.shape[0], device=rows.device, generator=generator)
     negative, replace_b = draws[0] < 0.5, draws[1] < 0.5
     a_index = torch.where(negative & ~replace_b, neg_a, rows)
     b_index = torch.where(negative & replace_b, neg_b, rows)
     return a_index, b_index, (~negative).long()
+
+
+#: Seed of the generator that `eval()`-mode forwards use for their random draws when none is passed.
+EVAL_SEED = 0
+
+
+def _eval_generator(model: nn.Module, generator: torch.Generator | None, device) -> torch.Generator | None:
+    """The generator of a forward's random draws: the one passed; in `eval()` mode a new one seeded with
+    `EVAL_SEED` (identical calls agree); in training mode `None` (torch's global RNG)."""
+    if generator is not None or model.training:
+        return generator
+    return torch.Generator(device=device).manual_seed(EVAL_SEED)
 
 
 def _take(part: tuple[torch.Tensor, torch.Tensor], index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -3002,12 +3072,23 @@ class OptTriClassifierOutput(ModelOutput):
             after each layer, when `output_hidden_states=True`.
         attentions (`tuple(torch.FloatTensor)`): cross-modal attention weights `(B, heads, S, S)` per layer, when
             `output_attentions=True`.
+        text_outputs / image_outputs / audio_outputs / cross_modal_outputs: each tower's own output and the
+            cross-modal encoder's, when hidden states or attentions are asked for (see [`OptTriModelOutput`]). For
+            pair reasoning, `image_outputs` and `cross_modal_outputs` have `2B` rows: the first images, then the
+            second images.
     """
 
     loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
+    text_outputs: ModelOutput | None = None
+    image_outputs: ModelOutput | None = None
+    audio_outputs: ModelOutput | None = None
+    cross_modal_outputs: BaseModelOutputWithPooling | None = None
+
+    def to_tuple(self) -> tuple:
+        return _nested_to_tuple(self)
 
 
 @dataclass
@@ -3027,6 +3108,8 @@ class OptTriRetrievalOutput(ModelOutput):
         query_embeds / gallery_embeds (`torch.FloatTensor` of shape `(B, projection_dim)`): projected, L2-normalised
             embeddings (the base model's `get_*_features`).
         logit_scale (`torch.FloatTensor` of shape `()`): the learnable log inverse temperature.
+        text_outputs / image_outputs / audio_outputs (`BaseModelOutputWithPooling`): the query and gallery towers'
+            outputs (`pooler_output` = the embeddings), when hidden states or attentions are asked for.
     """
 
     loss: torch.FloatTensor | None = None
@@ -3037,6 +3120,12 @@ class OptTriRetrievalOutput(ModelOutput):
     query_embeds: torch.FloatTensor | None = None
     gallery_embeds: torch.FloatTensor | None = None
     logit_scale: torch.FloatTensor | None = None
+    text_outputs: BaseModelOutputWithPooling | None = None
+    image_outputs: BaseModelOutputWithPooling | None = None
+    audio_outputs: BaseModelOutputWithPooling | None = None
+
+    def to_tuple(self) -> tuple:
+        return _nested_to_tuple(self)
 
 
 @dataclass
@@ -3139,18 +3228,16 @@ def _classification_loss(config: OptTriConfig, logits: torch.Tensor, labels: tor
 
 
 def _pooled_cls(
-    model: "OptTriModel", output_attentions: bool | None, output_hidden_states: bool | None, **inputs
-) -> tuple[torch.Tensor, tuple | None, tuple | None]:
-    """The cross-modal `[CLS]` state `(B, d)` for a head, plus the cross-modal hidden states and attentions when
-    asked for (then through the full `forward`); otherwise through `pooled_output`, which runs the last
-    cross-modal layer at the `[CLS]` only."""
-    config = model.config
-    attentions_wanted = output_attentions if output_attentions is not None else config.output_attentions
-    hidden_wanted = output_hidden_states if output_hidden_states is not None else config.output_hidden_states
-    if attentions_wanted or hidden_wanted:
-        out = model(**inputs, output_attentions=output_attentions, output_hidden_states=output_hidden_states, return_dict=True)
-        return out.pooler_output, out.hidden_states, out.attentions
-    return model.pooled_output(**inputs), None, None
+    model: "OptTriModel", output_attentions, output_hidden_states, **inputs
+) -> tuple[torch.Tensor, OptTriModelOutput | None]:
+    """The cross-modal `[CLS]` state `(B, d)` for a head, plus the base model's output when hidden states or
+    attentions are asked for (then through the full `forward`); otherwise through `pooled_output`, which runs the
+    last cross-modal layer at the `[CLS]` only."""
+    attentions, hidden = _wants_outputs(model.config, output_attentions, output_hidden_states)
+    if attentions or _asked(hidden):
+        out = model(**inputs, output_attentions=attentions, output_hidden_states=hidden, return_dict=True)
+        return out.pooler_output, out
+    return model.pooled_output(**inputs), None
 
 
 def _save_hub_files(model: PreTrainedModel, save_directory) -> None:
@@ -3258,18 +3345,18 @@ class OptTriForSequenceClassification(OptTriPreTrainedModel):
             labels: `(B,)` class ids (single-label), `(B, num_labels)` 0/1 targets (multi-label) or `(B,)` /
                 `(B, num_labels)` floats (regression).
         """
-        hidden_states = attentions = None
+        base_output = None
         if self.prompt_learner is not None:
             logits = self.prompt_logits(pixel_values, input_features, audio_attention_mask)
         else:
-            pooled, hidden_states, attentions = _pooled_cls(
+            pooled, base_output = _pooled_cls(
                 self.opt_tri, output_attentions, output_hidden_states, input_ids=input_ids,
                 attention_mask=attention_mask, token_type_ids=token_type_ids, pixel_values=pixel_values,
                 image_mask=image_mask, input_features=input_features, audio_attention_mask=audio_attention_mask,
             )
             logits = self.classifier(self.dropout(pooled))
         loss = _classification_loss(self.config, logits, labels) if labels is not None else None
-        output = OptTriClassifierOutput(loss=loss, logits=logits, hidden_states=hidden_states, attentions=attentions)
+        output = OptTriClassifierOutput(loss=loss, logits=logits, **_tower_fields(base_output))
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         return output if return_dict else output.to_tuple()
 
@@ -3324,7 +3411,7 @@ class OptTriForQuestionAnswering(OptTriPreTrainedModel):
         Args:
             labels: answer ids `(B,)` or soft answer scores `(B, num_answers)` in [0, 1].
         """
-        pooled, hidden_states, attentions = _pooled_cls(
+        pooled, base_output = _pooled_cls(
             self.opt_tri, output_attentions, output_hidden_states, input_ids=input_ids, attention_mask=attention_mask,
             token_type_ids=token_type_ids, pixel_values=pixel_values, image_mask=image_mask,
             input_features=input_features, audio_attention_mask=audio_attention_mask,
@@ -3342,7 +3429,7 @@ class OptTriForQuestionAnswering(OptTriPreTrainedModel):
                 raise ValueError(
                     f"labels must be answer ids (B,) or soft scores (B, {self.num_labels}); got {tuple(labels.shape)}"
                 )
-        output = OptTriClassifierOutput(loss=loss, logits=logits, hidden_states=hidden_states, attentions=attentions)
+        output = OptTriClassifierOutput(loss=loss, logits=logits, **_tower_fields(base_output))
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         return output if return_dict else output.to_tuple()
 
@@ -3387,23 +3474,29 @@ class OptTriForRetrieval(OptTriPreTrainedModel):
 
     def encode(self, modality: str, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """
-        One unimodal pass: the normalised retrieval embeddings `(B, projection_dim)` (equal to `get_<modality>_features`)
-        and the encoder states with their mask `((B, n, d), (B, n))`, which the cross-encoder fuses.
+        One unimodal pass: the normalised retrieval embeddings `(B, projection_dim)` (`get_<modality>_features(...)
+        .pooler_output`) and the encoder states with their mask `((B, n, d), (B, n))`, which the cross-encoder fuses.
         """
+        features, part = self._encode_tower(modality, inputs, {})
+        return features.pooler_output, part
+
+    def _encode_tower(self, modality: str, inputs: dict, tower_kwargs: dict) -> tuple[BaseModelOutputWithPooling, tuple]:
+        """`encode`, returning the tower's whole output (hidden states / attentions as `tower_kwargs` ask)."""
         base = self.opt_tri
         if modality == "text":
             input_ids = _required(inputs, "input_ids", modality)
             mask = inputs.get("attention_mask")
             mask = torch.ones_like(input_ids) if mask is None else mask
-            hidden = base.encode_text(input_ids, mask, inputs.get("token_type_ids"))
-            return F.normalize(base.text_projection(hidden[:, 0]), dim=-1), (hidden, mask.long())
+            out = base.text_tower(input_ids, mask, inputs.get("token_type_ids"), **tower_kwargs)
+            return base._features(out, base.text_projection), (out.last_hidden_state, mask.long())
         if modality == "image":
-            hidden = base.encode_image(_required(inputs, "pixel_values", modality))
-            mask = torch.ones(hidden.shape[:2], dtype=torch.long, device=hidden.device)
-            return F.normalize(base.image_projection(hidden[:, 0]), dim=-1), (hidden, mask)
+            out = base.image_tower(_required(inputs, "pixel_values", modality), **tower_kwargs)
+            mask = torch.ones(out.last_hidden_state.shape[:2], dtype=torch.long, device=out.last_hidden_state.device)
+            return base._features(out, base.image_projection), (out.last_hidden_state, mask)
         if modality == "audio":
-            hidden, mask = base.encode_audio(_required(inputs, "input_features", modality), inputs.get("audio_attention_mask"))
-            return F.normalize(base.audio_projection(hidden[:, 0]), dim=-1), (hidden, mask)
+            features = _required(inputs, "input_features", modality)
+            out, mask = base.audio_tower(features, inputs.get("audio_attention_mask"), **tower_kwargs)
+            return base._features(out, base.audio_projection), (out.last_hidden_state, mask)
         raise ValueError(f"modality must be 'text', 'image' or 'audio', got {modality!r}")
 
     def matching_logits(self, modality_a: str, part_a, modality_b: str, part_b) -> torch.Tensor:
@@ -3476,7 +3569,10 @@ class OptTriForRetrieval(OptTriPreTrainedModel):
         gallery_modality: str = "image",
         return_loss: bool | None = None,
         itm_loss_weight: float = 1.0,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | int | list[int] | None = None,
         return_dict: bool | None = None,
+        generator: torch.Generator | None = None,
         **kwargs,
     ) -> OptTriRetrievalOutput:
         r"""
@@ -3487,6 +3583,11 @@ class OptTriForRetrieval(OptTriPreTrainedModel):
             query_modality, gallery_modality: two different modalities among `"text"`, `"image"`, `"audio"`.
             return_loss: compute the symmetric contrastive loss (and the ITM loss when `itm_loss_weight > 0`).
             itm_loss_weight: weight of the cross-encoder's matching loss in `loss` (0 trains the dual encoder only).
+            output_attentions, output_hidden_states: return the two towers' own outputs (`text_outputs`,
+                `image_outputs`, `audio_outputs`) with their hidden states / attentions, as `CLIPOutput` does.
+            generator: the `torch.Generator` of the ITM loss's negative sampling (the only random draw of this
+                forward). In `eval()` mode without a generator, a fixed seed is used, so identical calls agree; in
+                training mode the default is torch's global RNG.
         """
         _check_pair(query_modality, gallery_modality)
         _check_model_inputs(
@@ -3498,8 +3599,13 @@ class OptTriForRetrieval(OptTriPreTrainedModel):
             "input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids,
             "pixel_values": pixel_values, "input_features": input_features, "audio_attention_mask": audio_attention_mask,
         }
-        q_embeds, part_q = self.encode(query_modality, inputs)
-        g_embeds, part_g = self.encode(gallery_modality, inputs)
+        attentions, hidden = _wants_outputs(self.config, output_attentions, output_hidden_states)
+        wanted = attentions or _asked(hidden)
+        tower_kwargs = {"output_attentions": attentions, "output_hidden_states": hidden} if wanted else {}
+        q_features, part_q = self._encode_tower(query_modality, inputs, tower_kwargs)
+        g_features, part_g = self._encode_tower(gallery_modality, inputs, tower_kwargs)
+        q_embeds, g_embeds = q_features.pooler_output, g_features.pooler_output
+        towers = {f"{query_modality}_outputs": q_features, f"{gallery_modality}_outputs": g_features} if wanted else {}
         logit_scale = self.opt_tri.logit_scale
         logits_per_query = logit_scale.exp().clamp(max=100.0) * q_embeds.float() @ g_embeds.float().t()
         loss = contrastive = itm = None
@@ -3508,17 +3614,20 @@ class OptTriForRetrieval(OptTriPreTrainedModel):
             contrastive = contrastive_loss(q_embeds, g_embeds, logit_scale, valid)
             loss = contrastive
             if itm_loss_weight > 0 and q_embeds.shape[0] >= 2:
-                itm = self._itm_loss(query_modality, part_q, gallery_modality, part_g, logits_per_query.detach())
+                generator = _eval_generator(self, generator, logits_per_query.device)
+                itm = self._itm_loss(
+                    query_modality, part_q, gallery_modality, part_g, logits_per_query.detach(), generator
+                )
                 loss = loss + itm_loss_weight * itm
         output = OptTriRetrievalOutput(
             loss=loss, contrastive_loss=contrastive, itm_loss=itm, logits_per_query=logits_per_query,
             logits_per_gallery=logits_per_query.t(), query_embeds=q_embeds, gallery_embeds=g_embeds,
-            logit_scale=logit_scale,
+            logit_scale=logit_scale, **towers,
         )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         return output if return_dict else output.to_tuple()
 
-    def _itm_loss(self, query_modality, part_q, gallery_modality, part_g, logits: torch.Tensor) -> torch.Tensor:
+    def _itm_loss(self, query_modality, part_q, gallery_modality, part_g, logits: torch.Tensor, generator=None):
         """ITM over the B positives plus one hard negative per query and per gallery item (sampled ~ softmax(sim))."""
         batch = logits.shape[0]
         rows = torch.arange(batch, device=logits.device)
@@ -3526,8 +3635,8 @@ class OptTriForRetrieval(OptTriPreTrainedModel):
             weights = F.softmax(logits.float(), dim=1)
             weights.fill_diagonal_(0.0)
             weights = weights + 1e-6 * (1 - torch.eye(batch, device=logits.device))
-            negative_gallery = torch.multinomial(weights, 1).flatten()
-            negative_query = torch.multinomial(weights.t(), 1).flatten()
+            negative_gallery = torch.multinomial(weights, 1, generator=generator).flatten()
+            negative_query = torch.multinomial(weights.t(), 1, generator=generator).flatten()
         q_index = torch.cat([rows, rows, negative_query])
         g_index = torch.cat([rows, negative_gallery, rows])
         itm_logits = self.matching_logits(
@@ -3580,6 +3689,8 @@ class OptTriForPairReasoning(OptTriPreTrainedModel):
         token_type_ids: torch.LongTensor | None = None,
         pixel_values: torch.FloatTensor | None = None,
         labels: torch.LongTensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | int | list[int] | None = None,
         return_dict: bool | None = None,
         **kwargs,
     ) -> OptTriClassifierOutput:
@@ -3588,6 +3699,9 @@ class OptTriForPairReasoning(OptTriPreTrainedModel):
             input_ids (`(B, L)`), attention_mask (`(B, L)`), token_type_ids (`(B, L)`): the sentence.
             pixel_values (`(B, 2, 3, H, W)`): the two images of each example.
             labels (`(B,)`): 1 if the sentence is true of the image pair, else 0.
+            output_attentions, output_hidden_states: return `text_outputs` (`B` rows), `image_outputs` and
+                `cross_modal_outputs` (`2B` rows: every first image, then every second image), and the cross-modal
+                `hidden_states` / `attentions` (`2B` rows); the cross-modal encoder then runs in full.
         """
         if input_ids is None or pixel_values is None:
             raise ValueError("Pair reasoning needs input_ids (the sentence) and pixel_values (B, 2, C, H, W)")
@@ -3603,14 +3717,31 @@ class OptTriForPairReasoning(OptTriPreTrainedModel):
         batch = input_ids.shape[0]
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        text = base.encode_text(input_ids, attention_mask, token_type_ids)
-        images = base.encode_image(torch.cat([pixel_values[:, 0], pixel_values[:, 1]]))  # (2B, 1 + N, d)
+        attentions, hidden = _wants_outputs(self.config, output_attentions, output_hidden_states)
+        wanted = attentions or _asked(hidden)
+        tower_kwargs = {"output_attentions": attentions, "output_hidden_states": hidden} if wanted else {}
+        text_out = base.text_tower(input_ids, attention_mask, token_type_ids, **tower_kwargs)
+        image_out = base.image_tower(torch.cat([pixel_values[:, 0], pixel_values[:, 1]]), **tower_kwargs)  # 2B rows
+        text, images = text_out.last_hidden_state, image_out.last_hidden_state
         image_mask = torch.ones(images.shape[:2], dtype=torch.long, device=images.device)
-        cls = base.fuse_selected((text.repeat(2, 1, 1), attention_mask.long().repeat(2, 1)), (images, image_mask))[0][:, 0]
+        parts = (text.repeat(2, 1, 1), attention_mask.long().repeat(2, 1)), (images, image_mask)
+        towers = {}
+        if wanted:
+            inputs, masks, codes = base._fusion_inputs(parts[0], parts[1], None)
+            fused, _, _, all_hidden, all_attentions = base._fuse(inputs, masks, codes, attentions, hidden)
+            cls = fused[:, 0]
+            towers = {
+                "text_outputs": text_out, "image_outputs": image_out, "hidden_states": all_hidden,
+                "attentions": all_attentions, "cross_modal_outputs": BaseModelOutputWithPooling(
+                    last_hidden_state=fused, pooler_output=cls, hidden_states=all_hidden, attentions=all_attentions
+                ),
+            }
+        else:
+            cls = base.fuse_selected(*parts)[0][:, 0]
         pooled = torch.cat([cls[:batch], cls[batch:]], dim=-1)
         logits = self.classifier(pooled)
         loss = F.cross_entropy(logits.float(), labels.long(), ignore_index=-100) if labels is not None else None
-        output = OptTriClassifierOutput(loss=loss, logits=logits)
+        output = OptTriClassifierOutput(loss=loss, logits=logits, **towers)
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         return output if return_dict else output.to_tuple()
 

@@ -602,21 +602,20 @@ def test_forward_token_masking_policy(monkeypatch, policy):
     calls = {}
     original_text, original_positions = model.mask_text, OptTriForPreTraining._mask_positions
 
-    def spy_text(input_ids, attention_mask, rows):
+    def spy_text(input_ids, attention_mask, rows, generator=None):
         calls["text"] = rows.clone()
-        return original_text(input_ids, attention_mask, rows)
+        return original_text(input_ids, attention_mask, rows, generator=generator)
 
-    def spy_positions(real, rows, probability):
+    def spy_positions(real, rows, probability, generator=None):
         calls["image" if real.shape[1] == model.config.num_image_patches else "audio"] = rows.clone()
-        return original_positions(real, rows, probability)
+        return original_positions(real, rows, probability, generator=generator)
 
     monkeypatch.setattr(model, "mask_text", spy_text)
     monkeypatch.setattr(model, "_mask_positions", spy_positions)
     for seed in range(5):
         calls.clear()
-        torch.manual_seed(seed)
         with torch.no_grad():
-            out = model(**data, tasks=["mlm", "mrfr", "mafr"])
+            out = model(**data, tasks=["mlm", "mrfr", "mafr"], generator=torch.Generator().manual_seed(seed))
         rows = {m: calls.get(m, torch.zeros(8, dtype=torch.bool)) for m in MODALITIES}
         present = torch.ones(8, 3, dtype=torch.bool)
         present[5, 0] = present[6, 1] = present[7, 2] = False
@@ -684,8 +683,8 @@ def _evaluate(model, data, tasks=None, seeds=range(5)):
     outs = []
     with torch.no_grad():
         for seed in seeds:
-            torch.manual_seed(10_000 + seed)
-            outs.append(model(**data, tasks=tasks).losses())
+            generator = torch.Generator().manual_seed(10_000 + seed)
+            outs.append(model(**data, tasks=tasks, generator=generator).losses())
     model.train()
     return {k: float(np.mean([o[k] for o in outs if k in o])) for k in set().union(*outs)}
 
@@ -776,8 +775,8 @@ def test_each_head_reads_the_cross_modal_states_of_its_own_masked_tokens(monkeyp
     masks, seen = {}, {}
     original_positions = OptTriForPreTraining._mask_positions
 
-    def spy_positions(real, rows, probability):
-        chosen = original_positions(real, rows, probability)
+    def spy_positions(real, rows, probability, generator=None):
+        chosen = original_positions(real, rows, probability, generator=generator)
         masks["image" if real.shape[1] == model.config.num_image_patches else "audio"] = chosen
         return chosen
 
@@ -883,8 +882,7 @@ def test_mlm_overfits_and_recovers_masked_tokens(batch):
     hits = total = 0
     with torch.no_grad():
         for seed in range(5):
-            torch.manual_seed(10_000 + seed)
-            out = model(**batch, tasks=["mlm"])
+            out = model(**batch, tasks=["mlm"], generator=torch.Generator().manual_seed(10_000 + seed))
             chosen = out.mlm_labels != -100
             assert torch.equal(out.mlm_labels[chosen], batch["input_ids"][chosen])
             hits += (out.mlm_logits.argmax(-1) == batch["input_ids"][chosen]).sum().item()
@@ -913,8 +911,10 @@ def test_codes_by_patch_groups_the_cells_under_each_patch():
 
 
 def _fixed_image_mask(monkeypatch, model, mask):
-    def fixed(real, rows, probability):
-        return mask.clone() if real.shape[1] == mask.shape[1] else OptTriForPreTraining._mask_positions(real, rows, probability)
+    def fixed(real, rows, probability, generator=None):
+        if real.shape[1] == mask.shape[1]:
+            return mask.clone()
+        return OptTriForPreTraining._mask_positions(real, rows, probability, generator=generator)
 
     monkeypatch.setattr(model, "_mask_positions", fixed)
 
