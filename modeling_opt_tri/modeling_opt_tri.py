@@ -364,10 +364,12 @@ class OptTriPreTrainedModel(PreTrainedModel):
         std = getattr(self.config, "initializer_range", 0.02)
         if isinstance(module, OptTriAudioEmbeddings):
             init.trunc_normal_(module.cls_token, std=std)
-            init.trunc_normal_(module.mask_token, std=std)
+            if module.mask_token is not None:
+                init.trunc_normal_(module.mask_token, std=std)
         elif isinstance(module, OptTriModel):
             init.trunc_normal_(module.fusion_cls_token, std=std)
-            init.constant_(module.logit_scale, self.config.logit_scale_init_value)
+            if module.logit_scale is not None:
+                init.constant_(module.logit_scale, self.config.logit_scale_init_value)
         elif isinstance(module, nn.LayerNorm):
             init.ones_(module.weight)
             init.zeros_(module.bias)
@@ -513,20 +515,23 @@ def _load_audio_encoder_checkpoint(path: str, default: OptTriAudioConfig) -> tup
 class OptTriAudioEmbeddings(nn.Module):
     """Log-mel `(B, M, T)` -> patches of `patch_frames` frames -> `[CLS]` + tokens + positions `(B, 1 + A, D)`."""
 
-    def __init__(self, config: OptTriAudioConfig):
+    def __init__(self, config: OptTriAudioConfig, use_mask_token: bool = True):
         super().__init__()
         self.config = config
         self.patch_embedding = nn.Conv1d(
             config.num_mel_bins, config.hidden_size, kernel_size=config.patch_frames, stride=config.patch_frames
         )
         self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
-        self.mask_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
+        # masked audio modelling only (ViT's `use_mask_token`)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size)) if use_mask_token else None
         self.position_embedding = nn.Embedding(config.max_position_embeddings + 1, config.hidden_size)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(self, input_features: torch.Tensor, bool_masked_pos: torch.Tensor | None = None) -> torch.Tensor:
         tokens = self.patch_embedding(input_features).transpose(1, 2)  # (B, A, D)
         if bool_masked_pos is not None:
+            if self.mask_token is None:
+                raise ValueError("bool_masked_pos needs the audio mask token: this encoder was built with use_mask_token=False")
             tokens = torch.where(bool_masked_pos[..., None], self.mask_token.to(tokens.dtype), tokens)
         cls = self.cls_token.expand(tokens.shape[0], -1, -1).to(tokens.dtype)
         embeddings = torch.cat([cls, tokens], dim=1)
@@ -541,9 +546,9 @@ class OptTriAudioModel(OptTriPreTrainedModel):
     base_model_prefix = "audio_model"
     main_input_name = "input_features"
 
-    def __init__(self, config: OptTriAudioConfig):
+    def __init__(self, config: OptTriAudioConfig, use_mask_token: bool = True):
         super().__init__(config)
-        self.embeddings = OptTriAudioEmbeddings(config)
+        self.embeddings = OptTriAudioEmbeddings(config, use_mask_token)
         self.encoder = OptTriEncoder(config)
         self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.post_init()
@@ -709,32 +714,45 @@ class OptTriModel(OptTriPreTrainedModel):
     ```
     """
 
-    def __init__(self, config: OptTriConfig):
+    def __init__(
+        self, config: OptTriConfig, use_mask_tokens: bool = True, use_projections: bool = True, use_audio: bool = True
+    ):
+        r"""
+        Args:
+            use_mask_tokens: build the vision and audio mask tokens (masked modelling, `*_bool_masked_pos`).
+            use_projections: build the retrieval projections and `logit_scale` (`*_embeds`, `get_*_features`).
+            use_audio: build the audio tower. The heads pass `False` for what their objectives never use, so that
+                every parameter they hold gets a gradient (DDP without `find_unused_parameters`).
+        """
         super().__init__(config)
         try:
             self.text_model = AutoModel.from_config(config.text_config, add_pooling_layer=False)
         except TypeError:  # text encoders without a pooler take no `add_pooling_layer`
             self.text_model = AutoModel.from_config(config.text_config)
-        self.vision_model = ViTModel(config.vision_config, add_pooling_layer=False, use_mask_token=True)
-        self.audio_model = OptTriAudioModel(config.audio_config)
+        self.vision_model = ViTModel(config.vision_config, add_pooling_layer=False, use_mask_token=use_mask_tokens)
+        self.audio_model = OptTriAudioModel(config.audio_config, use_mask_token=use_mask_tokens) if use_audio else None
         # Keep one config object per component so that changes (e.g. the attention implementation) stay in sync.
         self.text_model.config = config.text_config
         self.vision_model.config = config.vision_config
-        self.audio_model.config = config.audio_config
+        if use_audio:
+            self.audio_model.config = config.audio_config
 
         fusion = config.cross_modal_config
         self.text_to_fusion = nn.Linear(config.text_config.hidden_size, fusion.hidden_size)
         self.image_to_fusion = nn.Linear(config.vision_config.hidden_size, fusion.hidden_size)
-        self.audio_to_fusion = nn.Linear(config.audio_config.hidden_size, fusion.hidden_size)
+        self.audio_to_fusion = nn.Linear(config.audio_config.hidden_size, fusion.hidden_size) if use_audio else None
         self.modality_embeddings = nn.Embedding(4, fusion.hidden_size)
         self.fusion_cls_token = nn.Parameter(torch.zeros(1, 1, fusion.hidden_size))
         self.fusion_encoder = OptTriEncoder(fusion)
         self.fusion_layernorm = nn.LayerNorm(fusion.hidden_size, eps=fusion.layer_norm_eps)
 
-        self.text_projection = nn.Linear(config.text_config.hidden_size, config.projection_dim, bias=False)
-        self.image_projection = nn.Linear(config.vision_config.hidden_size, config.projection_dim, bias=False)
-        self.audio_projection = nn.Linear(config.audio_config.hidden_size, config.projection_dim, bias=False)
-        self.logit_scale = nn.Parameter(torch.tensor(float(config.logit_scale_init_value)))
+        self.text_projection = self.image_projection = self.audio_projection = self.logit_scale = None
+        if use_projections:
+            self.text_projection = nn.Linear(config.text_config.hidden_size, config.projection_dim, bias=False)
+            self.image_projection = nn.Linear(config.vision_config.hidden_size, config.projection_dim, bias=False)
+            if use_audio:
+                self.audio_projection = nn.Linear(config.audio_config.hidden_size, config.projection_dim, bias=False)
+            self.logit_scale = nn.Parameter(torch.tensor(float(config.logit_scale_init_value)))
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Module:
@@ -781,6 +799,8 @@ class OptTriModel(OptTriPreTrainedModel):
                 f"pixel_values must have shape (batch, {expected[0]}, {expected[1]}, {expected[2]}); got "
                 f"{tuple(pixel_values.shape)}. Use OptTriImageProcessor with image_size={vc.image_size}."
             )
+        if bool_masked_pos is not None and getattr(self.vision_model.embeddings, "mask_token", None) is None:
+            raise ValueError(f"bool_masked_pos needs the vision mask token, which {type(self).__name__} does not build here")
         pixel_values = pixel_values.to(self.vision_model.embeddings.patch_embeddings.projection.weight.dtype)
         return self.vision_model(pixel_values=pixel_values, bool_masked_pos=bool_masked_pos, **kwargs, return_dict=True)
 
@@ -796,6 +816,8 @@ class OptTriModel(OptTriPreTrainedModel):
     ) -> tuple[BaseModelOutputWithPooling, torch.Tensor]:
         """The audio encoder's own output (hidden states / attentions when asked for through `kwargs`) and the token
         mask `(B, 1 + A)`."""
+        if self.audio_model is None:
+            raise ValueError("This model was built without the audio tower (use_audio=False): input_features cannot be read")
         if audio_attention_mask is None:
             audio_attention_mask = torch.ones(
                 input_features.shape[0], input_features.shape[-1], dtype=torch.long, device=input_features.device
@@ -809,8 +831,10 @@ class OptTriModel(OptTriPreTrainedModel):
         )
         return out, self.audio_model.token_mask(audio_attention_mask.long())
 
-    def _features(self, tower_output, projection: nn.Module) -> BaseModelOutputWithPooling:
+    def _features(self, tower_output, projection: nn.Module | None) -> BaseModelOutputWithPooling:
         """A tower's output with `pooler_output` replaced by its projected, L2-normalised `[CLS]` state."""
+        if projection is None:
+            raise ValueError("This model was built without the retrieval projections (use_projections=False)")
         return BaseModelOutputWithPooling(
             last_hidden_state=tower_output.last_hidden_state,
             pooler_output=F.normalize(projection(tower_output.last_hidden_state[:, 0]), dim=-1),
@@ -898,7 +922,8 @@ class OptTriModel(OptTriPreTrainedModel):
             text_hidden = text_out.last_hidden_state
             fields["text_last_hidden_state"] = text_hidden
             fields["text_outputs"] = text_out if tower_kwargs else None
-            fields["text_embeds"] = F.normalize(self.text_projection(text_hidden[:, 0]), dim=-1)
+            if self.text_projection is not None:
+                fields["text_embeds"] = F.normalize(self.text_projection(text_hidden[:, 0]), dim=-1)
             fusion_inputs.append(self.text_to_fusion(text_hidden))
             fusion_masks.append(attention_mask.long())
             modality_ids.append(MODALITY_TEXT)
@@ -907,7 +932,8 @@ class OptTriModel(OptTriPreTrainedModel):
             image_hidden = image_out.last_hidden_state
             fields["image_last_hidden_state"] = image_hidden
             fields["image_outputs"] = image_out if tower_kwargs else None
-            fields["image_embeds"] = F.normalize(self.image_projection(image_hidden[:, 0]), dim=-1)
+            if self.image_projection is not None:
+                fields["image_embeds"] = F.normalize(self.image_projection(image_hidden[:, 0]), dim=-1)
             if image_mask is None:
                 image_mask = torch.ones(batch, dtype=torch.long, device=image_hidden.device)
             fusion_inputs.append(self.image_to_fusion(image_hidden))
@@ -922,7 +948,8 @@ class OptTriModel(OptTriPreTrainedModel):
             fields["audio_last_hidden_state"] = audio_hidden
             fields["audio_outputs"] = audio_out if tower_kwargs else None
             fields["audio_token_mask"] = token_mask
-            fields["audio_embeds"] = F.normalize(self.audio_projection(audio_hidden[:, 0]), dim=-1)
+            if self.audio_projection is not None:
+                fields["audio_embeds"] = F.normalize(self.audio_projection(audio_hidden[:, 0]), dim=-1)
             fusion_inputs.append(self.audio_to_fusion(audio_hidden))
             fusion_masks.append(token_mask)
             modality_ids.append(MODALITY_AUDIO)
@@ -3251,6 +3278,13 @@ def _save_hub_files(model: PreTrainedModel, save_directory) -> None:
     custom_object_save(model, save_directory)
 
 
+#: State-dict keys of modules a head no longer builds (its objectives never use them); older checkpoints of the head
+#: hold them, and they load quietly.
+_MASK_TOKEN_KEYS = [r"vision_model\.embeddings\.mask_token$", r"audio_model\.embeddings\.mask_token$"]
+_PROJECTION_KEYS = [r"(text|image|audio)_projection\.weight$", r"(^|\.)logit_scale$"]
+_AUDIO_TOWER_KEYS = [r"(^|\.)audio_model\.", r"(^|\.)audio_to_fusion\."]
+
+
 class OptTriForSequenceClassification(OptTriPreTrainedModel):
     """
     Classification / regression from any non-empty subset of text, image and audio: the cross-modal `[CLS]` state
@@ -3275,10 +3309,12 @@ class OptTriForSequenceClassification(OptTriPreTrainedModel):
     ```
     """
 
+    _keys_to_ignore_on_load_unexpected = _MASK_TOKEN_KEYS
+
     def __init__(self, config: OptTriConfig):
         super().__init__(config)
         self.num_labels = config.num_labels
-        self.opt_tri = OptTriModel(config)
+        self.opt_tri = OptTriModel(config, use_mask_tokens=False)  # projections: CoOp prompt tuning
         dropout = getattr(config, "classifier_dropout", None)
         self.dropout = nn.Dropout(0.1 if dropout is None else dropout)
         self.classifier = nn.Linear(config.cross_modal_config.hidden_size, config.num_labels)
@@ -3380,10 +3416,12 @@ class OptTriForQuestionAnswering(OptTriPreTrainedModel):
     ```
     """
 
+    _keys_to_ignore_on_load_unexpected = _MASK_TOKEN_KEYS + _PROJECTION_KEYS
+
     def __init__(self, config: OptTriConfig):
         super().__init__(config)
         self.num_labels = config.num_labels
-        self.opt_tri = OptTriModel(config)
+        self.opt_tri = OptTriModel(config, use_mask_tokens=False, use_projections=False)
         fc = config.cross_modal_config
         self.classifier = OptTriClassificationMLP(
             fc.hidden_size, 2 * fc.hidden_size, config.num_labels, fc.hidden_act, fc.layer_norm_eps
@@ -3450,9 +3488,11 @@ class OptTriForRetrieval(OptTriPreTrainedModel):
     with `get_class_from_dynamic_module("modeling_opt_tri.OptTriForRetrieval", folder).from_pretrained(folder)`.
     """
 
+    _keys_to_ignore_on_load_unexpected = _MASK_TOKEN_KEYS
+
     def __init__(self, config: OptTriConfig):
         super().__init__(config)
-        self.opt_tri = OptTriModel(config)
+        self.opt_tri = OptTriModel(config, use_mask_tokens=False)
         self.itm_head = nn.Linear(config.cross_modal_config.hidden_size, 2)
         self.post_init()
 
@@ -3671,9 +3711,11 @@ class OptTriForPairReasoning(OptTriPreTrainedModel):
     No `transformers` Auto class fits; see [`OptTriForRetrieval`] for loading the checkpoint as remote code.
     """
 
+    _keys_to_ignore_on_load_unexpected = _MASK_TOKEN_KEYS + _PROJECTION_KEYS + _AUDIO_TOWER_KEYS
+
     def __init__(self, config: OptTriConfig):
         super().__init__(config)
-        self.opt_tri = OptTriModel(config)
+        self.opt_tri = OptTriModel(config, use_mask_tokens=False, use_projections=False, use_audio=False)
         fc = config.cross_modal_config
         self.classifier = OptTriClassificationMLP(2 * fc.hidden_size, 2 * fc.hidden_size, 2, fc.hidden_act, fc.layer_norm_eps)
         self.post_init()
