@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import re
+import shutil
+import tempfile
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -385,7 +388,37 @@ class OptTriPreTrainedModel(PreTrainedModel):
             auto_map.setdefault("AutoModelForMultimodalLM", "modeling_opt_tri.OptTriForTextToImage")
             auto_map.setdefault("AutoModelForTextToWaveform", "modeling_opt_tri.OptTriForTextToAudio")
             self.config.auto_map = auto_map
-        return super().save_pretrained(save_directory, *args, **kwargs)
+        result = super().save_pretrained(save_directory, *args, **kwargs)
+        card = os.path.join(save_directory, "README.md")
+        if not os.path.exists(card):  # never replace a card written for this folder (e.g. by examples/pretrain.py)
+            with open(card, "w", encoding="utf-8") as handle:
+                handle.write(default_model_card(self))
+        return result
+
+    def push_to_hub(self, repo_id: str, commit_message: str | None = None, private: bool | None = None,
+                    token: str | None = None, revision: str | None = None, create_pr: bool = False,
+                    max_shard_size: int | str | None = "50GB", commit_description: str | None = None, **kwargs):
+        """
+        Upload what `save_pretrained` writes, the model card included: the card of the folder the model was loaded
+        from when it is an OPT-Tri card (so a pre-trained model pushed from `final/` keeps the card of its run),
+        else [`default_model_card`]. (`PreTrainedModel.push_to_hub` would replace it by the Hub's generic card.)
+        """
+        try:
+            from huggingface_hub import HfApi
+        except ImportError as error:  # a transformers dependency, so only a broken install lacks it
+            raise ImportError("push_to_hub needs the huggingface_hub package") from error
+
+        api = HfApi(token=token)
+        repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+        with tempfile.TemporaryDirectory() as folder:
+            source = os.path.join(str(getattr(self, "name_or_path", "") or ""), "README.md")
+            if os.path.isfile(source) and MODEL_CARD_MARKER in open(source, encoding="utf-8").read():
+                shutil.copyfile(source, os.path.join(folder, "README.md"))
+            self.save_pretrained(folder, max_shard_size=max_shard_size)
+            return api.upload_folder(
+                repo_id=repo_id, folder_path=folder, commit_message=commit_message or "Upload model",
+                commit_description=commit_description, revision=revision, create_pr=create_pr,
+            )
 
     @classmethod
     def from_unimodal_pretrained(
@@ -448,6 +481,78 @@ class OptTriPreTrainedModel(PreTrainedModel):
         (text encoder embeddings, text decoder embeddings, LM and MLM heads) is resized, and both the encoder's and
         the decoder's `vocab_size` follow, so the resized model saves and reloads. Returns the input embeddings."""
         return _resize_text_vocabulary(self, new_num_tokens, pad_to_multiple_of, mean_resizing)
+
+
+#: Marks a README.md as an OPT-Tri model card (written by `save_pretrained` or the training scripts).
+MODEL_CARD_MARKER = "<!-- opt-tri model card -->"
+
+#: The Hub's pipeline tag of each head (the task a `transformers` pipeline would run); heads not listed have none.
+PIPELINE_TAGS = {
+    "OptTriModel": "feature-extraction",
+    "OptTriAudioModel": "feature-extraction",
+    "OptTriForPreTraining": "feature-extraction",
+    "OptTriForRetrieval": "feature-extraction",
+    "OptTriForConditionalGeneration": "image-to-text",
+    "OptTriForTextToImage": "text-to-image",
+    "OptTriForTextToAudio": "text-to-audio",
+    "OptTriForQuestionAnswering": "visual-question-answering",
+}
+
+#: Runs on any OPT-Tri folder saved with its processor (the model id is filled in).
+USAGE_SNIPPET = """import numpy as np
+import torch
+from PIL import Image
+from transformers import AutoModel, AutoProcessor
+
+model_id = {model_id!r}
+model = AutoModel.from_pretrained(model_id, trust_remote_code=True).eval()
+processor = AutoProcessor.from_pretrained(model_id, trust_remote_code=True)
+image = Image.fromarray(np.full((64, 64, 3), (220, 30, 30), dtype=np.uint8))  # a red square
+audio = np.zeros(16000, dtype=np.float32)  # one second of silence
+batch = processor(text=["a red square"], images=[image], audio=[audio], sampling_rate=16000, return_tensors="pt")
+with torch.no_grad():
+    out = model(**batch)
+print("cross-modal [CLS]:", tuple(out.pooler_output.shape))
+print("text-image similarity:", float(out.text_embeds @ out.image_embeds.T))
+"""
+
+
+def model_card_metadata(model: PreTrainedModel, **extra) -> str:
+    """The Hub metadata block (YAML front matter) of a model card: `library_name`, `pipeline_tag` (from the head),
+    `tags`, and any `extra` field (`license`, `datasets`, `base_model`, ...; lists become YAML lists)."""
+    fields = {"library_name": "transformers", "pipeline_tag": PIPELINE_TAGS.get(type(model).__name__)}
+    fields["tags"] = ["opt-tri", "multimodal", "text", "image", "audio", "custom_code", type(model).__name__]
+    fields.update(extra)
+    lines = ["---"]
+    for key, value in fields.items():
+        if value is None or value == []:
+            continue
+        if isinstance(value, (list, tuple)):
+            lines.append(f"{key}:")
+            lines.extend(f"- {item}" for item in value)
+        else:
+            lines.append(f"{key}: {value}")
+    return "\n".join(lines + ["---", ""])
+
+
+def default_model_card(model: PreTrainedModel, model_id: str | None = None) -> str:
+    """The card `save_pretrained` writes when the folder has none: metadata, the architecture, and a usage snippet.
+    What the model was trained on is not known here; `examples/pretrain.py` writes the full card of a run."""
+    config = model.config
+    sizes = ""
+    if getattr(config, "model_type", None) == OptTriConfig.model_type:
+        parts = {name: getattr(config, f"{name}_config") for name in ("text", "vision", "audio", "cross_modal")}
+        sizes = ", ".join(f"{name} {c.num_hidden_layers} x {c.hidden_size}" for name, c in parts.items())
+        sizes = f" Encoders (layers x width): {sizes}."
+    name = type(model).__name__
+    return (
+        model_card_metadata(model) + f"\n# OPT-Tri: {name}\n\n{MODEL_CARD_MARKER}\n\n"
+        f"A tri-modal (text, image, audio) OPT-Tri model, saved as `{name}`.{sizes} Its code travels with the "
+        "weights: load it with `trust_remote_code=True`.\n\n"
+        "This card was written by `save_pretrained`; it does not record the training data or run. The card of a "
+        "pre-training run (data, objectives, steps, evaluation, loss curves) is written by `examples/pretrain.py`.\n\n"
+        "## Usage\n\n```python\n" + USAGE_SNIPPET.format(model_id=model_id or "path/to/this/folder") + "```\n"
+    )
 
 
 def _load_audio_encoder_checkpoint(path: str, default: OptTriAudioConfig) -> tuple[OptTriAudioConfig, dict]:

@@ -35,7 +35,7 @@ MODALITY_KEYS = {
     "image": ("pixel_values", "image_mask"),
     "audio": ("input_features", "audio_attention_mask"),
 }
-SAVED_FILES = {"config.json", "model.safetensors", "configuration_opt_tri.py", "modeling_opt_tri.py"}
+SAVED_FILES = {"config.json", "model.safetensors", "configuration_opt_tri.py", "modeling_opt_tri.py", "README.md"}
 
 
 @pytest.fixture(autouse=True)

@@ -35,6 +35,7 @@ from ..processing_opt_tri import OptTriProcessor
 from .checkpointing import latest_checkpoint, load_checkpoint, save_checkpoint
 from .codes import AUDIO_CODE_OBJECTIVES, IMAGE_CODE_OBJECTIVES, VQCodeTargets
 from .evaluation import embed_batches, format_retrieval_table, retrieval_metrics
+from .model_card import write_model_card
 
 logger = logging.get_logger(__name__)
 
@@ -521,6 +522,7 @@ def run_pretraining(args: PretrainArguments) -> dict[str, Any]:
         )
         if args.evaluate:
             summary["retrieval"] = evaluate_retrieval(unwrapped, processor, args)
+        write_model_card(final, unwrapped, summary, dataset=None if args.dataset == "builtin" else args.dataset)
         (output_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     accelerator.end_training()
     return summary
