@@ -387,6 +387,8 @@ class OptTriPreTrainedModel(PreTrainedModel):
             auto_map.setdefault("AutoModelForPreTraining", "modeling_opt_tri.OptTriForPreTraining")
             auto_map.setdefault("AutoModelForMultimodalLM", "modeling_opt_tri.OptTriForTextToImage")
             auto_map.setdefault("AutoModelForTextToWaveform", "modeling_opt_tri.OptTriForTextToAudio")
+            # the dual encoder serves pipeline("zero-shot-image-classification", ...) of any OPT-Tri checkpoint
+            auto_map.setdefault("AutoModelForZeroShotImageClassification", "modeling_opt_tri.OptTriForRetrieval")
             self.config.auto_map = auto_map
         result = super().save_pretrained(save_directory, *args, **kwargs)
         card = os.path.join(save_directory, "README.md")
@@ -3242,6 +3244,8 @@ class OptTriRetrievalOutput(ModelOutput):
         logit_scale (`torch.FloatTensor` of shape `()`): the learnable log inverse temperature.
         text_outputs / image_outputs / audio_outputs (`BaseModelOutputWithPooling`): the query and gallery towers'
             outputs (`pooler_output` = the embeddings), when hidden states or attentions are asked for.
+        logits_per_text / logits_per_image / logits_per_audio: the same logits named by modality, as CLIP and CLAP
+            name them (`logits_per_<query>` is `logits_per_query`, `logits_per_<gallery>` its transpose).
     """
 
     loss: torch.FloatTensor | None = None
@@ -3255,6 +3259,9 @@ class OptTriRetrievalOutput(ModelOutput):
     text_outputs: BaseModelOutputWithPooling | None = None
     image_outputs: BaseModelOutputWithPooling | None = None
     audio_outputs: BaseModelOutputWithPooling | None = None
+    logits_per_text: torch.FloatTensor | None = None
+    logits_per_image: torch.FloatTensor | None = None
+    logits_per_audio: torch.FloatTensor | None = None
 
     def to_tuple(self) -> tuple:
         return _nested_to_tuple(self)
@@ -3711,7 +3718,7 @@ class OptTriForRetrieval(OptTriPreTrainedModel):
         input_features: torch.FloatTensor | None = None,
         audio_attention_mask: torch.LongTensor | None = None,
         query_modality: str = "text",
-        gallery_modality: str = "image",
+        gallery_modality: str | None = None,
         return_loss: bool | None = None,
         itm_loss_weight: float = 1.0,
         output_attentions: bool | None = None,
@@ -3722,10 +3729,12 @@ class OptTriForRetrieval(OptTriPreTrainedModel):
     ) -> OptTriRetrievalOutput:
         r"""
         A paired batch: row `i` of `query_modality` matches row `i` of `gallery_modality` (inputs as for
-        [`OptTriModel`]; other modalities are ignored).
+        [`OptTriModel`]; other modalities are ignored). Without `return_loss` the two sides may have different
+        batch sizes (score `Q` queries against `G` items, as CLIP does; the zero-shot pipelines call it so).
 
         Args:
-            query_modality, gallery_modality: two different modalities among `"text"`, `"image"`, `"audio"`.
+            query_modality, gallery_modality: two different modalities among `"text"`, `"image"`, `"audio"`; the
+                gallery defaults to `"image"` when `pixel_values` are given, else `"audio"`.
             return_loss: compute the symmetric contrastive loss (and the ITM loss when `itm_loss_weight > 0`).
             itm_loss_weight: weight of the cross-encoder's matching loss in `loss` (0 trains the dual encoder only).
             output_attentions, output_hidden_states: return the two towers' own outputs (`text_outputs`,
@@ -3734,16 +3743,15 @@ class OptTriForRetrieval(OptTriPreTrainedModel):
                 forward). In `eval()` mode without a generator, a fixed seed is used, so identical calls agree; in
                 training mode the default is torch's global RNG.
         """
+        if gallery_modality is None:
+            gallery_modality = "image" if pixel_values is not None or input_features is None else "audio"
         _check_pair(query_modality, gallery_modality)
-        _check_model_inputs(
-            self.config, input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-            pixel_values=pixel_values, image_mask=image_mask, input_features=input_features,
-            audio_attention_mask=audio_attention_mask,
-        )
         inputs = {
             "input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids,
-            "pixel_values": pixel_values, "input_features": input_features, "audio_attention_mask": audio_attention_mask,
+            "pixel_values": pixel_values, "image_mask": image_mask, "input_features": input_features,
+            "audio_attention_mask": audio_attention_mask,
         }
+        _check_retrieval_inputs(self.config, inputs, (query_modality, gallery_modality), paired=bool(return_loss))
         attentions, hidden = _wants_outputs(self.config, output_attentions, output_hidden_states)
         wanted = attentions or _asked(hidden)
         tower_kwargs = {"output_attentions": attentions, "output_hidden_states": hidden} if wanted else {}
@@ -3768,6 +3776,7 @@ class OptTriForRetrieval(OptTriPreTrainedModel):
             loss=loss, contrastive_loss=contrastive, itm_loss=itm, logits_per_query=logits_per_query,
             logits_per_gallery=logits_per_query.t(), query_embeds=q_embeds, gallery_embeds=g_embeds,
             logit_scale=logit_scale, **towers,
+            **{f"logits_per_{query_modality}": logits_per_query, f"logits_per_{gallery_modality}": logits_per_query.t()},
         )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         return output if return_dict else output.to_tuple()
@@ -3789,6 +3798,26 @@ class OptTriForRetrieval(OptTriPreTrainedModel):
         )
         labels = torch.cat([torch.ones_like(rows), torch.zeros_like(rows), torch.zeros_like(rows)])
         return F.cross_entropy(itm_logits.float(), labels)
+
+
+def _check_retrieval_inputs(config, inputs: dict, modalities: tuple[str, str], paired: bool) -> None:
+    """The checks of `OptTriModel` on the two sides of a retrieval call: together (same batch size) for a paired
+    batch, else each side on its own (a `Q x G` scoring call)."""
+    side_inputs = {m: {k: inputs.get(k) for k in _SIDE_INPUTS[m]} for m in modalities}
+    for m, given in side_inputs.items():
+        _required(given, _SIDE_INPUTS[m][0], m)
+    if paired:
+        _check_model_inputs(config, **side_inputs[modalities[0]], **side_inputs[modalities[1]])
+    else:
+        for given in side_inputs.values():
+            _check_model_inputs(config, **given)
+
+
+_SIDE_INPUTS = {
+    "text": ("input_ids", "attention_mask", "token_type_ids"),
+    "image": ("pixel_values", "image_mask"),
+    "audio": ("input_features", "audio_attention_mask"),
+}
 
 
 def _required(inputs: dict[str, torch.Tensor | None], name: str, modality: str) -> torch.Tensor:

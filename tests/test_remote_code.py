@@ -90,10 +90,19 @@ LOAD_AND_RUN = textwrap.dedent(
         base = model(**batch, output_hidden_states=True)
         torch.manual_seed(0)
         pre = pretraining(**batch)
+    def flat(name, value):  # nested outputs (each tower's own) and tuples of tensors, by a dotted name
+        if torch.is_tensor(value):
+            tensors[name] = value.clone()  # a tower's output shares tensors with the flat fields
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                flat(f"{name}.{key}", item)
+        elif isinstance(value, tuple):
+            for i, item in enumerate(value):
+                flat(f"{name}.{i}", item)
+
     for prefix, output in (("base", base), ("pretraining", pre)):
         for key, value in output.items():
-            for i, tensor in enumerate(value if isinstance(value, tuple) else (value,)):
-                tensors[f"{prefix}.{key}.{i}"] = tensor.contiguous()
+            flat(f"{prefix}.{key}", value if isinstance(value, (tuple, dict)) else (value,))
     save_file(tensors, out + "/outputs.safetensors")
     modules = {
         "model": type(model).__module__, "pretraining": type(pretraining).__module__,
@@ -162,10 +171,19 @@ def _expected_outputs(model, processor, raw):
         base = model.opt_tri(**batch, output_hidden_states=True)
         torch.manual_seed(0)
         pre = model(**batch)
+    def flat(name, value):  # as LOAD_AND_RUN names them
+        if torch.is_tensor(value):
+            tensors[name] = value
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                flat(f"{name}.{key}", item)
+        elif isinstance(value, tuple):
+            for i, item in enumerate(value):
+                flat(f"{name}.{i}", item)
+
     for prefix, output in (("base", base), ("pretraining", pre)):
         for key, value in output.items():
-            for i, tensor in enumerate(value if isinstance(value, tuple) else (value,)):
-                tensors[f"{prefix}.{key}.{i}"] = tensor
+            flat(f"{prefix}.{key}", value if isinstance(value, (tuple, dict)) else (value,))
     assert pre.loss is not None and "pretraining.mlm_logits.0" in tensors
     return tensors
 
