@@ -492,6 +492,62 @@ def test_heads_that_do_not_build_a_module_say_so():
         _build("qa").opt_tri.get_text_features(tiny_batch()["input_ids"])
 
 
+def test_fine_tuning_helpers_skip_the_towers_a_head_does_not_build():
+    from modeling_opt_tri.training.finetune import freeze_bottom_layers
+
+    frozen = freeze_bottom_layers(_build("pair"), 1)
+    assert frozen and {name.split(".")[0] for name in frozen} == {"text_model", "vision_model"}
+
+
+# ---- further ModelTesterMixin checks ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_gradient_checkpointing_enable_disable(head):
+    model = _build(head)
+    layers = [m for m in model.modules() if hasattr(m, "gradient_checkpointing") and isinstance(m, torch.nn.Module)
+              and type(m).__name__.endswith("Layer")]
+    assert layers and not any(m.gradient_checkpointing for m in layers)
+    model.gradient_checkpointing_enable()
+    assert model.is_gradient_checkpointing and all(m.gradient_checkpointing for m in layers)
+    model.gradient_checkpointing_disable()
+    assert not model.is_gradient_checkpointing and not any(m.gradient_checkpointing for m in layers)
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_sub_models_share_the_composite_config(head):
+    """Each tower's config is the composite config's sub-config object (test_internal_model_config_and_subconfig_are_same),
+    so a change of one (e.g. the attention implementation) reaches the other."""
+    model = _build(head)
+    if head == "audio":
+        assert model.encoder.layers[0].self_attn.config is model.config
+        return
+    base, config = model.base_model, model.config
+    assert base.config is config
+    assert base.text_model.config is config.text_config and base.vision_model.config is config.vision_config
+    if base.audio_model is not None:
+        assert base.audio_model.config is config.audio_config
+    assert base.fusion_encoder.layers[0].self_attn.config is config.cross_modal_config
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_can_be_initialized_on_meta(head):
+    config = tiny_config(num_labels=3)
+    with torch.device("meta"):
+        model = _build(head) if head == "audio" else type(_build(head))(config)
+    assert all(p.device.type == "meta" for p in model.parameters())
+
+
+def test_classifier_loads_with_mismatched_label_count(tmp_path):
+    model = _build("classification")
+    model.save_pretrained(tmp_path)
+    with pytest.raises(Exception, match="size mismatch|ignore_mismatched_sizes"):
+        OptTriForSequenceClassification.from_pretrained(tmp_path, num_labels=5)
+    reloaded = OptTriForSequenceClassification.from_pretrained(tmp_path, num_labels=5, ignore_mismatched_sizes=True)
+    assert reloaded.classifier.out_features == 5
+    assert torch.equal(reloaded.opt_tri.fusion_cls_token, model.opt_tri.fusion_cls_token)
+
+
 def test_audio_model_input_embeddings():
     model = _build("audio")
     stem = model.get_input_embeddings()

@@ -208,6 +208,8 @@ def freeze_bottom_layers(model: nn.Module, num_layers: int, encoders: Sequence[s
     frozen: list[str] = []
     for key in encoders:
         encoder = getattr(base, ENCODERS[key])
+        if encoder is None:  # a head that does not build this tower (pair reasoning has no audio)
+            continue
         layers = _layer_stack(encoder)
         if num_layers > len(layers):
             raise ValueError(f"--freeze_layers {num_layers}: the {key} encoder has only {len(layers)} layers")
