@@ -547,13 +547,20 @@ def default_model_card(model: PreTrainedModel, model_id: str | None = None) -> s
         sizes = ", ".join(f"{name} {c.num_hidden_layers} x {c.hidden_size}" for name, c in parts.items())
         sizes = f" Encoders (layers x width): {sizes}."
     name = type(model).__name__
+    model_id = model_id or "path/to/this/folder"
+    snippet = USAGE_SNIPPET.format(model_id=model_id)
+    if not sizes:  # a sub-model (the audio encoder): no processor, no cross-modal output
+        snippet = (
+            f"from transformers import AutoModel\n\nmodel = AutoModel.from_pretrained({model_id!r}, "
+            "trust_remote_code=True)\n"
+        )
     return (
         model_card_metadata(model) + f"\n# OPT-Tri: {name}\n\n{MODEL_CARD_MARKER}\n\n"
         f"A tri-modal (text, image, audio) OPT-Tri model, saved as `{name}`.{sizes} Its code travels with the "
         "weights: load it with `trust_remote_code=True`.\n\n"
         "This card was written by `save_pretrained`; it does not record the training data or run. The card of a "
         "pre-training run (data, objectives, steps, evaluation, loss curves) is written by `examples/pretrain.py`.\n\n"
-        "## Usage\n\n```python\n" + USAGE_SNIPPET.format(model_id=model_id or "path/to/this/folder") + "```\n"
+        "## Usage\n\n```python\n" + snippet + "```\n"
     )
 
 
@@ -3411,6 +3418,10 @@ class OptTriForSequenceClassification(OptTriPreTrainedModel):
     embeddings of `[CLS] v_1 ... v_M <class name> [SEP]`, where the context vectors `v` are learnt
     ([`OptTriPromptLearner`]). The setting lives in the config, so it survives `save_pretrained`/`from_pretrained`.
 
+    Unused parameters: the retrieval projections and `logit_scale` serve prompt tuning only, which may be switched on
+    after loading, so they are built (and loaded from a pre-trained checkpoint) but get no gradient from the linear
+    classifier; with prompt tuning on, the classifier gets none. The mask tokens are not built.
+
     Example:
 
     ```python
@@ -3492,6 +3503,8 @@ class OptTriForSequenceClassification(OptTriPreTrainedModel):
         Args:
             labels: `(B,)` class ids (single-label), `(B, num_labels)` 0/1 targets (multi-label) or `(B,)` /
                 `(B, num_labels)` floats (regression).
+            output_attentions, output_hidden_states: add the towers' and the cross-modal encoder's outputs (see
+                [`OptTriModelOutput`]); a prompt-tuned classifier (no cross-modal pass) returns none.
         """
         base_output = None
         if self.prompt_learner is not None:
@@ -3598,6 +3611,11 @@ class OptTriForRetrieval(OptTriPreTrainedModel):
 
     No `transformers` Auto class fits; the checkpoint still carries the Hub files, so without our package it loads
     with `get_class_from_dynamic_module("modeling_opt_tri.OptTriForRetrieval", folder).from_pretrained(folder)`.
+    (`AutoModelForZeroShotImageClassification` maps to it, for the zero-shot pipeline: docs/PIPELINES.md.)
+
+    Unused parameters: a call reads the towers of its (query, gallery) pair only, so fine-tuning one pair leaves the
+    third tower without gradients (freeze it, or let DDP find unused parameters). The mask tokens, which only
+    masked modelling reads, are not built.
     """
 
     _keys_to_ignore_on_load_unexpected = _MASK_TOKEN_KEYS
@@ -3768,9 +3786,7 @@ class OptTriForRetrieval(OptTriPreTrainedModel):
             loss = contrastive
             if itm_loss_weight > 0 and q_embeds.shape[0] >= 2:
                 generator = _eval_generator(self, generator, logits_per_query.device)
-                itm = self._itm_loss(
-                    query_modality, part_q, gallery_modality, part_g, logits_per_query.detach(), generator
-                )
+                itm = self._itm_loss((query_modality, part_q), (gallery_modality, part_g), logits_per_query, generator)
                 loss = loss + itm_loss_weight * itm
         output = OptTriRetrievalOutput(
             loss=loss, contrastive_loss=contrastive, itm_loss=itm, logits_per_query=logits_per_query,
@@ -3781,8 +3797,11 @@ class OptTriForRetrieval(OptTriPreTrainedModel):
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         return output if return_dict else output.to_tuple()
 
-    def _itm_loss(self, query_modality, part_q, gallery_modality, part_g, logits: torch.Tensor, generator=None):
-        """ITM over the B positives plus one hard negative per query and per gallery item (sampled ~ softmax(sim))."""
+    def _itm_loss(self, query, gallery, logits: torch.Tensor, generator=None) -> torch.Tensor:
+        """ITM over the B positives plus one hard negative per query and per gallery item (sampled ~ softmax(sim)).
+        `query` / `gallery`: `(modality, (states, mask))`."""
+        (query_modality, part_q), (gallery_modality, part_g) = query, gallery
+        logits = logits.detach()
         batch = logits.shape[0]
         rows = torch.arange(batch, device=logits.device)
         with torch.no_grad():
@@ -3903,15 +3922,10 @@ class OptTriForPairReasoning(OptTriPreTrainedModel):
         parts = (text.repeat(2, 1, 1), attention_mask.long().repeat(2, 1)), (images, image_mask)
         towers = {}
         if wanted:
-            inputs, masks, codes = base._fusion_inputs(parts[0], parts[1], None)
-            fused, _, _, all_hidden, all_attentions = base._fuse(inputs, masks, codes, attentions, hidden)
-            cls = fused[:, 0]
-            towers = {
-                "text_outputs": text_out, "image_outputs": image_out, "hidden_states": all_hidden,
-                "attentions": all_attentions, "cross_modal_outputs": BaseModelOutputWithPooling(
-                    last_hidden_state=fused, pooler_output=cls, hidden_states=all_hidden, attentions=all_attentions
-                ),
-            }
+            cross_modal = self._fuse_in_full(parts, attentions, hidden)
+            cls = cross_modal.pooler_output
+            towers = {"text_outputs": text_out, "image_outputs": image_out, "cross_modal_outputs": cross_modal,
+                      "hidden_states": cross_modal.hidden_states, "attentions": cross_modal.attentions}
         else:
             cls = base.fuse_selected(*parts)[0][:, 0]
         pooled = torch.cat([cls[:batch], cls[batch:]], dim=-1)
@@ -3920,6 +3934,17 @@ class OptTriForPairReasoning(OptTriPreTrainedModel):
         output = OptTriClassifierOutput(loss=loss, logits=logits, **towers)
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         return output if return_dict else output.to_tuple()
+
+    def _fuse_in_full(self, parts, output_attentions, output_hidden_states) -> BaseModelOutputWithPooling:
+        """The cross-modal encoder over every position of the (text, image) `parts`, with its hidden states and
+        attentions as asked for."""
+        inputs, masks, codes = self.opt_tri._fusion_inputs(parts[0], parts[1], None)
+        fused, _, _, all_hidden, all_attentions = self.opt_tri._fuse(
+            inputs, masks, codes, output_attentions, output_hidden_states
+        )
+        return BaseModelOutputWithPooling(
+            last_hidden_state=fused, pooler_output=fused[:, 0], hidden_states=all_hidden, attentions=all_attentions
+        )
 
 
 __all__ = [
