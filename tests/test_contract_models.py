@@ -10,21 +10,23 @@ selected layers, `return_dict=False`), eager against SDPA on every output, run-t
 the feature getters, `_no_split_modules`, and one training step with gradient checkpointing that gives every
 parameter a gradient (or lists why not).
 
-Checks of the mixin left out, and why (the CLIP / BLIP / FLAVA tests skip them as well):
-- `inputs_embeds` (test_inputs_embeds, test_model_get_set_embeddings for the multimodal part): no single embedding
-  matrix feeds the model; CLIP/BLIP/FLAVA skip "Inputs_embeds is tested in individual model tests" / "not used".
-- `retain_grad` of hidden states and attentions (test_retain_grad_hidden_states_attentions): skipped by
-  CLIPModelTest and FlavaModelTest ("Hidden_states is tested in individual model tests").
-- torchscript / torch.fx tracing / torch.compile / flash-attention / model parallelism and multi-GPU: no GPU here
-  and no tracing support claimed (CLIP's torchscript tests are slow-only; FLAVA sets `test_torchscript = False`).
-- pruning of attention heads and resizing of position embeddings: not supported (FLAVA/BLIP set
-  `test_pruning = False`, `test_resize_embeddings = False`). Resizing token embeddings is h13a's part (the heads
-  with a decoder).
+Checks of the mixin left out, and the CLIP / FLAVA test that skips the same check (read in the transformers
+repository's tests/models/{clip,flava}; the 5.25 source release ships only tests/test_modeling_common.py):
+- `inputs_embeds` (test_inputs_embeds, test_inputs_embeds_matches_input_ids): no single embedding matrix feeds a
+  tri-modal model. CLIPModelTest: "Inputs_embeds is tested in individual model tests"; FlavaModelTest: "tested in
+  individual model tests".
+- `retain_grad` of hidden states / attentions (test_retain_grad_hidden_states_attentions). CLIPModelTest:
+  "Retain_grad is tested in individual model tests"; FlavaModelTest: "tested in individual model tests".
+- resizing embeddings, pruning, head masking: `test_resize_embeddings = False`, `test_pruning = False`,
+  `test_head_masking = False` in CLIPModelTest and FlavaModelTest (token-embedding resizing of the heads with a
+  decoder is covered by tests/test_contract_generation.py).
+- torchscript tracing: FlavaForPreTrainingTest sets `test_torchscript = False`.
+- flash attention, compile, model parallelism, disk/CPU offload, tensor-parallel plans: GPU- or accelerator-only
+  mixin tests (`require_torch_gpu` / `require_flash_attn` / multi-GPU), not run on this CPU-only suite.
 """
 
 from __future__ import annotations
 
-import copy
 import re
 
 import pytest
@@ -371,6 +373,17 @@ def test_no_split_modules_are_the_blocks_the_model_contains(head):
         assert {"BertLayer", "ViTLayer"} <= model._no_split_modules
     if head == "pretraining":
         assert "OptTriDecoderLayer" in model._no_split_modules
+
+
+@pytest.mark.parametrize("name", ["OptTriForConditionalGeneration", "OptTriForTextToImage", "OptTriForTextToAudio"])
+def test_no_split_modules_of_the_generating_heads_include_the_decoder_layer(name):
+    import modeling_opt_tri
+
+    torch.manual_seed(0)
+    model = getattr(modeling_opt_tri, name)(tiny_config())
+    built = {type(m).__name__ for m in model.modules()}
+    assert "OptTriDecoderLayer" in model._no_split_modules and model._no_split_modules <= built
+    assert "RobertaLayer" not in model._no_split_modules
 
 
 # ---- feature getters ------------------------------------------------------------------------------------------
