@@ -397,16 +397,19 @@ class OptTriPreTrainedModel(PreTrainedModel):
                 handle.write(default_model_card(self))
         return result
 
-    def push_to_hub(self, repo_id: str, commit_message: str | None = None, private: bool | None = None,
-                    token: str | None = None, revision: str | None = None, create_pr: bool = False,
-                    max_shard_size: int | str | None = "50GB", commit_description: str | None = None, **kwargs):
+    def push_to_hub(
+        self, repo_id: str, *, commit_message: str | None = None, commit_description: str | None = None,
+        private: bool | None = None, token: bool | str | None = None, revision: str | None = None,
+        create_pr: bool = False, max_shard_size: int | str | None = "50GB", tags: list[str] | None = None,
+    ) -> str:
         """
-        Upload what `save_pretrained` writes, the model card included: the card of the folder the model was loaded
-        from when it is an OPT-Tri card (so a pre-trained model pushed from `final/` keeps the card of its run),
-        else [`default_model_card`]. (`PreTrainedModel.push_to_hub` would replace it by the Hub's generic card.)
+        `PushToHubMixin.push_to_hub` (same arguments), uploading the model card too: the card of the folder the
+        model was loaded from when it is an OPT-Tri card (so a pre-trained model pushed from `final/` keeps the card
+        of its run), else [`default_model_card`]; `tags` are added to it. (`PreTrainedModel.push_to_hub` would
+        replace it by the Hub's generic card.)
         """
         try:
-            from huggingface_hub import HfApi
+            from huggingface_hub import HfApi, ModelCard
         except ImportError as error:  # a transformers dependency, so only a broken install lacks it
             raise ImportError("push_to_hub needs the huggingface_hub package") from error
 
@@ -417,6 +420,10 @@ class OptTriPreTrainedModel(PreTrainedModel):
             if os.path.isfile(source) and MODEL_CARD_MARKER in open(source, encoding="utf-8").read():
                 shutil.copyfile(source, os.path.join(folder, "README.md"))
             self.save_pretrained(folder, max_shard_size=max_shard_size)
+            if tags:
+                card = ModelCard.load(os.path.join(folder, "README.md"))
+                card.data.tags = list(card.data.tags or []) + [tag for tag in tags if tag not in (card.data.tags or [])]
+                card.save(os.path.join(folder, "README.md"))
             return api.upload_folder(
                 repo_id=repo_id, folder_path=folder, commit_message=commit_message or "Upload model",
                 commit_description=commit_description, revision=revision, create_pr=create_pr,

@@ -108,10 +108,10 @@ def test_push_to_hub_uploads_the_card_of_the_loaded_run(tmp_path, monkeypatch):
     with no_external_network() as attempts, LocalHub() as hub:
         hub.patch(monkeypatch, tmp_path / "cache")
         OptTriForPreTraining.from_pretrained(final).push_to_hub("user/run")
-        OptTriModel(tiny_config()).push_to_hub("user/fresh")
+        OptTriModel(tiny_config()).push_to_hub("user/fresh", tags=["my-tag"])
         run_card, fresh_card = hub.files("user/run")["README.md"].decode(), hub.files("user/fresh")["README.md"].decode()
         assert attempts == [] and hub.unhandled == []
     assert "Steps: 7 optimizer steps" in run_card and "pipeline_tag: feature-extraction" in run_card
     assert MODEL_CARD_MARKER in fresh_card and "library_name: transformers" in fresh_card
-    assert "This model card has been automatically generated" not in fresh_card
+    assert "This model card has been automatically generated" not in fresh_card and "- my-tag" in fresh_card
     assert {"config.json", "model.safetensors", "modeling_opt_tri.py"} <= set(hub.files("user/run"))
