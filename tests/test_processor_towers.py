@@ -286,6 +286,25 @@ def test_composite_checkpoint_folder(folders, speech, tmp_path):
     np.testing.assert_array_equal(processor(audio=[speech[0]], sampling_rate=8000)["input_values"].numpy(), expected)
 
 
+def test_legacy_hub_preprocessor_config(folders, tmp_path):
+    """A `preprocessor_config.json` in the format of the original CLIP checkpoints on the Hub (`CLIPFeatureExtractor`,
+    integer `size` / `crop_size`) loads as the CLIP family, processes like the class built directly, and round-trips."""
+    legacy = {
+        "crop_size": 32, "do_center_crop": True, "do_normalize": True, "do_resize": True, "resample": 3, "size": 32,
+        "feature_extractor_type": "CLIPFeatureExtractor", "image_mean": [0.48145466, 0.4578275, 0.40821073],
+        "image_std": [0.26862954, 0.26130258, 0.27577711],
+    }
+    (tmp_path / "clip").mkdir()
+    (tmp_path / "clip" / "preprocessor_config.json").write_text(json.dumps(legacy))
+    processor = OptTriProcessor.from_unimodal_pretrained(text=folders["text:bert"], vision=tmp_path / "clip")
+    assert type(processor.image_processor).__name__ == "CLIPImageProcessorPil"
+    expected = IMAGE_PROCESSORS["clip"]()(_images(), return_tensors="pt")["pixel_values"]
+    torch.testing.assert_close(processor(images=_images())["pixel_values"], expected, rtol=0, atol=0)
+    processor.save_pretrained(tmp_path / "saved")
+    reloaded = OptTriProcessor.from_pretrained(tmp_path / "saved")
+    torch.testing.assert_close(reloaded(images=_images())["pixel_values"], expected, rtol=0, atol=0)
+
+
 def test_clear_errors(folders, tmp_path, speech):
     bert = folders["text:bert"]
     with pytest.raises(ValueError, match=r"vision='.*nowhere' is not a checkpoint folder \(no such directory\)"):
