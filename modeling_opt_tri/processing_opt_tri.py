@@ -151,8 +151,8 @@ def _load_unimodal(argument: str, path: Any, loader: Any, files: tuple[str, ...]
     """
     if not isinstance(path, (str, os.PathLike)):
         raise ValueError(f"{argument}= must be a checkpoint folder or Hub repo id (str), got {type(path).__name__}")
-    path = os.fspath(path)
-    local = os.path.exists(path) or path.startswith((".", "~")) or os.path.isabs(path) or path.count("/") > 1
+    path = os.path.expanduser(os.fspath(path))
+    local = os.path.exists(path) or path.startswith(".") or os.path.isabs(path) or path.count("/") > 1
     if local:
         if not os.path.isdir(path):
             raise ValueError(f"{argument}={path!r} is not a checkpoint folder (no such directory)")
