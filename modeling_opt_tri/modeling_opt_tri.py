@@ -1334,7 +1334,7 @@ def contrastive_loss(a: torch.Tensor, b: torch.Tensor, logit_scale: torch.Tensor
     a, b, valid = _gather_with_grad(a), _gather_with_grad(b), _gather_with_grad(valid.float()).bool()
     a, b = a[valid], b[valid]
     if a.shape[0] < 2:
-        return logit_scale * 0.0
+        return logit_scale.sum() * 0.0  # a scalar also for a 1-element scale (FSDP2 shards no 0-d parameter)
     logits = logit_scale.exp().clamp(max=100.0) * a.float() @ b.float().t()
     labels = torch.arange(a.shape[0], device=a.device)
     return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2

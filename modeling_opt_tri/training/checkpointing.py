@@ -1,4 +1,4 @@
-"""Atomic, resumable training checkpoints that never go through pickle.
+"""Atomic, resumable training checkpoints whose tensors never go through pickle.
 
 A checkpoint is a folder `checkpoint-<step>/` holding:
 
@@ -10,8 +10,15 @@ A checkpoint is a folder `checkpoint-<step>/` holding:
 - `scaler.pt` (fp16 runs only): the `GradScaler` state (loss scale and growth tracker), so that a resumed fp16 run
   neither restarts the scale at 65536 (and skips steps again) nor differs from an uninterrupted one.
 
+Under FSDP (parameters are sharded `DTensor`s) `model.safetensors` and `optimizer.pt` are replaced by `sharded/`: a
+`torch.distributed.checkpoint` folder in which every rank writes its own shards of the model and optimizer state
+(tensor data is loaded with `torch.load(weights_only=True)`; DCP's own `.metadata` index is a pickle written by torch).
+Such a checkpoint resumes on the same number of processes exactly, and on a different number (DCP reshards, the data
+position is mapped onto the new ranks) approximately: the ranks' RNG streams and the data order per rank then differ.
+
 Everything is first written into a temporary folder next to the final one, fsynced, and then renamed in one
-`os.rename`. A run killed at any moment therefore leaves either the complete checkpoint or none (plus, possibly, a
+`os.rename`; with several processes every rank writes into that folder, all wait at a barrier, and rank 0 alone renames
+it. A run killed at any moment therefore leaves either the complete checkpoint or none (plus, possibly, a
 `*.tmp` folder that `latest_checkpoint` ignores and the next save removes).
 """
 
@@ -28,8 +35,13 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
 
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
+SHARDED_FOLDER = "sharded"
+"""Sub-folder of an FSDP checkpoint with the `torch.distributed.checkpoint` shards of the model and optimizer."""
 
 
 def _fsync_dir(path: Path) -> None:
@@ -45,7 +57,9 @@ def _fsync_dir(path: Path) -> None:
 
 def _fsync_tree(path: Path) -> None:
     for file in path.iterdir():
-        if file.is_file():
+        if file.is_dir():
+            _fsync_tree(file)
+        elif file.is_file():
             with open(file, "rb") as handle:
                 os.fsync(handle.fileno())
     _fsync_dir(path)
@@ -105,8 +119,9 @@ def save_checkpoint(
     scaler: Any = None,
 ) -> Path:
     """
-    Write `checkpoint-<step>` atomically. With several processes every rank calls it (each writes its RNG state);
-    `barrier` (e.g. `accelerator.wait_for_everyone`) synchronises them, and rank 0 writes the rest and renames.
+    Write `checkpoint-<step>` atomically. With several processes every rank calls it (each writes its RNG state, and
+    under FSDP its shards of the model and optimizer); `barrier` (e.g. `accelerator.wait_for_everyone`) synchronises
+    them, and rank 0 writes the rest and renames.
     """
     output_dir = Path(output_dir)
     final = output_dir / f"checkpoint-{step}"
@@ -120,11 +135,15 @@ def save_checkpoint(
     meta, tensors = rng_state()
     (tmp / f"rng_state_{rank}.json").write_text(json.dumps(meta))
     save_file(tensors, str(tmp / f"rng_state_{rank}.safetensors"))
+    sharded = is_sharded(model)
+    if sharded:  # a collective: every rank writes its shards
+        save_sharded_state(tmp / SHARDED_FOLDER, model, optimizer)
     if barrier is not None:
         barrier()
     if rank == 0:
-        save_file(_state_dict_for_safetensors(model), str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        if not sharded:
+            save_file(_state_dict_for_safetensors(model), str(tmp / "model.safetensors"), metadata={"format": "pt"})
+            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         if scaler is not None:
             torch.save(scaler.state_dict(), tmp / "scaler.pt")
@@ -141,6 +160,73 @@ def save_checkpoint(
     if barrier is not None:
         barrier()
     return final
+
+
+def is_sharded(model: torch.nn.Module) -> bool:
+    """Whether `model`'s parameters are sharded `DTensor`s (FSDP2), so that no rank holds the full weights."""
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # a torch without torch.distributed
+        return False
+    return any(isinstance(parameter, DTensor) for parameter in model.parameters())
+
+
+def save_sharded_state(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """Write the model and optimizer state into `folder` with `torch.distributed.checkpoint`: a collective in which
+    every rank writes its own shards (fsynced) and rank 0 the index."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    model_state, optimizer_state = get_state_dict(model, optimizer)
+    dcp.save({"model": model_state, "optimizer": optimizer_state},
+             storage_writer=dcp.FileSystemWriter(str(folder), sync_files=True))
+
+
+def load_sharded_state(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """Read `save_sharded_state`'s folder into `model` and `optimizer`, sharded or not and on any number of processes
+    (DCP reads the slices each rank needs)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    model_state, optimizer_state = get_state_dict(model, optimizer)  # initialises the optimizer state to load into
+    reader = dcp.FileSystemReader(str(folder))
+    state = {"model": model_state, "optimizer": optimizer_state}
+    saved = {key: getattr(value, "size", None) for key, value in reader.read_metadata().state_dict_metadata.items()}
+    as_saved = _like_saved(state, saved, "")
+    dcp.load(as_saved, storage_reader=reader)
+    state = _like_template(as_saved, state)
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+
+
+def _like_saved(template: Any, saved: dict[str, Any], path: str) -> Any:
+    """`template` with each 0-d tensor that was saved with 1 element (FSDP2 shards 0-d parameters as 1-element ones,
+    see `pretrain._configure_fsdp`) replaced by a 1-element view of it, so that DCP reads into it in place."""
+    if isinstance(template, dict):
+        return {key: _like_saved(value, saved, f"{path}{key}.") for key, value in template.items()}
+    if isinstance(template, torch.Tensor) and template.ndim == 0 and tuple(saved.get(path[:-1]) or ()) == (1,):
+        return template.reshape(1)
+    return template
+
+
+def _like_template(loaded: Any, template: Any) -> Any:
+    if isinstance(template, dict):
+        return {key: _like_template(loaded[key], value) for key, value in template.items()}
+    if isinstance(template, torch.Tensor) and isinstance(loaded, torch.Tensor):
+        return loaded.reshape(template.shape)
+    return loaded
+
+
+def _remap_data_position(state: dict[str, Any], saved_world: int, world_size: int, path: Path) -> dict[str, Any]:
+    """The data position of a checkpoint written by `saved_world` processes, for `world_size` processes: rank `r`
+    reads batches `r, r + world, ...` of each epoch, so `i` batches per rank are `i * world` batches in all."""
+    consumed = state["batch_index"] * saved_world
+    if consumed % world_size:
+        raise ValueError(
+            f"{path} was written by {saved_world} processes after {consumed} batches of epoch {state['epoch']}, which "
+            f"{world_size} processes cannot split evenly; resume with {saved_world} processes, or with a number that "
+            f"divides {consumed}"
+        )
+    return dict(state, batch_index=consumed // world_size)
 
 
 def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
@@ -171,21 +257,48 @@ def load_checkpoint(
     scaler: Any = None,
 ) -> dict[str, Any]:
     """Restore model, optimizer, scheduler, this rank's RNG state and (when given and saved) the fp16 `GradScaler`
-    state; return the trainer state."""
+    state; return the trainer state. A sharded (FSDP) checkpoint also resumes on a different number of processes (see
+    the module docstring); a full one only on the same number."""
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"checkpoint folder {str(path)!r} does not exist")
-    required = ["model.safetensors", "optimizer.pt", "scheduler.pt", "trainer_state.json",
-                f"rng_state_{rank}.json", f"rng_state_{rank}.safetensors"]  # without the RNG state, no exact resume
+    sharded = (path / SHARDED_FOLDER / ".metadata").is_file()
+    weights = [f"{SHARDED_FOLDER}/.metadata"] if sharded else ["model.safetensors", "optimizer.pt"]
+    required = weights + ["scheduler.pt", "trainer_state.json"]
     missing = [name for name in required if not (path / name).exists()]
     if missing:
         raise FileNotFoundError(f"{path} is not a complete OPT-Tri checkpoint: missing {missing}")
     state = json.loads((path / "trainer_state.json").read_text())
-    if state.get("world_size", 1) != world_size:
-        raise ValueError(
-            f"{path} was written by {state.get('world_size')} processes; resuming with {world_size} would change the "
-            "data order and RNG streams. Resume with the same number of processes."
-        )
+    saved_world = state.get("world_size", 1)
+    if saved_world != world_size:
+        if not sharded:
+            raise ValueError(
+                f"{path} was written by {saved_world} processes; resuming with {world_size} would change the "
+                "data order and RNG streams. Resume with the same number of processes."
+            )
+        state = _remap_data_position(state, saved_world, world_size, path)
+        logger.warning(f"{path} was written by {saved_world} processes and resumes on {world_size}: the weights, "
+                       "optimizer and schedule are restored and the data position is kept, but each rank's batches "
+                       "and RNG streams differ from an uninterrupted run's")
+    rng_files = [f"rng_state_{rank}.json", f"rng_state_{rank}.safetensors"]  # without them, no exact resume
+    if saved_world == world_size and not all((path / name).exists() for name in rng_files):
+        raise FileNotFoundError(f"{path} is not a complete OPT-Tri checkpoint: missing {rng_files}")
+    if sharded:  # into a sharded or an unsharded model
+        load_sharded_state(path / SHARDED_FOLDER, model, optimizer)
+    else:
+        if is_sharded(model):
+            raise ValueError(f"{path} was written without FSDP (model.safetensors): resume it without FSDP, or start "
+                             f"an FSDP run from its weights with --model_name_or_path")
+        _load_full_state(path, model, optimizer)
+    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+    if scaler is not None and (path / "scaler.pt").exists():  # absent in checkpoints of fp32/bf16 runs
+        scaler.load_state_dict(torch.load(path / "scaler.pt", weights_only=True))
+    if all((path / name).exists() for name in rng_files):
+        set_rng_state(json.loads((path / rng_files[0]).read_text()), load_file(str(path / rng_files[1])))
+    return state
+
+
+def _load_full_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
     weights = load_file(str(path / "model.safetensors"))
     missing_keys, unexpected = model.load_state_dict(weights, strict=False)
     tied = set(getattr(model, "all_tied_weights_keys", {}) or {})
@@ -193,9 +306,3 @@ def load_checkpoint(
     if missing_keys or unexpected:
         raise ValueError(f"{path}: checkpoint weights do not match the model (missing {missing_keys}, unexpected {unexpected})")
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu"))
-    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
-    if scaler is not None and (path / "scaler.pt").exists():  # absent in checkpoints of fp32/bf16 runs
-        scaler.load_state_dict(torch.load(path / "scaler.pt", weights_only=True))
-    set_rng_state(json.loads((path / f"rng_state_{rank}.json").read_text()),
-                  load_file(str(path / f"rng_state_{rank}.safetensors")))
-    return state

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from accelerate.utils import DistributedType
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 from transformers.utils import logging
@@ -89,7 +90,12 @@ class PretrainArguments:
     logging_steps: int = 10
     num_workers: int = 0
     max_bad_row_fraction: float = field(default=0.1, metadata={"help": "stop when more rows than this are corrupt"})
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = field(
+        default=False, metadata={"help": "recompute activations in the backward (under FSDP: FSDP's own option)"}
+    )
+    distributed_timeout: float = field(
+        default=600.0, metadata={"help": "seconds a collective waits for the other ranks before the job fails"}
+    )
     torch_compile: bool = False
     tensorboard: bool = True
     progress: bool = True
@@ -255,13 +261,134 @@ def build_model(args: PretrainArguments, accelerator) -> tuple[OptTriForPreTrain
         model.config.itm_rows_per_sample = args.itm_rows_per_sample
     model.config._validate()
     VQCodeTargets.check_compatible(model.config, processor, image_tokenizer, audio_tokenizer)
-    if args.gradient_checkpointing:
+    if args.gradient_checkpointing and not _uses_fsdp(accelerator):  # under FSDP: its own option (_configure_fsdp)
         model.gradient_checkpointing_enable()
     codes = None
     if image_tokenizer is not None or audio_tokenizer is not None:
         need_soft = model.config.objectives.get("mrc_kl", 0.0) > 0
         codes = VQCodeTargets(image_tokenizer, audio_tokenizer, args.code_soft_temperature, need_soft)
     return model, processor, codes
+
+
+def build_accelerator(args: PretrainArguments, output_dir: Path):
+    """
+    The `Accelerator` of a run, for any `accelerate launch` configuration: one process, DDP, FSDP2 or DeepSpeed.
+
+    Two gaps of accelerate are closed here. A multi-process launch on a machine without accelerators (torchrun-style,
+    e.g. `distributed_type: FSDP` with `use_cpu: true`) runs on CPU with gloo: without `cpu=True` accelerate would treat
+    every process as an independent rank 0. And accelerate enables FSDP only on accelerator devices; on CPU the run is
+    promoted from DDP to FSDP2 with the launch's plugin (the same `fully_shard` over gloo that the tests exercise).
+    """
+    from datetime import timedelta
+
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs, FullyShardedDataParallelPlugin, InitProcessGroupKwargs
+
+    fsdp_plugin = None
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+        fsdp_plugin = FullyShardedDataParallelPlugin()
+        if fsdp_plugin.fsdp_version != 2:
+            raise ValueError(f"fsdp_version {fsdp_plugin.fsdp_version} in the accelerate config: OPT-Tri supports "
+                             "FSDP2 only (set `fsdp_version: 2` under fsdp_config)")
+    accelerator = Accelerator(
+        mixed_precision=args.mixed_precision,
+        cpu=_cpu_only_launch(),
+        fsdp_plugin=fsdp_plugin,
+        log_with="tensorboard" if args.tensorboard else None,
+        project_dir=str(output_dir),
+        # `optimizer_step` steps the schedule once per real update. accelerate's default steps it `num_processes` times
+        # per call (for data loaders it shards itself), which would run the schedule 2x too fast on 2 processes.
+        step_scheduler_with_optimizer=False,
+        kwargs_handlers=[
+            # objectives differ per step (task mixing, absent modalities), so some heads are unused in some steps
+            DistributedDataParallelKwargs(find_unused_parameters=True),
+            # a collective that waits longer than this for a rank (a hung or lost process) fails instead of hanging
+            InitProcessGroupKwargs(timeout=timedelta(seconds=args.distributed_timeout)),
+        ],
+    )
+    if fsdp_plugin is not None and accelerator.distributed_type == DistributedType.MULTI_CPU:
+        from accelerate.state import PartialState
+
+        if args.mixed_precision != "no":
+            fsdp_plugin.set_mixed_precision(args.mixed_precision)
+        accelerator.state.fsdp_plugin = fsdp_plugin
+        accelerator.state.distributed_type = PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+    return accelerator
+
+
+def _cpu_only_launch() -> bool:
+    """A multi-process launch (torchrun sets LOCAL_RANK / WORLD_SIZE) on a machine without an accelerator."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or "LOCAL_RANK" not in os.environ:
+        return False
+    current = getattr(torch, "accelerator", None)
+    return (current.current_accelerator() if current is not None else None) is None and not torch.cuda.is_available()
+
+
+def _uses_fsdp(accelerator) -> bool:
+    return accelerator.distributed_type == DistributedType.FSDP
+
+
+def _pad_across_ranks(accelerator, batch: dict[str, torch.Tensor], pad_values: dict[str, float]) -> dict[str, torch.Tensor]:
+    """Pad the text and audio of every rank's batch to the longest across ranks (masked padding), so that every rank
+    draws the same amount of masking randomness in the forward (see `_seed_step_for_fsdp`)."""
+    dims = {"input_ids": 1, "token_type_ids": 1, "attention_mask": 1, "input_features": -1, "audio_attention_mask": 1}
+    for key, dim in dims.items():
+        if key in batch:
+            batch[key] = accelerator.pad_across_processes(batch[key], dim=dim % batch[key].ndim,
+                                                          pad_index=pad_values.get(key, 0))
+    return batch
+
+
+def _seed_step_for_fsdp(seed: int, step: int, micro: int) -> None:
+    """
+    Seed torch's RNG (which draws the masking) identically on every rank for this micro-batch. The forward's module
+    calls depend on those draws (which rows are masked, hence whether a tower runs again), and under FSDP every call
+    of a sharded layer is a collective: all ranks must make the same calls in the same order, or the gathers mismatch.
+    The ranks still mask different rows (each has its own data), and a resumed run draws what the uninterrupted one did.
+    """
+    torch.manual_seed(int(np.random.SeedSequence([seed, step, micro]).generate_state(1)[0]))
+
+
+def fsdp_wrap_classes(model: torch.nn.Module) -> list[str]:
+    """
+    Names of the module classes FSDP2 shards as units, from the towers actually built: every transformer layer
+    (`GradientCheckpointingLayer`: ours, and those of any `transformers` tower) and every class of the model's
+    `_no_split_modules` that occurs in it (e.g. a tower's embeddings), except classes that hold the input or output
+    embeddings: accelerate shards those as units of their own, which must not sit inside another unit.
+    """
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    embeddings = [getattr(model, name, lambda: None)() for name in ("get_input_embeddings", "get_output_embeddings")]
+    embeddings = [module for module in embeddings if module is not None]
+    classes: dict[str, list[torch.nn.Module]] = {}
+    for module in model.modules():
+        classes.setdefault(type(module).__name__, []).append(module)
+    wanted = {name for name, modules in classes.items() if isinstance(modules[0], GradientCheckpointingLayer)}
+    wanted |= {name for name in getattr(model, "_no_split_modules", None) or () if name in classes}
+    holds_embeddings = {
+        name for name in wanted
+        if any(embedding is not module and embedding in set(module.modules()) for module in classes[name] for embedding in embeddings)
+    }
+    return sorted(wanted - holds_embeddings)
+
+
+def _configure_fsdp(plugin, model: torch.nn.Module, args: PretrainArguments) -> None:
+    """Wrap by the model's layer classes (unless the config names them), checkpoint activations through FSDP's own
+    option when --gradient_checkpointing is set, and make 0-d parameters (the contrastive `logit_scale`) 1-element
+    ones, which FSDP2 can shard (they broadcast as before; `save_final` gives them back their shape)."""
+    from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
+
+    for module in model.modules():
+        for name, parameter in list(module.named_parameters(recurse=False)):
+            if parameter.ndim == 0:
+                setattr(module, name, torch.nn.Parameter(parameter.detach().reshape(1), parameter.requires_grad))
+
+    if plugin.auto_wrap_policy is transformer_auto_wrap_policy and plugin.transformer_cls_names_to_wrap is None:
+        plugin.transformer_cls_names_to_wrap = fsdp_wrap_classes(model)
+    if args.gradient_checkpointing:
+        plugin.activation_checkpointing = True
+    logger.info(f"FSDP2: wrapping {plugin.transformer_cls_names_to_wrap}, activation checkpointing "
+                f"{plugin.activation_checkpointing}, CPU offload {plugin.cpu_offload is not None}")
 
 
 def _optimizer(model: torch.nn.Module, args: PretrainArguments) -> torch.optim.Optimizer:
@@ -336,6 +463,8 @@ def check_arguments(args: PretrainArguments) -> None:
         wanted = sorted(name for name in names if objectives.get(name, 0.0) > 0)
         if wanted and not getattr(args, flag):
             raise ValueError(f"--objectives {','.join(wanted)}: these objectives predict VQ codes; pass --{flag}")
+    if not args.distributed_timeout > 0:
+        raise ValueError(f"--distributed_timeout must be a positive number of seconds, got {args.distributed_timeout!r}")
     if not args.code_soft_temperature > 0:
         raise ValueError(f"--code_soft_temperature must be positive, got {args.code_soft_temperature!r}")
     folders = {
@@ -355,21 +484,11 @@ def check_arguments(args: PretrainArguments) -> None:
 
 def run_pretraining(args: PretrainArguments) -> dict[str, Any]:
     """Train; return a summary (final losses, counters, retrieval metrics when `args.evaluate`)."""
-    from accelerate import Accelerator
-    from accelerate.utils import DistributedDataParallelKwargs, set_seed
+    from accelerate.utils import set_seed
 
     check_arguments(args)
     output_dir = Path(args.output_dir)
-    accelerator = Accelerator(
-        mixed_precision=args.mixed_precision,
-        log_with="tensorboard" if args.tensorboard else None,
-        project_dir=str(output_dir),
-        # `optimizer_step` steps the schedule once per real update. accelerate's default steps it `num_processes` times
-        # per call (for data loaders it shards itself), which would run the schedule 2x too fast on 2 processes.
-        step_scheduler_with_optimizer=False,
-        # objectives differ per step (task mixing, absent modalities), so some heads are unused in some steps
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
-    )
+    accelerator = build_accelerator(args, output_dir)
     rank, world = accelerator.process_index, accelerator.num_processes
     if args.mixed_precision == "fp16" and accelerator.scaler is None:
         logger.warning(
@@ -395,6 +514,11 @@ def run_pretraining(args: PretrainArguments) -> dict[str, Any]:
     model.to(accelerator.device)
     if code_targets is not None:
         code_targets.to(accelerator.device)
+    if _uses_fsdp(accelerator):
+        if args.max_tokens is not None:  # token budgets give the ranks batches of different sizes
+            raise ValueError("--max_tokens (dynamic batching) is not supported under FSDP: every rank must run the same "
+                             "layers in the same order, so batches must have the same number of rows; use --batch_size")
+        _configure_fsdp(accelerator.state.fsdp_plugin, model, args)
     optimizer = _optimizer(model, args)
     scheduler = get_cosine_schedule_with_warmup(optimizer, args.warmup_steps, args.max_steps)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
@@ -422,6 +546,8 @@ def run_pretraining(args: PretrainArguments) -> dict[str, Any]:
         accelerator.init_trackers("pretrain", config={k: v for k, v in asdict(args).items() if isinstance(v, (int, float, str, bool))})
 
     batches = stream.iterate(state["epoch"], state["batch_index"])
+    pad_values = {"input_ids": processor.tokenizer.pad_token_id or 0,
+                  "input_features": float(getattr(processor.feature_extractor, "padding_value", 0.0) or 0.0)}
     progress = tqdm(total=args.max_steps, initial=step, desc="pre-training", disable=not (args.progress and accelerator.is_main_process))
     window = {"samples": 0, "time": time.perf_counter(), "padded": 0, "tokens": 0}
     model.train()
@@ -451,9 +577,13 @@ def run_pretraining(args: PretrainArguments) -> dict[str, Any]:
             window["tokens"] += tokens
             window["samples"] += rows * world
             batch = {k: v.to(accelerator.device, non_blocking=True) for k, v in batch.items()}
+            if _uses_fsdp(accelerator):
+                batch = _pad_across_ranks(accelerator, batch, pad_values)
             if code_targets is not None:
                 batch.update(code_targets(batch))
             last_micro = micro == args.gradient_accumulation_steps - 1
+            if _uses_fsdp(accelerator):
+                _seed_step_for_fsdp(args.seed, step, micro)
             with contextlib.nullcontext() if last_micro else accelerator.no_sync(model):
                 output = model(**batch, tasks=tasks)
                 if output.loss is None:
@@ -506,10 +636,9 @@ def run_pretraining(args: PretrainArguments) -> dict[str, Any]:
                                "skipped_optimizer_steps": state["skipped_steps"], "last_losses": last}
     if accelerator.scaler is not None:
         summary["loss_scale"] = float(accelerator.scaler.get_scale())
+    final = output_dir / "final"
+    save_final(accelerator, unwrapped, processor, final)
     if accelerator.is_main_process:
-        final = output_dir / "final"
-        unwrapped.save_pretrained(final)
-        processor.save_pretrained(final)
         summary["loss_curve"] = str(plot_loss_curves(history_path, output_dir / "loss_curves.png"))
         summary["padding_fraction"] = _history_stat(history_path, "padding_fraction")
         summary["samples_per_second"] = _history_stat(history_path, "samples_per_second")
@@ -520,12 +649,45 @@ def run_pretraining(args: PretrainArguments) -> dict[str, Any]:
             f"overflowing fp16 steps skipped {state['skipped_steps']}; median {summary['samples_per_second'] or 0:.1f} "
             f"samples/s, padded fraction {100 * (summary['padding_fraction'] or 0):.1f}%. Model saved to {final}"
         )
+        # a sharded model cannot run on one rank alone, and its class is FSDP's: use the consolidated weights
+        consolidated = OptTriForPreTraining.from_pretrained(final) if _uses_fsdp(accelerator) else unwrapped
         if args.evaluate:
-            summary["retrieval"] = evaluate_retrieval(unwrapped, processor, args)
-        write_model_card(final, unwrapped, summary, dataset=None if args.dataset == "builtin" else args.dataset)
+            summary["retrieval"] = evaluate_retrieval(consolidated, processor, args)
+        write_model_card(final, consolidated, summary, dataset=None if args.dataset == "builtin" else args.dataset)
         (output_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     accelerator.end_training()
     return summary
+
+
+def save_final(accelerator, model: torch.nn.Module, processor, folder: Path) -> None:
+    """
+    `folder` as a consolidated `save_pretrained` folder (safetensors, config, Hub files, processor) that loads on one
+    process and through `trust_remote_code`. Under FSDP the full weights are gathered from the shards
+    (`accelerator.get_state_dict`, a collective; rank 0 receives them) and saved by rank 0.
+    """
+    state_dict = accelerator.get_state_dict(model) if _uses_fsdp(accelerator) else None
+    if accelerator.is_main_process:
+        if state_dict is not None:
+            model = _unsharded_copy(model, state_dict)
+        model.save_pretrained(folder)
+        processor.save_pretrained(folder)
+    accelerator.wait_for_everyone()
+
+
+def _unsharded_copy(model: torch.nn.Module, state_dict: dict[str, torch.Tensor]) -> torch.nn.Module:
+    """A plain (unsharded) instance of `model`'s class holding `state_dict`, so that `save_pretrained` writes the
+    model's own class name, weights and tying rather than the FSDP wrapper's."""
+    from torch.distributed.fsdp import FSDPModule
+
+    cls = next(c for c in type(model).__mro__ if not issubclass(c, FSDPModule))
+    copy = cls(model.config)
+    shapes = {name: tensor.shape for name, tensor in copy.state_dict().items()}
+    state_dict = {name: tensor.reshape(shapes[name]) if name in shapes else tensor for name, tensor in state_dict.items()}
+    missing, unexpected = copy.load_state_dict(state_dict, strict=False)
+    missing = [key for key in missing if key not in set(getattr(copy, "all_tied_weights_keys", {}) or {})]
+    if missing or unexpected:
+        raise ValueError(f"consolidating the FSDP shards: missing {missing}, unexpected {unexpected}")
+    return copy
 
 
 def _batch_rows(batch: dict[str, Any]) -> int:
