@@ -516,6 +516,9 @@ class OptTriConfig(PretrainedConfig):
             1.56x longer with `3`, for the same retrieval (mean R@1 25.8% against 25.9%) and similar ITM
             re-ranking (15.1% against 14.2%, one seed each). Configs saved before this option existed load with
             `1`.
+        contrastive_local_loss (`bool`, defaults to `False`): with several processes, each one computes the contrastive
+            loss of its own rows against the gathered gallery (open_clip's `--local-loss --gather-with-grad`): the same
+            gradients as the global loss, with `world` times fewer logits per process.
         mask_token_id (`int`, *optional*): id of the tokenizer's `[MASK]` token: 103 (BERT's) by default, or 3 in a
             vocabulary of at most 103 ids (see `default_special_ids`).
         special_token_ids (`list[int]`, *optional*): ids never chosen for MLM (`[PAD]`, `[CLS]`, `[SEP]`, ...);
@@ -554,6 +557,7 @@ class OptTriConfig(PretrainedConfig):
         mac_temperature: float = 0.07,
         itm_hard_negative_fraction: float = 0.5,
         itm_rows_per_sample: int = 1,
+        contrastive_local_loss: bool = False,
         mask_token_id: int | None = None,
         special_token_ids: list[int] | None = None,
         **kwargs,
@@ -595,6 +599,7 @@ class OptTriConfig(PretrainedConfig):
         self.mac_temperature = mac_temperature
         self.itm_hard_negative_fraction = itm_hard_negative_fraction
         self.itm_rows_per_sample = itm_rows_per_sample
+        self.contrastive_local_loss = contrastive_local_loss
         defaults = default_special_ids(self.text_config.vocab_size)
         self.mask_token_id = defaults["mask_token_id"] if mask_token_id is None else mask_token_id
         if special_token_ids is None:  # BERT's [PAD], [UNK], [CLS], [SEP]; in a small vocabulary [PAD], BOS, EOS
@@ -690,6 +695,8 @@ class OptTriConfig(PretrainedConfig):
         fraction = self.itm_hard_negative_fraction
         if not isinstance(fraction, (int, float)) or isinstance(fraction, bool) or not 0.0 <= fraction <= 1.0:
             raise ValueError(f"itm_hard_negative_fraction must be a number in [0, 1], got {fraction!r}")
+        if not isinstance(self.contrastive_local_loss, bool):
+            raise ValueError(f"contrastive_local_loss must be True or False, got {self.contrastive_local_loss!r}")
         if self.itm_rows_per_sample not in (1, 3) or isinstance(self.itm_rows_per_sample, bool):
             raise ValueError(f"itm_rows_per_sample must be 1 or 3, got {self.itm_rows_per_sample!r}")
 

@@ -1326,11 +1326,22 @@ def _gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def contrastive_loss(a: torch.Tensor, b: torch.Tensor, logit_scale: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+def contrastive_loss(
+    a: torch.Tensor, b: torch.Tensor, logit_scale: torch.Tensor, valid: torch.Tensor, local_loss: bool = False
+) -> torch.Tensor:
     """
     Symmetric InfoNCE between normalised embeddings `a` and `b` `(B, d)` over the rows where `valid` `(B,)` is True,
     gathered across processes (with gradients) so that every process sees all negatives.
+
+    With `local_loss` (open_clip's `--local-loss --gather-with-grad`) and several processes, each process scores only
+    its own rows against the gathered gallery (`(B, world * B)` logits instead of `(world * B)^2`) and returns its
+    share of the global loss, scaled by `world`: the mean over processes is the global loss, and the gradients (summed
+    by the gather's backward, averaged by DDP/FSDP) are the global loss's.
     """
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    world = torch.distributed.get_world_size() if distributed else 1
+    if local_loss and world > 1:
+        return _local_contrastive_loss(a, b, logit_scale, valid, world)
     a, b, valid = _gather_with_grad(a), _gather_with_grad(b), _gather_with_grad(valid.float()).bool()
     a, b = a[valid], b[valid]
     if a.shape[0] < 2:
@@ -1338,6 +1349,21 @@ def contrastive_loss(a: torch.Tensor, b: torch.Tensor, logit_scale: torch.Tensor
     logits = logit_scale.exp().clamp(max=100.0) * a.float() @ b.float().t()
     labels = torch.arange(a.shape[0], device=a.device)
     return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2
+
+
+def _local_contrastive_loss(a, b, logit_scale, valid, world: int) -> torch.Tensor:
+    """`contrastive_loss(..., local_loss=True)` on `world` processes: this process's rows against every row."""
+    all_a, all_b, all_valid = _gather_with_grad(a), _gather_with_grad(b), _gather_with_grad(valid.float()).bool()
+    total = all_valid.sum()
+    if total < 2:
+        return logit_scale.sum() * 0.0
+    own = torch.arange(a.shape[0], device=a.device) + torch.distributed.get_rank() * a.shape[0]
+    labels = (torch.cumsum(all_valid.long(), 0) - 1)[own[valid]]  # each own row's index among the valid rows
+    scale = logit_scale.exp().clamp(max=100.0)
+    a_to_b = scale * a[valid].float() @ all_b[all_valid].float().t()
+    b_to_a = scale * b[valid].float() @ all_a[all_valid].float().t()
+    summed = F.cross_entropy(a_to_b, labels, reduction="sum") + F.cross_entropy(b_to_a, labels, reduction="sum")
+    return world * summed / (2 * total)
 
 
 @torch.no_grad()
@@ -1869,7 +1895,7 @@ class OptTriForPreTraining(OptTriPreTrainedModel):
         logit_scale = base.logit_scale
         if "contrastive" in tasks:
             pair_losses = [
-                contrastive_loss(embeds[a], embeds[b], logit_scale, present[a] & present[b])
+                contrastive_loss(embeds[a], embeds[b], logit_scale, present[a] & present[b], cfg.contrastive_local_loss)
                 for a, b in _PAIRS
                 if a in embeds and b in embeds and bool((present[a] & present[b]).sum() >= 2)
             ]

@@ -186,16 +186,26 @@ def load_sharded_state(folder: Path, model: torch.nn.Module, optimizer: torch.op
     """Read `save_sharded_state`'s folder into `model` and `optimizer`, sharded or not and on any number of processes
     (DCP reads the slices each rank needs)."""
     import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
     model_state, optimizer_state = get_state_dict(model, optimizer)  # initialises the optimizer state to load into
     reader = dcp.FileSystemReader(str(folder))
     state = {"model": model_state, "optimizer": optimizer_state}
     saved = {key: getattr(value, "size", None) for key, value in reader.read_metadata().state_dict_metadata.items()}
+    missing = [key for key in model_state if f"model.{key}" not in saved]
+    if missing:
+        raise ValueError(f"{folder}: the checkpoint does not match the model: no weights for {missing[:5]} "
+                         f"({len(missing)} missing)")
     as_saved = _like_saved(state, saved, "")
-    dcp.load(as_saved, storage_reader=reader)
+    # partial: the template has optimizer states for every parameter, the checkpoint only for those that were updated
+    dcp.load(as_saved, storage_reader=reader, planner=DefaultLoadPlanner(allow_partial_load=True))
     state = _like_template(as_saved, state)
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+    prefixes = {key.rsplit(".", 1)[0] for key in saved if key.startswith("optimizer.state.")}
+    for name, parameter in model.named_parameters():  # drop the template's states of never-updated parameters
+        if f"optimizer.state.{name.replace('_checkpoint_wrapped_module.', '')}" not in prefixes:
+            optimizer.state.pop(parameter, None)
 
 
 def _like_saved(template: Any, saved: dict[str, Any], path: str) -> Any:

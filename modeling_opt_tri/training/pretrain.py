@@ -84,6 +84,9 @@ class PretrainArguments:
     itm_rows_per_sample: int | None = field(
         default=None, metadata={"help": "1 (UNITER/FLAVA) | 3 (ALBEF): ITM rows per sample (default: the config's)"}
     )
+    contrastive_local_loss: bool | None = field(
+        default=None, metadata={"help": "each process scores its own rows against the gathered gallery (default: the config's)"}
+    )
     save_steps: int = 100
     save_total_limit: int = 2
     resume_from_checkpoint: str | None = field(default=None, metadata={"help": "a checkpoint folder or 'latest'"})
@@ -259,6 +262,8 @@ def build_model(args: PretrainArguments, accelerator) -> tuple[OptTriForPreTrain
         model.config.masking_policy = args.masking_policy
     if args.itm_rows_per_sample is not None:
         model.config.itm_rows_per_sample = args.itm_rows_per_sample
+    if args.contrastive_local_loss is not None:
+        model.config.contrastive_local_loss = args.contrastive_local_loss
     model.config._validate()
     VQCodeTargets.check_compatible(model.config, processor, image_tokenizer, audio_tokenizer)
     if args.gradient_checkpointing and not _uses_fsdp(accelerator):  # under FSDP: its own option (_configure_fsdp)
