@@ -379,7 +379,7 @@ def fsdp_wrap_classes(model: torch.nn.Module) -> list[str]:
 
 def _configure_fsdp(plugin, model: torch.nn.Module, args: PretrainArguments) -> None:
     """Wrap by the model's layer classes (unless the config names them), checkpoint activations through FSDP's own
-    option when --gradient_checkpointing is set, and make 0-d parameters (the contrastive `logit_scale`) 1-element
+    option when --gradient_checkpointing is set, give every rank rank 0's weights, and make 0-d parameters (the contrastive `logit_scale`) 1-element
     ones, which FSDP2 can shard (they broadcast as before; `save_final` gives them back their shape)."""
     from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
 
@@ -387,6 +387,11 @@ def _configure_fsdp(plugin, model: torch.nn.Module, args: PretrainArguments) -> 
         for name, parameter in list(module.named_parameters(recurse=False)):
             if parameter.ndim == 0:
                 setattr(module, name, torch.nn.Parameter(parameter.detach().reshape(1), parameter.requires_grad))
+    # `fully_shard` keeps each rank's slice of its *own* tensors (DDP would broadcast rank 0's): without this, the
+    # newly initialised weights (seeded per rank) would be a patchwork of every rank's initialisation
+    with torch.no_grad():
+        for tensor in [*model.parameters(), *model.buffers()]:
+            torch.distributed.broadcast(tensor.data, src=0)
 
     if plugin.auto_wrap_policy is transformer_auto_wrap_policy and plugin.transformer_cls_names_to_wrap is None:
         plugin.transformer_cls_names_to_wrap = fsdp_wrap_classes(model)
