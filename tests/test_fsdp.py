@@ -253,12 +253,38 @@ def test_fsdp2_two_processes_equal_one_process_on_the_same_global_batch(tmp_path
     assert two[0]["loss"] != two[2]["loss"]  # the weights moved between the compared steps
 
 
+_REPORT_FSDP_SETUP = """
+import sys, runpy
+import accelerate
+from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule
+original = accelerate.Accelerator.prepare
+def prepare(self, *args, **kwargs):
+    result = original(self, *args, **kwargs)
+    units = [m for m in result[0].modules() if isinstance(m, FSDPModule)]
+    groups = [m._get_fsdp_state()._fsdp_param_group for m in units]
+    groups = [g for g in groups if g is not None]
+    inner = [getattr(m, "_checkpoint_wrapped_module", None) for m in units]
+    print("FSDP-SETUP", sorted({type(i or m).__name__.removeprefix("FSDP") for i, m in zip(inner, units)}),
+          "checkpointed", sorted({type(i).__name__ for i in inner if i is not None}),
+          "param_dtype", {str(g.mp_policy.param_dtype) for g in groups},
+          "offload", all(isinstance(g.offload_policy, CPUOffloadPolicy) for g in groups), flush=True)
+    return result
+accelerate.Accelerator.prepare = prepare
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
 @pytest.mark.slow
 def test_a_rank_killed_ends_the_job_with_an_error_naming_it(tmp_path):
+    """Also: the run's FSDP2 setup follows the flags (bf16 policy, FSDP activation checkpointing, CPU offload)."""
     bound = 90  # seconds from the kill to the launcher's exit (torchrun notices a dead worker within seconds)
     run = tmp_path / "run"
-    process = subprocess.Popen(_launch(run, 10_000, 0), env=_env(tmp_path), stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)
+    wrapper = tmp_path / "report_fsdp_setup.py"
+    wrapper.write_text(_REPORT_FSDP_SETUP)
+    command = _launch(run, 10_000, 0, script=wrapper, extra=("--mixed_precision", "bf16", "--gradient_checkpointing", "true"))
+    command[command.index("--main_process_port"):command.index("--main_process_port")] = ["--fsdp_offload_params", "true"]
+    process = subprocess.Popen(command, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.time() + 300
         while time.time() < deadline and process.poll() is None and _last_step(run) < 1:
@@ -274,6 +300,11 @@ def test_a_rank_killed_ends_the_job_with_an_error_naming_it(tmp_path):
     assert process.returncode != 0
     assert elapsed < bound
     assert "rank      : 1" in output and f"pid: {victim}" in output and "SIGKILL" in output, output[-3000:]
+    setup = next(line for line in output.splitlines() if line.startswith("FSDP-SETUP"))
+    for layer in ("BertLayer", "ViTLayer", "OptTriLayer", "OptTriDecoderLayer", "ViTEmbeddings", "OptTriForPreTraining"):
+        assert f"'{layer}'" in setup, setup
+    assert "checkpointed ['BertLayer', 'OptTriDecoderLayer', 'OptTriLayer', 'ViTEmbeddings', 'ViTLayer']" in setup, setup
+    assert "param_dtype {'torch.bfloat16'}" in setup and "offload True" in setup, setup
 
 
 def _children(launcher: int) -> list[int]:

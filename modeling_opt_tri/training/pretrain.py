@@ -377,7 +377,7 @@ def fsdp_wrap_classes(model: torch.nn.Module) -> list[str]:
     return sorted(wanted - holds_embeddings)
 
 
-def _configure_fsdp(plugin, model: torch.nn.Module, args: PretrainArguments) -> None:
+def _configure_fsdp(plugin, model: torch.nn.Module, args: PretrainArguments, device: torch.device) -> None:
     """Wrap by the model's layer classes (unless the config names them), checkpoint activations through FSDP's own
     option when --gradient_checkpointing is set, give every rank rank 0's weights, and make 0-d parameters (the contrastive `logit_scale`) 1-element
     ones, which FSDP2 can shard (they broadcast as before; `save_final` gives them back their shape)."""
@@ -397,6 +397,10 @@ def _configure_fsdp(plugin, model: torch.nn.Module, args: PretrainArguments) -> 
         plugin.transformer_cls_names_to_wrap = fsdp_wrap_classes(model)
     if args.gradient_checkpointing:
         plugin.activation_checkpointing = True
+    if device.type == "cpu" and getattr(plugin.cpu_offload, "pin_memory", False):  # pinning needs an accelerator
+        from torch.distributed.fsdp import CPUOffloadPolicy
+
+        plugin.cpu_offload = CPUOffloadPolicy(pin_memory=False)
     logger.info(f"FSDP2: wrapping {plugin.transformer_cls_names_to_wrap}, activation checkpointing "
                 f"{plugin.activation_checkpointing}, CPU offload {plugin.cpu_offload is not None}")
 
@@ -528,7 +532,7 @@ def run_pretraining(args: PretrainArguments) -> dict[str, Any]:
         if args.max_tokens is not None:  # token budgets give the ranks batches of different sizes
             raise ValueError("--max_tokens (dynamic batching) is not supported under FSDP: every rank must run the same "
                              "layers in the same order, so batches must have the same number of rows; use --batch_size")
-        _configure_fsdp(accelerator.state.fsdp_plugin, model, args)
+        _configure_fsdp(accelerator.state.fsdp_plugin, model, args, accelerator.device)
     optimizer = _optimizer(model, args)
     scheduler = get_cosine_schedule_with_warmup(optimizer, args.warmup_steps, args.max_steps)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
