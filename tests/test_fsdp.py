@@ -297,6 +297,7 @@ def test_a_rank_killed_ends_the_job_with_an_error_naming_it(tmp_path):
     finally:
         if process.poll() is None:
             _kill_job(process)
+    print(f"the job ended {elapsed:.1f} s after rank 1 was killed, exit code {process.returncode}")
     assert process.returncode != 0
     assert elapsed < bound
     assert "rank      : 1" in output and f"pid: {victim}" in output and "SIGKILL" in output, output[-3000:]
@@ -398,3 +399,20 @@ def test_sharded_checkpoint_resumes_on_one_process(fsdp_reference, tmp_path):
     summary = run_pretraining(args)
     assert summary["steps"] == 6
     assert [r["step"] for r in read_history(run / "losses.jsonl")] == [5, 6]
+
+
+def test_fsdp_wrap_classes_come_from_the_built_towers():
+    from transformers import WhisperConfig, WhisperModel
+
+    from modeling_opt_tri import OptTriConfig, OptTriForPreTraining
+    from modeling_opt_tri.training.pretrain import fsdp_wrap_classes
+
+    model = OptTriForPreTraining(OptTriConfig.from_pretrained(REPO_ROOT / "configuration" / "tiny"))
+    assert "RobertaLayer" in model._no_split_modules and "BertEmbeddings" in model._no_split_modules
+    # RobertaLayer is not built; BertEmbeddings holds the input embeddings, which accelerate shards as a unit of their own
+    assert fsdp_wrap_classes(model) == ["BertLayer", "OptTriDecoderLayer", "OptTriLayer", "ViTEmbeddings", "ViTLayer"]
+    whisper = WhisperModel(WhisperConfig(d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+                                         decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32,
+                                         vocab_size=60, pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=1,
+                                         num_mel_bins=8, max_source_positions=16, max_target_positions=16))
+    assert {"WhisperEncoderLayer", "WhisperDecoderLayer"} <= set(fsdp_wrap_classes(whisper))
