@@ -408,8 +408,8 @@ def test_fsdp_wrap_classes_come_from_the_built_towers():
     from modeling_opt_tri.training.pretrain import fsdp_wrap_classes
 
     model = OptTriForPreTraining(OptTriConfig.from_pretrained(REPO_ROOT / "configuration" / "tiny"))
-    assert "RobertaLayer" in model._no_split_modules and "BertEmbeddings" in model._no_split_modules
-    # RobertaLayer is not built; BertEmbeddings holds the input embeddings, which accelerate shards as a unit of their own
+    assert "BertEmbeddings" in model._no_split_modules
+    # BertEmbeddings holds the input embeddings, which accelerate shards as a unit of their own
     assert fsdp_wrap_classes(model) == ["BertLayer", "OptTriDecoderLayer", "OptTriLayer", "ViTEmbeddings", "ViTLayer"]
     whisper = WhisperModel(WhisperConfig(d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
                                          decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32,
