@@ -2184,12 +2184,10 @@ def _decoder_positions(attention_mask: torch.Tensor | None, past: int, length: i
 
 
 def _select_hidden_states(states: tuple, which) -> tuple | None:
-    """`output_hidden_states`: `True` keeps all, a list of indices (negative ones count from the end) those."""
-    if not which:
-        return None
-    if isinstance(which, bool):
-        return states
-    return tuple(states[index] for index in which)
+    """`output_hidden_states` applied to all the `states`: `True` keeps all; an index or indices (negative ones count
+    from the end) keep those, with `None` elsewhere (as the encoders and `transformers` do); nothing asked: `None`."""
+    keep = _selected_hidden_states(which, len(states))
+    return tuple(state if index in keep else None for index, state in enumerate(states)) if keep else None
 
 
 class OptTriTextDecoder(nn.Module):
@@ -2284,13 +2282,6 @@ def _cache_argument(cache, kwargs: dict):
             stacklevel=3,
         )
     return old
-
-
-def _output_flags(config, output_attentions, output_hidden_states) -> tuple:
-    """`output_attentions` / `output_hidden_states`, defaulting to the config's."""
-    attentions = output_attentions if output_attentions is not None else config.output_attentions
-    hidden = output_hidden_states if output_hidden_states is not None else config.output_hidden_states
-    return bool(attentions), hidden
 
 
 def _check_decoder_ids(ids: torch.Tensor, vocab_size: int, batch: int, name: str) -> None:
@@ -2519,7 +2510,7 @@ class OptTriForConditionalGeneration(OptTriPreTrainedModel, GenerationMixin):
         dc = self.config.text_decoder_config
         cache = _cache_argument(cache, kwargs)
         shift_labels = kwargs.pop("shift_labels", None)
-        output_attentions, output_hidden_states = _output_flags(self.config, output_attentions, output_hidden_states)
+        output_attentions, output_hidden_states = _wants_outputs(self.config, output_attentions, output_hidden_states)
         encoder_outputs = None
         if encoder_hidden_states is None:
             encoder_hidden_states, encoder_states_mask, encoder_outputs = self.encode(
@@ -2923,7 +2914,7 @@ class OptTriCodeGenerationModel(OptTriPreTrainedModel, GenerationMixin):
         """
         dc = self.decoder_config
         cache = _cache_argument(cache, kwargs)
-        output_attentions, output_hidden_states = _output_flags(self.config, output_attentions, output_hidden_states)
+        output_attentions, output_hidden_states = _wants_outputs(self.config, output_attentions, output_hidden_states)
         encoder_outputs = None
         if encoder_hidden_states is None:
             encoder_hidden_states, encoder_states_mask, encoder_outputs = self.encode(

@@ -332,8 +332,16 @@ def test_hidden_states_and_attentions_of_decoder_and_encoder(head):
     assert plain.hidden_states is None and plain.attentions is None and plain.encoder_outputs.hidden_states is None
     torch.testing.assert_close(plain.logits, out.logits)  # asking for weights (eager) changes no output
     picked = model(**cond, **decoder, output_hidden_states=[0, -1]).hidden_states
-    assert len(picked) == 2
-    torch.testing.assert_close(picked[1], out.hidden_states[-1])
+    # as the encoders (and transformers): the full length, `None` where not selected
+    assert len(picked) == len(out.hidden_states) and all(h is None for h in picked[1:-1])
+    torch.testing.assert_close(picked[0], out.hidden_states[0])
+    torch.testing.assert_close(picked[-1], out.hidden_states[-1])
+    for index in (0, -1):  # a single index, as transformers accepts
+        single = model(**cond, **decoder, output_hidden_states=index).hidden_states
+        assert single is not None and len(single) == len(out.hidden_states)
+        torch.testing.assert_close(single[index], out.hidden_states[index])
+    with pytest.raises(ValueError, match="output_hidden_states must be a bool or indices"):
+        model(**cond, **decoder, output_hidden_states=[len(out.hidden_states)])
     as_tuple = model(**cond, **decoder, return_dict=False)
     assert isinstance(as_tuple, tuple) and torch.equal(as_tuple[0], plain.logits)
 
