@@ -975,13 +975,13 @@ class OptTriModel(OptTriPreTrainedModel):
         token_type_ids: torch.LongTensor | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | int | list[int] | None = None,
-        **kwargs,
     ) -> BaseModelOutputWithPooling | tuple:
         r"""
         The text encoder's output, as `CLIPModel.get_text_features` in `transformers` 5: `last_hidden_state
         (B, L, text_hidden)`, `pooler_output (B, projection_dim)` the projected **and L2-normalised** `[CLS]` state
         (the retrieval embedding; CLIP's is not normalised), and `hidden_states` / `attentions` on request.
-        `return_dict=False` gives the tuple.
+        `return_dict=False` gives the tuple. Other keyword arguments raise a `TypeError` (a misspelt mask name
+        would otherwise be ignored silently).
         """
         out = self.text_tower(
             input_ids, attention_mask, token_type_ids, **self._tower_kwargs(output_attentions, output_hidden_states)
@@ -994,7 +994,6 @@ class OptTriModel(OptTriPreTrainedModel):
         pixel_values: torch.FloatTensor,
         output_attentions: bool | None = None,
         output_hidden_states: bool | int | list[int] | None = None,
-        **kwargs,
     ) -> BaseModelOutputWithPooling | tuple:
         r"""The vision encoder's output; `pooler_output (B, projection_dim)` is the projected, L2-normalised `[CLS]`
         state. See [`~OptTriModel.get_text_features`]."""
@@ -1008,7 +1007,6 @@ class OptTriModel(OptTriPreTrainedModel):
         audio_attention_mask: torch.LongTensor | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | int | list[int] | None = None,
-        **kwargs,
     ) -> BaseModelOutputWithPooling | tuple:
         r"""The audio encoder's output; `pooler_output (B, projection_dim)` is the projected, L2-normalised `[CLS]`
         state. See [`~OptTriModel.get_text_features`]."""

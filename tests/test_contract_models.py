@@ -416,6 +416,22 @@ def test_feature_getters_follow_the_clip_api(head):
         assert isinstance(as_tuple, tuple) and torch.equal(as_tuple[1], out.pooler_output), modality
 
 
+
+def test_feature_getters_refuse_unknown_keyword_arguments():
+    """A misspelt or foreign mask name (CLAP's `attention_mask` for audio) raises instead of being ignored, which
+    would silently embed the padding."""
+    model = _build("model").eval()
+    data = tiny_batch()
+    with pytest.raises(TypeError, match="attention_mask"):
+        model.get_audio_features(data["input_features"], attention_mask=data["audio_attention_mask"])
+    with pytest.raises(TypeError, match="attention_masks"):
+        model.get_text_features(data["input_ids"], attention_masks=data["attention_mask"])
+    with pytest.raises(TypeError, match="image_mask"):
+        model.get_image_features(data["pixel_values"], image_mask=data["image_mask"])
+    retrieval = _build("retrieval").eval()
+    with pytest.raises(TypeError, match="attention_mask"):
+        retrieval.get_audio_features(data["input_features"], attention_mask=data["audio_attention_mask"])
+
 # ---- training ---------------------------------------------------------------------------------------------------
 
 #: parameters that one training step of a head with its default objectives leaves without a gradient, and why
