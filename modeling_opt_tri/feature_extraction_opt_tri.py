@@ -179,6 +179,32 @@ def _single_threaded_torch() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
+def clips_at_rate(
+    batch: list[Any], sampling_rate: int, target_rate: int, max_samples: int | None
+) -> tuple[list[np.ndarray | None], int]:
+    """Each clip of `batch` validated as mono float32, cut to `max_samples` samples at `target_rate` and resampled
+    from `sampling_rate` to `target_rate` (cut first: only what is kept is resampled). `None` rows stay `None`.
+    Returns the clips and how many of them were longer than `max_samples`. Errors name the row."""
+    clips: list[np.ndarray | None] = []
+    truncated = 0
+    for row, clip in enumerate(batch):
+        if clip is None:
+            clips.append(None)
+            continue
+        try:
+            samples = _to_mono_float(clip)
+        except (ValueError, TypeError) as error:
+            raise type(error)(f"audio[{row}]: {error}") from None
+        if max_samples is not None and -(-samples.shape[0] * target_rate // sampling_rate) > max_samples:
+            truncated += 1  # longer than max_samples once at `target_rate`
+        if sampling_rate != target_rate:
+            samples = resample(samples, sampling_rate, target_rate, max_samples)
+        elif max_samples is not None:
+            samples = samples[:max_samples]
+        clips.append(samples)
+    return clips, truncated
+
+
 def resample(clip: np.ndarray, orig_rate: int, target_rate: int, max_samples: int | None = None) -> np.ndarray:
     """Resample a 1-D float32 clip with `scipy.signal.resample_poly` (up/down reduced by their gcd).
 
@@ -353,23 +379,7 @@ class OptTriFeatureExtractor(SequenceFeatureExtractor):
         max_samples = (
             None if self.max_length_seconds is None else int(round(self.max_length_seconds * self.sampling_rate))
         )
-        clips: list[np.ndarray | None] = []
-        truncated = 0
-        for row, clip in enumerate(batch):
-            if clip is None:
-                clips.append(None)
-                continue
-            try:
-                samples = _to_mono_float(clip)
-            except (ValueError, TypeError) as error:
-                raise type(error)(f"audio[{row}]: {error}") from None
-            if max_samples is not None and -(-samples.shape[0] * self.sampling_rate // sampling_rate) > max_samples:
-                truncated += 1  # longer than max_length_seconds once at `self.sampling_rate`
-            if sampling_rate != self.sampling_rate:
-                samples = resample(samples, sampling_rate, self.sampling_rate, max_samples)
-            elif max_samples is not None:
-                samples = samples[:max_samples]
-            clips.append(samples)
+        clips, truncated = clips_at_rate(batch, sampling_rate, self.sampling_rate, max_samples)
         if truncated:
             logger.warning(
                 f"{truncated} of {len(batch)} audio clips were longer than max_length_seconds="

@@ -27,7 +27,7 @@ from transformers.processing_utils import ProcessorMixin
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 from transformers.utils import TensorType, logging
 
-from .feature_extraction_opt_tri import OptTriFeatureExtractor, _to_mono_float, check_sampling_rate, resample
+from .feature_extraction_opt_tri import OptTriFeatureExtractor, check_sampling_rate, clips_at_rate
 from .image_processing_opt_tri import OptTriImageProcessor
 
 
@@ -363,18 +363,8 @@ class OptTriProcessor(ProcessorMixin):
         batch = OptTriFeatureExtractor._as_list(audio)
         if not batch:
             raise ValueError("audio is an empty list; pass at least one clip (or None for a row without audio)")
-        rate, kept = int(self.feature_extractor.sampling_rate), _kept_samples(self.feature_extractor)
-        clips: list[np.ndarray | None] = []
-        for row, clip in enumerate(batch):
-            if clip is None:
-                clips.append(None)
-                continue
-            try:
-                samples = _to_mono_float(clip)
-            except (ValueError, TypeError) as error:
-                raise type(error)(f"audio[{row}]: {error}") from None
-            clips.append(samples if sampling_rate == rate else resample(samples, sampling_rate, rate, kept))
-        return clips
+        rate = int(self.feature_extractor.sampling_rate)
+        return clips_at_rate(batch, sampling_rate, rate, _kept_samples(self.feature_extractor))[0]
 
     def _family_audio(self, audio: Any, sampling_rate: int) -> dict[str, np.ndarray]:
         """The tower input, `audio_mask` and (where the family gives one) `audio_attention_mask` from another

@@ -115,3 +115,16 @@ def run_without_our_package(body: str, tmp_path: Path) -> dict:
                             timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     return torch.load(tmp_path / "outputs.pt")
+
+
+def _single_thread():
+    """torch on one thread for the test: tiny models run faster so on a shared 2-core machine, and deterministically.
+    Use with `pytestmark = pytest.mark.usefixtures("one_thread")` (or `"one_thread_module"`)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+one_thread = pytest.fixture(_single_thread, name="one_thread")
+one_thread_module = pytest.fixture(_single_thread, scope="module", name="one_thread_module")

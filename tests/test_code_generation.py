@@ -31,12 +31,7 @@ IMAGE = dict(codebook_size=16, grid_size=4, **GEOMETRY)  # 16 codes per image, 1
 AUDIO = dict(codebook_size=12, num_codes=10, **GEOMETRY)  # at most 10 codes per clip, 12 + 3 ids
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _config(**overrides) -> OptTriConfig:

@@ -45,12 +45,7 @@ HEADS = ("caption", "image", "audio")
 CLASSES = {"caption": OptTriForConditionalGeneration, "image": OptTriForTextToImage, "audio": OptTriForTextToAudio}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _config(attn: str = "sdpa", **overrides) -> OptTriConfig:

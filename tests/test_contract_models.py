@@ -51,12 +51,7 @@ HEADS = ["model", "audio", "pretraining", "classification", "qa", "retrieval", "
 TEXT_LAYERS = VISION_LAYERS = AUDIO_LAYERS = FUSION_LAYERS = 2  # tiny_config
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _build(head: str, **config_overrides):

@@ -31,13 +31,7 @@ IMAGE = ("pixel_values",)
 AUDIO = ("input_features", "audio_attention_mask")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The tiny models are far faster on one thread when the CPU is shared (and results stay deterministic)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 def _config(**overrides):

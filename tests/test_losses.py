@@ -34,13 +34,7 @@ from modeling_opt_tri.modeling_opt_tri import (
 TS = torch.linspace(0.0, 1.0, 11)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run faster on one thread, and far faster on a busy 2-core machine (no oversubscription)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _strictly_decreasing(values, what):

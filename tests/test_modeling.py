@@ -38,13 +38,7 @@ MODALITY_KEYS = {
 SAVED_FILES = {"config.json", "model.safetensors", "configuration_opt_tri.py", "modeling_opt_tri.py", "README.md"}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run faster on one thread, and far faster on a busy 2-core machine (no oversubscription)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _subset(batch, modalities):

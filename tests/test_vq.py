@@ -23,13 +23,7 @@ from modeling_opt_tri.modeling_opt_tri_vq import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small convolutions run as fast on one thread, and a busy 2-core machine does not slow them down."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_image_config(**overrides) -> OptTriImageVQConfig:

@@ -44,7 +44,7 @@ from typing import Any, BinaryIO
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from ..feature_extraction_opt_tri import MAX_SAMPLING_RATE, MIN_SAMPLING_RATE, pcm_to_float
+from ..feature_extraction_opt_tri import check_sampling_rate, pcm_to_float
 from ..image_processing_opt_tri import CHANNEL_COUNTS, to_rgb
 
 __all__ = ["CorruptSampleError", "MAX_IMAGE_PIXELS", "audio_duration", "decode_audio", "decode_image"]
@@ -248,21 +248,17 @@ def _read_sound(source: BinaryIO, where: str, max_seconds: float | None) -> tupl
 
 
 def _check_rate(sampling_rate: Any, where: str) -> int:
-    """``sampling_rate`` as an int in [MIN_SAMPLING_RATE, MAX_SAMPLING_RATE], or ``CorruptSampleError``."""
+    """``sampling_rate`` as an int in [MIN_SAMPLING_RATE, MAX_SAMPLING_RATE], or ``CorruptSampleError``. Unlike the
+    processor's `check_sampling_rate` (whose range rule this applies), a whole-number float (``16000.0``, as some
+    metadata files store it) is accepted."""
+    if isinstance(sampling_rate, (float, np.floating)) and math.isfinite(sampling_rate):
+        if sampling_rate != int(sampling_rate):
+            raise CorruptSampleError(f"{where}: sampling_rate must be a whole number of Hz, got {sampling_rate!r}")
+        sampling_rate = int(sampling_rate)
     try:
-        rate = int(sampling_rate)
-    except (TypeError, ValueError, OverflowError):
-        raise CorruptSampleError(f"{where}: missing or invalid sampling_rate {sampling_rate!r}") from None
-    if isinstance(sampling_rate, bool) or (isinstance(sampling_rate, (float, np.floating)) and rate != sampling_rate):
-        raise CorruptSampleError(f"{where}: sampling_rate must be a whole number of Hz, got {sampling_rate!r}")
-    if rate <= 0:
-        raise CorruptSampleError(f"{where}: sampling_rate must be positive, got {rate}")
-    if not MIN_SAMPLING_RATE <= rate <= MAX_SAMPLING_RATE:
-        raise CorruptSampleError(
-            f"{where}: sampling_rate {rate} Hz is outside the supported range {MIN_SAMPLING_RATE}..{MAX_SAMPLING_RATE}"
-            " Hz (a corrupt header?)"
-        )
-    return rate
+        return check_sampling_rate(sampling_rate)
+    except ValueError as error:
+        raise CorruptSampleError(f"{where}: {error}") from None
 
 
 def _array_audio(value: dict[str, Any], where: str, max_seconds: float | None) -> tuple[np.ndarray, int]:
