@@ -113,3 +113,74 @@ def build_wordpiece_tokenizer(
     if save_directory is not None:
         tokenizer.save_pretrained(os.fspath(save_directory))
     return tokenizer
+
+
+# ---------------------------------------------------------------------------------------- using a tokenizer
+def adapt_config_to_tokenizer(config, tokenizer) -> None:
+    """
+    Size an `OptTriConfig`'s text side to `tokenizer`: the text encoder's embeddings (and so the MLM head) and the text
+    decoder get `len(tokenizer)` entries; padding, start (`[CLS]`), end (`[SEP]`) and mask ids are the tokenizer's,
+    and its special tokens are never masked. `tokenizer.model_max_length` is capped at the text encoder's positions.
+
+    Raises:
+        ValueError: the tokenizer lacks a pad, mask, CLS or SEP token.
+    """
+    ids = {name: getattr(tokenizer, f"{name}_token_id", None) for name in ("pad", "mask", "cls", "sep")}
+    missing = [name for name, value in ids.items() if value is None]
+    if missing:
+        raise ValueError(f"--tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has no {missing} token(s); OPT-Tri "
+                         "needs [PAD], [MASK], [CLS] and [SEP] (a BERT-style tokenizer, e.g. processing/build_tokenizer.py)")
+    vocab = len(tokenizer)
+    config.text_config.vocab_size = vocab
+    config.text_config.pad_token_id = ids["pad"]
+    decoder = config.text_decoder_config
+    decoder.vocab_size = vocab
+    decoder.pad_token_id, decoder.bos_token_id, decoder.eos_token_id = ids["pad"], ids["cls"], ids["sep"]
+    config.mask_token_id = ids["mask"]
+    config.special_token_ids = sorted(set(tokenizer.all_special_ids))
+    positions = getattr(config.text_config, "max_position_embeddings", None)
+    if positions and (tokenizer.model_max_length is None or tokenizer.model_max_length > positions):
+        tokenizer.model_max_length = positions
+
+
+def unk_share(tokenizer, texts: list[str], examples: int = 8) -> tuple[float, list[str]]:
+    """
+    The share of `[UNK]` among the (non-special) tokens of `texts`, and up to `examples` words that became `[UNK]`.
+    A tokenizer without an unknown token (byte-level BPE) gives 0.
+    """
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if unk is None or not texts:
+        return 0.0, []
+    encoded = tokenizer(texts, add_special_tokens=False, truncation=False)["input_ids"]
+    total = sum(len(ids) for ids in encoded)
+    unknown = sum(ids.count(unk) for ids in encoded)
+    words: list[str] = []
+    if unknown:
+        for text, ids in zip(texts, encoded):
+            if unk not in ids:
+                continue
+            for word in text.split():
+                if len(words) < examples and word not in words and unk in tokenizer(word, add_special_tokens=False)["input_ids"]:
+                    words.append(word)
+            if len(words) >= examples:
+                break
+    return unknown / max(total, 1), words
+
+
+def check_unk_share(tokenizer, texts: list[str], limit: float, tokenizer_name: str, dataset: str) -> float:
+    """
+    Stop before training when more than `limit` of the tokens of `texts` (a sample of the training text) are
+    `[UNK]`: the model would learn nothing about those words. Returns the share.
+
+    Raises:
+        ValueError: naming the share, example words and the fix (build a tokenizer, pass `--tokenizer`).
+    """
+    share, words = unk_share(tokenizer, texts)
+    if share > limit:
+        raise ValueError(
+            f"{100 * share:.1f}% of the text tokens of {len(texts)} training rows are [UNK] with the tokenizer of "
+            f"{tokenizer_name!r} (for example {words}), above --max_unk_fraction={limit}. Build a tokenizer for this "
+            f"text: python processing/build_tokenizer.py --dataset {dataset} --vocab_size 8000 --output_dir "
+            "my_tokenizer, then pass --tokenizer my_tokenizer (or a BERT checkpoint's folder that covers it)"
+        )
+    return share

@@ -65,9 +65,10 @@ def retrieval_metrics(embeddings: dict[str, torch.Tensor], ks: tuple[int, ...] =
     return results
 
 
-def format_retrieval_table(results: dict[str, dict[str, float]], num_items: int) -> str:
+def format_retrieval_table(results: dict[str, dict[str, float]], num_items: int, split: str | None = None) -> str:
     ks = list(next(iter(results.values())).keys())
-    lines = [f"Retrieval on {num_items} held-out items (chance R@1 = {100.0 / num_items:.2f}%)"]
+    where = f"of split {split}" if split else "held-out"
+    lines = [f"Retrieval on {num_items} {where} items (chance R@1 = {100.0 / num_items:.2f}%)"]
     lines.append(f"{'direction':<16}" + "".join(f"{k:>9}" for k in ks))
     for direction, values in results.items():
         lines.append(f"{direction:<16}" + "".join(f"{100 * values[k]:>8.1f}%" for k in ks))

@@ -1,6 +1,7 @@
 """Shared pieces of the `Trainer` fine-tuning examples (`examples/finetune_*.py`).
 
-- `load_split`: the built-in ShapeWorld dataset or a local `metadata.jsonl` folder, one split at a time.
+- `load_split`: the built-in ShapeWorld dataset or any source pre-training reads (folder, parquet, `save_to_disk`,
+  WebDataset shards), one split at a time.
 - `load_model`: a head from an OPT-Tri checkpoint, or newly initialised from a preset folder.
 - `TaskCollator`: decodes rows robustly (as `TriModalCollator`), keeps the chosen modalities, and adds per-row targets
   only for the rows that decode, so a skipped row never shifts the labels.
@@ -44,7 +45,8 @@ def add_finetune_arguments(parser: argparse.ArgumentParser, lr: float = 5e-4, st
     """The options every fine-tuning example shares."""
     parser.add_argument("--model", required=True, help="OPT-Tri checkpoint folder, or a preset folder (random init)")
     parser.add_argument("--output_dir", required=True)
-    parser.add_argument("--dataset", default="builtin", help="'builtin' (ShapeWorld) or a local metadata.jsonl folder")
+    parser.add_argument("--dataset", default="builtin", help="'builtin' (ShapeWorld), a metadata.jsonl folder, a "
+                        "save_to_disk folder, parquet/arrow files, WebDataset shards or a dataset name")
     parser.add_argument("--train_rows", type=int, default=1000, help="rows of the training split (all when 0)")
     parser.add_argument("--eval_rows", type=int, default=200, help="rows of the held-out split (all when 0)")
     parser.add_argument("--epochs", type=float, default=3.0)
@@ -66,23 +68,27 @@ def add_finetune_arguments(parser: argparse.ArgumentParser, lr: float = 5e-4, st
     parser.add_argument("--push_to_hub", default=None, help="repo id to push the fine-tuned model and processor to")
 
 
-def load_split(dataset: str, split: str, num_rows: int, seed: int = 42, eval_rows: int = 200):
+def load_split(dataset: str, split: str, num_rows: int, seed: int = 42, eval_rows: int = 200, columns=None):
     """
-    One split as a `datasets.Dataset`: `dataset="builtin"` builds `num_rows` ShapeWorld rows of `split`; a folder with
-    `<split>/metadata.jsonl` loads that split; a folder with a single `metadata.jsonl` is split deterministically
-    (`eval_rows` rows, at most a fifth, are held out as `"validation"`). `num_rows` > 0 keeps the first rows only.
+    One split as a `datasets.Dataset`: `dataset="builtin"` builds `num_rows` ShapeWorld rows of `split`. Otherwise
+    `dataset` is any one source pre-training reads (a metadata folder, a `save_to_disk` folder, parquet / arrow files,
+    WebDataset shards, a dataset name), its columns mapped by `columns` (`{"text": "caption", ...}`). A source with
+    the split loads it; one without it (e.g. a single `metadata.jsonl`) is split deterministically (`eval_rows` rows,
+    at most a fifth, are held out as `"validation"`). `num_rows` > 0 keeps the first rows only.
     """
-    from ..data import build_synthetic_dataset, load_metadata_folder
+    from ..data import build_synthetic_dataset
+    from ..data.sources import conform, load_raw_split, parse_sources, split_names
 
     if dataset == "builtin":
         return build_synthetic_dataset(num_rows, seed=seed, split=split)
-    root = Path(dataset)
-    if not root.is_dir():
-        raise FileNotFoundError(f"--dataset {dataset!r}: neither 'builtin' nor a folder with a metadata.jsonl")
-    if (root / split / "metadata.jsonl").is_file():
-        data = load_metadata_folder(root, split=split)
+    if not Path(dataset).exists() and (dataset.startswith((".", "/")) or dataset.count("/") > 1):
+        raise FileNotFoundError(f"--dataset {dataset!r}: neither 'builtin', a folder, a file nor a dataset name")
+    (source,) = parse_sources(dataset, **{f"{k}_column": v for k, v in (columns or {}).items()})
+    names = split_names(source)
+    if split in names and (split != "train" or "validation" in names):  # else: "validation" is held out of "train"
+        data = conform(load_raw_split(source, split, streaming=False), source)
     else:
-        full = load_metadata_folder(root)
+        full = conform(load_raw_split(source, "train", streaming=False), source)
         held_out = max(1, min(eval_rows or len(full) // 5, len(full) // 5))
         parts = full.train_test_split(test_size=held_out, seed=seed, shuffle=True)
         data = parts["train"] if split == "train" else parts["test"]

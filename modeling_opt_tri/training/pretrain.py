@@ -31,8 +31,10 @@ from transformers.utils import logging
 
 from ..configuration_opt_tri import PRETRAINING_OBJECTIVES, OptTriConfig
 from ..data.collate import LengthGroupedBatchSampler, ListBatchSampler, TriModalCollator, padding_fraction, row_lengths
+from ..data.sources import NoEvaluationSplitError, text_sample
 from ..modeling_opt_tri import OptTriForPreTraining
 from ..processing_opt_tri import OptTriProcessor
+from ..tokenization import adapt_config_to_tokenizer, check_unk_share
 from .checkpointing import latest_checkpoint, load_checkpoint, save_checkpoint
 from .codes import AUDIO_CODE_OBJECTIVES, IMAGE_CODE_OBJECTIVES, VQCodeTargets
 from .evaluation import embed_batches, format_retrieval_table, retrieval_metrics
@@ -57,12 +59,21 @@ class PretrainArguments:
         default=None, metadata={"help": "an OptTriAudioVQModel folder: its codes are the DAR targets (switches DAR on)"}
     )
     code_soft_temperature: float = field(default=1.0, metadata={"help": "temperature of the MRC-kl soft code assignments"})
-    dataset: str = field(default="builtin", metadata={"help": "'builtin', a metadata.jsonl folder, or a dataset name/path"})
+    dataset: str = field(default="builtin", metadata={"help": (
+        "'builtin'; a metadata.jsonl folder, a save_to_disk folder, parquet/arrow files, WebDataset .tar shards or a "
+        "dataset name; or a mixture 'PATH=WEIGHT,PATH=WEIGHT' (each source named after its folder/file)")})
     dataset_config: str | None = None
+    text_column: str | None = field(default=None, metadata={"help": "column of the text: 'caption', or per source 'coco:caption,clotho:text' ('none': off)"})
+    image_column: str | None = field(default=None, metadata={"help": "column of the images (e.g. 'jpg'), as --text_column"})
+    audio_column: str | None = field(default=None, metadata={"help": "column of the audio (e.g. 'wav'), as --text_column"})
+    stopping_strategy: str = field(default="all_exhausted", metadata={"help": "of the mixture: all_exhausted | first_exhausted | all_exhausted_without_replacement"})
+    tokenizer: str | None = field(default=None, metadata={"help": "a transformers tokenizer folder (e.g. from processing/build_tokenizer.py); the text embeddings, MLM head and text decoder are sized to it"})
+    max_unk_fraction: float = field(default=0.03, metadata={"help": "stop before training when more of the training text's tokens than this are [UNK]"})
     train_split: str = "train"
     eval_split: str = "validation"
+    eval_holdout_fraction: float = field(default=0.0, metadata={"help": "evaluate on this fraction of the training rows, held out of training (for data without --eval_split)"})
     train_rows: int = field(default=2000, metadata={"help": "rows of the built-in dataset to generate"})
-    eval_rows: int = 200
+    eval_rows: int = field(default=200, metadata={"help": "rows evaluated (generated, for the built-in dataset)"})
     streaming: bool = False
     output_dir: str = "outputs/pretrain"
     max_steps: int = 1000
@@ -91,7 +102,7 @@ class PretrainArguments:
     save_total_limit: int = 2
     resume_from_checkpoint: str | None = field(default=None, metadata={"help": "a checkpoint folder or 'latest'"})
     logging_steps: int = 10
-    num_workers: int = 0
+    num_workers: int = field(default=2, metadata={"help": "DataLoader worker processes that decode and process batches (0: in the training process)"})
     max_bad_row_fraction: float = field(default=0.1, metadata={"help": "stop when more rows than this are corrupt"})
     gradient_checkpointing: bool = field(
         default=False, metadata={"help": "recompute activations in the backward (under FSDP: FSDP's own option)"}
@@ -127,48 +138,73 @@ def parse_weights(text: str | None, known: dict[str, float], what: str) -> dict[
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def load_split(args: PretrainArguments, split: str, num_rows: int, seed_offset: int = 0):
-    """The built-in dataset, a local metadata.jsonl folder, or any `datasets.load_dataset` name/path."""
-    from ..data import build_synthetic_dataset, build_synthetic_iterable_dataset, load_metadata_folder
+def data_sources(args: PretrainArguments) -> list:
+    """The `--dataset` sources with their column mappings."""
+    from ..data.sources import parse_sources
 
-    if args.dataset == "builtin":
-        if args.streaming:
-            return build_synthetic_iterable_dataset(num_rows=num_rows, seed=args.seed + seed_offset, split=split)
-        return build_synthetic_dataset(num_rows, seed=args.seed + seed_offset, split=split)
-    path = Path(args.dataset)
-    if path.is_dir() and ((path / "metadata.jsonl").exists() or (path / split / "metadata.jsonl").exists()):
-        dataset = load_metadata_folder(path, split=split if (path / split).is_dir() else None)
-        return dataset.to_iterable_dataset() if args.streaming else dataset
-    import datasets
+    return parse_sources(args.dataset, args.text_column, args.image_column, args.audio_column)
 
-    return datasets.load_dataset(args.dataset, args.dataset_config, split=split, streaming=args.streaming)
+
+def load_split(args: PretrainArguments, split: str, num_rows: int, seed_offset: int = 0, rank: int = 0,
+               world_size: int = 1):
+    """The training rows of `split` (rows held out by `--eval_holdout_fraction` removed), mixed when several sources."""
+    from ..data.sources import load_sources
+
+    sources = data_sources(args)
+    fraction = args.eval_holdout_fraction
+    holdout = {source.name: fraction for source in sources if fraction and source.path != "builtin"}
+    return load_sources(sources, split, args.streaming, seed=args.seed + seed_offset, dataset_config=args.dataset_config,
+                        builtin_rows=num_rows, holdout=holdout, rank=rank, world_size=world_size,
+                        stopping_strategy=args.stopping_strategy)
+
+
+def load_evaluation_rows(args: PretrainArguments, plan):
+    """The evaluation rows of every source (its split, or its held-out rows), `--eval_rows` in all."""
+    from ..data.sources import load_sources
+
+    sources = data_sources(args)
+    return load_sources(sources, plan.splits, args.streaming, seed=args.seed, dataset_config=args.dataset_config,
+                        builtin_rows=args.eval_rows, holdout=plan.fractions, held_out=True,
+                        rows_per_source=max(1, args.eval_rows // len(sources)))
 
 
 class BatchStream:
     """
     Endless, deterministic stream of this process's micro-batches, with a resumable position `(epoch, index)`.
-    Map-style datasets use `LengthGroupedBatchSampler`; streaming datasets group by length inside a buffer.
+    Map-style datasets use `LengthGroupedBatchSampler` (`SourceGroupedBatchSampler` for mixtures); streaming datasets
+    are planned and collated by `StreamBatches`. Decoding and processing run in `--num_workers` DataLoader workers.
+    With several processes and a stream, `agree` keeps the processes at the same epoch and source.
     """
 
     def __init__(self, dataset, collator, args: PretrainArguments, rank: int, world_size: int, tokenizer):
+        from ..data.sources import SOURCE_COLUMN
+        from ..data.stream import SourceGroupedBatchSampler, SourceTaggingCollator
+
         self.dataset = dataset
-        self.collator = collator
+        self.collator = SourceTaggingCollator(collator)
         self.args = args
         self.rank = rank
         self.world_size = world_size
         self.streaming = not hasattr(dataset, "__len__")
+        self.restart_at: int | None = None
+        self.source_names = sorted(source.name for source in data_sources(args))
         if not self.streaming:
             # lengths after truncation (the processor cuts text and audio), so long rows fit a token budget
             max_seconds = collator.processor.feature_extractor.max_length_seconds
             lengths = row_lengths(dataset, tokenizer, max_audio_seconds=max_seconds)
-            self.sampler = LengthGroupedBatchSampler(
-                lengths,
-                args.batch_size,
-                max_tokens=args.max_tokens,
-                group_by_length=args.group_by_length,
-                seed=args.seed,
-                drop_last=world_size > 1,
-            )
+            if SOURCE_COLUMN in dataset.column_names:
+                self.sampler = SourceGroupedBatchSampler(
+                    lengths, dataset[SOURCE_COLUMN], args.batch_size, max_tokens=args.max_tokens,
+                    group_by_length=args.group_by_length, seed=args.seed, world_size=world_size)
+            else:
+                self.sampler = LengthGroupedBatchSampler(
+                    lengths,
+                    args.batch_size,
+                    max_tokens=args.max_tokens,
+                    group_by_length=args.group_by_length,
+                    seed=args.seed,
+                    drop_last=world_size > 1,
+                )
 
     def _epoch_batches(self, epoch: int) -> list[list[int]]:
         batches = self.sampler.batches(epoch)
@@ -177,60 +213,51 @@ class BatchStream:
             raise ValueError(f"The dataset gives {len(batches)} batches, fewer than the {self.world_size} processes")
         return batches[self.rank : per_rank * self.world_size : self.world_size]
 
+    def _loader(self, epoch: int, index: int):
+        from ..data.stream import StreamBatches
+
+        workers = {"num_workers": self.args.num_workers, "pin_memory": torch.cuda.is_available(), "persistent_workers": False,
+                   # a private generator: creating the iterator must not draw from the global RNG (which masks)
+                   "generator": torch.Generator().manual_seed(self.args.seed + epoch)}
+        if self.streaming:
+            batches = StreamBatches(self.dataset, self.collator, self.args.batch_size, self.args.batch_size * 16,
+                                    drop_last=self.world_size > 1, seed=self.args.seed, epoch=epoch, start=index)
+            return torch.utils.data.DataLoader(batches, batch_size=None, **workers)
+        return torch.utils.data.DataLoader(
+            self.dataset, batch_sampler=ListBatchSampler(self._epoch_batches(epoch)[index:]), collate_fn=self.collator,
+            **workers,
+        )
+
     def iterate(self, epoch: int, index: int) -> Iterator[tuple[int, int, dict[str, Any]]]:
         """Yield `(epoch, index_of_next_batch, batch)` from position `(epoch, index)` on, forever."""
         while True:
-            if self.streaming:
-                source = self._stream_epoch(epoch, index)
-            else:
-                batches = self._epoch_batches(epoch)[index:]
-                loader = torch.utils.data.DataLoader(
-                    self.dataset,
-                    batch_sampler=ListBatchSampler(batches),
-                    collate_fn=self.collator,
-                    num_workers=self.args.num_workers,
-                    pin_memory=torch.cuda.is_available(),
-                    persistent_workers=False,
-                    # a private generator: creating the iterator must not draw from the global RNG (which masks)
-                    generator=torch.Generator().manual_seed(self.args.seed + epoch),
-                )
-                source = iter(loader)
-            for batch in source:
+            for batch in self._loader(epoch, index):
                 index += 1
                 yield epoch, index, batch
-            epoch, index = epoch + 1, 0
+                if self.restart_at is not None:
+                    break
+            if self.restart_at is not None:
+                epoch, index, self.restart_at = self.restart_at, 0, None
+            else:
+                epoch, index = epoch + 1, 0
 
-    def _stream_epoch(self, epoch: int, start: int) -> Iterator[dict[str, Any]]:
-        dataset = self.dataset.shuffle(seed=self.args.seed + epoch, buffer_size=1000) if hasattr(self.dataset, "shuffle") else self.dataset
-        buffer_rows = self.args.batch_size * 16
-        buffer: list[dict[str, Any]] = []
-        number = 0
-
-        def flush(rows):
-            nonlocal number
-            rows.sort(key=_stream_length, reverse=True)
-            for i in range(0, len(rows), self.args.batch_size):
-                chunk = rows[i : i + self.args.batch_size]
-                if number % self.world_size == self.rank and number // self.world_size >= start:
-                    yield self.collator(chunk)
-                number += 1
-
-        for row in dataset:
-            buffer.append(row)
-            if len(buffer) == buffer_rows:
-                yield from flush(buffer)
-                buffer = []
-        if buffer:
-            yield from flush(buffer)
-
-
-def _stream_length(row: dict[str, Any]) -> int:
-    text = row.get("text")
-    audio = row.get("audio")
-    length = len(text.split()) if isinstance(text, str) else 0
-    if isinstance(audio, dict) and audio.get("array") is not None:
-        length += len(audio["array"]) // 160
-    return length
+    def agree(self, accelerator, epoch: int, source: str | None, has_rows: bool) -> bool:
+        """
+        Streaming with several processes: whether every process holds a usable batch of the same epoch and source.
+        If not, all of them drop it; when their epochs or sources differ (one process's stream ended sooner), all of
+        them restart at the start of the next epoch, so that they never run the model on different modalities.
+        """
+        if not self.streaming or self.world_size == 1:
+            return has_rows
+        names = self.source_names
+        mine = torch.tensor([[epoch, names.index(source) if source in names else -1, int(has_rows)]],
+                            device=accelerator.device)
+        every = accelerator.gather(mine).cpu()
+        if (every[:, :2] == every[0, :2]).all():
+            return bool(every[:, 2].all())
+        epochs = every[:, 0]
+        self.restart_at = int(epochs.max()) + int(bool((epochs == epochs[0]).all()))
+        return False
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -240,11 +267,18 @@ def _stream_length(row: dict[str, Any]) -> int:
 
 def build_model(args: PretrainArguments, accelerator) -> tuple[OptTriForPreTraining, OptTriProcessor, VQCodeTargets | None]:
     processor = OptTriProcessor.from_pretrained(args.model_name_or_path or args.preset)
+    if args.tokenizer:
+        processor = with_tokenizer(processor, args.tokenizer)
     image_tokenizer, audio_tokenizer = VQCodeTargets.load(args.image_tokenizer, args.audio_tokenizer)
     if args.model_name_or_path:
         model = OptTriForPreTraining.from_pretrained(args.model_name_or_path)
+        if args.tokenizer and len(processor.tokenizer) != model.config.text_config.vocab_size:
+            raise ValueError(f"--tokenizer {args.tokenizer!r} has {len(processor.tokenizer)} tokens but the checkpoint "
+                             f"{args.model_name_or_path!r} was trained with {model.config.text_config.vocab_size}")
     else:
         config = OptTriConfig.from_pretrained(args.preset)
+        if args.tokenizer:
+            adapt_config_to_tokenizer(config, processor.tokenizer)
         VQCodeTargets.adapt_config(config, image_tokenizer, audio_tokenizer)  # code decoders sized to the tokenizers
         if args.init_text or args.init_vision or args.init_audio:
             model = OptTriForPreTraining.from_unimodal_pretrained(
@@ -405,6 +439,15 @@ def _configure_fsdp(plugin, model: torch.nn.Module, args: PretrainArguments, dev
                 f"{plugin.activation_checkpointing}, CPU offload {plugin.cpu_offload is not None}")
 
 
+def with_tokenizer(processor: OptTriProcessor, path: str) -> OptTriProcessor:
+    """`processor` with the tokenizer of the folder `path` (saved with the model, so it travels with it)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    return OptTriProcessor(image_processor=processor.image_processor, feature_extractor=processor.feature_extractor,
+                           tokenizer=tokenizer)
+
+
 def _optimizer(model: torch.nn.Module, args: PretrainArguments) -> torch.optim.Optimizer:
     decay, no_decay = [], []
     for name, parameter in model.named_parameters():
@@ -489,11 +532,54 @@ def check_arguments(args: PretrainArguments) -> None:
         "init_audio": args.init_audio,
         "image_tokenizer": args.image_tokenizer,
         "audio_tokenizer": args.audio_tokenizer,
-        "dataset": None if args.dataset == "builtin" else args.dataset,
+        "tokenizer": args.tokenizer,
     }
-    for flag, value in folders.items():
+    sources = [(f"dataset {args.dataset!r}: source", s.path) for s in data_sources(args) if s.path != "builtin"]
+    for flag, value in [*folders.items(), *sources]:
         if value and not os.path.exists(value) and not _HUB_ID.match(value):
             raise FileNotFoundError(f"--{flag} {value!r}: no such file or folder (and not a Hub name)")
+    if args.stopping_strategy not in ("all_exhausted", "first_exhausted", "all_exhausted_without_replacement"):
+        raise ValueError(f"--stopping_strategy must be all_exhausted, first_exhausted or "
+                         f"all_exhausted_without_replacement, got {args.stopping_strategy!r}")
+    if not 0.0 <= args.eval_holdout_fraction < 1.0:
+        raise ValueError(f"--eval_holdout_fraction must be in [0, 1), got {args.eval_holdout_fraction!r}")
+    if not 0.0 <= args.max_unk_fraction <= 1.0:
+        raise ValueError(f"--max_unk_fraction must be in [0, 1], got {args.max_unk_fraction!r}")
+
+
+def plan_data(args: PretrainArguments):
+    """Where evaluation reads (per source: its split or a held-out fraction); fails before training, not after."""
+    from ..data.sources import plan_evaluation
+
+    return plan_evaluation(data_sources(args), args.train_split, args.eval_split, args.eval_holdout_fraction,
+                           args.dataset_config)
+
+
+def source_record(losses: dict[str, list[float]], rows: dict[str, int]) -> dict[str, float]:
+    """The per-source entries of a history record: this step's mean loss per source, and rows so far per source."""
+    record = {f"source_loss/{name}": float(np.mean(values)) for name, values in losses.items()}
+    return {**record, **{f"source_rows/{name}": count for name, count in rows.items()}}
+
+
+def source_summary(history: list[dict[str, Any]], sources: list) -> dict[str, dict[str, Any]]:
+    """Per source: weight, rows trained on (this process), steps, and the mean loss of its first and last steps."""
+    table = {}
+    for source in sources:
+        losses = [r[f"source_loss/{source.name}"] for r in history if f"source_loss/{source.name}" in r]
+        rows = [r[f"source_rows/{source.name}"] for r in history if f"source_rows/{source.name}" in r]
+        n = max(1, min(20, len(losses) // 2))
+        table[source.name] = {"weight": source.weight, "rows": rows[-1] if rows else 0, "steps": len(losses),
+                              "loss_first": float(np.mean(losses[:n])) if losses else None,
+                              "loss_last": float(np.mean(losses[-n:])) if losses else None}
+    return table
+
+
+def format_source_table(table: dict[str, dict[str, Any]]) -> str:
+    lines = [f"{'source':<16}{'weight':>8}{'rows':>8}{'steps':>7}{'loss first':>12}{'loss last':>11}"]
+    for name, entry in table.items():
+        first, last = (f"{entry[k]:.4f}" if entry[k] is not None else "-" for k in ("loss_first", "loss_last"))
+        lines.append(f"{name:<16}{entry['weight']:>8.3f}{entry['rows']:>8}{entry['steps']:>7}{first:>12}{last:>11}")
+    return "\n".join(lines)
 
 
 def run_pretraining(args: PretrainArguments) -> dict[str, Any]:
@@ -521,7 +607,16 @@ def run_pretraining(args: PretrainArguments) -> dict[str, Any]:
         names = sorted(ratios)
         mix = (names, np.asarray([ratios[n] for n in names]) / sum(ratios.values()))
 
-    train_data = load_split(args, args.train_split, args.train_rows)
+    evaluation_plan, no_evaluation = None, None
+    if args.evaluate:  # decided now, not after training
+        try:
+            evaluation_plan = plan_data(args)
+        except NoEvaluationSplitError as error:
+            no_evaluation = f"No evaluation (the retrieval table is skipped): {error}"
+            logger.warning(no_evaluation)
+    train_data = load_split(args, args.train_split, args.train_rows, rank=rank, world_size=world)
+    check_unk_share(processor.tokenizer, text_sample(train_data), args.max_unk_fraction,
+                    args.tokenizer or args.model_name_or_path or args.preset, args.dataset)
     collator = TriModalCollator(processor)
     stream = BatchStream(train_data, collator, args, rank, world, processor.tokenizer)
 
@@ -540,7 +635,8 @@ def run_pretraining(args: PretrainArguments) -> dict[str, Any]:
         model = torch.compile(model)
     unwrapped = accelerator.unwrap_model(model)
 
-    state: dict[str, Any] = {"epoch": 0, "batch_index": 0, "rows_seen": 0, "rows_skipped": 0, "skipped_steps": 0}
+    state: dict[str, Any] = {"epoch": 0, "batch_index": 0, "rows_seen": 0, "rows_skipped": 0, "skipped_steps": 0,
+                             "source_rows": {}}
     step = 0
     resume = args.resume_from_checkpoint
     if resume == "latest":
@@ -571,6 +667,7 @@ def run_pretraining(args: PretrainArguments) -> dict[str, Any]:
         if mix is not None:
             tasks = [str(np.random.default_rng([args.seed, step]).choice(mix[0], p=mix[1]))]
         step_losses: dict[str, float] = {}
+        source_losses: dict[str, list[float]] = {}
         for micro in range(args.gradient_accumulation_steps):
             batch = None
             while batch is None:
@@ -578,13 +675,16 @@ def run_pretraining(args: PretrainArguments) -> dict[str, Any]:
                 state["epoch"], state["batch_index"] = epoch, index
                 state["rows_skipped"] += batch.pop("num_skipped_rows")
                 reasons = batch.pop("skipped_reasons")
+                source = batch.pop("source", None)
                 state["rows_seen"] += len(reasons)
                 for reason in reasons:
                     logger.warning(f"skipped a corrupt row: {reason}")
-                if len(batch) == 0:
+                if not stream.agree(accelerator, epoch, source, len(batch) > 0):
                     batch = None
             rows = _batch_rows(batch)
             state["rows_seen"] += rows
+            if source is not None:
+                state["source_rows"][source] = state["source_rows"].get(source, 0) + rows
             _check_bad_fraction(state, args.max_bad_row_fraction)
             padded, tokens = padding_fraction(batch)
             window["padded"] += padded
@@ -609,6 +709,8 @@ def run_pretraining(args: PretrainArguments) -> dict[str, Any]:
                 accelerator.backward(loss)
             for name, value in output.losses().items():
                 step_losses[name] = step_losses.get(name, 0.0) + value / args.gradient_accumulation_steps
+            if source is not None:
+                source_losses.setdefault(source, []).append(float(output.loss.detach()))
         skipped = optimizer_step(accelerator, model, optimizer, scheduler, args.max_grad_norm)
         step += 1
         if skipped:
@@ -617,7 +719,7 @@ def run_pretraining(args: PretrainArguments) -> dict[str, Any]:
                         f"{accelerator.scaler.get_scale() if accelerator.scaler is not None else None}")
         total = sum(unwrapped.config.objectives[k] * v for k, v in step_losses.items())
         record = {"step": step, "loss": total, **{f"loss/{k}": v for k, v in step_losses.items()}, "lr": scheduler.get_last_lr()[0],
-                  "skipped_optimizer_steps": state["skipped_steps"]}
+                  "skipped_optimizer_steps": state["skipped_steps"], **source_record(source_losses, state["source_rows"])}
         if accelerator.scaler is not None:
             record["loss_scale"] = float(accelerator.scaler.get_scale())
         last.update(step_losses)
@@ -658,6 +760,9 @@ def run_pretraining(args: PretrainArguments) -> dict[str, Any]:
         summary["samples_per_second"] = _history_stat(history_path, "samples_per_second")
         summary["loss_table"] = loss_table(read_history(history_path))
         accelerator.print(format_loss_table(summary["loss_table"]))
+        if state["source_rows"]:
+            summary["sources"] = source_summary(read_history(history_path), data_sources(args))
+            accelerator.print(format_source_table(summary["sources"]))
         accelerator.print(
             f"Trained {step} steps; rows seen {state['rows_seen']}, corrupt rows skipped {state['rows_skipped']}, "
             f"overflowing fp16 steps skipped {state['skipped_steps']}; median {summary['samples_per_second'] or 0:.1f} "
@@ -665,8 +770,12 @@ def run_pretraining(args: PretrainArguments) -> dict[str, Any]:
         )
         # a sharded model cannot run on one rank alone, and its class is FSDP's: use the consolidated weights
         consolidated = OptTriForPreTraining.from_pretrained(final) if _uses_fsdp(accelerator) else unwrapped
-        if args.evaluate:
-            summary["retrieval"] = evaluate_retrieval(consolidated, processor, args)
+        if evaluation_plan is not None:
+            summary["eval_split"] = evaluation_plan.name()
+            summary["retrieval"] = evaluate_retrieval(consolidated, processor, args, evaluation_plan)
+        elif no_evaluation:
+            summary["evaluation_skipped"] = no_evaluation
+            accelerator.print(no_evaluation)
         write_model_card(final, consolidated, summary, dataset=None if args.dataset == "builtin" else args.dataset)
         (output_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     accelerator.end_training()
@@ -786,9 +895,10 @@ def plot_loss_curves(history_path: Path, out_path: Path) -> Path:
     return out_path
 
 
-def evaluate_retrieval(model, processor, args: PretrainArguments) -> dict[str, dict[str, float]]:
-    """Embed the held-out split and print R@1/5/10 for the six directions."""
-    data = load_split(args, args.eval_split, args.eval_rows, seed_offset=0)
+def evaluate_retrieval(model, processor, args: PretrainArguments, plan=None) -> dict[str, dict[str, float]]:
+    """Embed the evaluation rows (never training rows, see `plan_data`) and print R@1/5/10 for the six directions."""
+    plan = plan or plan_data(args)
+    data = load_evaluation_rows(args, plan)
     if not hasattr(data, "__len__"):
         data = list(data)
     loader = torch.utils.data.DataLoader(
@@ -796,5 +906,5 @@ def evaluate_retrieval(model, processor, args: PretrainArguments) -> dict[str, d
     )
     embeddings = embed_batches(model, loader, progress=args.progress)
     results = retrieval_metrics(embeddings)
-    print(format_retrieval_table(results, embeddings["text"].shape[0]), flush=True)
+    print(format_retrieval_table(results, embeddings["text"].shape[0], split=plan.name()), flush=True)
     return results
