@@ -6,8 +6,9 @@
 The data is a metadata folder built in a temporary directory: `--rows` FSDD recordings (`--fsdd`, symlinked), each
 with a caption and a `--image-size` PNG. The pipeline is exactly the one pre-training runs (`BatchStream` of
 `training/pretrain.py`: map-style length-grouped batches, or with `--streaming` the `StreamBatches` plan), timed
-alone: samples/s over all batches of one epoch (after an untimed warm-up epoch), worker start-up included. The step is forward, backward and AdamW
-of the `--preset` model on one of those batches (median of `--steps` steps after a warm-up), also in samples/s.
+alone: samples/s over all batches of one epoch (after an untimed warm-up epoch), worker start-up included. The step
+is forward, backward and AdamW of the `--preset` model on one of those batches (median of `--steps` steps after a
+warm-up), also in samples/s.
 The pipeline keeps the step fed when its samples/s with the workers you run is above the step's.
 """
 

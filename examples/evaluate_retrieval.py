@@ -45,9 +45,9 @@ def main() -> None:
             format_retrieval_table,
             reranked_retrieval_metrics,
         )
-        from modeling_opt_tri.training.pretrain import load_split
+        from modeling_opt_tri.training.pretrain import load_evaluation_rows, plan_data
 
-        data = load_split(settings, settings.eval_split, settings.eval_rows, seed_offset=0)
+        data = load_evaluation_rows(settings, plan_data(settings))  # the rows the table above was computed on
         loader = torch.utils.data.DataLoader(
             list(data), batch_size=args.batch_size, collate_fn=TriModalCollator(processor)
         )

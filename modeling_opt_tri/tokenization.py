@@ -129,7 +129,8 @@ def adapt_config_to_tokenizer(config, tokenizer) -> None:
     missing = [name for name, value in ids.items() if value is None]
     if missing:
         raise ValueError(f"--tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has no {missing} token(s); OPT-Tri "
-                         "needs [PAD], [MASK], [CLS] and [SEP] (a BERT-style tokenizer, e.g. processing/build_tokenizer.py)")
+                         "needs [PAD], [MASK], [CLS] and [SEP] (a BERT-style tokenizer, e.g. from "
+                         "processing/build_tokenizer.py)")
     vocab = len(tokenizer)
     config.text_config.vocab_size = vocab
     config.text_config.pad_token_id = ids["pad"]
@@ -160,8 +161,9 @@ def unk_share(tokenizer, texts: list[str], examples: int = 8) -> tuple[float, li
             if unk not in ids:
                 continue
             for word in text.split():
-                if len(words) < examples and word not in words and unk in tokenizer(word, add_special_tokens=False)["input_ids"]:
-                    words.append(word)
+                if len(words) < examples and word not in words:
+                    if unk in tokenizer(word, add_special_tokens=False)["input_ids"]:
+                        words.append(word)
             if len(words) >= examples:
                 break
     return unknown / max(total, 1), words

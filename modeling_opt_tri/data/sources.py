@@ -274,7 +274,8 @@ def _store_media_undecoded(data, modalities: list[str]):  # column names
 
 def conform(data, source: Source, mixture: bool = False):
     """
-    Rename the mapped columns to `text` / `image` / `audio` and store media undecoded (`media_feature()`). With `mixture`, keep only those three columns (a missing one becomes all-`None`) and add
+    Rename the mapped columns to `text` / `image` / `audio` and store media undecoded (`media_feature()`). With
+    `mixture`, keep only those three columns (a missing one becomes all-`None`) and add
     the `source` column, so that every source of a mixture has the same features. Other columns are kept otherwise.
     """
     import datasets
@@ -433,8 +434,9 @@ def text_sample(data, column: str = "text", rows: int = 500) -> list[str]:
     from itertools import islice
 
     if hasattr(data, "__len__"):
-        subset = data.select(range(min(rows, len(data)))).select_columns([column]) if column in data.column_names else []
-        values: Iterable[Any] = [row[column] for row in subset]
+        if column not in data.column_names:
+            return []
+        values: Iterable[Any] = data.select(range(min(rows, len(data))))[column]
     else:
         values = (row.get(column) for row in islice(iter(data.select_columns([column])), rows))
     return [value for value in values if isinstance(value, str) and value.strip()]

@@ -4,10 +4,10 @@ The input is any source `sources.py` reads (a metadata folder, a `save_to_disk` 
 to `text` / `image` / `audio`. Media are copied as stored (the encoded file bytes), never decoded and re-encoded.
 
 WebDataset: sample `k` of shard `n` is written as the tar members `<k>.txt` (UTF-8 text), `<k>.<ext>` of the image
-(`png`, `jpg`, ...) and of the audio (`wav`, `flac`, ...), each present only when the row has that modality. Each modality keeps one extension (the first
-row's), which the `webdataset` loader makes its column name. Shards are named `<split>-00000.tar`, ... so that
-`datasets.load_dataset(folder)` finds the split, and hold `rows_per_shard` rows each, so that processes reading them
-split by node get equal shares. A `README.md` declares the features.
+(`png`, `jpg`, ...) and of the audio (`wav`, `flac`, ...), each present only when the row has that modality. Each
+modality keeps one extension (the first row's), which the `webdataset` loader makes its column name. Shards are
+named `<split>-00000.tar`, ... so that `datasets.load_dataset(folder)` finds the split, and hold `rows_per_shard`
+rows each, so that processes reading them split by node get equal shares. A `README.md` declares the features.
 
 Parquet: `<split>-00000.parquet`, ... with `text` (string), `image` (`datasets.Image()`) and `audio`
 (`datasets.Audio()`): the layout of datasets on the Hub, readable by `datasets` without this package.

@@ -63,15 +63,21 @@ class PretrainArguments:
         "'builtin'; a metadata.jsonl folder, a save_to_disk folder, parquet/arrow files, WebDataset .tar shards or a "
         "dataset name; or a mixture 'PATH=WEIGHT,PATH=WEIGHT' (each source named after its folder/file)")})
     dataset_config: str | None = None
-    text_column: str | None = field(default=None, metadata={"help": "column of the text: 'caption', or per source 'coco:caption,clotho:text' ('none': off)"})
+    text_column: str | None = field(default=None, metadata={
+        "help": "column of the text: 'caption', or per source 'coco:caption,clotho:text' ('none': off)"})
     image_column: str | None = field(default=None, metadata={"help": "column of the images (e.g. 'jpg'), as --text_column"})
     audio_column: str | None = field(default=None, metadata={"help": "column of the audio (e.g. 'wav'), as --text_column"})
-    stopping_strategy: str = field(default="all_exhausted", metadata={"help": "of the mixture: all_exhausted | first_exhausted | all_exhausted_without_replacement"})
-    tokenizer: str | None = field(default=None, metadata={"help": "a transformers tokenizer folder (e.g. from processing/build_tokenizer.py); the text embeddings, MLM head and text decoder are sized to it"})
-    max_unk_fraction: float = field(default=0.03, metadata={"help": "stop before training when more of the training text's tokens than this are [UNK]"})
+    stopping_strategy: str = field(default="all_exhausted", metadata={
+        "help": "of the mixture: all_exhausted | first_exhausted | all_exhausted_without_replacement"})
+    tokenizer: str | None = field(default=None, metadata={"help": (
+        "a transformers tokenizer folder (e.g. from processing/build_tokenizer.py); the text embeddings, MLM head "
+        "and text decoder are sized to it")})
+    max_unk_fraction: float = field(default=0.03, metadata={
+        "help": "stop before training when more of the training text's tokens than this are [UNK]"})
     train_split: str = "train"
     eval_split: str = "validation"
-    eval_holdout_fraction: float = field(default=0.0, metadata={"help": "evaluate on this fraction of the training rows, held out of training (for data without --eval_split)"})
+    eval_holdout_fraction: float = field(default=0.0, metadata={
+        "help": "evaluate on this fraction of the training rows, held out of training (for data without --eval_split)"})
     train_rows: int = field(default=2000, metadata={"help": "rows of the built-in dataset to generate"})
     eval_rows: int = field(default=200, metadata={"help": "rows evaluated (generated, for the built-in dataset)"})
     streaming: bool = False
@@ -102,7 +108,8 @@ class PretrainArguments:
     save_total_limit: int = 2
     resume_from_checkpoint: str | None = field(default=None, metadata={"help": "a checkpoint folder or 'latest'"})
     logging_steps: int = 10
-    num_workers: int = field(default=2, metadata={"help": "DataLoader worker processes that decode and process batches (0: in the training process)"})
+    num_workers: int = field(default=2, metadata={
+        "help": "DataLoader worker processes that decode and process batches (0: in the training process)"})
     max_bad_row_fraction: float = field(default=0.1, metadata={"help": "stop when more rows than this are corrupt"})
     gradient_checkpointing: bool = field(
         default=False, metadata={"help": "recompute activations in the backward (under FSDP: FSDP's own option)"}
@@ -534,7 +541,9 @@ def check_arguments(args: PretrainArguments) -> None:
         "audio_tokenizer": args.audio_tokenizer,
         "tokenizer": args.tokenizer,
     }
-    sources = [(f"dataset {args.dataset!r}: source", s.path) for s in data_sources(args) if s.path != "builtin"]
+    sources = data_sources(args)
+    flag = "dataset" if len(sources) == 1 else f"dataset {args.dataset!r}: source"
+    sources = [(flag, source.path) for source in sources if source.path != "builtin"]
     for flag, value in [*folders.items(), *sources]:
         if value and not os.path.exists(value) and not _HUB_ID.match(value):
             raise FileNotFoundError(f"--{flag} {value!r}: no such file or folder (and not a Hub name)")
