@@ -354,6 +354,7 @@ def test_mixture_run_logs_rows_and_losses_per_source_and_names_the_evaluation_sp
     assert summary["eval_split"] == "speech:train (held-out 20% of its rows), triples:train (held-out 20% of its rows)"
     printed = capsys.readouterr().out
     assert "of split speech:train (held-out 20% of its rows)" in printed and "loss first" in printed
+    assert f"retrieval on split {summary['eval_split']}" in (tmp_path / "run" / "final" / "README.md").read_text()
 
 
 @pytest.mark.slow
@@ -518,3 +519,4 @@ def test_a_run_without_an_evaluation_split_skips_the_table_and_says_why(folder, 
     printed = capsys.readouterr().out
     assert "the retrieval table is skipped" in printed and "Retrieval on" not in printed
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["evaluation_skipped"] == summary["evaluation_skipped"]
+    assert summary["evaluation_skipped"] in (tmp_path / "run" / "final" / "README.md").read_text()  # the model card

@@ -23,12 +23,14 @@ def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def _retrieval_section(retrieval: dict[str, dict[str, float]] | None) -> str:
+def _retrieval_section(retrieval: dict[str, dict[str, float]] | None, split: str | None = None,
+                       skipped: str | None = None) -> str:
     if not retrieval:
-        return "No retrieval evaluation was run (`--evaluate false`).\n"
+        return f"{skipped}\n" if skipped else "No retrieval evaluation was run (`--evaluate false`).\n"
     ks = list(next(iter(retrieval.values())).keys())
     rows = [[direction] + [f"{100 * values[k]:.1f}%" for k in ks] for direction, values in retrieval.items()]
-    return "Zero-shot retrieval on the held-out split:\n\n" + _markdown_table(["direction"] + ks, rows) + "\n"
+    where = f"split {split}" if split else "the held-out split"
+    return f"Zero-shot retrieval on {where}:\n\n" + _markdown_table(["direction"] + ks, rows) + "\n"
 
 
 def _loss_section(loss_table: dict[str, tuple[float, float]] | None) -> str:
@@ -69,7 +71,7 @@ def model_card_text(model, summary: dict[str, Any], dataset: str | None = None, 
         _loss_section(summary.get("loss_table")),
         f"![loss curves]({loss_curve_name})\n" if loss_curve_name else "",
         "## Evaluation\n",
-        _retrieval_section(summary.get("retrieval")),
+        _retrieval_section(summary.get("retrieval"), summary.get("eval_split"), summary.get("evaluation_skipped")),
         "## Usage\n",
         "```python\n" + USAGE_SNIPPET.format(model_id=model_id or "path/to/this/folder") + "```\n",
     ]
