@@ -12,43 +12,133 @@ masked out of the cross-modal attention).
 
 from __future__ import annotations
 
-import contextlib
-import math
 import os
-import re
 import shutil
 import tempfile
-import warnings
-from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoConfig, AutoModel, GenerationMixin, PreTrainedModel, ViTModel
+from transformers import AutoModel, GenerationMixin, PreTrainedModel, ViTModel
 from transformers import initialization as init
-from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache
-from transformers.generation import utils as _generation_utils
-from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPooling
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-from transformers.utils import ModelOutput, can_return_tuple, logging
+from transformers.utils import can_return_tuple, logging
 
 from .configuration_opt_tri import (
     PRETRAINING_OBJECTIVES,
     OptTriAudioConfig,
     OptTriCodeDecoderConfig,
     OptTriConfig,
-    OptTriFusionConfig,
-    OptTriTextDecoderConfig,
+)
+from .modeling_opt_tri_outputs import (  # noqa: F401 (the public names are re-exported)
+    _TOWER_FIELDS,
+    _tower_fields,
+    OptTriModelOutput,
+    TRI_MATCHING_CLASSES,
+    OptTriForPreTrainingOutput,
+    OptTriDecoderModelOutput,
+    OptTriCaptioningOutput,
+    OptTriCodeDecoderOutput,
+    OptTriCodeGenerationOutput,
+    OptTriClassifierOutput,
+    OptTriRetrievalOutput,
+    OptTriRerankOutput,
+)
+from .modeling_opt_tri_layers import (  # noqa: F401 (the public names are re-exported)
+    cls_follows_tokens,
+    project_cls,
+    MODALITY_CLS,
+    MODALITY_TEXT,
+    MODALITY_IMAGE,
+    MODALITY_AUDIO,
+    MODALITIES,
+    eager_attention_forward,
+    OptTriAttention,
+    OptTriMLP,
+    OptTriLayer,
+    OptTriEncoder,
+    _wants_outputs,
+    _asked,
+    OptTriAudioEmbeddings,
+    OptTriPredictionHead,
+    OptTriMaskedCodeHead,
+    OptTriClassificationMLP,
+)
+from .modeling_opt_tri_inputs import (  # noqa: F401 (the public names are re-exported)
+    _check_token_ids,
+    _MODEL_INPUT_NAMES,
+    _check_audio_features,
+    _check_model_inputs,
+    EVAL_SEED,
+    _eval_generator,
+    _check_retrieval_inputs,
+    _required,
+    _check_pair,
+)
+from .modeling_opt_tri_losses import (  # noqa: F401 (the public names are re-exported)
+    clamped_logit_scale,
+    token_cross_entropy,
+    mlm_loss,
+    masked_regression_loss,
+    masked_frame_contrastive_loss,
+    contrastive_loss,
+    ipot_transport,
+    wra_loss,
+    patchify_images,
+    patchify_audio,
+    codes_by_patch,
+    itm_pairs,
+    _take,
+    _classification_loss,
+)
+from .modeling_opt_tri_decoders import (  # noqa: F401 (the public names are re-exported)
+    OptTriDecoderAttention,
+    OptTriDecoderLayer,
+    OptTriTextDecoder,
+    _states_mask,
+    _cache_argument,
+    _check_decoder_ids,
+    _check_generate_arguments,
+    _decoder_output,
+    _shift_right,
+    OptTriCodeDecoder,
+    _check_sampling_arguments,
+    _CODE_GENERATION_FIXED_SETTINGS,
+    _private_rng,
+    code_decoder_targets,
+)
+from .modeling_opt_tri_conversion import (  # noqa: F401 (the public names are re-exported)
+    _load_audio_encoder_checkpoint,
+    _resize_text_vocabulary,
+)
+from .modeling_opt_tri_masking import (  # noqa: F401 (the public names are re-exported)
+    choose_masked_modalities,
+    drop_modalities,
+    mask_positions,
+    mask_text_tokens,
+)
+from .modeling_opt_tri_phases import (  # noqa: F401 (the public names are re-exported)
+    RECONSTRUCTION_OBJECTIVES,
+    SAMPLE_OBJECTIVES,
+    TOKEN_OBJECTIVES,
+    EncodedViews,
+    MaskedFusion,
+    MaskPlan,
+    PreTrainingBatch,
+    TokenLevelLosses,
+)
+from .modeling_opt_tri_hub import (  # noqa: F401 (the public names are re-exported)
+    MODEL_CARD_MARKER,
+    PIPELINE_TAGS,
+    USAGE_SNIPPET,
+    model_card_metadata,
+    default_model_card,
+    _save_hub_files,
 )
 
 logger = logging.get_logger(__name__)
 
-#: Modality-type ids used by the cross-modal encoder.
-MODALITY_CLS, MODALITY_TEXT, MODALITY_IMAGE, MODALITY_AUDIO = 0, 1, 2, 3
-MODALITIES = ("text", "image", "audio")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -56,286 +146,9 @@ MODALITIES = ("text", "image", "audio")
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def _nested_to_tuple(output: ModelOutput) -> tuple:
-    """The fields that are set, with nested outputs (per tower) turned into tuples too (as `CLIPOutput` does)."""
-    return tuple(v.to_tuple() if isinstance(v, ModelOutput) else v for v in ModelOutput.to_tuple(output))
-
-
-_TOWER_FIELDS = ("text_outputs", "image_outputs", "audio_outputs", "cross_modal_outputs")
-
-
-def _tower_fields(base_output: ModelOutput | None) -> dict:
-    """The per-tower outputs and cross-modal hidden states / attentions of an [`OptTriModelOutput`], for a head."""
-    if base_output is None:
-        return {}
-    fields = {name: base_output.get(name) for name in _TOWER_FIELDS}
-    return {**fields, "hidden_states": base_output.hidden_states, "attentions": base_output.attentions}
-
-
-@dataclass
-class OptTriModelOutput(ModelOutput):
-    r"""
-    Output of [`OptTriModel`]. `B` is the batch size, `L` the text length, `N` the number of image patches, `A` the
-    number of audio tokens and `S = 1 + L' + (1 + N)' + (1 + A)'` the cross-modal length, where a primed part is
-    present only when that modality was given.
-
-    Args:
-        last_hidden_state (`torch.FloatTensor` of shape `(B, S, fusion_hidden)`): cross-modal encoder output.
-        pooler_output (`torch.FloatTensor` of shape `(B, fusion_hidden)`): the cross-modal `[CLS]` state.
-        fusion_attention_mask (`torch.LongTensor` of shape `(B, S)`): 1 for positions the cross-modal encoder
-            attended to (real tokens of the modalities present in each row).
-        modality_ids (`torch.LongTensor` of shape `(S,)`): 0 for `[CLS]`, 1 text, 2 image, 3 audio.
-        text_embeds / image_embeds / audio_embeds (`torch.FloatTensor` of shape `(B, projection_dim)`): projected,
-            L2-normalised embeddings of each unimodal encoder's `[CLS]` state (for retrieval); `None` when the
-            modality was not given.
-        text_last_hidden_state (`(B, L, text_hidden)`), image_last_hidden_state (`(B, 1 + N, vision_hidden)`),
-            audio_last_hidden_state (`(B, 1 + A, audio_hidden)`): the unimodal encoders' outputs.
-        audio_token_mask (`torch.LongTensor` of shape `(B, 1 + A)`): 1 for real audio tokens (`[CLS]` included).
-        hidden_states (`tuple(torch.FloatTensor)`): cross-modal hidden states, embeddings and after each layer, when
-            `output_hidden_states=True` (the same as `cross_modal_outputs.hidden_states`).
-        attentions (`tuple(torch.FloatTensor)`): cross-modal attention weights `(B, heads, S, S)` per layer, when
-            `output_attentions=True` (computed on the eager path).
-        text_outputs / image_outputs / audio_outputs (`ModelOutput`): each given tower's own output
-            (`last_hidden_state`, `hidden_states`, `attentions`), when hidden states or attentions are asked for
-            (as FLAVA's `text_output` / `image_output`).
-        cross_modal_outputs (`BaseModelOutputWithPooling`): the cross-modal encoder's output (`last_hidden_state`,
-            `pooler_output`, `hidden_states` before the final LayerNorm, `attentions`), when asked for.
-    """
-
-    last_hidden_state: torch.FloatTensor | None = None
-    pooler_output: torch.FloatTensor | None = None
-    fusion_attention_mask: torch.LongTensor | None = None
-    modality_ids: torch.LongTensor | None = None
-    text_embeds: torch.FloatTensor | None = None
-    image_embeds: torch.FloatTensor | None = None
-    audio_embeds: torch.FloatTensor | None = None
-    text_last_hidden_state: torch.FloatTensor | None = None
-    image_last_hidden_state: torch.FloatTensor | None = None
-    audio_last_hidden_state: torch.FloatTensor | None = None
-    audio_token_mask: torch.LongTensor | None = None
-    hidden_states: tuple[torch.FloatTensor, ...] | None = None
-    attentions: tuple[torch.FloatTensor, ...] | None = None
-    text_outputs: ModelOutput | None = None
-    image_outputs: ModelOutput | None = None
-    audio_outputs: ModelOutput | None = None
-    cross_modal_outputs: BaseModelOutputWithPooling | None = None
-
-    def to_tuple(self) -> tuple:
-        return _nested_to_tuple(self)
-
-    def modality_slice(self, modality: str) -> slice:
-        """Positions of `modality` ("text", "image" or "audio") in `last_hidden_state`."""
-        code = {"text": MODALITY_TEXT, "image": MODALITY_IMAGE, "audio": MODALITY_AUDIO}[modality]
-        positions = (self.modality_ids == code).nonzero().flatten()
-        if positions.numel() == 0:
-            raise ValueError(f"No {modality} in this output: the model was called without that modality.")
-        return slice(int(positions[0]), int(positions[-1]) + 1)
-
-
 # ----------------------------------------------------------------------------------------------------------------------
 # Transformer blocks (used by the audio encoder and the cross-modal encoder)
 # ----------------------------------------------------------------------------------------------------------------------
-
-
-def eager_attention_forward(
-    module: nn.Module,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    scaling: float,
-    dropout: float = 0.0,
-    **kwargs,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Reference attention. query/key/value: `(B, H, S, D)`; mask: additive `(B, 1, 1|S, S)`; returns `(B, S, H, D)`."""
-    weights = torch.matmul(query, key.transpose(2, 3)) * scaling
-    if attention_mask is not None:
-        weights = weights + attention_mask
-    weights = F.softmax(weights, dim=-1, dtype=torch.float32).to(query.dtype)
-    weights = F.dropout(weights, p=dropout, training=module.training)
-    output = torch.matmul(weights, value).transpose(1, 2).contiguous()
-    return output, weights
-
-
-class OptTriAttention(nn.Module):
-    """Bidirectional multi-head self-attention dispatched through `config._attn_implementation` (SDPA by default)."""
-
-    def __init__(self, config: OptTriAudioConfig | OptTriFusionConfig):
-        super().__init__()
-        self.config = config
-        self.num_heads = config.num_attention_heads
-        self.head_dim = config.hidden_size // config.num_attention_heads
-        self.scaling = self.head_dim**-0.5
-        self.dropout = config.attention_probs_dropout_prob
-        self.is_causal = False
-        self.q_proj = nn.Linear(config.hidden_size, config.hidden_size)
-        self.k_proj = nn.Linear(config.hidden_size, config.hidden_size)
-        self.v_proj = nn.Linear(config.hidden_size, config.hidden_size)
-        self.out_proj = nn.Linear(config.hidden_size, config.hidden_size)
-
-    def forward(
-        self,
-        hidden_states: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        output_attentions: bool = False,
-        query_states: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """
-        hidden_states `(B, S, d)` give the keys and values, and the queries unless `query_states` `(B, k, d)` is given
-        (then only those k positions are computed: the output is `(B, k, d)`).
-        """
-        batch, length, _ = hidden_states.shape
-        queries = hidden_states if query_states is None else query_states
-        query = self.q_proj(queries).view(batch, queries.shape[1], self.num_heads, self.head_dim).transpose(1, 2)
-        shape = (batch, length, self.num_heads, self.head_dim)
-        key = self.k_proj(hidden_states).view(shape).transpose(1, 2)
-        value = self.v_proj(hidden_states).view(shape).transpose(1, 2)
-        implementation = self.config._attn_implementation or "sdpa"  # unset means the default, SDPA
-        attention: Callable = eager_attention_forward
-        if not output_attentions:  # only the eager path computes the weights
-            # looked up at every call, so `set_attn_implementation` switches a built model
-            attention = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
-        output, weights = attention(
-            self,
-            query,
-            key,
-            value,
-            attention_mask,
-            scaling=self.scaling,
-            dropout=self.dropout if self.training else 0.0,
-        )
-        output = self.out_proj(output.reshape(batch, queries.shape[1], -1))
-        return output, (weights if output_attentions else None)
-
-
-class OptTriMLP(nn.Module):
-    def __init__(self, config: OptTriAudioConfig | OptTriFusionConfig):
-        super().__init__()
-        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
-        self.act = ACT2FN[config.hidden_act]
-        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(hidden_states)))
-
-
-class OptTriLayer(GradientCheckpointingLayer):
-    """Pre-norm transformer layer: `x + Attn(LN(x))`, then `x + MLP(LN(x))`."""
-
-    def __init__(self, config: OptTriAudioConfig | OptTriFusionConfig):
-        super().__init__()
-        self.layer_norm1 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.self_attn = OptTriAttention(config)
-        self.layer_norm2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.mlp = OptTriMLP(config)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
-
-    def forward(
-        self,
-        hidden_states: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        output_attentions: bool = False,
-        query_index: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """`query_index` `(B, k)`: compute the output at these positions only (`(B, k, d)`); every position is still attended."""
-        normed = self.layer_norm1(hidden_states)
-        query_states = None
-        if query_index is not None:
-            gather = query_index[:, :, None].expand(-1, -1, hidden_states.shape[-1])
-            hidden_states, query_states = hidden_states.gather(1, gather), normed.gather(1, gather)
-        attn_output, weights = self.self_attn(normed, attention_mask, output_attentions, query_states)
-        hidden_states = hidden_states + self.dropout(attn_output)
-        hidden_states = hidden_states + self.dropout(self.mlp(self.layer_norm2(hidden_states)))
-        return hidden_states, weights
-
-
-class OptTriEncoder(nn.Module):
-    """A stack of [`OptTriLayer`]s. Takes embeddings `(B, S, D)` and a 0/1 mask `(B, S)`; builds the additive mask once."""
-
-    def __init__(self, config: OptTriAudioConfig | OptTriFusionConfig):
-        super().__init__()
-        self.layers = nn.ModuleList([OptTriLayer(config) for _ in range(config.num_hidden_layers)])
-
-    def forward(
-        self,
-        hidden_states: torch.Tensor,
-        attention_mask: torch.Tensor,
-        output_attentions: bool = False,
-        output_hidden_states: bool | int | list[int] = False,
-    ) -> tuple[torch.Tensor, tuple | None, tuple | None]:
-        """
-        `output_hidden_states` is a flag or, as in `transformers` >= 5, the index or indices (negative ones count from
-        the end) of the states to keep among the `1 + num_layers` (embeddings, then after each layer); the tuple keeps
-        its full length, with `None` at the states not selected.
-        """
-        additive_mask = _additive_mask(attention_mask, hidden_states.dtype)
-        keep = _selected_hidden_states(output_hidden_states, len(self.layers) + 1)
-        all_hidden = (hidden_states if 0 in keep else None,) if keep else None
-        all_attentions = () if output_attentions else None
-        for index, layer in enumerate(self.layers, start=1):
-            hidden_states, weights = layer(hidden_states, additive_mask, output_attentions)
-            if keep:
-                all_hidden += (hidden_states if index in keep else None,)
-            if output_attentions:
-                all_attentions += (weights,)
-        return hidden_states, all_hidden, all_attentions
-
-    def forward_selected(
-        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor, query_index: torch.Tensor, full_rows: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """
-        The same stack, computing the last layer's output only where it is needed: at the positions `query_index`
-        `(B, k)` of every row, and at every position of the rows `full_rows` `(R,)`. Every position still feeds the
-        keys and values, so the selected outputs equal those of `forward` (an objective that reads the `[CLS]` or a
-        few masked tokens skips most of the last layer's queries and MLP).
-
-        With dropout in the cross-modal encoder (the presets have none), the last layer's two computations for the
-        `full_rows` draw independent dropout masks.
-
-        Returns `(selected (B, k, d), full (R, S, d) or None)`.
-        """
-        additive_mask = _additive_mask(attention_mask, hidden_states.dtype)
-        for layer in self.layers[:-1]:
-            hidden_states, _ = layer(hidden_states, additive_mask)
-        last = self.layers[-1]
-        selected, _ = last(hidden_states, additive_mask, query_index=query_index)
-        full = None
-        if full_rows is not None:
-            full, _ = last(hidden_states[full_rows], additive_mask[full_rows])
-        return selected, full
-
-
-def _selected_hidden_states(output_hidden_states: bool | int | list[int] | None, count: int) -> set[int]:
-    """The indices in `range(count)` that `output_hidden_states` (a flag, an index or a list of indices) selects."""
-    if output_hidden_states is None or isinstance(output_hidden_states, bool):
-        return set(range(count)) if output_hidden_states else set()
-    indices = [output_hidden_states] if isinstance(output_hidden_states, int) else list(output_hidden_states)
-    for index in indices:
-        if not isinstance(index, int) or isinstance(index, bool) or not -count <= index < count:
-            raise ValueError(
-                f"output_hidden_states must be a bool or indices in [-{count}, {count}) of the {count} hidden states "
-                f"(embeddings and each layer); got {output_hidden_states!r}"
-            )
-    return {index % count for index in indices}
-
-
-def _wants_outputs(config, output_attentions, output_hidden_states) -> tuple[bool, bool | int | list[int]]:
-    """The call's `output_attentions` / `output_hidden_states`, defaulting to the config's."""
-    attentions = output_attentions if output_attentions is not None else bool(getattr(config, "output_attentions", False))
-    hidden = output_hidden_states if output_hidden_states is not None else bool(getattr(config, "output_hidden_states", False))
-    return attentions, hidden
-
-
-def _asked(output_hidden_states: bool | int | list[int] | None) -> bool:
-    """Whether `output_hidden_states` asks for any hidden state (a flag, an index or a non-empty list)."""
-    if output_hidden_states is None or isinstance(output_hidden_states, bool):
-        return bool(output_hidden_states)
-    return isinstance(output_hidden_states, int) or len(output_hidden_states) > 0
-
-
-def _additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """`(B, S)` 0/1 mask -> additive `(B, 1, 1, S)` mask with 0 where attended and the dtype's minimum elsewhere."""
-    return (1.0 - mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -465,7 +278,7 @@ class OptTriPreTrainedModel(PreTrainedModel):
             config.vision_config = loaded["vision"].config
         audio_state: dict[str, torch.Tensor] | None = None
         if audio is not None:
-            audio_config, audio_state = _load_audio_encoder_checkpoint(audio, config.audio_config)
+            audio_config, audio_state = _load_audio_encoder_checkpoint(audio, config.audio_config, OptTriAudioModel)
             config.audio_config = audio_config
         config._validate()
         model = cls(config)
@@ -492,172 +305,9 @@ class OptTriPreTrainedModel(PreTrainedModel):
         return _resize_text_vocabulary(self, new_num_tokens, pad_to_multiple_of, mean_resizing)
 
 
-#: Marks a README.md as an OPT-Tri model card (written by `save_pretrained` or the training scripts).
-MODEL_CARD_MARKER = "<!-- opt-tri model card -->"
-
-#: The Hub's pipeline tag of each head (the task a `transformers` pipeline would run); heads not listed have none.
-PIPELINE_TAGS = {
-    "OptTriModel": "feature-extraction",
-    "OptTriAudioModel": "feature-extraction",
-    "OptTriForPreTraining": "feature-extraction",
-    "OptTriForRetrieval": "feature-extraction",
-    "OptTriForConditionalGeneration": "image-to-text",
-    "OptTriForTextToImage": "text-to-image",
-    "OptTriForTextToAudio": "text-to-audio",
-    "OptTriForQuestionAnswering": "visual-question-answering",
-}
-
-#: Runs on any OPT-Tri folder saved with its processor (the model id is filled in).
-USAGE_SNIPPET = """import numpy as np
-import torch
-from PIL import Image
-from transformers import AutoModel, AutoProcessor
-
-model_id = {model_id!r}
-model = AutoModel.from_pretrained(model_id, trust_remote_code=True).eval()
-processor = AutoProcessor.from_pretrained(model_id, trust_remote_code=True)
-image = Image.fromarray(np.full((64, 64, 3), (220, 30, 30), dtype=np.uint8))  # a red square
-audio = np.zeros(16000, dtype=np.float32)  # one second of silence
-batch = processor(text=["a red square"], images=[image], audio=[audio], sampling_rate=16000, return_tensors="pt")
-with torch.no_grad():
-    out = model(**batch)
-print("cross-modal [CLS]:", tuple(out.pooler_output.shape))
-print("text-image similarity:", float(out.text_embeds @ out.image_embeds.T))
-"""
-
-
-def model_card_metadata(model: PreTrainedModel, **extra) -> str:
-    """The Hub metadata block (YAML front matter) of a model card: `library_name`, `pipeline_tag` (from the head),
-    `tags`, and any `extra` field (`license`, `datasets`, `base_model`, ...; lists become YAML lists)."""
-    fields = {"library_name": "transformers", "pipeline_tag": PIPELINE_TAGS.get(type(model).__name__)}
-    fields["tags"] = ["opt-tri", "multimodal", "text", "image", "audio", "custom_code", type(model).__name__]
-    fields.update(extra)
-    lines = ["---"]
-    for key, value in fields.items():
-        if value is None or value == []:
-            continue
-        if isinstance(value, (list, tuple)):
-            lines.append(f"{key}:")
-            lines.extend(f"- {item}" for item in value)
-        else:
-            lines.append(f"{key}: {value}")
-    return "\n".join(lines + ["---", ""])
-
-
-def default_model_card(model: PreTrainedModel, model_id: str | None = None) -> str:
-    """The card `save_pretrained` writes when the folder has none: metadata, the architecture, and a usage snippet.
-    What the model was trained on is not known here; `examples/pretrain.py` writes the full card of a run."""
-    config = model.config
-    sizes = ""
-    if getattr(config, "model_type", None) == OptTriConfig.model_type:
-        parts = {name: getattr(config, f"{name}_config") for name in ("text", "vision", "audio", "cross_modal")}
-        sizes = ", ".join(f"{name} {c.num_hidden_layers} x {c.hidden_size}" for name, c in parts.items())
-        sizes = f" Encoders (layers x width): {sizes}."
-    name = type(model).__name__
-    model_id = model_id or "path/to/this/folder"
-    snippet = USAGE_SNIPPET.format(model_id=model_id)
-    if not sizes:  # a sub-model (the audio encoder): no processor, no cross-modal output
-        snippet = (
-            f"from transformers import AutoModel\n\nmodel = AutoModel.from_pretrained({model_id!r}, "
-            "trust_remote_code=True)\n"
-        )
-    return (
-        model_card_metadata(model) + f"\n# OPT-Tri: {name}\n\n{MODEL_CARD_MARKER}\n\n"
-        f"A tri-modal (text, image, audio) OPT-Tri model, saved as `{name}`.{sizes} Its code travels with the "
-        "weights: load it with `trust_remote_code=True`.\n\n"
-        "This card was written by `save_pretrained`; it does not record the training data or run. The card of a "
-        "pre-training run (data, objectives, steps, evaluation, loss curves) is written by `examples/pretrain.py`.\n\n"
-        "## Usage\n\n```python\n" + snippet + "```\n"
-    )
-
-
-def _load_audio_encoder_checkpoint(path: str, default: OptTriAudioConfig) -> tuple[OptTriAudioConfig, dict]:
-    """Read an OptTriAudioModel, ASTModel or ViTModel folder; return an audio config and a state dict in our names."""
-    source_config = AutoConfig.from_pretrained(path)
-    if source_config.model_type == OptTriAudioConfig.model_type:
-        model = OptTriAudioModel.from_pretrained(path)
-        return model.config, model.state_dict()
-    if source_config.model_type not in ("audio-spectrogram-transformer", "vit"):
-        raise ValueError(
-            f"audio={path!r} is a {source_config.model_type!r} checkpoint; OPT-Tri's audio encoder loads "
-            "'opt_tri_audio', 'audio-spectrogram-transformer' or 'vit' checkpoints"
-        )
-    source = AutoModel.from_pretrained(path)
-    config = OptTriAudioConfig(
-        num_mel_bins=getattr(source_config, "num_mel_bins", default.num_mel_bins),
-        patch_frames=default.patch_frames,
-        hidden_size=source_config.hidden_size,
-        num_hidden_layers=source_config.num_hidden_layers,
-        num_attention_heads=source_config.num_attention_heads,
-        intermediate_size=source_config.intermediate_size,
-        hidden_act=source_config.hidden_act,
-        layer_norm_eps=source_config.layer_norm_eps,
-        max_position_embeddings=default.max_position_embeddings,
-    )
-    renames = [
-        (r"^encoder\.layer\.(\d+)\.attention\.attention\.query\.", r"encoder.layers.\1.self_attn.q_proj."),
-        (r"^encoder\.layer\.(\d+)\.attention\.attention\.key\.", r"encoder.layers.\1.self_attn.k_proj."),
-        (r"^encoder\.layer\.(\d+)\.attention\.attention\.value\.", r"encoder.layers.\1.self_attn.v_proj."),
-        (r"^encoder\.layer\.(\d+)\.attention\.output\.dense\.", r"encoder.layers.\1.self_attn.out_proj."),
-        (r"^encoder\.layer\.(\d+)\.intermediate\.dense\.", r"encoder.layers.\1.mlp.fc1."),
-        (r"^encoder\.layer\.(\d+)\.output\.dense\.", r"encoder.layers.\1.mlp.fc2."),
-        (r"^encoder\.layer\.(\d+)\.layernorm_before\.", r"encoder.layers.\1.layer_norm1."),
-        (r"^encoder\.layer\.(\d+)\.layernorm_after\.", r"encoder.layers.\1.layer_norm2."),
-        # transformers >= 5.24 names the ViT/AST layers `layers.N.attention.q_proj`, `layers.N.mlp.fc1`, ...
-        (r"^layers\.(\d+)\.attention\.(q_proj|k_proj|v_proj)\.", r"encoder.layers.\1.self_attn.\2."),
-        (r"^layers\.(\d+)\.attention\.o_proj\.", r"encoder.layers.\1.self_attn.out_proj."),
-        (r"^layers\.(\d+)\.mlp\.(fc1|fc2)\.", r"encoder.layers.\1.mlp.\2."),
-        (r"^layers\.(\d+)\.layernorm_before\.", r"encoder.layers.\1.layer_norm1."),
-        (r"^layers\.(\d+)\.layernorm_after\.", r"encoder.layers.\1.layer_norm2."),
-        (r"^layernorm\.", r"layernorm."),
-    ]
-    state = {}
-    for key, value in source.base_model.state_dict().items():
-        for pattern, replacement in renames:
-            new_key, count = re.subn(pattern, replacement, key)
-            if count:
-                state[new_key] = value
-                break
-    with torch.device("meta"):  # only the parameter names are needed
-        expected = {k for k in OptTriAudioModel(config).state_dict() if k.startswith(("encoder.", "layernorm."))}
-    if set(state) != expected:  # never hand back a silently random audio transformer
-        raise ValueError(
-            f"Could not map the transformer weights of audio={path!r} onto OPT-Tri's audio encoder; missing "
-            f"{sorted(expected - set(state))[:8]}, unexpected {sorted(set(state) - expected)[:8]}"
-        )
-    return config, state
-
-
 # ----------------------------------------------------------------------------------------------------------------------
 # Audio encoder
 # ----------------------------------------------------------------------------------------------------------------------
-
-
-class OptTriAudioEmbeddings(nn.Module):
-    """Log-mel `(B, M, T)` -> patches of `patch_frames` frames -> `[CLS]` + tokens + positions `(B, 1 + A, D)`."""
-
-    def __init__(self, config: OptTriAudioConfig, use_mask_token: bool = True):
-        super().__init__()
-        self.config = config
-        self.patch_embedding = nn.Conv1d(
-            config.num_mel_bins, config.hidden_size, kernel_size=config.patch_frames, stride=config.patch_frames
-        )
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
-        # masked audio modelling only (ViT's `use_mask_token`)
-        self.mask_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size)) if use_mask_token else None
-        self.position_embedding = nn.Embedding(config.max_position_embeddings + 1, config.hidden_size)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
-
-    def forward(self, input_features: torch.Tensor, bool_masked_pos: torch.Tensor | None = None) -> torch.Tensor:
-        tokens = self.patch_embedding(input_features).transpose(1, 2)  # (B, A, D)
-        if bool_masked_pos is not None:
-            if self.mask_token is None:
-                raise ValueError("bool_masked_pos needs the audio mask token: this encoder was built with use_mask_token=False")
-            tokens = torch.where(bool_masked_pos[..., None], self.mask_token.to(tokens.dtype), tokens)
-        cls = self.cls_token.expand(tokens.shape[0], -1, -1).to(tokens.dtype)
-        embeddings = torch.cat([cls, tokens], dim=1)
-        positions = torch.arange(embeddings.shape[1], device=embeddings.device)
-        return self.dropout(embeddings + self.position_embedding(positions))
 
 
 class OptTriAudioModel(OptTriPreTrainedModel):
@@ -684,6 +334,10 @@ class OptTriAudioModel(OptTriPreTrainedModel):
         pad = (-frames) % self.config.patch_frames
         mask = F.pad(audio_attention_mask, (0, pad)).view(batch, -1, self.config.patch_frames).amax(-1)
         return torch.cat([mask.new_ones(batch, 1), mask], dim=1)
+
+    def cls_token_mask(self, audio_attention_mask: torch.Tensor) -> torch.Tensor:
+        """[`token_mask`] whose `[CLS]` is 0 in the rows without audio (what the cross-modal encoder attends to)."""
+        return cls_follows_tokens(self.token_mask(audio_attention_mask.long()))
 
     def forward(
         self,
@@ -729,92 +383,6 @@ class OptTriAudioModel(OptTriPreTrainedModel):
         )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         return output if return_dict else output.to_tuple()
-
-
-def _check_audio_features(input_features: torch.Tensor, config: OptTriAudioConfig) -> None:
-    if not torch.is_tensor(input_features) or not input_features.is_floating_point():
-        raise TypeError("input_features must be a floating-point tensor of log-mel features (B, num_mel_bins, T)")
-    if input_features.ndim != 3 or input_features.shape[1] != config.num_mel_bins:
-        raise ValueError(
-            f"input_features must have shape (batch, {config.num_mel_bins} mel bins, frames); got "
-            f"{tuple(input_features.shape)}. Use OptTriFeatureExtractor with feature_size={config.num_mel_bins}."
-        )
-    tokens = math.ceil(input_features.shape[-1] / config.patch_frames)
-    if tokens > config.max_position_embeddings:
-        raise ValueError(
-            f"The audio is too long: {input_features.shape[-1]} frames give {tokens} audio tokens, more than "
-            f"audio_config.max_position_embeddings={config.max_position_embeddings}. Shorten the clips (the feature "
-            "extractor's max_length_seconds) or use a config with more positions."
-        )
-
-
-_MODEL_INPUT_NAMES = (
-    "input_ids", "attention_mask", "token_type_ids", "pixel_values", "image_mask", "input_features", "audio_attention_mask"
-)
-
-
-def _check_model_inputs(config: OptTriConfig, **inputs: torch.Tensor | None) -> int:
-    """
-    Validate the inputs of `OptTriModel.forward` / `OptTriForPreTraining.forward` before torch touches them, so a bad
-    input raises a `TypeError`/`ValueError` that names it (not an error deep inside torch, nor NaN outputs). Checks
-    types and dtypes, shapes (masks against their inputs, batch sizes across modalities), the text length against the
-    text encoder's positions, token type ids, and NaN/inf in `pixel_values` / `input_features`. Returns the batch size.
-    """
-    given = {name: inputs.get(name) for name in _MODEL_INPUT_NAMES if inputs.get(name) is not None}
-    for name, tensor in given.items():
-        if not torch.is_tensor(tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__} (use return_tensors='pt')")
-    input_ids, pixel_values, input_features = (given.get(n) for n in ("input_ids", "pixel_values", "input_features"))
-    if input_ids is not None:
-        if input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool:
-            raise TypeError(f"input_ids must be an integer tensor of token ids, got dtype {input_ids.dtype}")
-        if input_ids.ndim != 2:
-            raise ValueError(f"input_ids must have shape (batch, length); got {tuple(input_ids.shape)}")
-    for name, tensor, ndim, layout in (
-        ("pixel_values", pixel_values, 4, "(batch, channels, height, width)"),
-        ("input_features", input_features, 3, "(batch, num_mel_bins, frames)"),
-    ):
-        if tensor is None:
-            continue
-        if not tensor.is_floating_point():
-            raise TypeError(f"{name} must be a floating-point tensor {layout}, got dtype {tensor.dtype}")
-        if tensor.ndim != ndim:
-            raise ValueError(f"{name} must have shape {layout}; got {tuple(tensor.shape)}")
-    sizes = {n: t.shape[0] for n, t in (("input_ids", input_ids), ("pixel_values", pixel_values),
-                                        ("input_features", input_features)) if t is not None}
-    if not sizes:
-        raise ValueError("No modality given: pass at least one of input_ids, pixel_values or input_features.")
-    if len(set(sizes.values())) > 1:
-        raise ValueError(f"The batch sizes of the modalities do not match: {sizes}")
-    batch = next(iter(sizes.values()))
-    if batch == 0:
-        raise ValueError(f"The batch is empty: {next(iter(sizes))} has batch size 0")
-    expected_shapes = {
-        "attention_mask": tuple(input_ids.shape) if input_ids is not None else None,
-        "token_type_ids": tuple(input_ids.shape) if input_ids is not None else None,
-        "image_mask": (batch,) if pixel_values is not None else None,
-        "audio_attention_mask": (batch, input_features.shape[-1]) if input_features is not None else None,
-    }
-    for name, shape in expected_shapes.items():
-        if name in given and shape is not None and tuple(given[name].shape) != shape:
-            raise ValueError(f"{name} must have shape {shape} to match the inputs; got {tuple(given[name].shape)}")
-    text_config = config.text_config
-    if input_ids is not None:
-        max_positions = getattr(text_config, "max_position_embeddings", None)
-        if isinstance(max_positions, int) and input_ids.shape[1] > max_positions:
-            raise ValueError(
-                f"input_ids has {input_ids.shape[1]} tokens per row, more than text_config.max_position_embeddings="
-                f"{max_positions}. Truncate the text (the processor's max_length) or use a config with more positions."
-            )
-        token_type_ids, type_vocab = given.get("token_type_ids"), getattr(text_config, "type_vocab_size", None)
-        if token_type_ids is not None and isinstance(type_vocab, int) and token_type_ids.numel():
-            low, high = int(token_type_ids.min()), int(token_type_ids.max())
-            if low < 0 or high >= type_vocab:
-                raise ValueError(f"token_type_ids must be in [0, {type_vocab}); got values in [{low}, {high}]")
-    for name, tensor in (("pixel_values", pixel_values), ("input_features", input_features)):
-        if tensor is not None and not bool(torch.isfinite(tensor).all()):
-            raise ValueError(f"{name} contains NaN or inf values; check the images/audio and their preprocessing")
-    return batch
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -895,9 +463,7 @@ class OptTriModel(OptTriPreTrainedModel):
         when asked for through `kwargs`)."""
         if input_ids.ndim != 2:
             raise ValueError(f"input_ids must have shape (batch, length); got {tuple(input_ids.shape)}")
-        vocab = self.config.text_config.vocab_size
-        if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= vocab):
-            raise ValueError(f"input_ids must be in [0, {vocab}); got values in [{int(input_ids.min())}, {int(input_ids.max())}]")
+        _check_token_ids(input_ids, self.config.text_config.vocab_size, "input_ids")
         if attention_mask is not None:
             attention_mask = attention_mask.clone()
             attention_mask[:, 0] = 1
@@ -952,13 +518,17 @@ class OptTriModel(OptTriPreTrainedModel):
         )
         return out, self.audio_model.token_mask(audio_attention_mask.long())
 
+    def project_cls(self, modality: str, hidden_states: torch.Tensor) -> torch.Tensor:
+        """The normalised retrieval embedding `(B, projection_dim)` of `modality`'s tower states `(B, n, d)`."""
+        return project_cls(getattr(self, f"{modality}_projection"), hidden_states)
+
     def _features(self, tower_output, projection: nn.Module | None) -> BaseModelOutputWithPooling:
         """A tower's output with `pooler_output` replaced by its projected, L2-normalised `[CLS]` state."""
         if projection is None:
             raise ValueError("This model was built without the retrieval projections (use_projections=False)")
         return BaseModelOutputWithPooling(
             last_hidden_state=tower_output.last_hidden_state,
-            pooler_output=F.normalize(projection(tower_output.last_hidden_state[:, 0]), dim=-1),
+            pooler_output=project_cls(projection, tower_output.last_hidden_state),
             hidden_states=tower_output.hidden_states,
             attentions=tower_output.attentions,
         )
@@ -1042,7 +612,7 @@ class OptTriModel(OptTriPreTrainedModel):
             fields["text_last_hidden_state"] = text_hidden
             fields["text_outputs"] = text_out if tower_kwargs else None
             if self.text_projection is not None:
-                fields["text_embeds"] = F.normalize(self.text_projection(text_hidden[:, 0]), dim=-1)
+                fields["text_embeds"] = project_cls(self.text_projection, text_hidden)
             fusion_inputs.append(self.text_to_fusion(text_hidden))
             fusion_masks.append(attention_mask.long())
             modality_ids.append(MODALITY_TEXT)
@@ -1052,7 +622,7 @@ class OptTriModel(OptTriPreTrainedModel):
             fields["image_last_hidden_state"] = image_hidden
             fields["image_outputs"] = image_out if tower_kwargs else None
             if self.image_projection is not None:
-                fields["image_embeds"] = F.normalize(self.image_projection(image_hidden[:, 0]), dim=-1)
+                fields["image_embeds"] = project_cls(self.image_projection, image_hidden)
             if image_mask is None:
                 image_mask = torch.ones(batch, dtype=torch.long, device=image_hidden.device)
             fusion_inputs.append(self.image_to_fusion(image_hidden))
@@ -1063,12 +633,12 @@ class OptTriModel(OptTriPreTrainedModel):
                 input_features, audio_attention_mask, audio_bool_masked_pos, **(tower_kwargs or {})
             )
             audio_hidden = audio_out.last_hidden_state
-            token_mask = token_mask * token_mask[:, 1:].amax(-1, keepdim=True)  # a row without audio drops [CLS] too
+            token_mask = cls_follows_tokens(token_mask)
             fields["audio_last_hidden_state"] = audio_hidden
             fields["audio_outputs"] = audio_out if tower_kwargs else None
             fields["audio_token_mask"] = token_mask
             if self.audio_projection is not None:
-                fields["audio_embeds"] = F.normalize(self.audio_projection(audio_hidden[:, 0]), dim=-1)
+                fields["audio_embeds"] = project_cls(self.audio_projection, audio_hidden)
             fusion_inputs.append(self.audio_to_fusion(audio_hidden))
             fusion_masks.append(token_mask)
             modality_ids.append(MODALITY_AUDIO)
@@ -1244,280 +814,16 @@ class OptTriModel(OptTriPreTrainedModel):
         return output if return_dict else output.to_tuple()
 
 
-
 # ----------------------------------------------------------------------------------------------------------------------
 # Pre-training losses (each a plain function, unit-tested on its own)
 # ----------------------------------------------------------------------------------------------------------------------
-
-
-def mlm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy over masked tokens. logits `(..., V)`, labels `(...)` with -100 where not masked; 0 (not NaN)
-    when nothing is labelled."""
-    labels = labels.reshape(-1)
-    total = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels, ignore_index=-100, reduction="sum")
-    return total / (labels != -100).sum().clamp(min=1)
-
-
-def masked_regression_loss(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """
-    Mean squared error over masked positions only: prediction/target `(B, n, d)` with mask `(B, n)` bool, or the
-    masked positions already selected, `(M, d)` without a mask. 0 (not NaN) when no position is masked.
-    """
-    error = (prediction.float() - target.float()).pow(2).mean(-1)
-    mask = torch.ones_like(error) if mask is None else mask.float()
-    return (error * mask).sum() / mask.sum().clamp(min=1.0)
-
-
-def masked_frame_contrastive_loss(
-    prediction: torch.Tensor,
-    target: torch.Tensor,
-    masked: torch.Tensor,
-    real: torch.Tensor,
-    temperature: float,
-) -> torch.Tensor:
-    """
-    MAC: InfoNCE for each masked audio token between its prediction and the true frame patch (the positive), with
-    every other *real* (unpadded) frame patch of the same clip as a negative. Logits are cosine similarities divided
-    by the temperature (higher = more similar; OPT's code used `1 - cos` and so had the sign inverted, and took
-    negatives across samples and from padding).
-
-    Args:
-        prediction: `(B, A, d)`, or `(M, d)`: the predictions at the masked positions only, in row-major order.
-        target: `(B, A, d)`; masked: `(B, A)` bool, positions to predict; real: `(B, A)` bool, unpadded positions
-            (candidates).
-    """
-    queries = F.normalize((prediction[masked] if prediction.dim() == 3 else prediction).float(), dim=-1)  # (M, d)
-    candidates = F.normalize(target[real].float(), dim=-1)  # (R, d)
-    if queries.shape[0] == 0:
-        return prediction.sum() * 0.0
-    # index of each masked position among the real ones
-    real_index = torch.cumsum(real.flatten().long(), 0) - 1
-    positives = real_index[masked.flatten()]
-    logits = queries @ candidates.t() / temperature
-    sample = torch.arange(real.shape[0], device=real.device)[:, None].expand(real.shape)
-    same_clip = sample[masked][:, None] == sample[real][None, :]  # (M, R): negatives from the query's own clip only
-    return F.cross_entropy(logits.masked_fill(~same_clip, float("-inf")), positives)
-
-
-class _GatherWithGrad(torch.autograd.Function):
-    """all_gather whose backward sends every process the gradient of its own slice (summed over processes)."""
-
-    @staticmethod
-    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
-        world = torch.distributed.get_world_size()
-        parts = [torch.empty_like(tensor) for _ in range(world)]
-        torch.distributed.all_gather(parts, tensor.contiguous())
-        ctx.rank, ctx.size = torch.distributed.get_rank(), tensor.shape[0]
-        return torch.cat(parts, dim=0)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        grad = grad.contiguous()
-        torch.distributed.all_reduce(grad)
-        return grad[ctx.rank * ctx.size : (ctx.rank + 1) * ctx.size]
-
-
-def _gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
-    """Concatenate `tensor` `(B, ...)` from every process (equal B everywhere), keeping gradients."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
-        return _GatherWithGrad.apply(tensor)
-    return tensor
-
-
-def contrastive_loss(
-    a: torch.Tensor, b: torch.Tensor, logit_scale: torch.Tensor, valid: torch.Tensor, local_loss: bool = False
-) -> torch.Tensor:
-    """
-    Symmetric InfoNCE between normalised embeddings `a` and `b` `(B, d)` over the rows where `valid` `(B,)` is True,
-    gathered across processes (with gradients) so that every process sees all negatives.
-
-    With `local_loss` (open_clip's `--local-loss --gather-with-grad`) and several processes, each process scores only
-    its own rows against the gathered gallery (`(B, world * B)` logits instead of `(world * B)^2`) and returns its
-    share of the global loss, scaled by `world`: the mean over processes is the global loss, and the gradients (summed
-    by the gather's backward, averaged by DDP/FSDP) are the global loss's.
-    """
-    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-    world = torch.distributed.get_world_size() if distributed else 1
-    if local_loss and world > 1:
-        return _local_contrastive_loss(a, b, logit_scale, valid, world)
-    a, b, valid = _gather_with_grad(a), _gather_with_grad(b), _gather_with_grad(valid.float()).bool()
-    a, b = a[valid], b[valid]
-    if a.shape[0] < 2:
-        return logit_scale.sum() * 0.0  # a scalar also for a 1-element scale (FSDP2 shards no 0-d parameter)
-    logits = logit_scale.exp().clamp(max=100.0) * a.float() @ b.float().t()
-    labels = torch.arange(a.shape[0], device=a.device)
-    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2
-
-
-def _local_contrastive_loss(a, b, logit_scale, valid, world: int) -> torch.Tensor:
-    """`contrastive_loss(..., local_loss=True)` on `world` processes: this process's rows against every row."""
-    all_a, all_b, all_valid = _gather_with_grad(a), _gather_with_grad(b), _gather_with_grad(valid.float()).bool()
-    total = all_valid.sum()
-    if total < 2:
-        return logit_scale.sum() * 0.0
-    own = torch.arange(a.shape[0], device=a.device) + torch.distributed.get_rank() * a.shape[0]
-    labels = (torch.cumsum(all_valid.long(), 0) - 1)[own[valid]]  # each own row's index among the valid rows
-    scale = logit_scale.exp().clamp(max=100.0)
-    a_to_b = scale * a[valid].float() @ all_b[all_valid].float().t()
-    b_to_a = scale * b[valid].float() @ all_a[all_valid].float().t()
-    summed = F.cross_entropy(a_to_b, labels, reduction="sum") + F.cross_entropy(b_to_a, labels, reduction="sum")
-    return world * summed / (2 * total)
-
-
-@torch.no_grad()
-def ipot_transport(cost: torch.Tensor, x_mask: torch.Tensor, y_mask: torch.Tensor, beta: float = 0.5, iterations: int = 50):
-    """
-    Inexact proximal-point optimal transport (IPOT, Xie et al. 2019), batched, as UNITER uses for WRA.
-
-    Args: cost `(B, n, m)`; x_mask `(B, n)`, y_mask `(B, m)` bool, real positions. Returns the plan `(B, n, m)`.
-    """
-    x_mask, y_mask = x_mask.float(), y_mask.float()
-    joint = x_mask[:, :, None] * y_mask[:, None, :]
-    x_len = x_mask.sum(1, keepdim=True).clamp(min=1.0)
-    y_len = y_mask.sum(1, keepdim=True).clamp(min=1.0)
-    sigma = y_mask / y_len  # (B, m)
-    plan = joint.clone()
-    kernel = torch.exp(-cost / beta) * joint
-    for _ in range(iterations):
-        q = kernel * plan
-        delta = 1.0 / (x_len * (q @ sigma[:, :, None]).squeeze(-1)).masked_fill(x_mask == 0, 1.0)
-        sigma = 1.0 / (y_len * (q.transpose(1, 2) @ delta[:, :, None]).squeeze(-1)).masked_fill(y_mask == 0, 1.0)
-        sigma = sigma * y_mask
-        plan = delta[:, :, None] * q * sigma[:, None, :]
-    return plan * joint
-
-
-def wra_loss(x: torch.Tensor, x_mask: torch.Tensor, y: torch.Tensor, y_mask: torch.Tensor, positive: torch.Tensor):
-    """
-    Word-region alignment: the optimal-transport distance between the token states `x (B, n, d)` and `y (B, m, d)`
-    (cost `1 - cos`), minimised for matched pairs (`positive` True) and maximised for mismatched ones.
-    """
-    cost = 1.0 - F.normalize(x.float(), dim=-1) @ F.normalize(y.float(), dim=-1).transpose(1, 2)
-    plan = ipot_transport(cost.detach(), x_mask.bool(), y_mask.bool())
-    distance = (plan * cost).sum(dim=(1, 2))
-    sign = positive.float() * 2 - 1
-    return (distance * sign).mean()
 
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Pre-training model
 # ----------------------------------------------------------------------------------------------------------------------
 
-#: The 5 classes of tri-modal matching.
-TRI_MATCHING_CLASSES = ("all_match", "image_audio_match", "text_image_match", "text_audio_match", "none_match")
 _PAIRS = (("text", "image"), ("text", "audio"), ("image", "audio"))
-
-
-@dataclass
-class OptTriForPreTrainingOutput(ModelOutput):
-    r"""
-    Output of [`OptTriForPreTraining`]. Each `*_loss` is a scalar, or `None` when that objective was not computed in
-    this call (switched off, not scheduled for this step, or its modalities absent from the batch).
-
-    Args:
-        loss: weighted sum of the computed losses (weights from `config.objectives`).
-        mlm_logits (`(M, vocab)`): masked language modelling logits of the M masked tokens, in the row-major order of
-            `mlm_labels != -100` (only masked tokens are decoded). mlm_labels (`(B, L)`, -100 where not masked).
-        mrc_loss / mrc_kl_loss / dir_loss / dar_loss: the VQ-code objectives (computed only when the codes are given).
-        text_embeds / image_embeds / audio_embeds (`(B, projection_dim)`): normalised retrieval embeddings.
-        logit_scale: the contrastive logit scale (before `exp`).
-        text_outputs / image_outputs / audio_outputs / cross_modal_outputs: the base model's outputs on the clean
-            (unmasked) inputs, when `output_hidden_states` / `output_attentions` are asked for (see
-            [`OptTriModelOutput`]).
-    """
-
-    loss: torch.FloatTensor | None = None
-    mlm_loss: torch.FloatTensor | None = None
-    mrfr_loss: torch.FloatTensor | None = None
-    mafr_loss: torch.FloatTensor | None = None
-    mac_loss: torch.FloatTensor | None = None
-    contrastive_loss: torch.FloatTensor | None = None
-    itm_loss: torch.FloatTensor | None = None
-    tri_matching_loss: torch.FloatTensor | None = None
-    wra_loss: torch.FloatTensor | None = None
-    dtr_loss: torch.FloatTensor | None = None
-    mrc_loss: torch.FloatTensor | None = None
-    mrc_kl_loss: torch.FloatTensor | None = None
-    dir_loss: torch.FloatTensor | None = None
-    dar_loss: torch.FloatTensor | None = None
-    mlm_logits: torch.FloatTensor | None = None
-    mlm_labels: torch.LongTensor | None = None
-    text_embeds: torch.FloatTensor | None = None
-    image_embeds: torch.FloatTensor | None = None
-    audio_embeds: torch.FloatTensor | None = None
-    logit_scale: torch.FloatTensor | None = None
-    text_outputs: ModelOutput | None = None
-    image_outputs: ModelOutput | None = None
-    audio_outputs: ModelOutput | None = None
-    cross_modal_outputs: BaseModelOutputWithPooling | None = None
-
-    def to_tuple(self) -> tuple:
-        return _nested_to_tuple(self)
-
-    def losses(self) -> dict[str, float]:
-        """The computed per-objective losses as Python floats (for logging)."""
-        return {k[: -len("_loss")]: float(v.detach()) for k, v in self.items() if k.endswith("_loss") and v is not None}
-
-
-def patchify_images(pixel_values: torch.Tensor, patch_size: int) -> torch.Tensor:
-    """`(B, C, H, W)` -> `(B, N, C * p * p)` in the ViT patch order (row-major)."""
-    b, c, h, w = pixel_values.shape
-    x = pixel_values.reshape(b, c, h // patch_size, patch_size, w // patch_size, patch_size)
-    return x.permute(0, 2, 4, 1, 3, 5).reshape(b, (h // patch_size) * (w // patch_size), c * patch_size * patch_size)
-
-
-def patchify_audio(input_features: torch.Tensor, patch_frames: int) -> torch.Tensor:
-    """`(B, M, T)` -> `(B, ceil(T / p), M * p)`, zero-padded, in the order of the audio patch stem."""
-    pad = (-input_features.shape[-1]) % patch_frames
-    x = F.pad(input_features, (0, pad))
-    b, m, t = x.shape
-    return x.reshape(b, m, t // patch_frames, patch_frames).permute(0, 2, 1, 3).reshape(b, t // patch_frames, m * patch_frames)
-
-
-class OptTriPredictionHead(nn.Module):
-    """Dense + activation + LayerNorm + linear output (BERT's prediction-head shape)."""
-
-    def __init__(self, hidden_size: int, output_size: int, hidden_act: str, eps: float):
-        super().__init__()
-        self.dense = nn.Linear(hidden_size, hidden_size)
-        self.act = ACT2FN[hidden_act]
-        self.layer_norm = nn.LayerNorm(hidden_size, eps=eps)
-        self.decoder = nn.Linear(hidden_size, output_size)
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.layer_norm(self.act(self.dense(hidden_states))))
-
-
-class OptTriMaskedCodeHead(nn.Module):
-    """
-    MRC head: the VQ codes under each ViT patch. A patch covers `r x r` cells of the image tokenizer's code grid
-    (`r = code grid side / patch grid side`), so each patch state is expanded into `r * r` states that share one
-    classifier over the `codebook_size` codes: `(B, N, hidden) -> (B, N, r * r, codebook_size)`.
-    """
-
-    def __init__(self, hidden_size: int, codes_per_patch: int, codebook_size: int, hidden_act: str, eps: float):
-        super().__init__()
-        self.codes_per_patch = codes_per_patch
-        self.dense = nn.Linear(hidden_size, codes_per_patch * hidden_size)
-        self.act = ACT2FN[hidden_act]
-        self.layer_norm = nn.LayerNorm(hidden_size, eps=eps)
-        self.decoder = nn.Linear(hidden_size, codebook_size)
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        expanded = self.act(self.dense(hidden_states)).unflatten(-1, (self.codes_per_patch, -1))
-        return self.decoder(self.layer_norm(expanded))
-
-
-def codes_by_patch(codes: torch.Tensor, patches_per_side: int) -> torch.Tensor:
-    """
-    Regroup a code grid `(B, g, g, *rest)` by ViT patch: `(B, P * P, r * r, *rest)` with `P = patches_per_side` and
-    `r = g / P`; patches and the cells inside a patch are both in raster order (ViT's patch order).
-    """
-    batch, grid = codes.shape[0], codes.shape[1]
-    r = grid // patches_per_side
-    rest = codes.shape[3:]
-    grouped = codes.reshape(batch, patches_per_side, r, patches_per_side, r, *rest).transpose(2, 3)
-    return grouped.reshape(batch, patches_per_side**2, r * r, *rest)
 
 
 class OptTriForPreTraining(OptTriPreTrainedModel):
@@ -1589,311 +895,297 @@ class OptTriForPreTraining(OptTriPreTrainedModel):
 
     def mask_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, rows: torch.Tensor, generator=None):
         """BERT masking of the `rows` `(B,)` bool: returns (masked ids, labels with -100 where not masked)."""
-        cfg = self.config
-        candidates = attention_mask.bool() & rows[:, None]
-        for special in cfg.special_token_ids:
-            candidates &= input_ids != special
-        chosen = (torch.rand(input_ids.shape, device=input_ids.device, generator=generator) < cfg.mlm_probability) & candidates
-        # at least one masked token in every chosen row that has a candidate
-        first = torch.rand(input_ids.shape, device=input_ids.device, generator=generator).masked_fill(~candidates, -1.0).argmax(-1)
-        force = candidates.any(-1) & ~chosen.any(-1)
-        chosen[force, first[force]] = True
-        labels = input_ids.masked_fill(~chosen, -100)
-        roll = torch.rand(input_ids.shape, device=input_ids.device, generator=generator)
-        masked_ids = input_ids.clone()
-        masked_ids[chosen & (roll < 0.8)] = cfg.mask_token_id
-        random_tokens = torch.randint(cfg.text_config.vocab_size, input_ids.shape, device=input_ids.device, generator=generator)
-        swap = chosen & (roll >= 0.8) & (roll < 0.9)
-        masked_ids[swap] = random_tokens[swap]
-        return masked_ids, labels
+        return mask_text_tokens(self.config, input_ids, attention_mask, rows, generator)
 
     @staticmethod
-    def _mask_positions(real: torch.Tensor, rows: torch.Tensor, probability: float, generator=None) -> torch.Tensor:
-        """Choose ~`probability` of the `real` `(B, n)` positions of the `rows`, at least one per row."""
-        candidates = real.bool() & rows[:, None]
-        chosen = (torch.rand(real.shape, device=real.device, generator=generator) < probability) & candidates
-        first = torch.rand(real.shape, device=real.device, generator=generator).masked_fill(~candidates, -1.0).argmax(-1)
-        force = candidates.any(-1) & ~chosen.any(-1)
-        chosen[force, first[force]] = True
-        return chosen
+    def mask_positions(real: torch.Tensor, rows: torch.Tensor, probability: float, generator=None) -> torch.Tensor:
+        """Choose ~`probability` of the `real` `(B, n)` positions of the `rows`, at least one per row
+        ([`mask_positions`])."""
+        return mask_positions(real, rows, probability, generator)
 
-    def _choose_masked_modalities(self, present: dict[str, torch.Tensor], wanted: dict[str, bool], generator=None) -> dict[str, torch.Tensor]:
+    def choose_masked_modalities(self, present: dict[str, torch.Tensor], wanted: dict[str, bool], generator=None) -> dict[str, torch.Tensor]:
         """Per sample, which modalities get token-level masking: one (conditional) or all present (joint)."""
-        eligible = {m: present[m] & wanted[m] for m in MODALITIES}
-        if self.config.masking_policy == "joint":
-            return eligible
-        stacked = torch.stack([eligible[m].float() for m in MODALITIES], dim=1)  # (B, 3)
-        scores = torch.rand(stacked.shape, device=stacked.device, generator=generator).masked_fill(stacked == 0, -1.0)
-        pick = scores.argmax(1)
-        has_any = stacked.sum(1) > 0
-        return {m: (pick == i) & has_any for i, m in enumerate(MODALITIES)}
+        return choose_masked_modalities(self.config.masking_policy, present, wanted, generator)
 
-    def _drop_modalities(self, present: dict[str, torch.Tensor], keep: dict[str, torch.Tensor], generator=None) -> dict[str, torch.Tensor]:
+    def drop_modalities(self, present: dict[str, torch.Tensor], keep: dict[str, torch.Tensor], generator=None) -> dict[str, torch.Tensor]:
         """Modality-level masking: drop each present modality not in `keep` with p=modality_mask_probability."""
-        p = self.config.modality_mask_probability
-        kept = {}
-        for m in MODALITIES:
-            dropped = torch.rand(present[m].shape, device=present[m].device, generator=generator) < p
-            kept[m] = present[m] & (keep[m] | ~dropped)
-        any_kept = torch.stack([kept[m] for m in MODALITIES], 1).any(1)
-        for m in MODALITIES:  # never drop everything: restore the modalities of rows that lost all of them
-            kept[m] = kept[m] | (present[m] & ~any_kept)
-        return kept
+        return drop_modalities(self.config.modality_mask_probability, present, keep, generator)
 
     # -- forward -----------------------------------------------------------------------------------------------------
 
     def forward(
-        self,
-        input_ids: torch.LongTensor | None = None,
-        attention_mask: torch.LongTensor | None = None,
-        token_type_ids: torch.LongTensor | None = None,
-        pixel_values: torch.FloatTensor | None = None,
-        image_mask: torch.LongTensor | None = None,
-        input_features: torch.FloatTensor | None = None,
-        audio_attention_mask: torch.LongTensor | None = None,
-        image_codes: torch.LongTensor | None = None,
-        image_code_probs: torch.FloatTensor | None = None,
-        audio_codes: torch.LongTensor | None = None,
-        audio_codes_mask: torch.LongTensor | None = None,
-        tasks: list[str] | tuple[str, ...] | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | int | list[int] | None = None,
-        return_dict: bool | None = None,
-        generator: torch.Generator | None = None,
-        **kwargs,
+        self, input_ids: torch.LongTensor | None = None, attention_mask: torch.LongTensor | None = None,
+        token_type_ids: torch.LongTensor | None = None, pixel_values: torch.FloatTensor | None = None,
+        image_mask: torch.LongTensor | None = None, input_features: torch.FloatTensor | None = None,
+        audio_attention_mask: torch.LongTensor | None = None, image_codes: torch.LongTensor | None = None,
+        image_code_probs: torch.FloatTensor | None = None, audio_codes: torch.LongTensor | None = None,
+        audio_codes_mask: torch.LongTensor | None = None, tasks: list[str] | tuple[str, ...] | None = None,
+        output_attentions: bool | None = None, output_hidden_states: bool | int | list[int] | None = None,
+        return_dict: bool | None = None, generator: torch.Generator | None = None, **kwargs,
     ) -> OptTriForPreTrainingOutput:
         r"""
-        Inputs as for [`OptTriModel`] (clean, unmasked: masking happens here).
-
-        Args:
-            image_codes (`(B, g, g)` int): the image tokenizer's code grid of each image (MRC targets, DIR targets).
-            image_code_probs (`(B, g, g, codebook_size)`): the tokenizer's soft code assignments (MRC-kl targets).
-            audio_codes (`(B, n)` int), audio_codes_mask (`(B, n)`): the audio tokenizer's codes (DAR targets).
-            tasks: objectives to compute in this call (names from `config.objectives`); default: all with weight > 0.
-            output_attentions, output_hidden_states: also run the base model once on the clean inputs and return its
-                per-tower outputs (`text_outputs`, `image_outputs`, `audio_outputs`, `cross_modal_outputs`), as
-                FLAVA's pre-training output holds the unmasked `text_output` / `image_output` / `multimodal_output`.
-            generator: the `torch.Generator` (on the model's device) of every random draw of this call.
-
-        What is random: which modalities of a sample are token-masked (conditional policy), which tokens / patches /
-        audio tokens are masked and how (80/10/10 for text), which modalities are dropped (modality-level masking),
-        the ITM negatives (hard or uniform) and the `rows_per_sample=1` pairing, and the tri-modal matching classes
-        and partners. In training mode these draws come from `generator`, or torch's global RNG when it is `None`,
-        and dropout (in the towers; the presets' cross-modal encoder has none) from the global RNG. In `eval()` mode
-        without a `generator`, a generator with a fixed seed is used, so identical calls give identical outputs and
-        the global RNG is left alone.
+        Inputs as for [`OptTriModel`] (clean, unmasked: masking happens here), plus `image_codes` `(B, g, g)` int
+        (MRC / DIR targets), `image_code_probs` `(B, g, g, codebook_size)` (MRC-kl targets), `audio_codes` `(B, n)`
+        int with `audio_codes_mask` (DAR targets); `tasks`: the objectives of this call (default: every one with a
+        positive weight); `output_attentions` / `output_hidden_states`: also return the base model's per-tower
+        outputs on the clean inputs; `generator`: the source of every random draw (see the class docstring).
+        The phases: `prepare_batch` -> `plan_masks` -> `encode_views` -> `fuse_masked_views` ->
+        `modality_reconstruction_losses`, `token_level_losses` -> `sample_level_losses` -> `weigh_losses`.
         """
-        cfg = self.config
         generator = _eval_generator(self, generator, self.opt_tri.logit_scale.device)
-        weights = cfg.objectives
+        batch = self.prepare_batch(
+            tasks, input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+            pixel_values=pixel_values, image_mask=image_mask, input_features=input_features,
+            audio_attention_mask=audio_attention_mask, image_codes=image_codes, image_code_probs=image_code_probs,
+            audio_codes=audio_codes, audio_codes_mask=audio_codes_mask,
+        )
+        plan = self.plan_masks(batch, generator)
+        views = self.encode_views(batch, plan)
+        losses, token_level = {}, TokenLevelLosses()
+        if self.needs_masked_fusion(batch, plan):
+            fusion = self.fuse_masked_views(batch, plan, views, generator)
+            losses.update(self.modality_reconstruction_losses(batch, fusion))  # first: the order of the weighted sum
+            token_level = self.token_level_losses(batch, plan, fusion)
+            losses.update(token_level.losses)
+        losses.update(self.sample_level_losses(batch, views, generator))
+        output = OptTriForPreTrainingOutput(
+            loss=self.weigh_losses(losses), **{f"{name}_loss": value for name, value in losses.items()},
+            mlm_logits=token_level.mlm_logits, mlm_labels=plan.mlm_labels, text_embeds=views.embeds.get("text"),
+            image_embeds=views.embeds.get("image"), audio_embeds=views.embeds.get("audio"),
+            logit_scale=self.opt_tri.logit_scale, **self._clean_outputs(output_attentions, output_hidden_states, batch),
+        )
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        return output if return_dict else output.to_tuple()
+
+    # -- phases --------------------------------------------------------------------------------------------------------
+
+    def prepare_batch(self, tasks: list[str] | tuple[str, ...] | None, **inputs: torch.Tensor | None) -> PreTrainingBatch:
+        """Check the inputs and `tasks` (clear `ValueError`s), fill in the default masks, find which samples have
+        each modality. `inputs`: the tensor arguments of `forward` by name."""
+        cfg = self.config
         if tasks is None:
-            tasks = [name for name, weight in weights.items() if weight > 0]
+            tasks = [name for name, weight in cfg.objectives.items() if weight > 0]
         unknown = set(tasks) - set(PRETRAINING_OBJECTIVES)
         if unknown:
             raise ValueError(f"Unknown pre-training tasks {sorted(unknown)}; known: {sorted(PRETRAINING_OBJECTIVES)}")
         tasks = set(tasks)
-        self._check_code_inputs(tasks, pixel_values, image_codes, image_code_probs, input_features, audio_codes, audio_codes_mask)
-        base = self.opt_tri
-        batch = _check_model_inputs(
-            cfg, input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-            pixel_values=pixel_values, image_mask=image_mask, input_features=input_features,
-            audio_attention_mask=audio_attention_mask,
-        )
-        device = base.logit_scale.device
-        if input_ids is not None and input_ids.numel():  # before masking: a [MASK] could hide a bad id
-            low, high = (int(v) for v in torch.aminmax(input_ids))
-            if low < 0 or high >= cfg.text_config.vocab_size:
-                raise ValueError(f"input_ids must be in [0, {cfg.text_config.vocab_size}); got values in [{low}, {high}]")
-        no = torch.zeros(batch, dtype=torch.bool, device=device)
-        if input_ids is not None and attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        if pixel_values is not None and image_mask is None:
-            image_mask = torch.ones(batch, dtype=torch.long, device=device)
-        if input_features is not None and audio_attention_mask is None:
-            audio_attention_mask = torch.ones(batch, input_features.shape[-1], dtype=torch.long, device=device)
+        code_inputs = ("pixel_values", "image_codes", "image_code_probs", "input_features", "audio_codes", "audio_codes_mask")
+        self._check_code_inputs(tasks, *(inputs[name] for name in code_inputs))
+        size = _check_model_inputs(cfg, **{name: inputs[name] for name in _MODEL_INPUT_NAMES})
+        _check_token_ids(inputs["input_ids"], cfg.text_config.vocab_size, "input_ids")  # before a [MASK] hides one
+        device = self.opt_tri.logit_scale.device
+        if inputs["input_ids"] is not None and inputs["attention_mask"] is None:
+            inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
+        if inputs["pixel_values"] is not None and inputs["image_mask"] is None:
+            inputs["image_mask"] = torch.ones(size, dtype=torch.long, device=device)
+        if inputs["input_features"] is not None and inputs["audio_attention_mask"] is None:
+            frames = inputs["input_features"].shape[-1]
+            inputs["audio_attention_mask"] = torch.ones(size, frames, dtype=torch.long, device=device)
+        no = torch.zeros(size, dtype=torch.bool, device=device)
         present = {
-            "text": attention_mask.bool().any(1) if input_ids is not None else no,
-            "image": image_mask.bool() if pixel_values is not None else no,
-            "audio": audio_attention_mask.bool().any(1) if input_features is not None else no,
+            "text": inputs["attention_mask"].bool().any(1) if inputs["input_ids"] is not None else no,
+            "image": inputs["image_mask"].bool() if inputs["pixel_values"] is not None else no,
+            "audio": inputs["audio_attention_mask"].bool().any(1) if inputs["input_features"] is not None else no,
         }
+        return PreTrainingBatch(tasks=tasks, size=size, present=present, **inputs)
 
-        # 1. token-level masking
-        masked_tasks = tasks & {"mlm", "mrfr", "mrc", "mrc_kl", "mafr", "mac"}
-        wanted = {"text": "mlm" in tasks, "image": bool(tasks & {"mrfr", "mrc", "mrc_kl"}), "audio": bool(tasks & {"mafr", "mac"})}
-        masked_rows = self._choose_masked_modalities(present, wanted, generator) if masked_tasks else {m: no for m in MODALITIES}
-        text_ids, mlm_labels = input_ids, None
-        image_masked = audio_masked = None
-        if input_ids is not None and masked_rows["text"].any():
-            text_ids, mlm_labels = self.mask_text(input_ids, attention_mask, masked_rows["text"], generator=generator)
-        if pixel_values is not None and masked_rows["image"].any():
-            n = cfg.num_image_patches
-            real = torch.ones(batch, n, dtype=torch.bool, device=device)
-            image_masked = self._mask_positions(real, masked_rows["image"], cfg.mvm_probability, generator=generator)
-        audio_real = None
-        if input_features is not None:
-            audio_real = base.audio_model.token_mask(audio_attention_mask.long())[:, 1:].bool()
-            if masked_rows["audio"].any():
-                audio_masked = self._mask_positions(audio_real, masked_rows["audio"], cfg.mam_probability, generator=generator)
+    def plan_masks(self, batch: PreTrainingBatch, generator: torch.Generator | None = None) -> MaskPlan:
+        """Token-level masking: which samples have which modality token-masked (`config.masking_policy`), then the
+        masked text tokens (80/10/10), image patches and audio tokens of those samples."""
+        cfg, tasks = self.config, batch.tasks
+        wanted = {m: bool(tasks & set(objectives)) for m, objectives in TOKEN_OBJECTIVES.items()}
+        any_wanted = bool(tasks & set().union(*TOKEN_OBJECTIVES.values()))
+        rows = self.choose_masked_modalities(batch.present, wanted, generator) if any_wanted else {m: batch.none() for m in MODALITIES}
+        plan = MaskPlan(rows=rows, text_ids=batch.input_ids)
+        if batch.input_ids is not None and rows["text"].any():
+            plan.text_ids, plan.mlm_labels = self.mask_text(batch.input_ids, batch.attention_mask, rows["text"], generator=generator)
+        if batch.pixel_values is not None and rows["image"].any():
+            real = torch.ones(batch.size, cfg.num_image_patches, dtype=torch.bool, device=batch.pixel_values.device)
+            plan.image_masked = self.mask_positions(real, rows["image"], cfg.mvm_probability, generator=generator)
+        if batch.input_features is not None:
+            plan.audio_real = self.opt_tri.audio_model.token_mask(batch.audio_attention_mask.long())[:, 1:].bool()
+            if rows["audio"].any():
+                plan.audio_masked = self.mask_positions(plan.audio_real, rows["audio"], cfg.mam_probability, generator=generator)
+        return plan
 
-        # 2. unimodal encoders. The sample-level objectives (contrastive, ITM, WRA, tri-matching) read the clean inputs
-        # (`states`): a masked colour word or patch would make a true pair look mismatched. The masked-modelling pass
-        # reads the token-masked inputs (`masked_states`), which differ from the clean ones only in the rows whose
-        # modality is token-masked: only those rows are encoded a second time (under conditional masking, a third of
-        # the rows per modality).
-        sample_tasks = bool(tasks & {"contrastive", "itm", "wra", "tri_matching"})
-        token_masked = {"text": mlm_labels is not None, "image": image_masked is not None, "audio": audio_masked is not None}
-        text_types = (lambda rows: None) if token_type_ids is None else (lambda rows: token_type_ids[rows])
-        encoders = {
-            "text": lambda rows, masked: base.encode_text(
-                text_ids[rows] if masked else input_ids[rows], attention_mask[rows], text_types(rows)
-            ),
-            "image": lambda rows, masked: base.encode_image(pixel_values[rows], image_masked[rows] if masked else None),
-            "audio": lambda rows, masked: base.encode_audio(
-                input_features[rows], audio_attention_mask[rows], audio_masked[rows] if masked else None
-            )[0],
-        }
-        given = {"text": input_ids is not None, "image": pixel_values is not None, "audio": input_features is not None}
-        every_row = torch.arange(batch, device=device)
-        hidden_states: dict[str, torch.Tensor] = {}
-        masked_hidden: dict[str, torch.Tensor] = {}
-        for m in MODALITIES:
-            if not given[m]:
-                continue
-            if sample_tasks or not token_masked[m]:
-                hidden_states[m] = encoders[m](every_row, False)
-            if not token_masked[m]:
-                masked_hidden[m] = hidden_states[m]
-            elif m in hidden_states:  # re-encode only the token-masked rows
-                rows = masked_rows[m].nonzero().flatten()
-                masked_hidden[m] = hidden_states[m].clone()
-                masked_hidden[m][rows] = encoders[m](rows, True)
+    def encode_views(self, batch: PreTrainingBatch, plan: MaskPlan) -> EncodedViews:
+        """Run the unimodal encoders. The sample-level objectives read the clean inputs (a masked colour word or patch
+        would make a true pair look mismatched); the masked-modelling pass reads the token-masked inputs, which
+        differ from the clean ones only in the token-masked rows: only those rows are encoded a second time."""
+        sample_tasks = bool(batch.tasks & set(SAMPLE_OBJECTIVES))
+        every_row = torch.arange(batch.size, device=batch.present["text"].device)
+        clean: dict[str, torch.Tensor] = {}
+        masked: dict[str, torch.Tensor] = {}
+        for m in (m for m in MODALITIES if batch.given(m)):
+            if sample_tasks or not plan.token_masked(m):
+                clean[m] = self._encode_rows(batch, plan, m, every_row, masked=False)
+            if not plan.token_masked(m):
+                masked[m] = clean[m]
+            elif m in clean:  # re-encode only the token-masked rows
+                rows = plan.rows[m].nonzero().flatten()
+                masked[m] = clean[m].clone()
+                masked[m][rows] = self._encode_rows(batch, plan, m, rows, masked=True)
             else:
-                masked_hidden[m] = encoders[m](every_row, True)
-        token_masks: dict[str, torch.Tensor] = {}
-        if given["text"]:
-            token_masks["text"] = attention_mask
-        if given["image"]:
-            token_masks["image"] = image_mask[:, None].expand(-1, masked_hidden["image"].shape[1])
-        if given["audio"]:
-            token_mask = base.audio_model.token_mask(audio_attention_mask.long())
-            token_masks["audio"] = token_mask * token_mask[:, 1:].amax(-1, keepdim=True)  # no audio: no [CLS] either
-        states = {m: (hidden_states[m], token_masks[m]) for m in hidden_states}
-        masked_states = {m: (masked_hidden[m], token_masks[m]) for m in masked_hidden}
-        projections = {"text": base.text_projection, "image": base.image_projection, "audio": base.audio_projection}
-        embeds = {
-            m: F.normalize(projections[m](hidden_states.get(m, masked_hidden[m])[:, 0]), dim=-1) for m in masked_hidden
+                masked[m] = self._encode_rows(batch, plan, m, every_row, masked=True)
+        token_masks = self._token_masks(batch, masked)
+        embeds = {m: self.opt_tri.project_cls(m, clean.get(m, masked[m])) for m in masked}
+        return EncodedViews(
+            clean={m: (clean[m], token_masks[m]) for m in clean},
+            masked={m: (masked[m], token_masks[m]) for m in masked},
+            embeds=embeds,
+        )
+
+    def _encode_rows(self, batch: PreTrainingBatch, plan: MaskPlan, modality: str, rows: torch.Tensor, masked: bool) -> torch.Tensor:
+        """The unimodal encoder's states of `modality` for the `rows`, on the clean or the token-masked inputs."""
+        base = self.opt_tri
+        if modality == "text":
+            ids = plan.text_ids if masked else batch.input_ids
+            types = None if batch.token_type_ids is None else batch.token_type_ids[rows]
+            return base.encode_text(ids[rows], batch.attention_mask[rows], types)
+        if modality == "image":
+            return base.encode_image(batch.pixel_values[rows], plan.image_masked[rows] if masked else None)
+        audio_masked = plan.audio_masked[rows] if masked else None
+        return base.encode_audio(batch.input_features[rows], batch.audio_attention_mask[rows], audio_masked)[0]
+
+    def _token_masks(self, batch: PreTrainingBatch, states: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The cross-modal token mask of each encoded modality (a clip without audio has no [CLS] either)."""
+        masks = {}
+        if batch.given("text"):
+            masks["text"] = batch.attention_mask
+        if batch.given("image"):
+            masks["image"] = batch.image_mask[:, None].expand(-1, states["image"].shape[1])
+        if batch.given("audio"):
+            masks["audio"] = self.opt_tri.audio_model.cls_token_mask(batch.audio_attention_mask)
+        return masks
+
+    def needs_masked_fusion(self, batch: PreTrainingBatch, plan: MaskPlan) -> bool:
+        """Whether a token-level or reconstruction objective runs, so the masked views go through the cross-modal
+        encoder."""
+        token_level = bool(batch.tasks & set().union(*TOKEN_OBJECTIVES.values()))
+        masked = any(bool(plan.rows[m].any()) for m in MODALITIES)
+        return (token_level and masked) or bool(batch.tasks & set(RECONSTRUCTION_OBJECTIVES.values()))
+
+    def fuse_masked_views(self, batch: PreTrainingBatch, plan: MaskPlan, views: EncodedViews,
+                          generator: torch.Generator | None = None) -> MaskedFusion:
+        """Modality-level masking, then the cross-modal encoder over the masked views. Its last layer runs only at
+        the positions a token-level head reads, and in full only for the rows whose dropped modality a decoder
+        writes (`OptTriModel.fuse_selected`)."""
+        kept = self.drop_modalities(batch.present, plan.rows, generator)
+        parts = {m: (views.masked[m][0], views.masked[m][1] * kept[m][:, None].long()) for m in views.masked}
+        wanted = {  # per part: the positions whose cross-modal state a head reads
+            "text": plan.mlm_labels != -100 if "mlm" in batch.tasks and plan.mlm_labels is not None else None,
+            "image": plan.image_masked if batch.tasks & set(TOKEN_OBJECTIVES["image"]) else None,
+            "audio": plan.audio_masked if batch.tasks & set(TOKEN_OBJECTIVES["audio"]) else None,
         }
+        device = batch.present["text"].device
+        columns, segment_start, offset = [torch.zeros(batch.size, 1, dtype=torch.bool, device=device)], {}, 1
+        for m in (m for m in MODALITIES if m in parts):
+            segment_start[m], length = offset, parts[m][0].shape[1]
+            want = wanted[m]
+            if want is None:
+                want = torch.zeros(batch.size, length, dtype=torch.bool, device=device)
+            elif m != "text":  # image / audio masks index the tokens after the part's own [CLS]
+                want = torch.cat([torch.zeros_like(want[:, :1]), want], dim=1)
+            columns.append(want)
+            offset += length
+        needed = torch.cat(columns, dim=1)  # (B, S)
+        counts = needed.sum(1)
+        slots = max(int(counts.max()), 1)
+        query_index = torch.argsort((~needed).to(torch.uint8), dim=1, stable=True)[:, :slots]  # needed ones first
+        decoding = self._decoded_rows(batch, kept)
+        decoded = decoding["text"] | decoding["image"] | decoding["audio"]
+        full_rows = decoded.nonzero().flatten() if bool(decoded.any()) else None
+        selected, full, fusion_mask, _ = self.opt_tri.fuse_selected(
+            parts.get("text"), parts.get("image"), parts.get("audio"), query_index=query_index, full_rows=full_rows
+        )
+        return MaskedFusion(
+            parts=parts, segment_start=segment_start, query_index=query_index,
+            slot_valid=torch.arange(slots, device=device)[None, :] < counts[:, None], selected=selected, full=full,
+            fusion_mask=fusion_mask, decoding=decoding,
+        )
 
-        losses: dict[str, torch.Tensor] = {}
-        mlm_logits = None
+    def _decoded_rows(self, batch: PreTrainingBatch, kept: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Per modality, the samples whose dropped modality its decoder writes (DTR, DIR, DAR, when asked for and
+        their targets are given)."""
+        targets = {"text": batch.input_ids, "image": batch.image_codes, "audio": batch.audio_codes}
+        decoding = {}
+        for m, task in RECONSTRUCTION_OBJECTIVES.items():
+            dropped = batch.present[m] & ~kept[m]
+            wanted = task in batch.tasks and targets[m] is not None and bool(dropped.any())
+            decoding[m] = dropped if wanted else batch.none()
+        return decoding
 
-        # 3. masked modelling through the cross-modal encoder, with modality-level masking. The heads read only the
-        # masked tokens, and the decoders the rows whose modality was dropped: the last cross-modal layer runs there only.
-        if (masked_tasks and any(masked_rows[m].any() for m in MODALITIES)) or tasks & {"dtr", "dir", "dar"}:
-            kept = self._drop_modalities(present, masked_rows, generator)
-            parts = {
-                m: (masked_states[m][0], masked_states[m][1] * kept[m][:, None].long()) for m in masked_states
-            }
-            wanted_here = {  # per part: the positions whose cross-modal state a head reads
-                "text": mlm_labels != -100 if "mlm" in tasks and mlm_labels is not None else None,
-                "image": image_masked if tasks & {"mrfr", "mrc", "mrc_kl"} else None,
-                "audio": audio_masked if tasks & {"mafr", "mac"} else None,
-            }
-            columns, segment_start, offset = [torch.zeros(batch, 1, dtype=torch.bool, device=device)], {}, 1
-            for m in MODALITIES:
-                if m not in parts:
-                    continue
-                segment_start[m] = offset
-                length = parts[m][0].shape[1]
-                want = wanted_here[m]
-                if want is None:
-                    want = torch.zeros(batch, length, dtype=torch.bool, device=device)
-                elif m != "text":  # image / audio masks index the tokens after the part's own [CLS]
-                    want = torch.cat([torch.zeros_like(want[:, :1]), want], dim=1)
-                columns.append(want)
-                offset += length
-            needed = torch.cat(columns, dim=1)  # (B, S)
-            counts = needed.sum(1)
-            slots = max(int(counts.max()), 1)
-            query_index = torch.argsort((~needed).to(torch.uint8), dim=1, stable=True)[:, :slots]  # needed ones first
-            slot_valid = torch.arange(slots, device=device)[None, :] < counts[:, None]
+    def modality_reconstruction_losses(self, batch: PreTrainingBatch, fusion: MaskedFusion) -> dict[str, torch.Tensor]:
+        """DTR, DIR and DAR: the decoders write a dropped modality from the cross-modal states of the others."""
+        cfg, losses = self.config, {}
+        if bool(fusion.decoding["text"].any()):
+            rows, states, mask = fusion.decoder_inputs("text")
+            ids, text_mask = batch.input_ids[rows], batch.attention_mask[rows]
+            target = ids[:, 1:].masked_fill(text_mask[:, 1:] == 0, -100)
+            hidden = self.text_decoder(ids[:, :-1], text_mask[:, :-1], states, mask)
+            losses["dtr"] = token_cross_entropy(self.lm_head(hidden), target)
+        if bool(fusion.decoding["image"].any()):  # the image code decoder writes the dropped image's VQ codes
+            rows, states, mask = fusion.decoder_inputs("image")
+            inputs, target = code_decoder_targets(cfg.image_decoder_config, batch.image_codes[rows])
+            hidden = self.image_decoder(inputs, None, states, mask)
+            losses["dir"] = token_cross_entropy(self.image_head(hidden), target)
+        if bool(fusion.decoding["audio"].any()):  # ... and the audio code decoder the dropped clip's (then its end code)
+            rows, states, mask = fusion.decoder_inputs("audio")
+            codes_mask = batch.audio_codes_mask[rows] if batch.audio_codes_mask is not None else None
+            inputs, target = code_decoder_targets(cfg.audio_decoder_config, batch.audio_codes[rows], codes_mask)
+            attention = (inputs != cfg.audio_decoder_config.pad_token_id).long()
+            hidden = self.audio_decoder(inputs, attention, states, mask)
+            losses["dar"] = token_cross_entropy(self.audio_head(hidden), target)
+        return losses
 
-            dropped = {m: present[m] & ~kept[m] for m in MODALITIES}
-            decoding = {
-                m: dropped[m] if task in tasks and given_codes and bool(dropped[m].any()) else no
-                for m, task, given_codes in (
-                    ("text", "dtr", input_ids is not None),
-                    ("image", "dir", image_codes is not None),
-                    ("audio", "dar", audio_codes is not None),
+    def token_level_losses(self, batch: PreTrainingBatch, plan: MaskPlan, fusion: MaskedFusion) -> TokenLevelLosses:
+        """MLM, MRFR, MRC, MRC-kl, MAFR and MAC at the masked tokens' cross-modal states."""
+        cfg, tasks, result = self.config, batch.tasks, TokenLevelLosses()
+        if "mlm" in tasks and plan.mlm_labels is not None:
+            result.mlm_logits = self.mlm_head(fusion.at_masked("text"))  # (M, vocab)
+            result.losses["mlm"] = token_cross_entropy(result.mlm_logits, plan.mlm_labels[plan.mlm_labels != -100])
+        if plan.image_masked is not None and tasks & set(TOKEN_OBJECTIVES["image"]):
+            patches = fusion.at_masked("image")  # (M, hidden), in the order of image_masked
+            if "mrfr" in tasks:
+                target = patchify_images(batch.pixel_values.float(), cfg.vision_config.patch_size)
+                result.losses["mrfr"] = masked_regression_loss(self.mrfr_head(patches), target[plan.image_masked])
+            if tasks & {"mrc", "mrc_kl"}:
+                result.losses.update(self._masked_code_losses(batch, plan.image_masked, patches))
+        if plan.audio_masked is not None and tasks & set(TOKEN_OBJECTIVES["audio"]):
+            tokens = fusion.at_masked("audio")
+            target = patchify_audio(batch.input_features.float(), cfg.audio_config.patch_frames)
+            if "mafr" in tasks:
+                result.losses["mafr"] = masked_regression_loss(self.mafr_head(tokens), target[plan.audio_masked])
+            if "mac" in tasks:
+                result.losses["mac"] = masked_frame_contrastive_loss(
+                    self.mac_head(tokens), target, plan.audio_masked, plan.audio_real, cfg.mac_temperature
                 )
-            }
-            decoded_rows = decoding["text"] | decoding["image"] | decoding["audio"]
-            full_rows = decoded_rows.nonzero().flatten() if bool(decoded_rows.any()) else None
-            selected, full, fusion_mask, _ = base.fuse_selected(
-                parts.get("text"), parts.get("image"), parts.get("audio"), query_index=query_index, full_rows=full_rows
-            )
-            row_in_full = torch.cumsum(decoded_rows.long(), 0) - 1
+        return result
 
-            def decoder_inputs(m):  # (rows, their cross-modal states, their mask)
-                rows = decoding[m].nonzero().flatten()
-                return rows, full[row_in_full[rows]], fusion_mask[rows]
+    def _masked_code_losses(self, batch: PreTrainingBatch, image_masked: torch.Tensor, patches: torch.Tensor) -> dict[str, torch.Tensor]:
+        """MRC (the VQ codes under each masked patch) and MRC-kl (KL divergence to the soft code assignments)."""
+        log_probs = F.log_softmax(self.mrc_head(patches).float(), dim=-1)  # (M, r*r, K)
+        per_side = self.config.vision_config.image_size // self.config.vision_config.patch_size
+        losses = {}
+        if "mrc" in batch.tasks:
+            target = codes_by_patch(batch.image_codes, per_side)[image_masked]  # (M, r*r)
+            losses["mrc"] = F.nll_loss(log_probs.flatten(0, 1), target.flatten().long())
+        if "mrc_kl" in batch.tasks:
+            soft = codes_by_patch(batch.image_code_probs, per_side)[image_masked].float()  # (M, r*r, K)
+            losses["mrc_kl"] = F.kl_div(log_probs, soft, reduction="none").sum(-1).mean()
+        return losses
 
-            def at_masked(m):  # the selected states of part m's masked tokens, (M, hidden), row-major
-                length = parts[m][0].shape[1]
-                inside = (query_index >= segment_start[m]) & (query_index < segment_start[m] + length)
-                return selected[slot_valid & inside]
-
-            if bool(decoding["text"].any()):
-                # DTR: write the dropped text from the cross-modal states of the modalities that remain
-                rows, states_rows, mask_rows = decoder_inputs("text")
-                target = input_ids[rows, 1:].masked_fill(attention_mask[rows, 1:] == 0, -100)
-                hidden = self.text_decoder(input_ids[rows, :-1], attention_mask[rows, :-1], states_rows, mask_rows)
-                losses["dtr"] = mlm_loss(self.lm_head(hidden), target)
-            if bool(decoding["image"].any()):
-                # DIR: the image code decoder writes the dropped image's VQ codes from the remaining modalities
-                rows, states_rows, mask_rows = decoder_inputs("image")
-                inputs, target = code_decoder_targets(cfg.image_decoder_config, image_codes[rows])
-                hidden = self.image_decoder(inputs, None, states_rows, mask_rows)
-                losses["dir"] = mlm_loss(self.image_head(hidden), target)
-            if bool(decoding["audio"].any()):
-                # DAR: the audio code decoder writes the dropped clip's VQ codes (then its end code)
-                rows, states_rows, mask_rows = decoder_inputs("audio")
-                mask = audio_codes_mask[rows] if audio_codes_mask is not None else None
-                inputs, target = code_decoder_targets(cfg.audio_decoder_config, audio_codes[rows], mask)
-                hidden = self.audio_decoder(inputs, (inputs != cfg.audio_decoder_config.pad_token_id).long(), states_rows, mask_rows)
-                losses["dar"] = mlm_loss(self.audio_head(hidden), target)
-            if wanted_here["text"] is not None:
-                mlm_logits = self.mlm_head(at_masked("text"))  # (M, vocab)
-                losses["mlm"] = mlm_loss(mlm_logits, mlm_labels[wanted_here["text"]])
-            if image_masked is not None and wanted_here["image"] is not None:
-                patches = at_masked("image")  # (M, hidden), in the order of image_masked
-                if "mrfr" in tasks:
-                    target = patchify_images(pixel_values.float(), cfg.vision_config.patch_size)
-                    losses["mrfr"] = masked_regression_loss(self.mrfr_head(patches), target[image_masked])
-                if tasks & {"mrc", "mrc_kl"}:
-                    log_probs = F.log_softmax(self.mrc_head(patches).float(), dim=-1)  # (M, r*r, K)
-                    per_side = cfg.vision_config.image_size // cfg.vision_config.patch_size
-                    if "mrc" in tasks:
-                        target = codes_by_patch(image_codes, per_side)[image_masked]  # (M, r*r)
-                        losses["mrc"] = F.nll_loss(log_probs.flatten(0, 1), target.flatten().long())
-                    if "mrc_kl" in tasks:
-                        soft = codes_by_patch(image_code_probs, per_side)[image_masked].float()  # (M, r*r, K)
-                        losses["mrc_kl"] = F.kl_div(log_probs, soft, reduction="none").sum(-1).mean()
-            if audio_masked is not None and wanted_here["audio"] is not None:
-                tokens = at_masked("audio")
-                target = patchify_audio(input_features.float(), cfg.audio_config.patch_frames)
-                if "mafr" in tasks:
-                    losses["mafr"] = masked_regression_loss(self.mafr_head(tokens), target[audio_masked])
-                if "mac" in tasks:
-                    losses["mac"] = masked_frame_contrastive_loss(
-                        self.mac_head(tokens), target, audio_masked, audio_real, cfg.mac_temperature
-                    )
-
-        # 4. sample level
-        logit_scale = base.logit_scale
+    def sample_level_losses(self, batch: PreTrainingBatch, views: EncodedViews,
+                            generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """Contrastive alignment of every modality pair, pairwise matching (ITM) with WRA, 5-way tri-modal matching,
+        all on the clean views."""
+        tasks, present, states, embeds = batch.tasks, batch.present, views.clean, views.embeds
+        losses = {}
         if "contrastive" in tasks:
             pair_losses = [
-                contrastive_loss(embeds[a], embeds[b], logit_scale, present[a] & present[b], cfg.contrastive_local_loss)
+                contrastive_loss(
+                    embeds[a], embeds[b], self.opt_tri.logit_scale, present[a] & present[b], self.config.contrastive_local_loss
+                )
                 for a, b in _PAIRS
                 if a in embeds and b in embeds and bool((present[a] & present[b]).sum() >= 2)
             ]
@@ -1902,12 +1194,10 @@ class OptTriForPreTraining(OptTriPreTrainedModel):
         if tasks & {"itm", "wra"}:
             itm_losses, wra_losses = [], []
             for a, b in _PAIRS:
-                valid = present[a] & present[b] if a in states and b in states else no
+                valid = present[a] & present[b] if a in states and b in states else batch.none()
                 if int(valid.sum()) < 2:
                     continue
-                itm, wra = self._pair_matching(
-                    a, b, states, embeds, valid, want_wra="wra" in tasks and a == "text", generator=generator
-                )
+                itm, wra = self.pair_matching(a, b, states, embeds, valid, "wra" in tasks and a == "text", generator)
                 itm_losses.append(itm)
                 if wra is not None:
                     wra_losses.append(wra)
@@ -1918,43 +1208,33 @@ class OptTriForPreTraining(OptTriPreTrainedModel):
         if "tri_matching" in tasks and len(states) == 3:
             valid = present["text"] & present["image"] & present["audio"]
             if int(valid.sum()) >= 3:
-                losses["tri_matching"] = self._tri_matching(states, valid, generator)
+                losses["tri_matching"] = self.tri_matching(states, valid, generator)
+        return losses
 
+    def weigh_losses(self, losses: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """The weighted sum of the `losses` by `config.objectives` (weight 1 for a task asked for by name but absent
+        from the config); `None` when there is none."""
         total = None
         for name, value in losses.items():
-            term = weights.get(name, 1.0) * value  # a task asked for by name but absent from the config: weight 1
+            term = self.config.objectives.get(name, 1.0) * value
             total = term if total is None else total + term
-        output = OptTriForPreTrainingOutput(
-            loss=total,
-            **{f"{name}_loss": value for name, value in losses.items()},
-            mlm_logits=mlm_logits,
-            mlm_labels=mlm_labels,
-            text_embeds=embeds.get("text"),
-            image_embeds=embeds.get("image"),
-            audio_embeds=embeds.get("audio"),
-            logit_scale=logit_scale,
-            **self._clean_outputs(output_attentions, output_hidden_states, input_ids, attention_mask, token_type_ids,
-                                  pixel_values, image_mask, input_features, audio_attention_mask),
-        )
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
-        return output if return_dict else output.to_tuple()
+        return total
 
-    def _clean_outputs(self, output_attentions, output_hidden_states, *inputs) -> dict:
+    def _clean_outputs(self, output_attentions, output_hidden_states, batch: PreTrainingBatch) -> dict:
         """The base model's per-tower outputs on the clean inputs, when hidden states or attentions are asked for."""
         attentions, hidden = _wants_outputs(self.config, output_attentions, output_hidden_states)
         if not (attentions or _asked(hidden)):
             return {}
-        names = ("input_ids", "attention_mask", "token_type_ids", "pixel_values", "image_mask", "input_features",
-                 "audio_attention_mask")
         base_output = self.opt_tri(
-            **dict(zip(names, inputs)), output_attentions=attentions, output_hidden_states=hidden, return_dict=True
+            **{name: getattr(batch, name) for name in _MODEL_INPUT_NAMES},
+            output_attentions=attentions, output_hidden_states=hidden, return_dict=True,
         )
         return {name: base_output.get(name) for name in _TOWER_FIELDS}
 
     def _check_code_inputs(self, tasks, pixel_values, image_codes, image_code_probs, input_features, audio_codes, audio_codes_mask):
         """Clear errors for the VQ-code objectives: codes present, with the shapes and range the heads expect."""
         cfg = self.config
-        idc, adc = cfg.image_decoder_config, cfg.audio_decoder_config
+        idc = cfg.image_decoder_config
         hint = "compute them with the VQ tokenizer (examples/pretrain.py does this with --image_tokenizer/--audio_tokenizer)"
         if tasks & {"mrc", "mrc_kl", "dir"} and pixel_values is not None:
             if tasks & {"mrc", "mrc_kl"} and self.mrc_head is None:
@@ -1983,7 +1263,7 @@ class OptTriForPreTraining(OptTriPreTrainedModel):
             if audio_codes_mask is not None and tuple(audio_codes_mask.shape) != tuple(audio_codes.shape):
                 raise ValueError(f"audio_codes_mask must have the shape of audio_codes {tuple(audio_codes.shape)}")
 
-    def _pair_matching(self, a, b, states, embeds, valid, want_wra, generator=None):
+    def pair_matching(self, a, b, states, embeds, valid, want_wra=False, generator=None):
         """
         ITM for the pair (a, b) on the rows given by `itm_pairs` (`config.itm_rows_per_sample`). A negative partner
         is drawn from the contrastive similarities (hard) with probability `config.itm_hard_negative_fraction`,
@@ -1995,9 +1275,9 @@ class OptTriForPreTraining(OptTriPreTrainedModel):
             n = len(rows)
             off_diagonal = 1.0 - torch.eye(n, device=rows.device)
             sim = embeds[a][rows].float() @ embeds[b][rows].float().t()
-            hard = F.softmax(sim * base.logit_scale.exp().clamp(max=100.0), dim=1) * off_diagonal
+            hard = F.softmax(sim * clamped_logit_scale(base.logit_scale), dim=1) * off_diagonal
             hard = hard / hard.sum(1, keepdim=True).clamp_min(1e-12)
-            hard_t = F.softmax(sim.t() * base.logit_scale.exp().clamp(max=100.0), dim=1) * off_diagonal
+            hard_t = F.softmax(sim.t() * clamped_logit_scale(base.logit_scale), dim=1) * off_diagonal
             hard_t = hard_t / hard_t.sum(1, keepdim=True).clamp_min(1e-12)
             fraction = self.config.itm_hard_negative_fraction
             uniform = off_diagonal / (n - 1)
@@ -2017,7 +1297,7 @@ class OptTriForPreTraining(OptTriPreTrainedModel):
         wra = wra_loss(fused[:, xa_idx], fusion_mask[:, xa_idx], fused[:, xb_idx], fusion_mask[:, xb_idx], labels.bool())
         return itm, wra
 
-    def _tri_matching(self, states, valid, generator=None):
+    def tri_matching(self, states, valid, generator=None):
         """5-way matching: which modalities of a (text, image, audio) triple belong to the same sample."""
         rows = valid.nonzero().flatten()
         n = len(rows)
@@ -2039,363 +1319,9 @@ class OptTriForPreTraining(OptTriPreTrainedModel):
         return F.cross_entropy(self.tri_matching_head(cls).float(), classes)
 
 
-def itm_pairs(
-    rows: torch.Tensor, neg_a: torch.Tensor, neg_b: torch.Tensor, rows_per_sample: int, generator=None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """
-    The rows pairwise matching scores, as indices into the batch: `(a_index, b_index, labels)`, label 1 for a
-    matched pair. `rows (n,)` are the samples, `neg_a (n,)` / `neg_b (n,)` a negative partner of each on side a / b.
-
-    - `rows_per_sample=3` (ALBEF): `3n` rows, the positives, then each `a` with its negative `b`, then each `b`
-      with its negative `a`.
-    - `rows_per_sample=1` (UNITER, FLAVA): `n` rows, sample `i` as its positive pair with probability 1/2, else
-      with one side (a or b, at random) replaced by its negative; draws from `generator` (default: torch's
-      global RNG).
-    """
-    if rows_per_sample == 3:
-        labels = torch.cat([torch.ones_like(rows), torch.zeros_like(rows), torch.zeros_like(rows)])
-        return torch.cat([rows, rows, neg_a]), torch.cat([rows, neg_b, rows]), labels
-    if rows_per_sample != 1:
-        raise ValueError(f"rows_per_sample must be 1 or 3, got {rows_per_sample!r}")
-    draws = torch.rand(2, rows.shape[0], device=rows.device, generator=generator)
-    negative, replace_b = draws[0] < 0.5, draws[1] < 0.5
-    a_index = torch.where(negative & ~replace_b, neg_a, rows)
-    b_index = torch.where(negative & replace_b, neg_b, rows)
-    return a_index, b_index, (~negative).long()
-
-
-#: Seed of the generator that `eval()`-mode forwards use for their random draws when none is passed.
-EVAL_SEED = 0
-
-
-def _eval_generator(model: nn.Module, generator: torch.Generator | None, device) -> torch.Generator | None:
-    """The generator of a forward's random draws: the one passed; in `eval()` mode a new one seeded with
-    `EVAL_SEED` (identical calls agree); in training mode `None` (torch's global RNG)."""
-    if generator is not None or model.training:
-        return generator
-    return torch.Generator(device=device).manual_seed(EVAL_SEED)
-
-
-def _take(part: tuple[torch.Tensor, torch.Tensor], index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    return part[0][index], part[1][index]
-
-
-
 # ----------------------------------------------------------------------------------------------------------------------
 # Text decoder and generation (captioning, ASR)
 # ----------------------------------------------------------------------------------------------------------------------
-
-
-class OptTriDecoderAttention(nn.Module):
-    """Multi-head attention of the text decoder: causal self-attention with a KV cache, or cross-attention."""
-
-    def __init__(self, config: OptTriTextDecoderConfig, layer_idx: int, is_cross_attention: bool):
-        super().__init__()
-        self.config = config
-        self.layer_idx = layer_idx
-        self.is_cross_attention = is_cross_attention
-        self.num_heads = config.num_attention_heads
-        self.head_dim = config.hidden_size // config.num_attention_heads
-        self.scaling = self.head_dim**-0.5
-        self.is_causal = False  # causality comes from the explicit mask (which also covers the cache)
-        self.q_proj = nn.Linear(config.hidden_size, config.hidden_size)
-        self.k_proj = nn.Linear(config.hidden_size, config.hidden_size)
-        self.v_proj = nn.Linear(config.hidden_size, config.hidden_size)
-        self.out_proj = nn.Linear(config.hidden_size, config.hidden_size)
-
-    def forward(
-        self, hidden_states, attention_mask, key_value_states=None, cache=None, output_attentions: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """hidden_states `(B, n, d)`, additive attention_mask `(B, 1, n, keys)`. Returns the output `(B, n, d)` and,
-        with `output_attentions` (computed eagerly then), the weights `(B, heads, n, keys)`."""
-        batch, length, _ = hidden_states.shape
-        query = self.q_proj(hidden_states).view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
-        source = key_value_states if self.is_cross_attention else hidden_states
-        shape = (batch, source.shape[1], self.num_heads, self.head_dim)
-        key = self.k_proj(source).view(shape).transpose(1, 2)
-        value = self.v_proj(source).view(shape).transpose(1, 2)
-        if cache is not None and not self.is_cross_attention:
-            key, value = cache.update(key, value, self.layer_idx)
-        implementation = "eager" if output_attentions else (self.config._attn_implementation or "sdpa")
-        # looked up at every call, so `set_attn_implementation` switches a built model
-        attention = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
-        output, weights = attention(
-            self, query, key, value, attention_mask, scaling=self.scaling,
-            dropout=self.config.attention_probs_dropout_prob if self.training else 0.0,
-        )
-        return self.out_proj(output.reshape(batch, length, -1)), (weights if output_attentions else None)
-
-
-class OptTriDecoderLayer(GradientCheckpointingLayer):
-    """Pre-norm decoder layer: causal self-attention, cross-attention to the encoder, MLP."""
-
-    def __init__(self, config: OptTriTextDecoderConfig, layer_idx: int):
-        super().__init__()
-        self.self_attn_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.self_attn = OptTriDecoderAttention(config, layer_idx, is_cross_attention=False)
-        self.cross_attn_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.cross_attn = OptTriDecoderAttention(config, layer_idx, is_cross_attention=True)
-        self.mlp_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.mlp = OptTriMLP(config)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
-
-    def forward(self, hidden_states, self_mask, encoder_states, cross_mask, cache=None, output_attentions: bool = False):
-        """Returns `(hidden_states, self-attention weights or None, cross-attention weights or None)`."""
-        attn_output, self_weights = self.self_attn(
-            self.self_attn_layer_norm(hidden_states), self_mask, cache=cache, output_attentions=output_attentions
-        )
-        hidden_states = hidden_states + self.dropout(attn_output)
-        attn_output, cross_weights = self.cross_attn(
-            self.cross_attn_layer_norm(hidden_states), cross_mask, key_value_states=encoder_states,
-            output_attentions=output_attentions,
-        )
-        hidden_states = hidden_states + self.dropout(attn_output)
-        return hidden_states + self.dropout(self.mlp(self.mlp_layer_norm(hidden_states))), self_weights, cross_weights
-
-
-@dataclass
-class OptTriDecoderModelOutput(ModelOutput):
-    r"""
-    Output of [`OptTriTextDecoder`] / [`OptTriCodeDecoder`] with `return_dict=True`.
-
-    Args:
-        last_hidden_state (`(B, n, hidden)`): the final LayerNorm's output.
-        hidden_states (`tuple(torch.FloatTensor)`): the embeddings and each layer's output `(B, n, hidden)`, when
-            `output_hidden_states` (a list of indices keeps those entries only).
-        attentions / cross_attentions (`tuple(torch.FloatTensor)`): per layer, the self-attention weights
-            `(B, heads, n, past + n)` and the cross-attention weights `(B, heads, n, S)`, when `output_attentions`.
-    """
-
-    last_hidden_state: torch.FloatTensor | None = None
-    hidden_states: tuple[torch.FloatTensor, ...] | None = None
-    attentions: tuple[torch.FloatTensor, ...] | None = None
-    cross_attentions: tuple[torch.FloatTensor, ...] | None = None
-
-
-def _decoder_positions(attention_mask: torch.Tensor | None, past: int, length: int, device) -> torch.Tensor:
-    """Position ids `(B or 1, n)` of the `n` new tokens: counted over the real tokens of the mask `(B, past + n)`
-    (left padding does not shift them), or `past .. past + n - 1` without a mask."""
-    if attention_mask is None:
-        return torch.arange(past, past + length, device=device)[None]
-    positions = attention_mask.long().cumsum(-1) - 1
-    return positions.masked_fill(attention_mask == 0, 0)[:, -length:]
-
-
-def _select_hidden_states(states: tuple, which) -> tuple | None:
-    """`output_hidden_states` applied to all the `states`: `True` keeps all; an index or indices (negative ones count
-    from the end) keep those, with `None` elsewhere (as the encoders and `transformers` do); nothing asked: `None`."""
-    keep = _selected_hidden_states(which, len(states))
-    return tuple(state if index in keep else None for index, state in enumerate(states)) if keep else None
-
-
-class OptTriTextDecoder(nn.Module):
-    """Token + position embeddings, `num_hidden_layers` decoder layers and a final LayerNorm."""
-
-    def __init__(self, config: OptTriTextDecoderConfig, encoder_hidden_size: int):
-        super().__init__()
-        self.config = config
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
-        self.embed_positions = nn.Embedding(config.max_position_embeddings, config.hidden_size)
-        self.encoder_projection = nn.Linear(encoder_hidden_size, config.hidden_size)
-        self.layers = nn.ModuleList([OptTriDecoderLayer(config, i) for i in range(config.num_hidden_layers)])
-        self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-
-    def forward(
-        self, input_ids, attention_mask, encoder_states, encoder_mask, cache=None, position_ids=None,
-        output_attentions: bool = False, output_hidden_states=False, return_dict: bool = False,
-    ) -> torch.Tensor | OptTriDecoderModelOutput:
-        """
-        input_ids `(B, n)` (the new tokens when a cache holds the earlier ones), attention_mask `(B, past + n)` (0 for
-        padding, left or right), encoder_states `(B, S, encoder_hidden)`, encoder_mask `(B, S)`, position_ids `(B, n)`
-        (default: counted over the mask's real tokens). Returns the states `(B, n, hidden)`, or with `return_dict` an
-        [`OptTriDecoderModelOutput`] (with the per-layer states / attention weights when asked for).
-        """
-        batch, length = input_ids.shape
-        if getattr(cache, "is_compileable", False):
-            raise ValueError(
-                f"The OPT-Tri decoders keep a DynamicCache; a static (compileable) cache ({type(cache).__name__}, e.g. "
-                "from cache_implementation='static') is not supported"
-            )
-        past = cache.get_seq_length() if cache is not None else 0
-        if past + length > self.config.max_position_embeddings:
-            raise ValueError(self._length_error(past + length))
-        if attention_mask is not None and tuple(attention_mask.shape) != (batch, past + length):
-            raise ValueError(
-                f"The decoder attention mask has shape {tuple(attention_mask.shape)}; it must cover the cached and the "
-                f"new tokens: ({batch}, {past + length})"
-            )
-        if position_ids is None:
-            position_ids = _decoder_positions(attention_mask, past, length, input_ids.device)
-        hidden = self.embed_tokens(input_ids) + self.embed_positions(position_ids)
-        dtype = hidden.dtype
-        keys = torch.arange(past + length, device=input_ids.device)
-        allowed = (keys[None, :] <= keys[past:, None])[None]  # (1, n, past + n): causal in the order of the cache
-        if attention_mask is not None:
-            allowed = allowed & attention_mask.bool()[:, None, :]
-        self_mask = (~allowed[:, None]).to(dtype) * torch.finfo(dtype).min
-        cross_mask = _additive_mask(encoder_mask, dtype)
-        encoder_states = self.encoder_projection(encoder_states)
-        all_hidden, self_weights, cross_weights = (hidden,), (), ()
-        for layer in self.layers:
-            hidden, self_w, cross_w = layer(hidden, self_mask, encoder_states, cross_mask, cache, output_attentions)
-            all_hidden, self_weights, cross_weights = all_hidden + (hidden,), self_weights + (self_w,), cross_weights + (cross_w,)
-        hidden = self.layer_norm(hidden)
-        if not return_dict:
-            return hidden
-        return OptTriDecoderModelOutput(
-            last_hidden_state=hidden,
-            hidden_states=_select_hidden_states(all_hidden, output_hidden_states),
-            attentions=self_weights if output_attentions else None,
-            cross_attentions=cross_weights if output_attentions else None,
-        )
-
-    def _length_error(self, total: int) -> str:
-        return (
-            f"The decoder sequence ({total} tokens) is longer than text_decoder_config.max_position_embeddings "
-            f"({self.config.max_position_embeddings}); lower max_new_tokens/max_length"
-        )
-
-
-def _states_mask(states: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """The mask `(B, S)` of precomputed cross-modal states: `mask`, or all ones."""
-    return mask if mask is not None else torch.ones(states.shape[:2], dtype=torch.long, device=states.device)
-
-
-#: Whether the installed transformers names the cache `cache` (5.25 and later), so that `past_key_values` is deprecated.
-_PAST_KEY_VALUES_DEPRECATED = "cache" in getattr(_generation_utils, "ALL_CACHE_NAMES", ())
-
-
-def _cache_argument(cache, kwargs: dict):
-    """The decoder's self-attention cache, passed as `cache` (its name since transformers 5.25) or under the
-    deprecated name `past_key_values` (popped from `kwargs`; a `FutureWarning` says so)."""
-    old = kwargs.pop("past_key_values", None)
-    if old is None:
-        return cache
-    if cache is not None and cache is not old:
-        raise ValueError("Pass the decoder cache as `cache` or under its deprecated name `past_key_values`, not both")
-    if _PAST_KEY_VALUES_DEPRECATED:  # transformers < 5.25 itself still passes `past_key_values`
-        warnings.warn(
-            "`past_key_values` is deprecated and will be removed in a future release: pass the decoder cache as `cache`",
-            FutureWarning,
-            stacklevel=3,
-        )
-    return old
-
-
-def _check_decoder_ids(ids: torch.Tensor, vocab_size: int, batch: int, name: str) -> None:
-    """Raise a `ValueError` naming `name` unless `ids` is `(batch, n >= 1)` with ids in `[0, vocab_size)`."""
-    if not torch.is_tensor(ids) or ids.ndim != 2 or ids.is_floating_point():
-        raise ValueError(f"{name} must be an integer tensor of shape (B, n), got {getattr(ids, 'shape', type(ids))}")
-    if ids.shape[1] == 0:
-        raise ValueError(f"{name} is empty (shape {tuple(ids.shape)}): a decoder prompt needs at least the BOS token")
-    if ids.shape[0] != batch:
-        raise ValueError(
-            f"{name} has batch size {ids.shape[0]} but the conditioning inputs have {batch}: pass one decoder prompt "
-            "per conditioning row"
-        )
-    low, high = int(ids.min()), int(ids.max())
-    if low < 0 or high >= vocab_size:
-        raise ValueError(f"{name} holds ids outside the decoder vocabulary [0, {vocab_size}): min {low}, max {high}")
-
-
-def _check_generate_arguments(generate_kwargs: dict) -> None:
-    """Clear errors for the `GenerationMixin.generate` settings that otherwise fail deep inside it."""
-    for name in ("num_beams", "num_return_sequences"):
-        value = generate_kwargs.get(name)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
-
-
-def _decoder_output(output_cls, config, logits, targets, cache, decoded, states, states_mask, encoder_outputs, return_dict):
-    """The typed output of a decoder head: next-token cross-entropy over the labelled positions (when `targets`)."""
-    loss = None
-    if targets is not None:
-        if tuple(targets.shape) != tuple(logits.shape[:2]):
-            raise ValueError(f"The targets have shape {tuple(targets.shape)}; the logits {tuple(logits.shape[:2])}")
-        loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
-    output = output_cls(
-        loss=loss,
-        logits=logits,
-        cache=cache,
-        hidden_states=decoded.hidden_states,
-        attentions=decoded.attentions,
-        cross_attentions=decoded.cross_attentions,
-        encoder_hidden_states=states,
-        encoder_attention_mask=states_mask,
-        encoder_outputs=encoder_outputs,
-    )
-    return_dict = return_dict if return_dict is not None else config.return_dict
-    return output if return_dict else output.to_tuple()
-
-
-def _resize_text_vocabulary(model: PreTrainedModel, new_num_tokens, pad_to_multiple_of, mean_resizing) -> nn.Module:
-    """
-    `resize_token_embeddings` for every OPT-Tri head: the text vocabulary is one vocabulary, so the text encoder's
-    word embeddings, the text decoder's token embeddings, its LM head and the MLM head (those the head has) are all
-    resized, and both `text_config.vocab_size` and `text_decoder_config.vocab_size` follow. The code decoders'
-    vocabularies (a VQ tokenizer's codebook) are not token vocabularies and stay as they are.
-    """
-    if getattr(model.config, "text_config", None) is None:
-        raise ValueError(f"{type(model).__name__} has no token embeddings: it reads no text, so there is nothing to resize")
-    encoder_embeddings = model.base_model.get_input_embeddings()
-    if new_num_tokens is None and pad_to_multiple_of is None:
-        return model.get_input_embeddings()
-    size = encoder_embeddings.weight.shape[0] if new_num_tokens is None else new_num_tokens
-    if pad_to_multiple_of is not None:
-        if isinstance(pad_to_multiple_of, bool) or not isinstance(pad_to_multiple_of, int) or pad_to_multiple_of < 1:
-            raise ValueError(f"pad_to_multiple_of must be a positive int, got {pad_to_multiple_of!r}")
-        size = -(-size // pad_to_multiple_of) * pad_to_multiple_of
-    config = model.config
-    dc = config.text_decoder_config
-    used = {"mask_token_id": config.mask_token_id, "text_decoder_config.bos_token_id": dc.bos_token_id,
-            "text_decoder_config.eos_token_id": dc.eos_token_id, "text_decoder_config.pad_token_id": dc.pad_token_id}
-    used.update({f"special_token_ids[{i}]": token for i, token in enumerate(config.special_token_ids)})
-    if isinstance(size, bool) or not isinstance(size, int) or size <= max(used.values()):
-        raise ValueError(
-            f"Cannot resize the text vocabulary to {size!r} tokens: the config uses ids up to {max(used.values())} "
-            f"({', '.join(f'{k}={v}' for k, v in used.items())})"
-        )
-    model._get_resized_embeddings(encoder_embeddings, size, mean_resizing=mean_resizing)  # resized in place
-    decoder = getattr(model, "text_decoder", None)
-    if decoder is not None:
-        model._get_resized_embeddings(decoder.embed_tokens, size, mean_resizing=mean_resizing)
-    for owner, name in ((model, "lm_head"), (getattr(model, "mlm_head", None), "decoder")):
-        head = getattr(owner, name, None) if owner is not None else None
-        if head is not None:
-            setattr(owner, name, model._get_resized_lm_head(head, size, mean_resizing=mean_resizing))
-    config.text_config.vocab_size = size
-    dc.vocab_size = size
-    return model.get_input_embeddings()
-
-
-@dataclass
-class OptTriCaptioningOutput(ModelOutput):
-    r"""
-    Output of [`OptTriForConditionalGeneration`].
-
-    Args:
-        loss: next-token cross-entropy over the labelled positions, when `labels` (or `shift_labels`) are given.
-        logits (`(B, n, vocab)`): next-token scores.
-        cache (`Cache`): the decoder's self-attention cache (`past_key_values` before transformers 5.25).
-        hidden_states (`tuple(torch.FloatTensor)`): the decoder's embeddings and layer outputs `(B, n, hidden)`, when
-            `output_hidden_states`.
-        attentions / cross_attentions (`tuple(torch.FloatTensor)`): the decoder's self-attention `(B, heads, n,
-            past + n)` and cross-attention `(B, heads, n, S)` weights per layer, when `output_attentions`.
-        encoder_hidden_states (`(B, S, cross_modal_hidden)`), encoder_attention_mask (`(B, S)`): the cross-modal
-            states the decoder attends to (reused across generation steps).
-        encoder_outputs ([`OptTriModelOutput`]): the tri-modal model's full output (its own hidden states and
-            attentions when asked for), when this call ran the encoder (not with precomputed states).
-    """
-
-    loss: torch.FloatTensor | None = None
-    logits: torch.FloatTensor | None = None
-    cache: Cache | None = None
-    hidden_states: tuple[torch.FloatTensor, ...] | None = None
-    attentions: tuple[torch.FloatTensor, ...] | None = None
-    cross_attentions: tuple[torch.FloatTensor, ...] | None = None
-    encoder_hidden_states: torch.FloatTensor | None = None
-    encoder_attention_mask: torch.LongTensor | None = None
-    encoder_outputs: OptTriModelOutput | None = None
 
 
 class OptTriForConditionalGeneration(OptTriPreTrainedModel, GenerationMixin):
@@ -2589,13 +1515,6 @@ class OptTriForConditionalGeneration(OptTriPreTrainedModel, GenerationMixin):
         )
 
 
-def _shift_right(labels: torch.Tensor, bos_token_id: int, pad_token_id: int) -> torch.Tensor:
-    shifted = labels.new_full(labels.shape, pad_token_id)
-    shifted[:, 1:] = labels[:, :-1].masked_fill(labels[:, :-1] == -100, pad_token_id)
-    shifted[:, 0] = bos_token_id
-    return shifted
-
-
 # ----------------------------------------------------------------------------------------------------------------------
 # Code decoders: images and audio as discrete VQ codes (text-to-image, text-to-audio)
 #
@@ -2604,162 +1523,6 @@ def _shift_right(labels: torch.Tensor, bos_token_id: int, pad_token_id: int) -> 
 # Code ids are the codebook indices themselves; BOS, the end-of-audio code and PAD follow them (see
 # `OptTriCodeDecoderConfig`), so there is no +1 shift to get wrong, and sampling is restricted to real codes.
 # ----------------------------------------------------------------------------------------------------------------------
-
-
-class OptTriCodeDecoder(OptTriTextDecoder):
-    """
-    The causal decoder over VQ codes (image or audio): code + learned position embeddings, `num_hidden_layers`
-    [`OptTriDecoderLayer`]s with cross-attention to the cross-modal states, and a final LayerNorm. `input_ids` are
-    decoder ids (BOS, codes, end code, PAD). Images are read in raster order (position `1 + r * grid_size + c` holds
-    the input that predicts code `(r, c)`'s successor); position 0 is the BOS token.
-    """
-
-    def _length_error(self, total: int) -> str:
-        modality = self.config.modality
-        return (
-            f"The {modality} code sequence ({total} positions with BOS) is longer than "
-            f"{modality}_decoder_config.max_position_embeddings ({self.config.max_position_embeddings})"
-        )
-
-
-@dataclass
-class OptTriCodeDecoderOutput(ModelOutput):
-    r"""
-    Output of [`OptTriForTextToImage`] and [`OptTriForTextToAudio`]. `n` is the number of decoder positions: the
-    image's `num_codes`, or for audio the longest clip's codes + 1 (its end code) in teacher forcing.
-
-    Args:
-        loss (`torch.FloatTensor` of shape `()`): mean next-code cross-entropy over the labelled positions (the codes,
-            and for audio the end code), when `labels` are given.
-        logits (`torch.FloatTensor` of shape `(B, n, vocab_size)`): next-code scores over the whole decoder vocabulary
-            (`codebook_size` codes, then BOS, end, PAD).
-        cache (`Cache`): the decoder's self-attention cache, when `use_cache`.
-        hidden_states, attentions, cross_attentions: the code decoder's per-layer states and self-/cross-attention
-            weights (as in [`OptTriCaptioningOutput`]), when asked for.
-        encoder_hidden_states (`(B, S, cross_modal_hidden)`), encoder_attention_mask (`(B, S)`): the cross-modal
-            states the decoder attends to.
-        encoder_outputs ([`OptTriModelOutput`]): the tri-modal model's full output, when this call ran the encoder.
-    """
-
-    loss: torch.FloatTensor | None = None
-    logits: torch.FloatTensor | None = None
-    cache: Cache | None = None
-    hidden_states: tuple[torch.FloatTensor, ...] | None = None
-    attentions: tuple[torch.FloatTensor, ...] | None = None
-    cross_attentions: tuple[torch.FloatTensor, ...] | None = None
-    encoder_hidden_states: torch.FloatTensor | None = None
-    encoder_attention_mask: torch.LongTensor | None = None
-    encoder_outputs: OptTriModelOutput | None = None
-
-
-@dataclass
-class OptTriCodeGenerationOutput(ModelOutput):
-    r"""
-    Output of `generate` of [`OptTriForTextToImage`] / [`OptTriForTextToAudio`]. `B'` is the batch size times
-    `num_return_sequences` (the samples of one input are consecutive).
-
-    Args:
-        codes (`torch.LongTensor`): the generated codes, always in `[0, codebook_size)`: `(B', grid_size, grid_size)`
-            for images (raster order); `(B', T')` for audio, `T'` the longest clip, with 0 after a clip's end.
-        codes_mask (`torch.LongTensor`, same shape as `codes`): 1 for generated codes, 0 after the end of a clip (all
-            1 for images). Pass it to `OptTriAudioVQModel.decode_waveform` as the code mask.
-        sequences (`torch.LongTensor` of shape `(B', 1 + steps)`): the raw decoder ids: BOS, the codes, and for audio
-            the end code and PAD after it.
-        generate_output (`GenerateOutput`, *optional*): `GenerationMixin.generate`'s own output (scores, logits,
-            attentions, hidden states, cache, beam indices) with `return_dict_in_generate=True`.
-    """
-
-    codes: torch.LongTensor | None = None
-    codes_mask: torch.LongTensor | None = None
-    sequences: torch.LongTensor | None = None
-    generate_output: ModelOutput | None = None
-
-
-def _check_sampling_arguments(temperature, top_k, top_p, seed, num_return_sequences) -> None:
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
-        raise ValueError(f"temperature must be a positive number, got {temperature!r}")
-    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
-        raise ValueError(f"top_k must be a non-negative int (0 switches top-k filtering off), got {top_k!r}")
-    if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p must be in (0, 1] (1.0 switches nucleus filtering off), got {top_p!r}")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise ValueError(f"seed must be an int or None, got {seed!r}")
-    if isinstance(num_return_sequences, bool) or not isinstance(num_return_sequences, int) or num_return_sequences < 1:
-        raise ValueError(f"num_return_sequences must be a positive int, got {num_return_sequences!r}")
-
-
-#: `GenerationMixin.generate` settings that a code decoder's `generate` sets itself.
-_CODE_GENERATION_FIXED_SETTINGS = frozenset(
-    ("max_new_tokens", "max_length", "min_new_tokens", "min_length", "bos_token_id", "eos_token_id", "pad_token_id",
-     "suppress_tokens", "begin_suppress_tokens", "generation_config")
-)
-
-
-@contextlib.contextmanager
-def _private_rng(seed: int | None, device: torch.device):
-    """With a `seed`: run the block on the global RNG seeded with it, then restore the global RNG's state (so the
-    same seed gives the same samples and the caller's RNG is untouched). Without one: the global RNG as it is."""
-    if seed is None:
-        yield
-        return
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
-        yield
-
-
-def code_decoder_targets(
-    dc: OptTriCodeDecoderConfig, labels: torch.Tensor, labels_mask: torch.Tensor | None = None
-) -> tuple[torch.LongTensor, torch.LongTensor]:
-    """
-    Teacher forcing of a code decoder: validate the VQ `labels` (images `(B, g, g)` or `(B, g * g)`; audio `(B, n)`
-    right-padded with -100 or `labels_mask` 0) and return (decoder inputs, targets), each `(B, n)` (audio: `n` = codes
-    + 1, the end code). Used by the text-to-image/audio heads and by DIR/DAR in pre-training.
-    """
-    if not torch.is_tensor(labels) or labels.is_floating_point() or labels.dtype == torch.bool:
-        raise TypeError(f"labels must be an integer tensor of {dc.modality} codes")
-    if dc.modality == "image" and labels.ndim == 3:
-        if tuple(labels.shape[1:]) != (dc.grid_size, dc.grid_size):
-            raise ValueError(
-                f"labels of shape {tuple(labels.shape)} do not match the decoder's code grid "
-                f"({dc.grid_size}, {dc.grid_size}); encode the images with the tokenizer the decoder was built for"
-            )
-        labels = labels.flatten(1)
-    if labels.ndim != 2:
-        raise ValueError(f"labels must have shape (B, n) codes, got {tuple(labels.shape)}")
-    labels = labels.long()
-    if labels_mask is not None:
-        if tuple(labels_mask.shape) != tuple(labels.shape):
-            raise ValueError(f"labels_mask must have shape {tuple(labels.shape)}, got {tuple(labels_mask.shape)}")
-        labels = labels.masked_fill(labels_mask == 0, -100)
-    real = labels != -100
-    bad = real & ((labels < 0) | (labels >= dc.codebook_size))
-    if bool(bad.any()):
-        raise ValueError(
-            f"labels must be {dc.modality} codes in [0, {dc.codebook_size}) (or -100 to ignore a position); got "
-            f"{labels[bad][:5].tolist()}. Is the tokenizer's codebook_size {dc.codebook_size}?"
-        )
-    batch, length = labels.shape
-    if dc.modality == "image":
-        if length != dc.num_codes:
-            raise ValueError(
-                f"An image has {dc.num_codes} codes ({dc.grid_size} x {dc.grid_size}); labels have {length} per row"
-            )
-        inputs = labels.new_full(labels.shape, dc.bos_token_id)
-        inputs[:, 1:] = labels[:, :-1].masked_fill(~real[:, :-1], dc.pad_token_id)
-        return inputs, labels
-    if length > dc.num_codes:
-        raise ValueError(f"labels have {length} codes per row, more than audio_decoder_config.num_codes={dc.num_codes}")
-    lengths = real.sum(-1)
-    positions = torch.arange(length, device=labels.device)
-    if bool((real != (positions[None, :] < lengths[:, None])).any()):
-        raise ValueError("audio labels must be right-padded: the real codes first, then -100 (or labels_mask 0)")
-    targets = labels.new_full((batch, length + 1), -100)
-    targets[:, :length] = labels
-    targets[torch.arange(batch, device=labels.device), lengths] = dc.eos_token_id  # the end-of-audio code
-    inputs = labels.new_full((batch, length + 1), dc.pad_token_id)
-    inputs[:, 0] = dc.bos_token_id
-    inputs[:, 1:] = labels.masked_fill(~real, dc.pad_token_id)
-    return inputs, targets
 
 
 class OptTriCodeGenerationModel(OptTriPreTrainedModel, GenerationMixin):
@@ -3222,114 +1985,6 @@ class OptTriForTextToAudio(OptTriCodeGenerationModel):
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-@dataclass
-class OptTriClassifierOutput(ModelOutput):
-    r"""
-    Output of [`OptTriForSequenceClassification`], [`OptTriForQuestionAnswering`] and [`OptTriForPairReasoning`].
-
-    Args:
-        loss (`torch.FloatTensor` of shape `()`): the training loss, when `labels` are given.
-        logits (`torch.FloatTensor` of shape `(B, num_labels)`): class (answer) scores before softmax / sigmoid
-            (`(B, 1)` for regression, `(B, 2)` for pair reasoning).
-        hidden_states (`tuple(torch.FloatTensor)`): cross-modal hidden states `(B, S, fusion_hidden)`, embeddings and
-            after each layer, when `output_hidden_states=True`.
-        attentions (`tuple(torch.FloatTensor)`): cross-modal attention weights `(B, heads, S, S)` per layer, when
-            `output_attentions=True`.
-        text_outputs / image_outputs / audio_outputs / cross_modal_outputs: each tower's own output and the
-            cross-modal encoder's, when hidden states or attentions are asked for (see [`OptTriModelOutput`]). For
-            pair reasoning, `image_outputs` and `cross_modal_outputs` have `2B` rows: the first images, then the
-            second images.
-    """
-
-    loss: torch.FloatTensor | None = None
-    logits: torch.FloatTensor | None = None
-    hidden_states: tuple[torch.FloatTensor, ...] | None = None
-    attentions: tuple[torch.FloatTensor, ...] | None = None
-    text_outputs: ModelOutput | None = None
-    image_outputs: ModelOutput | None = None
-    audio_outputs: ModelOutput | None = None
-    cross_modal_outputs: BaseModelOutputWithPooling | None = None
-
-    def to_tuple(self) -> tuple:
-        return _nested_to_tuple(self)
-
-
-@dataclass
-class OptTriRetrievalOutput(ModelOutput):
-    r"""
-    Output of [`OptTriForRetrieval`] (dual encoder). `B` is the batch size; row `i` of the query modality is paired
-    with row `i` of the gallery modality.
-
-    Args:
-        loss (`torch.FloatTensor` of shape `()`): `contrastive_loss + itm_loss_weight * itm_loss`, with
-            `return_loss=True`.
-        contrastive_loss (`torch.FloatTensor` of shape `()`): symmetric InfoNCE over the `(B, B)` similarities.
-        itm_loss (`torch.FloatTensor` of shape `()`): matching (ITM) cross-entropy of the cross-encoder over the
-            positive pairs and one hard negative per side (sampled from the similarities, as in pre-training).
-        logits_per_query (`torch.FloatTensor` of shape `(B, B)`): `exp(logit_scale) * cos(query_i, gallery_j)`.
-        logits_per_gallery (`torch.FloatTensor` of shape `(B, B)`): its transpose.
-        query_embeds / gallery_embeds (`torch.FloatTensor` of shape `(B, projection_dim)`): projected, L2-normalised
-            embeddings (the base model's `get_*_features`).
-        logit_scale (`torch.FloatTensor` of shape `()`): the learnable log inverse temperature.
-        text_outputs / image_outputs / audio_outputs (`BaseModelOutputWithPooling`): the query and gallery towers'
-            outputs (`pooler_output` = the embeddings), when hidden states or attentions are asked for.
-        logits_per_text / logits_per_image / logits_per_audio: the same logits named by modality, as CLIP and CLAP
-            name them (`logits_per_<query>` is `logits_per_query`, `logits_per_<gallery>` its transpose).
-    """
-
-    loss: torch.FloatTensor | None = None
-    contrastive_loss: torch.FloatTensor | None = None
-    itm_loss: torch.FloatTensor | None = None
-    logits_per_query: torch.FloatTensor | None = None
-    logits_per_gallery: torch.FloatTensor | None = None
-    query_embeds: torch.FloatTensor | None = None
-    gallery_embeds: torch.FloatTensor | None = None
-    logit_scale: torch.FloatTensor | None = None
-    text_outputs: BaseModelOutputWithPooling | None = None
-    image_outputs: BaseModelOutputWithPooling | None = None
-    audio_outputs: BaseModelOutputWithPooling | None = None
-    logits_per_text: torch.FloatTensor | None = None
-    logits_per_image: torch.FloatTensor | None = None
-    logits_per_audio: torch.FloatTensor | None = None
-
-    def to_tuple(self) -> tuple:
-        return _nested_to_tuple(self)
-
-
-@dataclass
-class OptTriRerankOutput(ModelOutput):
-    r"""
-    Output of [`OptTriForRetrieval.rerank`]. `Q` queries, `N` candidates, `k = min(top_k, N)`.
-
-    Args:
-        indices (`torch.LongTensor` of shape `(Q, k)`): candidate indices, best first by the cross-encoder (ITM)
-            matching score.
-        scores (`torch.FloatTensor` of shape `(Q, k)`): the ITM matching probability of each of `indices`.
-        retrieval_indices (`torch.LongTensor` of shape `(Q, k)`): the first-stage shortlist, best first by the
-            dual-encoder similarity.
-        similarity (`torch.FloatTensor` of shape `(Q, N)`): dual-encoder cosine similarities.
-    """
-
-    indices: torch.LongTensor | None = None
-    scores: torch.FloatTensor | None = None
-    retrieval_indices: torch.LongTensor | None = None
-    similarity: torch.FloatTensor | None = None
-
-
-class OptTriClassificationMLP(nn.Module):
-    """UNITER's answer / NLVR2 head: `Linear(in, hidden) -> act -> LayerNorm -> Linear(hidden, out)`."""
-
-    def __init__(self, input_size: int, hidden_size: int, output_size: int, hidden_act: str = "gelu", eps: float = 1e-12):
-        super().__init__()
-        self.dense = nn.Linear(input_size, hidden_size)
-        self.act = ACT2FN[hidden_act]
-        self.layer_norm = nn.LayerNorm(hidden_size, eps=eps)
-        self.output = nn.Linear(hidden_size, output_size)
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.output(self.layer_norm(self.act(self.dense(hidden_states))))
-
-
 class OptTriPromptLearner(nn.Module):
     """
     CoOp prompt learning (Zhou et al., 2022): `M` learnable context vectors, shared by all classes, are inserted in the
@@ -3367,32 +2022,7 @@ class OptTriPromptLearner(nn.Module):
         embeds = torch.cat([words[:, :1], context, words[:, 1:]], dim=1)
         mask = torch.cat([mask[:, :1], mask.new_ones(ids.shape[0], self.context_length), mask[:, 1:]], dim=1)
         hidden = text_model(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
-        return F.normalize(text_projection(hidden[:, 0]), dim=-1)
-
-
-def _classification_loss(config: OptTriConfig, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """BERT's loss choice: `config.problem_type`, inferred from `num_labels` and the label dtype when unset."""
-    num_labels = logits.shape[-1]
-    if config.problem_type is None:
-        if num_labels == 1:
-            config.problem_type = "regression"
-        elif labels.dtype in (torch.long, torch.int, torch.int16, torch.int8, torch.uint8):
-            config.problem_type = "single_label_classification"
-        else:
-            config.problem_type = "multi_label_classification"
-    logits = logits.float()
-    if config.problem_type == "regression":
-        if num_labels == 1:
-            return F.mse_loss(logits.squeeze(-1), labels.float().reshape(-1))
-        return F.mse_loss(logits, labels.float())
-    if config.problem_type == "single_label_classification":
-        return F.cross_entropy(logits.view(-1, num_labels), labels.long().view(-1), ignore_index=-100)
-    if config.problem_type == "multi_label_classification":
-        return F.binary_cross_entropy_with_logits(logits, labels.float())
-    raise ValueError(
-        f"problem_type must be regression, single_label_classification or multi_label_classification, "
-        f"got {config.problem_type!r}"
-    )
+        return project_cls(text_projection, hidden)
 
 
 def _pooled_cls(
@@ -3406,17 +2036,6 @@ def _pooled_cls(
         out = model(**inputs, output_attentions=attentions, output_hidden_states=hidden, return_dict=True)
         return out.pooler_output, out
     return model.pooled_output(**inputs), None
-
-
-def _save_hub_files(model: PreTrainedModel, save_directory) -> None:
-    """Copy the Hub files (this module and its relative imports) next to the weights of a head with no Auto class,
-    so that `get_class_from_dynamic_module("modeling_opt_tri.<Head>", folder)` loads it without our package."""
-    import os
-
-    from transformers.dynamic_module_utils import custom_object_save
-
-    os.makedirs(save_directory, exist_ok=True)
-    custom_object_save(model, save_directory)
 
 
 #: State-dict keys of modules a head no longer builds (its objectives never use them); older checkpoints of the head
@@ -3502,7 +2121,7 @@ class OptTriForSequenceClassification(OptTriPreTrainedModel):
                 raise ValueError("This prompt-tuned classifier compares audio with the class prompts: pass input_features")
             features = base.get_audio_features(input_features, audio_attention_mask).pooler_output
         classes = self.prompt_learner(base.text_model, base.text_projection)
-        return base.logit_scale.exp().clamp(max=100.0) * features @ classes.t()
+        return clamped_logit_scale(base.logit_scale) * features @ classes.t()
 
     def forward(
         self,
@@ -3800,7 +2419,7 @@ class OptTriForRetrieval(OptTriPreTrainedModel):
         q_embeds, g_embeds = q_features.pooler_output, g_features.pooler_output
         towers = {f"{query_modality}_outputs": q_features, f"{gallery_modality}_outputs": g_features} if wanted else {}
         logit_scale = self.opt_tri.logit_scale
-        logits_per_query = logit_scale.exp().clamp(max=100.0) * q_embeds.float() @ g_embeds.float().t()
+        logits_per_query = clamped_logit_scale(logit_scale) * q_embeds.float() @ g_embeds.float().t()
         loss = contrastive = itm = None
         if return_loss:
             valid = torch.ones(q_embeds.shape[0], dtype=torch.bool, device=q_embeds.device)
@@ -3839,41 +2458,6 @@ class OptTriForRetrieval(OptTriPreTrainedModel):
         )
         labels = torch.cat([torch.ones_like(rows), torch.zeros_like(rows), torch.zeros_like(rows)])
         return F.cross_entropy(itm_logits.float(), labels)
-
-
-def _check_retrieval_inputs(config, inputs: dict, modalities: tuple[str, str], paired: bool) -> None:
-    """The checks of `OptTriModel` on the two sides of a retrieval call: together (same batch size) for a paired
-    batch, else each side on its own (a `Q x G` scoring call)."""
-    side_inputs = {m: {k: inputs.get(k) for k in _SIDE_INPUTS[m]} for m in modalities}
-    for m, given in side_inputs.items():
-        _required(given, _SIDE_INPUTS[m][0], m)
-    if paired:
-        _check_model_inputs(config, **side_inputs[modalities[0]], **side_inputs[modalities[1]])
-    else:
-        for given in side_inputs.values():
-            _check_model_inputs(config, **given)
-
-
-_SIDE_INPUTS = {
-    "text": ("input_ids", "attention_mask", "token_type_ids"),
-    "image": ("pixel_values", "image_mask"),
-    "audio": ("input_features", "audio_attention_mask"),
-}
-
-
-def _required(inputs: dict[str, torch.Tensor | None], name: str, modality: str) -> torch.Tensor:
-    value = inputs.get(name)
-    if value is None:
-        raise ValueError(f"The {modality} side needs `{name}`, which was not given")
-    return value
-
-
-def _check_pair(query_modality: str, gallery_modality: str) -> None:
-    for modality in (query_modality, gallery_modality):
-        if modality not in MODALITIES:
-            raise ValueError(f"Unknown modality {modality!r}; expected one of {MODALITIES}")
-    if query_modality == gallery_modality:
-        raise ValueError(f"Query and gallery must be two different modalities, got {query_modality!r} twice")
 
 
 class OptTriForPairReasoning(OptTriPreTrainedModel):

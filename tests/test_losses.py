@@ -26,6 +26,7 @@ from modeling_opt_tri.modeling_opt_tri import (
     masked_frame_contrastive_loss,
     masked_regression_loss,
     mlm_loss,
+    token_cross_entropy,
     wra_loss,
 )
 
@@ -51,7 +52,15 @@ def _gen(seed=0):
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def test_mlm_loss_falls_toward_target_and_ignores_unmasked():
+def test_mlm_loss_is_a_deprecated_alias_of_token_cross_entropy():
+    logits, labels = torch.randn(2, 5, 11, generator=_gen()), torch.randint(11, (2, 5), generator=_gen(1))
+    labels[0, :2] = -100
+    with pytest.warns(FutureWarning, match="token_cross_entropy"):
+        old = mlm_loss(logits, labels)
+    assert torch.equal(old, token_cross_entropy(logits, labels))
+
+
+def test_token_cross_entropy_falls_toward_target_and_ignores_unmasked():
     g = _gen()
     vocab = 50
     base = torch.randn(3, 7, vocab, generator=g)
@@ -60,17 +69,17 @@ def test_mlm_loss_falls_toward_target_and_ignores_unmasked():
     masked[0, 0] = True
     labels = targets.masked_fill(~masked, -100)
     ideal = 20.0 * F.one_hot(targets, vocab).float()
-    losses = [mlm_loss((1 - t) * base + t * ideal, labels) for t in TS]
-    _strictly_decreasing(losses, "mlm_loss")
+    losses = [token_cross_entropy((1 - t) * base + t * ideal, labels) for t in TS]
+    _strictly_decreasing(losses, "token_cross_entropy")
     assert losses[-1] < 1e-3
 
     # equals the mean cross-entropy over the masked positions only
     expected = F.cross_entropy(base[masked], targets[masked])
-    assert torch.allclose(mlm_loss(base, labels), expected)
+    assert torch.allclose(token_cross_entropy(base, labels), expected)
     # logits at unmasked positions do not matter
     changed = base.clone()
     changed[~masked] = torch.randn(int((~masked).sum()), vocab, generator=g) * 10
-    assert torch.equal(mlm_loss(changed, labels), mlm_loss(base, labels))
+    assert torch.equal(token_cross_entropy(changed, labels), token_cross_entropy(base, labels))
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -317,7 +326,7 @@ def test_tri_matching_labels_match_the_triples_built(monkeypatch):
             for s in (0.0, 2.0, 8.0, 30.0) if seed == 0 else (30.0,):
                 scale["value"] = s
                 torch.manual_seed(seed)
-                losses.append(model._tri_matching(states, valid))
+                losses.append(model.tri_matching(states, valid))
             if seed == 0:
                 assert torch.allclose(losses[0], torch.tensor(math.log(5.0)))
             _strictly_decreasing(losses, f"tri-matching loss (n={n}, seed={seed})")
@@ -352,7 +361,7 @@ def test_itm_labels_and_hard_negatives(monkeypatch, rows_per_sample):
             for s in (0.0, 2.0, 8.0, 30.0) if seed == 0 else (30.0,):
                 scale["value"] = s
                 torch.manual_seed(seed)
-                itm, wra = model._pair_matching(a, b, states, embeds, valid, want_wra=False)
+                itm, wra = model.pair_matching(a, b, states, embeds, valid, want_wra=False)
                 assert wra is None
                 losses.append(itm)
             _strictly_decreasing(losses, f"ITM loss ({a}-{b}, seed {seed})")
@@ -370,7 +379,7 @@ def test_itm_labels_and_hard_negatives(monkeypatch, rows_per_sample):
     monkeypatch.setattr(model.opt_tri, "fuse_selected", _as_fuse_selected(recording_fuse))
     for seed in range(20):
         torch.manual_seed(seed)
-        model._pair_matching("text", "image", states, embeds, valid, want_wra=False)
+        model.pair_matching("text", "image", states, embeds, valid, want_wra=False)
     assert 2 not in used and set(used) == {0, 1, 3, 4}
 
 
@@ -452,7 +461,7 @@ def test_itm_negative_sampling_mixes_hard_and_uniform(monkeypatch, fraction):
     trials = 400
     torch.manual_seed(0)
     for _ in range(trials):
-        model._pair_matching("text", "image", states, embeds, valid, want_wra=False)
+        model.pair_matching("text", "image", states, embeds, valid, want_wra=False)
     negatives = torch.stack([p[n : 2 * n] for p in picked])  # (trials, n): the image negative of each text
     rows = torch.arange(n)
     assert (negatives != rows).all(), "a negative was the sample itself"
@@ -512,7 +521,7 @@ def test_mask_positions_never_picks_padding_and_at_least_one_per_row():
     rows = torch.rand(batch, generator=g) < 0.7
     for probability in (0.01, 0.15, 0.6):
         torch.manual_seed(1)
-        chosen = OptTriForPreTraining._mask_positions(real, rows, probability)
+        chosen = OptTriForPreTraining.mask_positions(real, rows, probability)
         assert not (chosen & ~real).any()
         assert not chosen[~rows].any()
         has_candidates = rows & real.any(1)
@@ -534,7 +543,7 @@ def test_conditional_masking_masks_exactly_one_modality_per_sample():
     present = _random_presence(200, 9)
     wanted = {m: True for m in MODALITIES}
     torch.manual_seed(0)
-    picked = model._choose_masked_modalities(present, wanted)
+    picked = model.choose_masked_modalities(present, wanted)
     count = sum(picked[m].long() for m in MODALITIES)
     any_present = torch.stack([present[m] for m in MODALITIES], 1).any(1)
     assert torch.equal(count, any_present.long()), "conditional masking must pick exactly one modality per sample"
@@ -542,7 +551,7 @@ def test_conditional_masking_masks_exactly_one_modality_per_sample():
         assert not (picked[m] & ~present[m]).any()
         assert picked[m].sum() > 20  # each modality gets its turn
     # an objective that is off is never chosen
-    picked = model._choose_masked_modalities(present, {"text": False, "image": True, "audio": True})
+    picked = model.choose_masked_modalities(present, {"text": False, "image": True, "audio": True})
     assert not picked["text"].any()
     only_text = present["text"] & ~present["image"] & ~present["audio"]
     assert only_text.any() and not any(picked[m][only_text].any() for m in MODALITIES)
@@ -552,7 +561,7 @@ def test_joint_masking_masks_every_present_modality():
     model = OptTriForPreTraining(tiny_config(masking_policy="joint"))
     present = _random_presence(200, 10)
     wanted = {"text": True, "image": False, "audio": True}
-    picked = model._choose_masked_modalities(present, wanted)
+    picked = model.choose_masked_modalities(present, wanted)
     for m in MODALITIES:
         assert torch.equal(picked[m], present[m] & wanted[m])
 
@@ -562,8 +571,8 @@ def test_modality_dropping_never_drops_everything_and_keeps_the_masked_modality(
     model.config.modality_mask_probability = 0.9
     present = _random_presence(400, 11)
     torch.manual_seed(0)
-    keep = model._choose_masked_modalities(present, {m: True for m in MODALITIES})
-    kept = model._drop_modalities(present, keep)
+    keep = model.choose_masked_modalities(present, {m: True for m in MODALITIES})
+    kept = model.drop_modalities(present, keep)
     any_present = torch.stack([present[m] for m in MODALITIES], 1).any(1)
     any_kept = torch.stack([kept[m] for m in MODALITIES], 1).any(1)
     assert torch.equal(any_kept, any_present), "a sample lost every modality"
@@ -577,11 +586,11 @@ def test_modality_dropping_never_drops_everything_and_keeps_the_masked_modality(
 
     # with nothing token-masked, dropping still leaves every sample a modality
     nothing = {m: torch.zeros(400, dtype=torch.bool) for m in MODALITIES}
-    kept = model._drop_modalities(present, nothing)
+    kept = model.drop_modalities(present, nothing)
     assert torch.equal(torch.stack([kept[m] for m in MODALITIES], 1).any(1), any_present)
 
     model.config.modality_mask_probability = 0.0
-    kept = model._drop_modalities(present, keep)
+    kept = model.drop_modalities(present, keep)
     assert all(torch.equal(kept[m], present[m]) for m in MODALITIES)
 
 
@@ -594,7 +603,7 @@ def test_forward_token_masking_policy(monkeypatch, policy):
     data["image_mask"][6] = 0  # row 6 has no image
     data["audio_attention_mask"][7] = 0  # row 7 has no audio
     calls = {}
-    original_text, original_positions = model.mask_text, OptTriForPreTraining._mask_positions
+    original_text, original_positions = model.mask_text, OptTriForPreTraining.mask_positions
 
     def spy_text(input_ids, attention_mask, rows, generator=None):
         calls["text"] = rows.clone()
@@ -605,7 +614,7 @@ def test_forward_token_masking_policy(monkeypatch, policy):
         return original_positions(real, rows, probability, generator=generator)
 
     monkeypatch.setattr(model, "mask_text", spy_text)
-    monkeypatch.setattr(model, "_mask_positions", spy_positions)
+    monkeypatch.setattr(model, "mask_positions", spy_positions)
     for seed in range(5):
         calls.clear()
         with torch.no_grad():
@@ -767,7 +776,7 @@ def test_each_head_reads_the_cross_modal_states_of_its_own_masked_tokens(monkeyp
         model.config.masking_policy = "conditional"
         model.config.modality_mask_probability = 1.0
     masks, seen = {}, {}
-    original_positions = OptTriForPreTraining._mask_positions
+    original_positions = OptTriForPreTraining.mask_positions
 
     def spy_positions(real, rows, probability, generator=None):
         chosen = original_positions(real, rows, probability, generator=generator)
@@ -792,7 +801,7 @@ def test_each_head_reads_the_cross_modal_states_of_its_own_masked_tokens(monkeyp
             seen[name] = args[0] if name != "text_decoder" else args[2]
         return hook
 
-    monkeypatch.setattr(model, "_mask_positions", spy_positions)
+    monkeypatch.setattr(model, "mask_positions", spy_positions)
     monkeypatch.setattr(model.opt_tri, "fuse_selected", tracer)
     for name in ("mlm_head", "mrfr_head", "mrc_head", "mafr_head", "mac_head", "text_decoder"):
         getattr(model, name).register_forward_hook(record(name))
@@ -908,9 +917,9 @@ def _fixed_image_mask(monkeypatch, model, mask):
     def fixed(real, rows, probability, generator=None):
         if real.shape[1] == mask.shape[1]:
             return mask.clone()
-        return OptTriForPreTraining._mask_positions(real, rows, probability, generator=generator)
+        return OptTriForPreTraining.mask_positions(real, rows, probability, generator=generator)
 
-    monkeypatch.setattr(model, "_mask_positions", fixed)
+    monkeypatch.setattr(model, "mask_positions", fixed)
 
 
 def test_mrc_uses_only_masked_patches_and_falls_toward_the_codes(monkeypatch, batch):

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -36,7 +37,11 @@ HUB_FILES = {
     "config.json", "model.safetensors", "configuration_opt_tri.py", "modeling_opt_tri.py", "processor_config.json",
     "processing_opt_tri.py", "image_processing_opt_tri.py", "feature_extraction_opt_tri.py", "tokenizer.json",
     "tokenizer_config.json",
+    # the helper Hub files that modeling_opt_tri.py reaches by relative import (layers, losses, decoders, ...)
+    *(path.name for path in (Path(__file__).resolve().parents[1] / "modeling_opt_tri").glob("modeling_opt_tri_*.py")
+      if path.name != "modeling_opt_tri_vq.py"),
 }
+assert len(HUB_FILES) > 12, "the modeling helper files are missing from HUB_FILES"
 
 #: Runs first in every fresh process: the installed package (editable: its finder is on sys.meta_path) must not be
 #: importable, while the remote-code copies under `transformers_modules.<...>.modeling_opt_tri` must be.

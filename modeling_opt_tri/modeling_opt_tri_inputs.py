@@ -1,0 +1,152 @@
+"""Input checks of OPT-Tri's forwards: clear `ValueError`s naming the argument before anything reaches torch; the
+fixed-seed generator of `eval()`-mode forwards."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .configuration_opt_tri import OptTriAudioConfig, OptTriConfig
+from .modeling_opt_tri_layers import MODALITIES
+
+
+def _check_audio_features(input_features: torch.Tensor, config: OptTriAudioConfig) -> None:
+    if not torch.is_tensor(input_features) or not input_features.is_floating_point():
+        raise TypeError("input_features must be a floating-point tensor of log-mel features (B, num_mel_bins, T)")
+    if input_features.ndim != 3 or input_features.shape[1] != config.num_mel_bins:
+        raise ValueError(
+            f"input_features must have shape (batch, {config.num_mel_bins} mel bins, frames); got "
+            f"{tuple(input_features.shape)}. Use OptTriFeatureExtractor with feature_size={config.num_mel_bins}."
+        )
+    tokens = math.ceil(input_features.shape[-1] / config.patch_frames)
+    if tokens > config.max_position_embeddings:
+        raise ValueError(
+            f"The audio is too long: {input_features.shape[-1]} frames give {tokens} audio tokens, more than "
+            f"audio_config.max_position_embeddings={config.max_position_embeddings}. Shorten the clips (the feature "
+            "extractor's max_length_seconds) or use a config with more positions."
+        )
+
+
+_MODEL_INPUT_NAMES = (
+    "input_ids", "attention_mask", "token_type_ids", "pixel_values", "image_mask", "input_features", "audio_attention_mask"
+)
+
+
+def _check_token_ids(ids: torch.Tensor | None, vocab_size: int, name: str) -> None:
+    """Raise a `ValueError` naming `name` unless every id of `ids` (if given and not empty) is in `[0, vocab_size)`."""
+    if ids is None or not ids.numel():
+        return
+    low, high = (int(v) for v in torch.aminmax(ids))
+    if low < 0 or high >= vocab_size:
+        raise ValueError(f"{name} must be in [0, {vocab_size}); got values in [{low}, {high}]")
+
+
+def _check_model_inputs(config: OptTriConfig, **inputs: torch.Tensor | None) -> int:
+    """
+    Validate the inputs of `OptTriModel.forward` / `OptTriForPreTraining.forward` before torch touches them, so a bad
+    input raises a `TypeError`/`ValueError` that names it (not an error deep inside torch, nor NaN outputs). Checks
+    types and dtypes, shapes (masks against their inputs, batch sizes across modalities), the text length against the
+    text encoder's positions, token type ids, and NaN/inf in `pixel_values` / `input_features`. Returns the batch size.
+    """
+    given = {name: inputs.get(name) for name in _MODEL_INPUT_NAMES if inputs.get(name) is not None}
+    for name, tensor in given.items():
+        if not torch.is_tensor(tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__} (use return_tensors='pt')")
+    input_ids, pixel_values, input_features = (given.get(n) for n in ("input_ids", "pixel_values", "input_features"))
+    if input_ids is not None:
+        if input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool:
+            raise TypeError(f"input_ids must be an integer tensor of token ids, got dtype {input_ids.dtype}")
+        if input_ids.ndim != 2:
+            raise ValueError(f"input_ids must have shape (batch, length); got {tuple(input_ids.shape)}")
+    for name, tensor, ndim, layout in (
+        ("pixel_values", pixel_values, 4, "(batch, channels, height, width)"),
+        ("input_features", input_features, 3, "(batch, num_mel_bins, frames)"),
+    ):
+        if tensor is None:
+            continue
+        if not tensor.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor {layout}, got dtype {tensor.dtype}")
+        if tensor.ndim != ndim:
+            raise ValueError(f"{name} must have shape {layout}; got {tuple(tensor.shape)}")
+    sizes = {n: t.shape[0] for n, t in (("input_ids", input_ids), ("pixel_values", pixel_values),
+                                        ("input_features", input_features)) if t is not None}
+    if not sizes:
+        raise ValueError("No modality given: pass at least one of input_ids, pixel_values or input_features.")
+    if len(set(sizes.values())) > 1:
+        raise ValueError(f"The batch sizes of the modalities do not match: {sizes}")
+    batch = next(iter(sizes.values()))
+    if batch == 0:
+        raise ValueError(f"The batch is empty: {next(iter(sizes))} has batch size 0")
+    expected_shapes = {
+        "attention_mask": tuple(input_ids.shape) if input_ids is not None else None,
+        "token_type_ids": tuple(input_ids.shape) if input_ids is not None else None,
+        "image_mask": (batch,) if pixel_values is not None else None,
+        "audio_attention_mask": (batch, input_features.shape[-1]) if input_features is not None else None,
+    }
+    for name, shape in expected_shapes.items():
+        if name in given and shape is not None and tuple(given[name].shape) != shape:
+            raise ValueError(f"{name} must have shape {shape} to match the inputs; got {tuple(given[name].shape)}")
+    text_config = config.text_config
+    if input_ids is not None:
+        max_positions = getattr(text_config, "max_position_embeddings", None)
+        if isinstance(max_positions, int) and input_ids.shape[1] > max_positions:
+            raise ValueError(
+                f"input_ids has {input_ids.shape[1]} tokens per row, more than text_config.max_position_embeddings="
+                f"{max_positions}. Truncate the text (the processor's max_length) or use a config with more positions."
+            )
+        token_type_ids, type_vocab = given.get("token_type_ids"), getattr(text_config, "type_vocab_size", None)
+        if token_type_ids is not None and isinstance(type_vocab, int):
+            _check_token_ids(token_type_ids, type_vocab, "token_type_ids")
+    for name, tensor in (("pixel_values", pixel_values), ("input_features", input_features)):
+        if tensor is not None and not bool(torch.isfinite(tensor).all()):
+            raise ValueError(f"{name} contains NaN or inf values; check the images/audio and their preprocessing")
+    return batch
+
+
+#: Seed of the generator that `eval()`-mode forwards use for their random draws when none is passed.
+EVAL_SEED = 0
+
+
+def _eval_generator(model: nn.Module, generator: torch.Generator | None, device) -> torch.Generator | None:
+    """The generator of a forward's random draws: the one passed; in `eval()` mode a new one seeded with
+    `EVAL_SEED` (identical calls agree); in training mode `None` (torch's global RNG)."""
+    if generator is not None or model.training:
+        return generator
+    return torch.Generator(device=device).manual_seed(EVAL_SEED)
+
+
+def _check_retrieval_inputs(config, inputs: dict, modalities: tuple[str, str], paired: bool) -> None:
+    """The checks of `OptTriModel` on the two sides of a retrieval call: together (same batch size) for a paired
+    batch, else each side on its own (a `Q x G` scoring call)."""
+    side_inputs = {m: {k: inputs.get(k) for k in _SIDE_INPUTS[m]} for m in modalities}
+    for m, given in side_inputs.items():
+        _required(given, _SIDE_INPUTS[m][0], m)
+    if paired:
+        _check_model_inputs(config, **side_inputs[modalities[0]], **side_inputs[modalities[1]])
+    else:
+        for given in side_inputs.values():
+            _check_model_inputs(config, **given)
+
+
+_SIDE_INPUTS = {
+    "text": ("input_ids", "attention_mask", "token_type_ids"),
+    "image": ("pixel_values", "image_mask"),
+    "audio": ("input_features", "audio_attention_mask"),
+}
+
+
+def _required(inputs: dict[str, torch.Tensor | None], name: str, modality: str) -> torch.Tensor:
+    value = inputs.get(name)
+    if value is None:
+        raise ValueError(f"The {modality} side needs `{name}`, which was not given")
+    return value
+
+
+def _check_pair(query_modality: str, gallery_modality: str) -> None:
+    for modality in (query_modality, gallery_modality):
+        if modality not in MODALITIES:
+            raise ValueError(f"Unknown modality {modality!r}; expected one of {MODALITIES}")
+    if query_modality == gallery_modality:
+        raise ValueError(f"Query and gallery must be two different modalities, got {query_modality!r} twice")
