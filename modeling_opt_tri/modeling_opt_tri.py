@@ -104,6 +104,7 @@ from .modeling_opt_tri_decoders import (  # noqa: F401 (the public names are re-
     _shift_right,
     OptTriCodeDecoder,
     _check_sampling_arguments,
+    _check_code_generate_arguments,
     _CODE_GENERATION_FIXED_SETTINGS,
     _private_rng,
     code_decoder_targets,
@@ -142,23 +143,23 @@ logger = logging.get_logger(__name__)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Outputs
-# ----------------------------------------------------------------------------------------------------------------------
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Transformer blocks (used by the audio encoder and the cross-modal encoder)
-# ----------------------------------------------------------------------------------------------------------------------
-
-
-# ----------------------------------------------------------------------------------------------------------------------
 # Pre-trained model base
 # ----------------------------------------------------------------------------------------------------------------------
+
+
+#: The pre-training heads' modules (`OptTriForPreTraining`): a pre-training checkpoint holds them, and the base model
+#: and every head that does not build them load such a checkpoint quietly (a missing tower weight is still reported).
+PRETRAINING_HEAD_MODULES = (
+    "mlm_head", "mrfr_head", "mafr_head", "mac_head", "mrc_head", "itm_head", "tri_matching_head",
+    "text_decoder", "lm_head", "image_decoder", "image_head", "audio_decoder", "audio_head",
+)
+_PRETRAINING_HEAD_KEYS = [rf"^{name}\." for name in PRETRAINING_HEAD_MODULES]
 
 
 class OptTriPreTrainedModel(PreTrainedModel):
     config_class = OptTriConfig
     base_model_prefix = "opt_tri"
+    _keys_to_ignore_on_load_unexpected = _PRETRAINING_HEAD_KEYS
     main_input_name = "input_ids"
     supports_gradient_checkpointing = True
     # forward() takes **kwargs but averages its losses itself: Trainer must scale for gradient accumulation
@@ -849,6 +850,18 @@ class OptTriForPreTraining(OptTriPreTrainedModel):
 
     `tasks` picks the objectives of one call (one task per step, the OPT/UNITER scheduling); by default every
     objective with a positive weight runs and `loss` is their weighted sum (FLAVA's scheduling).
+
+    What is random: which modalities of a sample are token-masked (conditional policy), which tokens / patches /
+    audio tokens are masked and how (80/10/10 for text), which modalities are dropped (modality-level masking),
+    the ITM negatives (hard or uniform) and the `rows_per_sample=1` pairing, and the tri-modal matching classes
+    and partners. In training mode these draws come from the `generator` passed to `forward`, or torch's global RNG
+    when it is `None`, and dropout (in the towers; the presets' cross-modal encoder has none) from the global RNG.
+    In `eval()` mode without a `generator`, a generator with a fixed seed is used, so identical calls give
+    identical outputs and the global RNG is left alone.
+
+    `forward` runs named phases, each a public method with typed inputs and outputs
+    (`modeling_opt_tri_phases.py`): `prepare_batch` -> `plan_masks` -> `encode_views` -> `fuse_masked_views` ->
+    `modality_reconstruction_losses` and `token_level_losses` -> `sample_level_losses` -> `weigh_losses`.
     """
 
     def __init__(self, config: OptTriConfig):
@@ -923,15 +936,11 @@ class OptTriForPreTraining(OptTriPreTrainedModel):
         output_attentions: bool | None = None, output_hidden_states: bool | int | list[int] | None = None,
         return_dict: bool | None = None, generator: torch.Generator | None = None, **kwargs,
     ) -> OptTriForPreTrainingOutput:
-        r"""
-        Inputs as for [`OptTriModel`] (clean, unmasked: masking happens here), plus `image_codes` `(B, g, g)` int
-        (MRC / DIR targets), `image_code_probs` `(B, g, g, codebook_size)` (MRC-kl targets), `audio_codes` `(B, n)`
-        int with `audio_codes_mask` (DAR targets); `tasks`: the objectives of this call (default: every one with a
-        positive weight); `output_attentions` / `output_hidden_states`: also return the base model's per-tower
-        outputs on the clean inputs; `generator`: the source of every random draw (see the class docstring).
-        The phases: `prepare_batch` -> `plan_masks` -> `encode_views` -> `fuse_masked_views` ->
-        `modality_reconstruction_losses`, `token_level_losses` -> `sample_level_losses` -> `weigh_losses`.
-        """
+        r"""Inputs as for [`OptTriModel`] (clean: masking happens here), plus the VQ codes `image_codes` `(B, g, g)`,
+        `image_code_probs` `(B, g, g, K)`, `audio_codes` / `audio_codes_mask` `(B, n)`; `tasks` (default: every
+        objective with a positive weight); `output_*`: also the base model's per-tower outputs on the clean inputs;
+        `generator`: every random draw (class docstring). Phases: `prepare_batch` -> `plan_masks` -> `encode_views`
+        -> `fuse_masked_views` -> reconstruction / token-level -> `sample_level_losses` -> `weigh_losses`."""
         generator = _eval_generator(self, generator, self.opt_tri.logit_scale.device)
         batch = self.prepare_batch(
             tasks, input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
@@ -1776,18 +1785,7 @@ class OptTriCodeGenerationModel(OptTriPreTrainedModel, GenerationMixin):
             [`OptTriCodeGenerationOutput`] with `codes`, `codes_mask` and the raw `sequences`.
         """
         _check_sampling_arguments(temperature, top_k, top_p, seed, num_return_sequences)
-        _check_generate_arguments(generate_kwargs)
-        if generate_kwargs.get("assistant_model") is not None:
-            raise ValueError(
-                "assistant_model is not supported by the code decoders (their generate takes the text prompt as "
-                "input_ids); use prompt_lookup_num_tokens for speculative decoding"
-            )
-        fixed = sorted(set(generate_kwargs) & _CODE_GENERATION_FIXED_SETTINGS)
-        if fixed:
-            raise ValueError(
-                f"{fixed} cannot be set for code generation: the length comes from max_new_codes / min_new_codes and "
-                "the decoder config, and the special ids from the codebook"
-            )
+        _check_code_generate_arguments(generate_kwargs)
         steps, min_new_codes = self._code_budget(max_new_codes, min_new_codes)
         if encoder_hidden_states is None:
             encoder_hidden_states, encoder_states_mask = self.encode(
@@ -2073,7 +2071,7 @@ class OptTriForSequenceClassification(OptTriPreTrainedModel):
     ```
     """
 
-    _keys_to_ignore_on_load_unexpected = _MASK_TOKEN_KEYS
+    _keys_to_ignore_on_load_unexpected = _MASK_TOKEN_KEYS + _PRETRAINING_HEAD_KEYS
 
     def __init__(self, config: OptTriConfig):
         super().__init__(config)
@@ -2182,7 +2180,7 @@ class OptTriForQuestionAnswering(OptTriPreTrainedModel):
     ```
     """
 
-    _keys_to_ignore_on_load_unexpected = _MASK_TOKEN_KEYS + _PROJECTION_KEYS
+    _keys_to_ignore_on_load_unexpected = _MASK_TOKEN_KEYS + _PROJECTION_KEYS + _PRETRAINING_HEAD_KEYS
 
     def __init__(self, config: OptTriConfig):
         super().__init__(config)
@@ -2259,7 +2257,7 @@ class OptTriForRetrieval(OptTriPreTrainedModel):
     masked modelling reads, are not built.
     """
 
-    _keys_to_ignore_on_load_unexpected = _MASK_TOKEN_KEYS
+    _keys_to_ignore_on_load_unexpected = _MASK_TOKEN_KEYS + _PRETRAINING_HEAD_KEYS
 
     def __init__(self, config: OptTriConfig):
         super().__init__(config)
@@ -2470,7 +2468,7 @@ class OptTriForPairReasoning(OptTriPreTrainedModel):
     No `transformers` Auto class fits; see [`OptTriForRetrieval`] for loading the checkpoint as remote code.
     """
 
-    _keys_to_ignore_on_load_unexpected = _MASK_TOKEN_KEYS + _PROJECTION_KEYS + _AUDIO_TOWER_KEYS
+    _keys_to_ignore_on_load_unexpected = _MASK_TOKEN_KEYS + _PROJECTION_KEYS + _AUDIO_TOWER_KEYS + _PRETRAINING_HEAD_KEYS
 
     def __init__(self, config: OptTriConfig):
         super().__init__(config)

@@ -284,6 +284,22 @@ _CODE_GENERATION_FIXED_SETTINGS = frozenset(
 )
 
 
+def _check_code_generate_arguments(generate_kwargs: dict) -> None:
+    """`GenerationMixin.generate` settings the code decoders refuse, with a clear `ValueError` each."""
+    _check_generate_arguments(generate_kwargs)
+    if generate_kwargs.get("assistant_model") is not None:
+        raise ValueError(
+            "assistant_model is not supported by the code decoders (their generate takes the text prompt as "
+            "input_ids); use prompt_lookup_num_tokens for speculative decoding"
+        )
+    fixed = sorted(set(generate_kwargs) & _CODE_GENERATION_FIXED_SETTINGS)
+    if fixed:
+        raise ValueError(
+            f"{fixed} cannot be set for code generation: the length comes from max_new_codes / min_new_codes and "
+            "the decoder config, and the special ids from the codebook"
+        )
+
+
 @contextlib.contextmanager
 def _private_rng(seed: int | None, device: torch.device):
     """With a `seed`: run the block on the global RNG seeded with it, then restore the global RNG's state (so the

@@ -35,7 +35,13 @@ MODALITY_KEYS = {
     "image": ("pixel_values", "image_mask"),
     "audio": ("input_features", "audio_attention_mask"),
 }
-SAVED_FILES = {"config.json", "model.safetensors", "configuration_opt_tri.py", "modeling_opt_tri.py", "README.md"}
+#: The Hub files modeling_opt_tri.py reaches by relative import travel with it (save_pretrained copies them).
+MODELING_HELPERS = {
+    f"modeling_opt_tri_{part}.py"
+    for part in ("outputs", "layers", "inputs", "losses", "masking", "phases", "decoders", "conversion", "hub")
+}
+SAVED_FILES = {"config.json", "model.safetensors", "configuration_opt_tri.py", "modeling_opt_tri.py", "README.md",
+               *MODELING_HELPERS}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
