@@ -89,6 +89,7 @@ from .modeling_opt_tri_losses import (  # noqa: F401 (the public names are re-ex
     patchify_audio,
     codes_by_patch,
     itm_pairs,
+    sample_itm_negatives,
     _take,
     _classification_loss,
 )
@@ -1281,17 +1282,9 @@ class OptTriForPreTraining(OptTriPreTrainedModel):
         base = self.opt_tri
         rows = valid.nonzero().flatten()
         with torch.no_grad():
-            n = len(rows)
-            off_diagonal = 1.0 - torch.eye(n, device=rows.device)
-            sim = embeds[a][rows].float() @ embeds[b][rows].float().t()
-            hard = F.softmax(sim * clamped_logit_scale(base.logit_scale), dim=1) * off_diagonal
-            hard = hard / hard.sum(1, keepdim=True).clamp_min(1e-12)
-            hard_t = F.softmax(sim.t() * clamped_logit_scale(base.logit_scale), dim=1) * off_diagonal
-            hard_t = hard_t / hard_t.sum(1, keepdim=True).clamp_min(1e-12)
-            fraction = self.config.itm_hard_negative_fraction
-            uniform = off_diagonal / (n - 1)
-            neg_b = rows[torch.multinomial(fraction * hard + (1 - fraction) * uniform + 1e-9 * off_diagonal, 1, generator=generator).flatten()]
-            neg_a = rows[torch.multinomial(fraction * hard_t + (1 - fraction) * uniform + 1e-9 * off_diagonal, 1, generator=generator).flatten()]
+            logits = embeds[a][rows].float() @ embeds[b][rows].float().t() * clamped_logit_scale(base.logit_scale)
+        neg_a, neg_b = sample_itm_negatives(logits, self.config.itm_hard_negative_fraction, generator)
+        neg_a, neg_b = rows[neg_a], rows[neg_b]
         a_index, b_index, labels = itm_pairs(rows, neg_a, neg_b, self.config.itm_rows_per_sample, generator)
         parts = {a: _take(states[a], a_index), b: _take(states[b], b_index)}
         if not want_wra:  # ITM reads the [CLS] only
@@ -2437,24 +2430,17 @@ class OptTriForRetrieval(OptTriPreTrainedModel):
         return output if return_dict else output.to_tuple()
 
     def _itm_loss(self, query, gallery, logits: torch.Tensor, generator=None) -> torch.Tensor:
-        """ITM over the B positives plus one hard negative per query and per gallery item (sampled ~ softmax(sim)).
+        """ITM as in pre-training: negatives from [`sample_itm_negatives`] over the contrastive `logits` `(B, B)`
+        (`config.itm_hard_negative_fraction`), rows laid out by [`itm_pairs`] (`config.itm_rows_per_sample`).
         `query` / `gallery`: `(modality, (states, mask))`."""
         (query_modality, part_q), (gallery_modality, part_g) = query, gallery
-        logits = logits.detach()
-        batch = logits.shape[0]
-        rows = torch.arange(batch, device=logits.device)
-        with torch.no_grad():
-            weights = F.softmax(logits.float(), dim=1)
-            weights.fill_diagonal_(0.0)
-            weights = weights + 1e-6 * (1 - torch.eye(batch, device=logits.device))
-            negative_gallery = torch.multinomial(weights, 1, generator=generator).flatten()
-            negative_query = torch.multinomial(weights.t(), 1, generator=generator).flatten()
-        q_index = torch.cat([rows, rows, negative_query])
-        g_index = torch.cat([rows, negative_gallery, rows])
+        rows = torch.arange(logits.shape[0], device=logits.device)
+        cfg = self.config
+        negative_query, negative_gallery = sample_itm_negatives(logits.detach().float(), cfg.itm_hard_negative_fraction, generator)
+        q_index, g_index, labels = itm_pairs(rows, negative_query, negative_gallery, cfg.itm_rows_per_sample, generator)
         itm_logits = self.matching_logits(
             query_modality, _take(part_q, q_index), gallery_modality, _take(part_g, g_index)
         )
-        labels = torch.cat([torch.ones_like(rows), torch.zeros_like(rows), torch.zeros_like(rows)])
         return F.cross_entropy(itm_logits.float(), labels)
 
 

@@ -200,6 +200,32 @@ def codes_by_patch(codes: torch.Tensor, patches_per_side: int) -> torch.Tensor:
     return grouped.reshape(batch, patches_per_side**2, r * r, *rest)
 
 
+def sample_itm_negatives(
+    logits: torch.Tensor, hard_fraction: float, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """
+    One negative partner per sample on each side of a matching pair, as positions `0..n-1`: `(neg_a, neg_b)`, where
+    `neg_b[i]` is the b partner of a-sample `i` and `neg_a[j]` the a partner of b-sample `j`, never the sample itself.
+    `logits (n, n)` are the scaled similarities of a-sample `i` and b-sample `j` (the contrastive logits). With
+    probability `hard_fraction` a negative is drawn from their softmax (hard, ALBEF), else uniformly (UNITER);
+    draws from `generator` (default: torch's global RNG). The one sampler of pre-training and retrieval ITM.
+    """
+    n = logits.shape[0]
+    with torch.no_grad():
+        off_diagonal = 1.0 - torch.eye(n, device=logits.device)
+        uniform = off_diagonal / (n - 1)
+
+        def mixed(scores: torch.Tensor) -> torch.Tensor:
+            hard = F.softmax(scores, dim=1) * off_diagonal
+            hard = hard / hard.sum(1, keepdim=True).clamp_min(1e-12)
+            return hard_fraction * hard + (1 - hard_fraction) * uniform + 1e-9 * off_diagonal
+
+        weights_b, weights_a = mixed(logits), mixed(logits.t())
+        neg_b = torch.multinomial(weights_b, 1, generator=generator).flatten()
+        neg_a = torch.multinomial(weights_a, 1, generator=generator).flatten()
+    return neg_a, neg_b
+
+
 def itm_pairs(
     rows: torch.Tensor, neg_a: torch.Tensor, neg_b: torch.Tensor, rows_per_sample: int, generator=None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
