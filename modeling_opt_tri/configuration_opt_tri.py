@@ -88,7 +88,47 @@ def default_special_ids(vocab_size: Any) -> dict[str, int]:
     return dict(SMALL_VOCAB_SPECIAL_IDS)
 
 
-class OptTriAudioConfig(PretrainedConfig):
+class OptTriTransformerConfig(PretrainedConfig):
+    r"""
+    The geometry shared by OPT-Tri's own pre-norm transformer encoders ([`OptTriAudioConfig`] and
+    [`OptTriFusionConfig`] add their own settings to it).
+
+    Args:
+        hidden_size (`int`, defaults to 768), num_hidden_layers (`int`, defaults to 12), num_attention_heads (`int`,
+            defaults to 12), intermediate_size (`int`, defaults to 3072): transformer geometry.
+        hidden_act (`str`, defaults to `"gelu"`), layer_norm_eps (`float`, defaults to 1e-12), hidden_dropout_prob,
+            attention_probs_dropout_prob (`float`, default to 0.0): as in BERT/ViT.
+        initializer_range (`float`, defaults to 0.02): std of the normal initialiser.
+    """
+
+    def __init__(
+        self,
+        hidden_size: int = 768,
+        num_hidden_layers: int = 12,
+        num_attention_heads: int = 12,
+        intermediate_size: int = 3072,
+        hidden_act: str = "gelu",
+        layer_norm_eps: float = 1e-12,
+        hidden_dropout_prob: float = 0.0,
+        attention_probs_dropout_prob: float = 0.0,
+        initializer_range: float = 0.02,
+        **kwargs,
+    ):
+        self.hidden_size = hidden_size
+        self.num_hidden_layers = num_hidden_layers
+        self.num_attention_heads = num_attention_heads
+        self.intermediate_size = intermediate_size
+        self.hidden_act = hidden_act
+        self.layer_norm_eps = layer_norm_eps
+        self.hidden_dropout_prob = hidden_dropout_prob
+        self.attention_probs_dropout_prob = attention_probs_dropout_prob
+        self.initializer_range = initializer_range
+        super().__init__(**kwargs)
+        _check_positive_ints(self, ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"))
+        _check_heads(self)
+
+
+class OptTriAudioConfig(OptTriTransformerConfig):
     r"""
     Configuration of the OPT-Tri audio encoder: log-mel frames are cut into patches of `patch_frames` frames by a
     linear (strided convolution) stem, a learned `[CLS]` token and learned positions are added, and a pre-norm
@@ -117,40 +157,18 @@ class OptTriAudioConfig(PretrainedConfig):
         self,
         num_mel_bins: int = 80,
         patch_frames: int = 4,
-        hidden_size: int = 768,
-        num_hidden_layers: int = 12,
-        num_attention_heads: int = 12,
-        intermediate_size: int = 3072,
-        hidden_act: str = "gelu",
-        layer_norm_eps: float = 1e-12,
-        hidden_dropout_prob: float = 0.0,
-        attention_probs_dropout_prob: float = 0.0,
         max_position_embeddings: int = 256,
-        initializer_range: float = 0.02,
+        num_hidden_layers: int = 12,
         **kwargs,
     ):
         self.num_mel_bins = num_mel_bins
         self.patch_frames = patch_frames
-        self.hidden_size = hidden_size
-        self.num_hidden_layers = num_hidden_layers
-        self.num_attention_heads = num_attention_heads
-        self.intermediate_size = intermediate_size
-        self.hidden_act = hidden_act
-        self.layer_norm_eps = layer_norm_eps
-        self.hidden_dropout_prob = hidden_dropout_prob
-        self.attention_probs_dropout_prob = attention_probs_dropout_prob
         self.max_position_embeddings = max_position_embeddings
-        self.initializer_range = initializer_range
-        super().__init__(**kwargs)
-        _check_positive_ints(
-            self,
-            ("num_mel_bins", "patch_frames", "hidden_size", "num_hidden_layers", "num_attention_heads",
-             "intermediate_size", "max_position_embeddings"),
-        )
-        _check_heads(self)
+        super().__init__(num_hidden_layers=num_hidden_layers, **kwargs)
+        _check_positive_ints(self, ("num_mel_bins", "patch_frames", "max_position_embeddings"))
 
 
-class OptTriFusionConfig(PretrainedConfig):
+class OptTriFusionConfig(OptTriTransformerConfig):
     r"""
     Configuration of the OPT-Tri cross-modal encoder: one pre-norm transformer over the concatenation
     `[CLS] text | image | audio`, each part projected to `hidden_size` and tagged with a modality-type embedding.
@@ -164,31 +182,8 @@ class OptTriFusionConfig(PretrainedConfig):
     model_type = "opt_tri_fusion"
     base_config_key = "cross_modal_config"
 
-    def __init__(
-        self,
-        hidden_size: int = 768,
-        num_hidden_layers: int = 6,
-        num_attention_heads: int = 12,
-        intermediate_size: int = 3072,
-        hidden_act: str = "gelu",
-        layer_norm_eps: float = 1e-12,
-        hidden_dropout_prob: float = 0.0,
-        attention_probs_dropout_prob: float = 0.0,
-        initializer_range: float = 0.02,
-        **kwargs,
-    ):
-        self.hidden_size = hidden_size
-        self.num_hidden_layers = num_hidden_layers
-        self.num_attention_heads = num_attention_heads
-        self.intermediate_size = intermediate_size
-        self.hidden_act = hidden_act
-        self.layer_norm_eps = layer_norm_eps
-        self.hidden_dropout_prob = hidden_dropout_prob
-        self.attention_probs_dropout_prob = attention_probs_dropout_prob
-        self.initializer_range = initializer_range
-        super().__init__(**kwargs)
-        _check_positive_ints(self, ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"))
-        _check_heads(self)
+    def __init__(self, num_hidden_layers: int = 6, **kwargs):
+        super().__init__(num_hidden_layers=num_hidden_layers, **kwargs)
 
 
 class OptTriTextDecoderConfig(PretrainedConfig):
@@ -606,7 +601,7 @@ class OptTriConfig(PretrainedConfig):
             special_token_ids = [0, 100, 101, 102] if defaults == BERT_SPECIAL_IDS else [0, 1, 2]
         self.special_token_ids = list(special_token_ids)
         super().__init__(**kwargs)
-        self._validate()
+        self._validate_settings()
 
     def _code_decoder_config(self, value: dict | PretrainedConfig | None, modality: str) -> PretrainedConfig:
         """The image or audio code decoder config from `value` (see the class docstring for the defaults)."""
@@ -645,7 +640,18 @@ class OptTriConfig(PretrainedConfig):
         _refuse_missing_path(pretrained_model_name_or_path)
         return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
 
+    def validate(self) -> None:
+        """Check the whole config: transformers' own validators (`PretrainedConfig.validate`, also run by
+        `save_pretrained`), then OPT-Tri's (sub-configs, ids, objectives, masking settings), each raising an error
+        that names the setting. OPT-Tri's run on construction too; call `validate()` after changing attributes."""
+        super().validate()
+        self._validate_settings()
+
     def _validate(self) -> None:
+        """Deprecated name of [`validate`], kept for one release."""
+        self.validate()
+
+    def _validate_settings(self) -> None:
         _check_positive_ints(self, ("projection_dim",))
         for sub in (self.text_config, self.vision_config):
             for name in ("hidden_size", "num_attention_heads"):

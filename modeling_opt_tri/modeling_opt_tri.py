@@ -96,6 +96,7 @@ from .modeling_opt_tri_losses import (  # noqa: F401 (the public names are re-ex
 from .modeling_opt_tri_decoders import (  # noqa: F401 (the public names are re-exported)
     OptTriDecoderAttention,
     OptTriDecoderLayer,
+    OptTriCausalDecoder,
     OptTriTextDecoder,
     _states_mask,
     _cache_argument,
@@ -282,7 +283,7 @@ class OptTriPreTrainedModel(PreTrainedModel):
         if audio is not None:
             audio_config, audio_state = _load_audio_encoder_checkpoint(audio, config.audio_config, OptTriAudioModel)
             config.audio_config = audio_config
-        config._validate()
+        config.validate()
         model = cls(config)
         base: OptTriModel = model.base_model
         for name, module in (("text", base.text_model), ("vision", base.vision_model)):

@@ -101,8 +101,10 @@ def _select_hidden_states(states: tuple, which) -> tuple | None:
     return tuple(state if index in keep else None for index, state in enumerate(states)) if keep else None
 
 
-class OptTriTextDecoder(nn.Module):
-    """Token + position embeddings, `num_hidden_layers` decoder layers and a final LayerNorm."""
+class OptTriCausalDecoder(nn.Module):
+    """The causal decoder that the text and code decoders share: token + position embeddings, `num_hidden_layers`
+    [`OptTriDecoderLayer`]s (causal self-attention with a KV cache, cross-attention to the cross-modal states) and a
+    final LayerNorm. [`OptTriTextDecoder`] and [`OptTriCodeDecoder`] differ only in their config and length error."""
 
     def __init__(self, config: OptTriTextDecoderConfig, encoder_hidden_size: int):
         super().__init__()
@@ -161,6 +163,13 @@ class OptTriTextDecoder(nn.Module):
             attentions=self_weights if output_attentions else None,
             cross_attentions=cross_weights if output_attentions else None,
         )
+
+    def _length_error(self, total: int) -> str:
+        return f"The decoder sequence ({total} tokens) is longer than max_position_embeddings ({self.config.max_position_embeddings})"
+
+
+class OptTriTextDecoder(OptTriCausalDecoder):
+    """[`OptTriCausalDecoder`] over the text vocabulary (`text_decoder_config`): DTR, captioning and ASR."""
 
     def _length_error(self, total: int) -> str:
         return (
@@ -248,9 +257,9 @@ def _shift_right(labels: torch.Tensor, bos_token_id: int, pad_token_id: int) -> 
     return shifted
 
 
-class OptTriCodeDecoder(OptTriTextDecoder):
+class OptTriCodeDecoder(OptTriCausalDecoder):
     """
-    The causal decoder over VQ codes (image or audio): code + learned position embeddings, `num_hidden_layers`
+    [`OptTriCausalDecoder`] over VQ codes (image or audio): code + learned position embeddings, `num_hidden_layers`
     [`OptTriDecoderLayer`]s with cross-attention to the cross-modal states, and a final LayerNorm. `input_ids` are
     decoder ids (BOS, codes, end code, PAD). Images are read in raster order (position `1 + r * grid_size + c` holds
     the input that predicts code `(r, c)`'s successor); position 0 is the BOS token.

@@ -107,3 +107,20 @@ def test_retrieval_itm_honours_the_config(monkeypatch, rows_per_sample):
                 return_loss=True, generator=torch.Generator().manual_seed(0))
     assert scored == [5 * rows_per_sample]
     assert torch.isfinite(out.itm_loss) and math.isfinite(float(out.loss))
+
+
+def test_config_validate_is_public_and_the_old_name_still_works():
+    config = tiny_config()
+    config.validate()
+    config.masking_policy = "sometimes"
+    with pytest.raises(ValueError, match="masking_policy"):
+        config.validate()
+    with pytest.raises(ValueError, match="masking_policy"):
+        config._validate()
+
+
+def test_text_and_code_decoders_are_siblings():
+    from modeling_opt_tri.modeling_opt_tri import OptTriCausalDecoder, OptTriCodeDecoder, OptTriTextDecoder
+
+    assert issubclass(OptTriTextDecoder, OptTriCausalDecoder) and issubclass(OptTriCodeDecoder, OptTriCausalDecoder)
+    assert not issubclass(OptTriCodeDecoder, OptTriTextDecoder)
