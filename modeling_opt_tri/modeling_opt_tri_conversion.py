@@ -7,8 +7,11 @@ import re
 import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, PreTrainedModel
+from transformers.utils import logging
 
-from .configuration_opt_tri import OptTriAudioConfig
+from .configuration_opt_tri import OptTriAudioConfig, OptTriConfig
+
+logger = logging.get_logger(__name__)
 
 
 def _load_audio_encoder_checkpoint(
@@ -109,3 +112,61 @@ def _resize_text_vocabulary(model: PreTrainedModel, new_num_tokens, pad_to_multi
     config.text_config.vocab_size = size
     dc.vocab_size = size
     return model.get_input_embeddings()
+
+
+def build_from_unimodal_checkpoints(
+    cls: type[PreTrainedModel],
+    audio_model_class: type[PreTrainedModel],
+    text: str | None = None,
+    vision: str | None = None,
+    audio: str | None = None,
+    config: OptTriConfig | None = None,
+    **config_kwargs,
+) -> PreTrainedModel:
+    """
+    Build a `cls` model whose unimodal encoders start from local `transformers` checkpoint folders, as OPT started from
+    BERT and wav2vec 2.0. The cross-modal encoder and heads are newly initialised.
+
+    Args:
+        text: folder of a BERT-like text encoder (`BertModel`, `RobertaModel`, ... checkpoints, with or without
+            a pre-training head).
+        vision: folder of a `ViTModel` (or `ViTFor*`) checkpoint.
+        audio: folder of an [`OptTriAudioModel`] checkpoint, or of an Audio Spectrogram Transformer (`ASTModel`)
+            or ViT checkpoint, whose transformer layers are loaded into the audio encoder (its patch stem and
+            positions are new, since AST uses 2-D spectrogram patches).
+        config: an `OptTriConfig` giving the other settings; its matching sub-configs are replaced by those of the
+            checkpoints.
+        config_kwargs: further `OptTriConfig` arguments when `config` is not given.
+    audio_model_class: [`OptTriAudioModel`] (passed in: it lives in `modeling_opt_tri.py`).
+    """
+    config = OptTriConfig(**config_kwargs) if config is None else config
+    loaded: dict[str, PreTrainedModel] = {}
+    if text is not None:
+        loaded["text"] = AutoModel.from_pretrained(text)
+        config.text_config = loaded["text"].config
+    if vision is not None:
+        loaded["vision"] = AutoModel.from_pretrained(vision)
+        if loaded["vision"].config.model_type != "vit":
+            raise ValueError(f"vision={vision!r} is a {loaded['vision'].config.model_type!r} model; expected 'vit'")
+        config.vision_config = loaded["vision"].config
+    audio_state: dict[str, torch.Tensor] | None = None
+    if audio is not None:
+        audio_config, audio_state = _load_audio_encoder_checkpoint(audio, config.audio_config, audio_model_class)
+        config.audio_config = audio_config
+    config.validate()
+    model = cls(config)
+    base = model.base_model
+    for name, module in (("text", base.text_model), ("vision", base.vision_model)):
+        if name in loaded:
+            source = loaded[name].base_model.state_dict()
+            missing, unexpected = module.load_state_dict(source, strict=False)
+            missing = [k for k in missing if "pooler" not in k and "mask_token" not in k]
+            if missing:
+                raise ValueError(f"The {name} checkpoint lacks weights the OPT-Tri {name} encoder needs: {missing}")
+            if unexpected:
+                logger.info(f"Ignored {name} checkpoint weights not used by OPT-Tri: {unexpected}")
+    if audio_state is not None:
+        missing, _ = base.audio_model.load_state_dict(audio_state, strict=False)
+        if missing:
+            logger.warning(f"Audio encoder weights newly initialised (not in the checkpoint): {missing}")
+    return model

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 
 from transformers import PreTrainedModel
 
@@ -98,3 +100,60 @@ def _save_hub_files(model: PreTrainedModel, save_directory) -> None:
 
     os.makedirs(save_directory, exist_ok=True)
     custom_object_save(model, save_directory)
+
+
+class OptTriHubMixin:
+    """`save_pretrained` / `push_to_hub` of every OPT-Tri model (listed before `PreTrainedModel` in
+    `OptTriPreTrainedModel`'s bases): `auto_map` entries for every head, and the model card."""
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """`PreTrainedModel.save_pretrained`, plus `auto_map` entries for every OPT-Tri head in `config.json`, so
+        that `AutoModel`/`AutoModelForPreTraining` load any OPT-Tri checkpoint through `trust_remote_code=True`."""
+        if getattr(self.config, "model_type", None) == OptTriConfig.model_type:
+            auto_map = dict(getattr(self.config, "auto_map", None) or {})
+            auto_map.setdefault("AutoConfig", "configuration_opt_tri.OptTriConfig")
+            auto_map.setdefault("AutoModel", "modeling_opt_tri.OptTriModel")
+            auto_map.setdefault("AutoModelForPreTraining", "modeling_opt_tri.OptTriForPreTraining")
+            auto_map.setdefault("AutoModelForMultimodalLM", "modeling_opt_tri.OptTriForTextToImage")
+            auto_map.setdefault("AutoModelForTextToWaveform", "modeling_opt_tri.OptTriForTextToAudio")
+            # the dual encoder serves pipeline("zero-shot-image-classification", ...) of any OPT-Tri checkpoint
+            auto_map.setdefault("AutoModelForZeroShotImageClassification", "modeling_opt_tri.OptTriForRetrieval")
+            self.config.auto_map = auto_map
+        result = super().save_pretrained(save_directory, *args, **kwargs)
+        card = os.path.join(save_directory, "README.md")
+        if not os.path.exists(card):  # never replace a card written for this folder (e.g. by examples/pretrain.py)
+            with open(card, "w", encoding="utf-8") as handle:
+                handle.write(default_model_card(self))
+        return result
+
+    def push_to_hub(
+        self, repo_id: str, *, commit_message: str | None = None, commit_description: str | None = None,
+        private: bool | None = None, token: bool | str | None = None, revision: str | None = None,
+        create_pr: bool = False, max_shard_size: int | str | None = "50GB", tags: list[str] | None = None,
+    ) -> str:
+        """
+        `PushToHubMixin.push_to_hub` (same arguments), uploading the model card too: the card of the folder the
+        model was loaded from when it is an OPT-Tri card (so a pre-trained model pushed from `final/` keeps the card
+        of its run), else [`default_model_card`]; `tags` are added to it. (`PreTrainedModel.push_to_hub` would
+        replace it by the Hub's generic card.)
+        """
+        try:
+            from huggingface_hub import HfApi, ModelCard
+        except ImportError as error:  # a transformers dependency, so only a broken install lacks it
+            raise ImportError("push_to_hub needs the huggingface_hub package") from error
+
+        api = HfApi(token=token)
+        repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+        with tempfile.TemporaryDirectory() as folder:
+            source = os.path.join(str(getattr(self, "name_or_path", "") or ""), "README.md")
+            if os.path.isfile(source) and MODEL_CARD_MARKER in open(source, encoding="utf-8").read():
+                shutil.copyfile(source, os.path.join(folder, "README.md"))
+            self.save_pretrained(folder, max_shard_size=max_shard_size)
+            if tags:
+                card = ModelCard.load(os.path.join(folder, "README.md"))
+                card.data.tags = list(card.data.tags or []) + [tag for tag in tags if tag not in (card.data.tags or [])]
+                card.save(os.path.join(folder, "README.md"))
+            return api.upload_folder(
+                repo_id=repo_id, folder_path=folder, commit_message=commit_message or "Upload model",
+                commit_description=commit_description, revision=revision, create_pr=create_pr,
+            )
