@@ -60,9 +60,12 @@ from .modeling_opt_tri_layers import (  # noqa: F401 (the public names are re-ex
     OptTriPredictionHead,
     OptTriMaskedCodeHead,
     OptTriClassificationMLP,
+    OptTriPromptLearner,
+    _pooled_cls,
 )
 from .modeling_opt_tri_inputs import (  # noqa: F401 (the public names are re-exported)
     _check_token_ids,
+    _check_code_inputs,
     _MODEL_INPUT_NAMES,
     _check_audio_features,
     _check_model_inputs,
@@ -140,7 +143,6 @@ from .modeling_opt_tri_hub import (  # noqa: F401 (the public names are re-expor
 )
 
 logger = logging.get_logger(__name__)
-
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -888,7 +890,7 @@ class OptTriForPreTraining(OptTriPreTrainedModel):
             raise ValueError(f"Unknown pre-training tasks {sorted(unknown)}; known: {sorted(PRETRAINING_OBJECTIVES)}")
         tasks = set(tasks)
         code_inputs = ("pixel_values", "image_codes", "image_code_probs", "input_features", "audio_codes", "audio_codes_mask")
-        self._check_code_inputs(tasks, *(inputs[name] for name in code_inputs))
+        _check_code_inputs(cfg, self.mrc_head is not None, tasks, *(inputs[name] for name in code_inputs))
         size = _check_model_inputs(cfg, **{name: inputs[name] for name in _MODEL_INPUT_NAMES})
         _check_token_ids(inputs["input_ids"], cfg.text_config.vocab_size, "input_ids")  # before a [MASK] hides one
         device = self.opt_tri.logit_scale.device
@@ -1148,38 +1150,6 @@ class OptTriForPreTraining(OptTriPreTrainedModel):
             output_attentions=attentions, output_hidden_states=hidden, return_dict=True,
         )
         return {name: base_output.get(name) for name in _TOWER_FIELDS}
-
-    def _check_code_inputs(self, tasks, pixel_values, image_codes, image_code_probs, input_features, audio_codes, audio_codes_mask):
-        """Clear errors for the VQ-code objectives: codes present, with the shapes and range the heads expect."""
-        cfg = self.config
-        idc = cfg.image_decoder_config
-        hint = "compute them with the VQ tokenizer (examples/pretrain.py does this with --image_tokenizer/--audio_tokenizer)"
-        if tasks & {"mrc", "mrc_kl", "dir"} and pixel_values is not None:
-            if tasks & {"mrc", "mrc_kl"} and self.mrc_head is None:
-                per_side = cfg.vision_config.image_size // cfg.vision_config.patch_size
-                raise ValueError(
-                    f"MRC needs the image tokenizer's code grid ({idc.grid_size} x {idc.grid_size}) to be a multiple of "
-                    f"the ViT patch grid ({per_side} x {per_side}): use a tokenizer whose downsampling divides the patch size"
-                )
-            if image_codes is None:
-                raise ValueError(f"The objectives {sorted(tasks & {'mrc', 'mrc_kl', 'dir'})} need image_codes; {hint}")
-            expected = (pixel_values.shape[0], idc.grid_size, idc.grid_size)
-            if tuple(image_codes.shape) != expected or image_codes.is_floating_point():
-                raise ValueError(f"image_codes must be an integer tensor of shape {expected}; got {image_codes.dtype} {tuple(image_codes.shape)}")
-            if int(image_codes.min()) < 0 or int(image_codes.max()) >= idc.codebook_size:
-                raise ValueError(f"image_codes must be in [0, {idc.codebook_size}) (image_decoder_config.codebook_size)")
-            if "mrc_kl" in tasks:
-                expected_soft = expected + (idc.codebook_size,)
-                if image_code_probs is None or tuple(image_code_probs.shape) != expected_soft:
-                    got = None if image_code_probs is None else tuple(image_code_probs.shape)
-                    raise ValueError(f"mrc_kl needs image_code_probs of shape {expected_soft} (soft code assignments); got {got}")
-        if "dar" in tasks and input_features is not None:
-            if audio_codes is None:
-                raise ValueError(f"The objective 'dar' needs audio_codes; {hint}")
-            if audio_codes.ndim != 2 or audio_codes.shape[0] != input_features.shape[0] or audio_codes.is_floating_point():
-                raise ValueError(f"audio_codes must be an integer tensor (B, n) with B = {input_features.shape[0]}; got {tuple(audio_codes.shape)}")
-            if audio_codes_mask is not None and tuple(audio_codes_mask.shape) != tuple(audio_codes.shape):
-                raise ValueError(f"audio_codes_mask must have the shape of audio_codes {tuple(audio_codes.shape)}")
 
     def pair_matching(self, a, b, states, embeds, valid, want_wra=False, generator=None):
         """
@@ -1712,59 +1682,6 @@ class OptTriForTextToAudio(OptTriCodeGenerationModel):
 # Downstream heads: classification, VQA/AQA, retrieval (dual encoder + ITM re-ranking), NLVR2-style pair reasoning.
 # Each holds the tri-modal model as `self.opt_tri` (base_model_prefix), so a pre-training checkpoint loads into it.
 # ----------------------------------------------------------------------------------------------------------------------
-
-
-class OptTriPromptLearner(nn.Module):
-    """
-    CoOp prompt learning (Zhou et al., 2022): `M` learnable context vectors, shared by all classes, are inserted in the
-    text encoder's word-embedding space between `[CLS]` and the tokens of each class name, so the text encoder reads
-    `[CLS] v_1 ... v_M <class name> [SEP]`. Its projected `[CLS]` state is that class's embedding.
-
-    Settings from the config: `prompt_class_token_ids` (one tokenised class name per class, with the tokenizer's
-    special tokens, e.g. `tokenizer(names)["input_ids"]`), `prompt_context_length` (`M`).
-    """
-
-    def __init__(self, config: OptTriConfig):
-        super().__init__()
-        self.class_token_ids = [list(map(int, ids)) for ids in config.prompt_class_token_ids]
-        self.context_length = int(config.prompt_context_length)
-        self.pad_token_id = int(getattr(config.text_config, "pad_token_id", None) or 0)
-        if not self.class_token_ids or any(len(ids) < 2 for ids in self.class_token_ids) or self.context_length < 1:
-            raise ValueError("prompt tuning needs prompt_context_length >= 1 and per class [CLS] name... [SEP] token ids")
-        longest = max(len(ids) for ids in self.class_token_ids) + self.context_length
-        max_positions = getattr(config.text_config, "max_position_embeddings", longest)
-        if longest > max_positions:
-            raise ValueError(f"A prompt has {longest} tokens, more than text_config.max_position_embeddings={max_positions}")
-        self.context = nn.Parameter(torch.zeros(self.context_length, config.text_config.hidden_size))
-
-    def forward(self, text_model: nn.Module, text_projection: nn.Module) -> torch.Tensor:
-        """Normalised class embeddings `(num_classes, projection_dim)`."""
-        device = self.context.device
-        length = max(len(ids) for ids in self.class_token_ids)
-        ids = torch.full((len(self.class_token_ids), length), self.pad_token_id, dtype=torch.long, device=device)
-        mask = torch.zeros_like(ids)
-        for row, tokens in enumerate(self.class_token_ids):
-            ids[row, : len(tokens)] = torch.tensor(tokens, device=device)
-            mask[row, : len(tokens)] = 1
-        words = text_model.get_input_embeddings()(ids)
-        context = self.context[None].expand(ids.shape[0], -1, -1).to(words.dtype)
-        embeds = torch.cat([words[:, :1], context, words[:, 1:]], dim=1)
-        mask = torch.cat([mask[:, :1], mask.new_ones(ids.shape[0], self.context_length), mask[:, 1:]], dim=1)
-        hidden = text_model(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
-        return project_cls(text_projection, hidden)
-
-
-def _pooled_cls(
-    model: "OptTriModel", output_attentions, output_hidden_states, **inputs
-) -> tuple[torch.Tensor, OptTriModelOutput | None]:
-    """The cross-modal `[CLS]` state `(B, d)` for a head, plus the base model's output when hidden states or
-    attentions are asked for (then through the full `forward`); otherwise through `pooled_output`, which runs the
-    last cross-modal layer at the `[CLS]` only."""
-    attentions, hidden = _wants_outputs(model.config, output_attentions, output_hidden_states)
-    if attentions or _asked(hidden):
-        out = model(**inputs, output_attentions=attentions, output_hidden_states=hidden, return_dict=True)
-        return out.pooler_output, out
-    return model.pooled_output(**inputs), None
 
 
 #: State-dict keys of modules a head no longer builds (its objectives never use them); older checkpoints of the head

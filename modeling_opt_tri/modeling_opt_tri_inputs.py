@@ -117,6 +117,42 @@ def _eval_generator(model: nn.Module, generator: torch.Generator | None, device)
     return torch.Generator(device=device).manual_seed(EVAL_SEED)
 
 
+def _check_code_inputs(
+    config: OptTriConfig, has_mrc_head: bool, tasks: set[str], pixel_values, image_codes, image_code_probs,
+    input_features, audio_codes, audio_codes_mask,
+) -> None:
+    """Clear errors for the VQ-code objectives: codes present, with the shapes and range the heads expect."""
+    cfg = config
+    idc = cfg.image_decoder_config
+    hint = "compute them with the VQ tokenizer (examples/pretrain.py does this with --image_tokenizer/--audio_tokenizer)"
+    if tasks & {"mrc", "mrc_kl", "dir"} and pixel_values is not None:
+        if tasks & {"mrc", "mrc_kl"} and not has_mrc_head:
+            per_side = cfg.vision_config.image_size // cfg.vision_config.patch_size
+            raise ValueError(
+                f"MRC needs the image tokenizer's code grid ({idc.grid_size} x {idc.grid_size}) to be a multiple of "
+                f"the ViT patch grid ({per_side} x {per_side}): use a tokenizer whose downsampling divides the patch size"
+            )
+        if image_codes is None:
+            raise ValueError(f"The objectives {sorted(tasks & {'mrc', 'mrc_kl', 'dir'})} need image_codes; {hint}")
+        expected = (pixel_values.shape[0], idc.grid_size, idc.grid_size)
+        if tuple(image_codes.shape) != expected or image_codes.is_floating_point():
+            raise ValueError(f"image_codes must be an integer tensor of shape {expected}; got {image_codes.dtype} {tuple(image_codes.shape)}")
+        if int(image_codes.min()) < 0 or int(image_codes.max()) >= idc.codebook_size:
+            raise ValueError(f"image_codes must be in [0, {idc.codebook_size}) (image_decoder_config.codebook_size)")
+        if "mrc_kl" in tasks:
+            expected_soft = expected + (idc.codebook_size,)
+            if image_code_probs is None or tuple(image_code_probs.shape) != expected_soft:
+                got = None if image_code_probs is None else tuple(image_code_probs.shape)
+                raise ValueError(f"mrc_kl needs image_code_probs of shape {expected_soft} (soft code assignments); got {got}")
+    if "dar" in tasks and input_features is not None:
+        if audio_codes is None:
+            raise ValueError(f"The objective 'dar' needs audio_codes; {hint}")
+        if audio_codes.ndim != 2 or audio_codes.shape[0] != input_features.shape[0] or audio_codes.is_floating_point():
+            raise ValueError(f"audio_codes must be an integer tensor (B, n) with B = {input_features.shape[0]}; got {tuple(audio_codes.shape)}")
+        if audio_codes_mask is not None and tuple(audio_codes_mask.shape) != tuple(audio_codes.shape):
+            raise ValueError(f"audio_codes_mask must have the shape of audio_codes {tuple(audio_codes.shape)}")
+
+
 def _check_retrieval_inputs(config, inputs: dict, modalities: tuple[str, str], paired: bool) -> None:
     """The checks of `OptTriModel` on the two sides of a retrieval call: together (same batch size) for a paired
     batch, else each side on its own (a `Q x G` scoring call)."""

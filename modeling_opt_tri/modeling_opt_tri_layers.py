@@ -11,8 +11,9 @@ from torch import nn
 from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.utils import ModelOutput
 
-from .configuration_opt_tri import OptTriAudioConfig, OptTriFusionConfig
+from .configuration_opt_tri import OptTriAudioConfig, OptTriConfig, OptTriFusionConfig
 
 #: Modality-type ids used by the cross-modal encoder.
 MODALITY_CLS, MODALITY_TEXT, MODALITY_IMAGE, MODALITY_AUDIO = 0, 1, 2, 3
@@ -306,3 +307,55 @@ def cls_follows_tokens(token_mask: torch.Tensor) -> torch.Tensor:
     audio contributes nothing to the cross-modal input, not even its `[CLS]`)."""
     return token_mask * token_mask[:, 1:].amax(-1, keepdim=True)
 
+
+class OptTriPromptLearner(nn.Module):
+    """
+    CoOp prompt learning (Zhou et al., 2022): `M` learnable context vectors, shared by all classes, are inserted in the
+    text encoder's word-embedding space between `[CLS]` and the tokens of each class name, so the text encoder reads
+    `[CLS] v_1 ... v_M <class name> [SEP]`. Its projected `[CLS]` state is that class's embedding.
+
+    Settings from the config: `prompt_class_token_ids` (one tokenised class name per class, with the tokenizer's
+    special tokens, e.g. `tokenizer(names)["input_ids"]`), `prompt_context_length` (`M`).
+    """
+
+    def __init__(self, config: OptTriConfig):
+        super().__init__()
+        self.class_token_ids = [list(map(int, ids)) for ids in config.prompt_class_token_ids]
+        self.context_length = int(config.prompt_context_length)
+        self.pad_token_id = int(getattr(config.text_config, "pad_token_id", None) or 0)
+        if not self.class_token_ids or any(len(ids) < 2 for ids in self.class_token_ids) or self.context_length < 1:
+            raise ValueError("prompt tuning needs prompt_context_length >= 1 and per class [CLS] name... [SEP] token ids")
+        longest = max(len(ids) for ids in self.class_token_ids) + self.context_length
+        max_positions = getattr(config.text_config, "max_position_embeddings", longest)
+        if longest > max_positions:
+            raise ValueError(f"A prompt has {longest} tokens, more than text_config.max_position_embeddings={max_positions}")
+        self.context = nn.Parameter(torch.zeros(self.context_length, config.text_config.hidden_size))
+
+    def forward(self, text_model: nn.Module, text_projection: nn.Module) -> torch.Tensor:
+        """Normalised class embeddings `(num_classes, projection_dim)`."""
+        device = self.context.device
+        length = max(len(ids) for ids in self.class_token_ids)
+        ids = torch.full((len(self.class_token_ids), length), self.pad_token_id, dtype=torch.long, device=device)
+        mask = torch.zeros_like(ids)
+        for row, tokens in enumerate(self.class_token_ids):
+            ids[row, : len(tokens)] = torch.tensor(tokens, device=device)
+            mask[row, : len(tokens)] = 1
+        words = text_model.get_input_embeddings()(ids)
+        context = self.context[None].expand(ids.shape[0], -1, -1).to(words.dtype)
+        embeds = torch.cat([words[:, :1], context, words[:, 1:]], dim=1)
+        mask = torch.cat([mask[:, :1], mask.new_ones(ids.shape[0], self.context_length), mask[:, 1:]], dim=1)
+        hidden = text_model(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
+        return project_cls(text_projection, hidden)
+
+
+def _pooled_cls(
+    model: nn.Module, output_attentions, output_hidden_states, **inputs
+) -> tuple[torch.Tensor, ModelOutput | None]:
+    """The cross-modal `[CLS]` state `(B, d)` for a head (`model`: an [`OptTriModel`]), plus the base model's output when hidden states or
+    attentions are asked for (then through the full `forward`); otherwise through `pooled_output`, which runs the
+    last cross-modal layer at the `[CLS]` only."""
+    attentions, hidden = _wants_outputs(model.config, output_attentions, output_hidden_states)
+    if attentions or _asked(hidden):
+        out = model(**inputs, output_attentions=attentions, output_hidden_states=hidden, return_dict=True)
+        return out.pooler_output, out
+    return model.pooled_output(**inputs), None
