@@ -557,6 +557,14 @@ class OptTriModel(OptTriPreTrainedModel):
 
         return fields, fusion_inputs, fusion_masks, modality_ids
 
+    def cross_modal_states(self, return_outputs: bool = False, **inputs) -> tuple:
+        """What a decoder reads: the cross-modal states `(B, S, hidden)` and their mask `(B, S)` of `inputs` (the
+        arguments of `forward`), plus this model's whole output with `return_outputs`."""
+        out = self(**inputs, return_dict=True)
+        if return_outputs:
+            return out.last_hidden_state, out.fusion_attention_mask, out
+        return out.last_hidden_state, out.fusion_attention_mask
+
     def pooled_output(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -1257,20 +1265,12 @@ class OptTriForConditionalGeneration(OptTriPreTrainedModel, GenerationMixin):
         output with `return_outputs`)."""
         if pixel_values is None and input_features is None and encoder_input_ids is None:
             raise ValueError("Nothing to condition on: pass pixel_values and/or input_features (or encoder_input_ids)")
-        out = self.opt_tri(
-            input_ids=encoder_input_ids,
-            attention_mask=encoder_attention_mask,
-            pixel_values=pixel_values,
-            image_mask=image_mask,
-            input_features=input_features,
-            audio_attention_mask=audio_attention_mask,
-            output_attentions=output_attentions,
+        return self.opt_tri.cross_modal_states(
+            return_outputs, input_ids=encoder_input_ids, attention_mask=encoder_attention_mask,
+            pixel_values=pixel_values, image_mask=image_mask, input_features=input_features,
+            audio_attention_mask=audio_attention_mask, output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
-            return_dict=True,
         )
-        if return_outputs:
-            return out.last_hidden_state, out.fusion_attention_mask, out
-        return out.last_hidden_state, out.fusion_attention_mask
 
     def forward(
         self,
@@ -1484,21 +1484,12 @@ class OptTriCodeGenerationModel(OptTriPreTrainedModel, OptTriCodeSamplingMixin, 
             raise ValueError(
                 f"input_ids (the text prompt) must have shape (B, L) with L >= 1, got {tuple(input_ids.shape)}"
             )
-        out = self.opt_tri(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            token_type_ids=token_type_ids,
-            pixel_values=pixel_values,
-            image_mask=image_mask,
-            input_features=input_features,
-            audio_attention_mask=audio_attention_mask,
-            output_attentions=output_attentions,
+        return self.opt_tri.cross_modal_states(
+            return_outputs, input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+            pixel_values=pixel_values, image_mask=image_mask, input_features=input_features,
+            audio_attention_mask=audio_attention_mask, output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
-            return_dict=True,
         )
-        if return_outputs:
-            return out.last_hidden_state, out.fusion_attention_mask, out
-        return out.last_hidden_state, out.fusion_attention_mask
 
     # -- teacher forcing -----------------------------------------------------------------------------------------------
 
