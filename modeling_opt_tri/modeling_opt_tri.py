@@ -110,7 +110,7 @@ from .modeling_opt_tri_decoders import (  # noqa: F401 (the public names are re-
     _private_rng,
     code_decoder_targets,
 )
-from .modeling_opt_tri_generation import OptTriCodeSamplingMixin
+from .modeling_opt_tri_generation import OptTriCodeSamplingMixin, OptTriTextSamplingMixin
 from .modeling_opt_tri_conversion import (  # noqa: F401 (the public names are re-exported)
     build_from_unimodal_checkpoints,
     _load_audio_encoder_checkpoint,
@@ -1212,7 +1212,7 @@ class OptTriForPreTraining(OptTriPreTrainedModel):
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-class OptTriForConditionalGeneration(OptTriPreTrainedModel, GenerationMixin):
+class OptTriForConditionalGeneration(OptTriPreTrainedModel, OptTriTextSamplingMixin, GenerationMixin):
     """
     Text generation conditioned on any subset of image and audio (captioning, ASR) and optionally text: the
     cross-modal encoder reads the inputs once, and a causal text decoder with cross-attention writes the text.
@@ -1341,57 +1341,6 @@ class OptTriForConditionalGeneration(OptTriPreTrainedModel, GenerationMixin):
             OptTriCaptioningOutput, self.config, self.lm_head(decoded.last_hidden_state),
             shift_labels if shift_labels is not None else labels, cache if use_cache else None, decoded,
             encoder_hidden_states, encoder_states_mask, encoder_outputs, return_dict,
-        )
-
-    @torch.no_grad()
-    def generate(
-        self,
-        pixel_values=None,
-        image_mask=None,
-        input_features=None,
-        audio_attention_mask=None,
-        encoder_input_ids=None,
-        encoder_attention_mask=None,
-        input_ids=None,
-        attention_mask=None,
-        encoder_hidden_states=None,
-        encoder_states_mask=None,
-        **generate_kwargs,
-    ):
-        """
-        `GenerationMixin.generate` (greedy, sampling, beam search, beam sampling, assisted and prompt-lookup decoding;
-        KV cache) after encoding the conditioning inputs once (or with precomputed `encoder_hidden_states`).
-        `input_ids` / `attention_mask` are optional decoder prompts, left-padded in a batch (default: the BOS token);
-        continuing from a returned cache, pass the whole sequence so far with `cache=`. Returns token ids
-        `(B, length)` (or a `GenerateOutput` with `return_dict_in_generate=True`).
-        """
-        _check_generate_arguments(generate_kwargs)
-        cache = _cache_argument(generate_kwargs.pop("cache", None), generate_kwargs)
-        if cache is not None:
-            generate_kwargs["cache"] = cache
-        if encoder_hidden_states is None:
-            encoder_hidden_states, encoder_states_mask = self.encode(
-                pixel_values, image_mask, input_features, audio_attention_mask, encoder_input_ids, encoder_attention_mask
-            )
-        encoder_states_mask = _states_mask(encoder_hidden_states, encoder_states_mask)
-        dc = self.config.text_decoder_config
-        batch = encoder_hidden_states.shape[0]
-        if input_ids is None:
-            input_ids = torch.full((batch, 1), dc.bos_token_id, dtype=torch.long, device=encoder_hidden_states.device)
-        _check_decoder_ids(input_ids, dc.vocab_size, batch, "input_ids (the decoder prompt)")
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        elif attention_mask.ndim != 2 or attention_mask.shape[0] != batch:
-            raise ValueError(f"attention_mask must have shape ({batch}, length), got {tuple(attention_mask.shape)}")
-        generate_kwargs.setdefault("bos_token_id", dc.bos_token_id)
-        generate_kwargs.setdefault("eos_token_id", dc.eos_token_id)
-        generate_kwargs.setdefault("pad_token_id", dc.pad_token_id)
-        return super().generate(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            encoder_hidden_states=encoder_hidden_states,
-            encoder_states_mask=encoder_states_mask,
-            **generate_kwargs,
         )
 
 
