@@ -38,7 +38,9 @@ MODALITY_KEYS = {
 #: The Hub files modeling_opt_tri.py reaches by relative import travel with it (save_pretrained copies them).
 MODELING_HELPERS = {
     f"modeling_opt_tri_{part}.py"
-    for part in ("outputs", "layers", "inputs", "losses", "masking", "phases", "decoders", "generation", "conversion", "hub")
+    for part in (
+        "outputs", "layers", "inputs", "fusion", "losses", "masking", "phases", "decoders", "generation", "conversion", "hub"
+    )
 }
 SAVED_FILES = {"config.json", "model.safetensors", "configuration_opt_tri.py", "modeling_opt_tri.py", "README.md",
                *MODELING_HELPERS}
