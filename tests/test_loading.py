@@ -23,6 +23,8 @@ from modeling_opt_tri import (
 )
 from modeling_opt_tri.modeling_opt_tri import PRETRAINING_HEAD_MODULES
 
+pytestmark = pytest.mark.usefixtures("one_thread_module")
+
 
 @pytest.fixture(scope="module")
 def pretraining_folder(tmp_path_factory):

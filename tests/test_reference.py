@@ -26,12 +26,12 @@ def expected():
     return torch.load(reference.FOLDER / "expected.pt", weights_only=True)
 
 
+pytestmark = pytest.mark.usefixtures("one_thread_module")
+
+
 @pytest.fixture(scope="module")
 def model():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield reference.load_reference_model()
-    torch.set_num_threads(threads)
+    return reference.load_reference_model()
 
 
 def test_fixture_is_small():
