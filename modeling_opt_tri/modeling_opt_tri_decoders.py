@@ -316,8 +316,13 @@ def _private_rng(seed: int | None, device: torch.device):
     if seed is None:
         yield
         return
+    # Seed only the generators this block draws from (the CPU one and `device`'s): `torch.manual_seed` would also
+    # reseed every other GPU, whose states `fork_rng` does not restore. Not thread-safe: the global RNG is shared.
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
+        torch.default_generator.manual_seed(seed)
+        if device.type == "cuda":
+            index = device.index if device.index is not None else torch.cuda.current_device()
+            torch.cuda.default_generators[index].manual_seed(seed)
         yield
 
 

@@ -106,9 +106,13 @@ class OptTriHubMixin:
     """`save_pretrained` / `push_to_hub` of every OPT-Tri model (listed before `PreTrainedModel` in
     `OptTriPreTrainedModel`'s bases): `auto_map` entries for every head, and the model card."""
 
-    def save_pretrained(self, save_directory, *args, **kwargs):
+    def save_pretrained(self, save_directory, is_main_process: bool = True, *args, push_to_hub: bool = False,
+                        **kwargs):
         """`PreTrainedModel.save_pretrained`, plus `auto_map` entries for every OPT-Tri head in `config.json`, so
-        that `AutoModel`/`AutoModelForPreTraining` load any OPT-Tri checkpoint through `trust_remote_code=True`."""
+        that `AutoModel`/`AutoModelForPreTraining` load any OPT-Tri checkpoint through `trust_remote_code=True`, and
+        a default model card (`README.md`) where the folder has none. Only the main process writes the card; with
+        `push_to_hub=True` the folder is uploaded after the card is written (`repo_id=` and the other
+        `push_to_hub` arguments may be given here, as in transformers)."""
         if getattr(self.config, "model_type", None) == OptTriConfig.model_type:
             auto_map = dict(getattr(self.config, "auto_map", None) or {})
             auto_map.setdefault("AutoConfig", "configuration_opt_tri.OptTriConfig")
@@ -119,41 +123,64 @@ class OptTriHubMixin:
             # the dual encoder serves pipeline("zero-shot-image-classification", ...) of any OPT-Tri checkpoint
             auto_map.setdefault("AutoModelForZeroShotImageClassification", "modeling_opt_tri.OptTriForRetrieval")
             self.config.auto_map = auto_map
-        result = super().save_pretrained(save_directory, *args, **kwargs)
+        upload = {key: kwargs.pop(key) for key in _UPLOAD_ARGUMENTS if key in kwargs}
+        result = super().save_pretrained(save_directory, is_main_process, *args, **kwargs)
+        if not is_main_process:
+            return result
         card = os.path.join(save_directory, "README.md")
         if not os.path.exists(card):  # never replace a card written for this folder (e.g. by examples/pretrain.py)
             with open(card, "w", encoding="utf-8") as handle:
                 handle.write(default_model_card(self))
+        if push_to_hub:
+            repo_id = upload.pop("repo_id", None) or os.path.basename(os.path.normpath(str(save_directory)))
+            _upload_folder(str(save_directory), repo_id, **upload)
         return result
 
     def push_to_hub(
         self, repo_id: str, *, commit_message: str | None = None, commit_description: str | None = None,
         private: bool | None = None, token: bool | str | None = None, revision: str | None = None,
         create_pr: bool = False, max_shard_size: int | str | None = "50GB", tags: list[str] | None = None,
+        **save_kwargs,
     ) -> str:
         """
-        `PushToHubMixin.push_to_hub` (same arguments), uploading the model card too: the card of the folder the
-        model was loaded from when it is an OPT-Tri card (so a pre-trained model pushed from `final/` keeps the card
-        of its run), else [`default_model_card`]; `tags` are added to it. (`PreTrainedModel.push_to_hub` would
-        replace it by the Hub's generic card.)
+        `PushToHubMixin.push_to_hub` (same arguments; others, e.g. `safe_serialization`, go to `save_pretrained`),
+        uploading the model card too: the card of the folder the model was loaded from when it is an OPT-Tri card
+        (so a pre-trained model pushed from `final/` keeps the card of its run), else [`default_model_card`]; `tags`
+        are added to it. (`PreTrainedModel.push_to_hub` would replace it by the Hub's generic card.)
         """
-        try:
-            from huggingface_hub import HfApi, ModelCard
-        except ImportError as error:  # a transformers dependency, so only a broken install lacks it
-            raise ImportError("push_to_hub needs the huggingface_hub package") from error
-
-        api = HfApi(token=token)
-        repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
         with tempfile.TemporaryDirectory() as folder:
             source = os.path.join(str(getattr(self, "name_or_path", "") or ""), "README.md")
             if os.path.isfile(source) and MODEL_CARD_MARKER in open(source, encoding="utf-8").read():
                 shutil.copyfile(source, os.path.join(folder, "README.md"))
-            self.save_pretrained(folder, max_shard_size=max_shard_size)
+            self.save_pretrained(folder, max_shard_size=max_shard_size, **save_kwargs)
             if tags:
+                from huggingface_hub import ModelCard
+
                 card = ModelCard.load(os.path.join(folder, "README.md"))
                 card.data.tags = list(card.data.tags or []) + [tag for tag in tags if tag not in (card.data.tags or [])]
                 card.save(os.path.join(folder, "README.md"))
-            return api.upload_folder(
-                repo_id=repo_id, folder_path=folder, commit_message=commit_message or "Upload model",
-                commit_description=commit_description, revision=revision, create_pr=create_pr,
+            return _upload_folder(
+                folder, repo_id, commit_message=commit_message, commit_description=commit_description,
+                private=private, token=token, revision=revision, create_pr=create_pr,
             )
+
+
+#: `push_to_hub` arguments that `save_pretrained(..., push_to_hub=True, ...)` passes on to the upload.
+_UPLOAD_ARGUMENTS = ("repo_id", "commit_message", "commit_description", "private", "token", "revision", "create_pr")
+
+
+def _upload_folder(
+    folder: str, repo_id: str, *, commit_message: str | None = None, commit_description: str | None = None,
+    private: bool | None = None, token: bool | str | None = None, revision: str | None = None, create_pr: bool = False,
+) -> str:
+    """Create `repo_id` if needed and upload `folder` (weights, config, Hub files and model card) to it."""
+    try:
+        from huggingface_hub import HfApi
+    except ImportError as error:  # a transformers dependency, so only a broken install lacks it
+        raise ImportError("push_to_hub needs the huggingface_hub package") from error
+    api = HfApi(token=token)
+    repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+    return api.upload_folder(
+        repo_id=repo_id, folder_path=folder, commit_message=commit_message or "Upload model",
+        commit_description=commit_description, revision=revision, create_pr=create_pr,
+    )

@@ -115,3 +115,24 @@ def test_push_to_hub_uploads_the_card_of_the_loaded_run(tmp_path, monkeypatch):
     assert MODEL_CARD_MARKER in fresh_card and "library_name: transformers" in fresh_card
     assert "This model card has been automatically generated" not in fresh_card and "- my-tag" in fresh_card
     assert {"config.json", "model.safetensors", "modeling_opt_tri.py"} <= set(hub.files("user/run"))
+
+
+def test_only_the_main_process_writes_the_card(tmp_path):
+    """Under several processes every rank calls save_pretrained; only the main one may write files."""
+    OptTriModel(tiny_config()).save_pretrained(tmp_path, is_main_process=False)
+    assert not (tmp_path / "README.md").exists()
+
+
+def test_save_pretrained_with_push_to_hub_uploads_the_card_and_passes_save_arguments(tmp_path, monkeypatch):
+    """`save_pretrained(..., push_to_hub=True)` uploads the folder after the card is written (transformers' own path
+    would upload before it exists); `push_to_hub` passes other `save_pretrained` arguments on."""
+    from hub_server import LocalHub, no_external_network
+
+    with no_external_network() as attempts, LocalHub() as hub:
+        hub.patch(monkeypatch, tmp_path / "cache")
+        OptTriModel(tiny_config()).save_pretrained(tmp_path / "saved", push_to_hub=True, repo_id="user/saved")
+        OptTriModel(tiny_config()).push_to_hub("user/pushed", safe_serialization=True)
+        saved, pushed = hub.files("user/saved"), hub.files("user/pushed")
+        assert attempts == [] and hub.unhandled == []
+    assert MODEL_CARD_MARKER in saved["README.md"].decode() and "model.safetensors" in saved
+    assert MODEL_CARD_MARKER in pushed["README.md"].decode() and "model.safetensors" in pushed
