@@ -32,6 +32,7 @@ from modeling_opt_tri.data.synthetic import COLOR_PITCH_HZ, COLORS
 from modeling_opt_tri.modeling_opt_tri import OptTriForTextToAudio
 from modeling_opt_tri.modeling_opt_tri_vq import OptTriAudioVQModel
 from modeling_opt_tri.training import text_to_code
+from modeling_opt_tri.training.arguments import CheckedArgumentParser
 from modeling_opt_tri.training.text_to_code import accuracy, color_breakdown, heldout_scenes, prompt_color
 
 
@@ -110,11 +111,15 @@ def evaluate(
     return report
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+def build_parser() -> CheckedArgumentParser:
+    parser = CheckedArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     text_to_code.add_evaluation_arguments(parser, "OptTriForTextToAudio", "--audio_tokenizer", "OptTriAudioVQModel")
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def main(argv=None) -> dict:

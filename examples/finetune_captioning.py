@@ -16,18 +16,19 @@ render them.
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 import torch
 from transformers import Trainer, TrainingArguments
 
-from modeling_opt_tri import OptTriConfig, OptTriProcessor
+from modeling_opt_tri import OptTriProcessor
 from modeling_opt_tri.data import COLORS, SHAPES, build_synthetic_dataset
 from modeling_opt_tri.data.collate import TriModalCollator
 from modeling_opt_tri.metrics import load_metric
 from modeling_opt_tri.modeling_opt_tri import OptTriForConditionalGeneration
+from modeling_opt_tri.training.arguments import MAX_STEPS_OR_EPOCHS, SEED, CheckedArgumentParser, choice, integer, number, string
+from modeling_opt_tri.training.finetune import load_model
 
 
 class CaptioningCollator(TriModalCollator):
@@ -88,27 +89,28 @@ def evaluate_captions(model, processor, dataset, condition: str, batch_size: int
     return results
 
 
+def build_parser() -> CheckedArgumentParser:
+    parser = CheckedArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, rule=string(), help="OPT-Tri checkpoint or preset folder")
+    parser.add_argument("--output_dir", required=True, rule=string())
+    parser.add_argument("--condition", choices=["image", "audio", "both"], default="image", rule=choice("image", "audio", "both"))
+    parser.add_argument("--train_rows", type=int, default=20000, rule=integer(1))
+    parser.add_argument("--eval_rows", type=int, default=200, rule=integer(1))
+    parser.add_argument("--epochs", type=float, default=12.0, rule=number(positive=True))
+    parser.add_argument("--max_steps", type=int, default=-1, rule=MAX_STEPS_OR_EPOCHS)
+    parser.add_argument("--batch_size", type=int, default=32, rule=integer(1))
+    parser.add_argument("--learning_rate", type=float, default=5e-4, rule=number(positive=True))
+    parser.add_argument("--seed", type=int, default=42, rule=SEED)
+    parser.add_argument("--push_to_hub", default=None, rule=string(optional=True),
+                        help="repo id to push the fine-tuned model and processor to")
+    return parser
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, help="OPT-Tri checkpoint or preset folder")
-    parser.add_argument("--output_dir", required=True)
-    parser.add_argument("--condition", choices=["image", "audio", "both"], default="image")
-    parser.add_argument("--train_rows", type=int, default=20000)
-    parser.add_argument("--eval_rows", type=int, default=200)
-    parser.add_argument("--epochs", type=float, default=12.0)
-    parser.add_argument("--max_steps", type=int, default=-1)
-    parser.add_argument("--batch_size", type=int, default=32)
-    parser.add_argument("--learning_rate", type=float, default=5e-4)
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--push_to_hub", default=None, help="repo id to push the fine-tuned model and processor to")
-    args = parser.parse_args()
+    args = build_parser().parse_args()
 
     processor = OptTriProcessor.from_pretrained(args.model)
-    if (Path(args.model) / "model.safetensors").exists():
-        model = OptTriForConditionalGeneration.from_pretrained(args.model)
-    else:
-        torch.manual_seed(args.seed)
-        model = OptTriForConditionalGeneration(OptTriConfig.from_pretrained(args.model))
+    model = load_model(OptTriForConditionalGeneration, args.model, args.seed)  # every tensor from the checkpoint
     train = build_synthetic_dataset(args.train_rows, seed=args.seed, split="train")
     held_out = build_synthetic_dataset(args.eval_rows, seed=args.seed, split="validation")
     training_args = TrainingArguments(

@@ -17,7 +17,6 @@ random model the similarities carry no class information.
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from transformers import Trainer
 from modeling_opt_tri import OptTriProcessor
 from modeling_opt_tri.data import COLORS
 from modeling_opt_tri.modeling_opt_tri import OptTriForSequenceClassification
+from modeling_opt_tri.training.arguments import CheckedArgumentParser, choice, flag, integer, subset_of
 from modeling_opt_tri.training.finetune import (
     TaskCollator,
     add_finetune_arguments,
@@ -78,13 +78,19 @@ def zero_shot_accuracy(model, processor, collator, dataset, names, modality, bat
     return correct / total
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def build_parser() -> CheckedArgumentParser:
+    parser = CheckedArgumentParser(description=__doc__.splitlines()[0])
     add_finetune_arguments(parser)
-    parser.add_argument("--modalities", default="image", help="comma-separated subset of text,image,audio")
-    parser.add_argument("--prompt_tuning", action="store_true", help="CoOp: learn prompt context vectors only")
-    parser.add_argument("--prompt_context_length", type=int, default=4)
-    parser.add_argument("--prompt_modality", choices=["image", "audio"], default="image")
+    parser.add_argument("--modalities", default="image", rule=subset_of("text", "image", "audio"),
+                        help="comma-separated subset of text,image,audio")
+    parser.add_argument("--prompt_tuning", action="store_true", rule=flag(), help="CoOp: learn prompt context vectors only")
+    parser.add_argument("--prompt_context_length", type=int, default=4, rule=integer(1))
+    parser.add_argument("--prompt_modality", choices=["image", "audio"], default="image", rule=choice("image", "audio"))
+    return parser
+
+
+def main() -> None:
+    parser = build_parser()
     args = parser.parse_args()
     if args.prompt_tuning and (args.lora or args.freeze_layers):
         parser.error("--prompt_tuning freezes the whole model already; do not combine it with --lora/--freeze_layers")
@@ -102,7 +108,7 @@ def main() -> None:
     modalities = [args.prompt_modality] if args.prompt_tuning else [m.strip() for m in args.modalities.split(",")]
     collator = TaskCollator(processor, modalities, targets=target)
     model = load_model(
-        OptTriForSequenceClassification, args.model, args.seed, num_labels=len(names),
+        OptTriForSequenceClassification, args.model, args.seed, new_heads=["classifier"], num_labels=len(names),
         id2label=dict(enumerate(names)), label2id=label2id, problem_type="single_label_classification",
     )
     results: dict[str, object] = {"modalities": modalities, "classes": names}

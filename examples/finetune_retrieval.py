@@ -14,7 +14,6 @@ and a final period) also counts as correct; `strict` results count only the pair
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from transformers import Trainer
 from modeling_opt_tri import OptTriProcessor
 from modeling_opt_tri.metrics import load_metric, rank_gallery
 from modeling_opt_tri.modeling_opt_tri import OptTriForRetrieval
+from modeling_opt_tri.training.arguments import CheckedArgumentParser, choice, integer, number
 from modeling_opt_tri.training.finetune import (
     TaskCollator,
     add_finetune_arguments,
@@ -104,13 +104,20 @@ def evaluate_retrieval(model, processor, dataset, query: str, gallery: str, top_
     return results
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def build_parser() -> CheckedArgumentParser:
+    parser = CheckedArgumentParser(description=__doc__.splitlines()[0])
     add_finetune_arguments(parser, lr=2e-4)
-    parser.add_argument("--query", choices=sorted(INPUT_KEYS), default="text")
-    parser.add_argument("--gallery", choices=sorted(INPUT_KEYS), default="image")
-    parser.add_argument("--itm_loss_weight", type=float, default=1.0, help="0 trains the dual encoder only")
-    parser.add_argument("--rerank_top_k", type=int, default=10, help="re-rank the top k with the ITM head (0: off)")
+    parser.add_argument("--query", choices=sorted(INPUT_KEYS), default="text", rule=choice(*sorted(INPUT_KEYS)))
+    parser.add_argument("--gallery", choices=sorted(INPUT_KEYS), default="image", rule=choice(*sorted(INPUT_KEYS)))
+    parser.add_argument("--itm_loss_weight", type=float, default=1.0, rule=number(0.0),
+                        help="0 trains the dual encoder only")
+    parser.add_argument("--rerank_top_k", type=int, default=10, rule=integer(0),
+                        help="re-rank the top k with the ITM head (0: off)")
+    return parser
+
+
+def main() -> None:
+    parser = build_parser()
     args = parser.parse_args()
     if args.query == args.gallery:
         parser.error("--query and --gallery must be different modalities")

@@ -27,19 +27,24 @@ from pathlib import Path
 from modeling_opt_tri.modeling_opt_tri import OptTriForTextToImage
 from modeling_opt_tri.modeling_opt_tri_vq import OptTriImageVQModel
 from modeling_opt_tri.training import text_to_code
+from modeling_opt_tri.training.arguments import CheckedArgumentParser, string
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from evaluate_text_to_image import evaluate  # noqa: E402  (the measurement script next to this one)
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--image_tokenizer", required=True, help="trained OptTriImageVQModel folder")
+def build_parser() -> CheckedArgumentParser:
+    parser = CheckedArgumentParser(description=__doc__.split("\n\n")[0],
+                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--image_tokenizer", required=True, rule=string(), help="trained OptTriImageVQModel folder")
     text_to_code.add_training_arguments(parser, default_model=str(REPO_ROOT / "configuration" / "tiny"),
                                         default_output_dir="outputs/text2image")
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def main(argv=None) -> dict:

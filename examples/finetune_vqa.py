@@ -17,7 +17,6 @@ one can see how much the model uses its context.
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -30,6 +29,7 @@ from modeling_opt_tri import OptTriProcessor
 from modeling_opt_tri.data import ANSWERS
 from modeling_opt_tri.metrics import load_metric
 from modeling_opt_tri.modeling_opt_tri import OptTriForQuestionAnswering
+from modeling_opt_tri.training.arguments import CheckedArgumentParser, choice
 from modeling_opt_tri.training.finetune import (
     TaskCollator,
     add_finetune_arguments,
@@ -87,11 +87,16 @@ def question_type(question: str) -> str:
     return " ".join(words[:2])
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def build_parser() -> CheckedArgumentParser:
+    parser = CheckedArgumentParser(description=__doc__.splitlines()[0])
     add_finetune_arguments(parser)
-    parser.add_argument("--context", choices=sorted(CONTEXTS), default="image", help="the modalities answered about")
-    args = parser.parse_args()
+    parser.add_argument("--context", choices=sorted(CONTEXTS), default="image", rule=choice(*sorted(CONTEXTS)),
+                        help="the modalities answered about")
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
 
     processor = OptTriProcessor.from_pretrained(args.model)
     train = QuestionDataset(load_split(args.dataset, "train", args.train_rows, args.seed, args.eval_rows))
@@ -114,7 +119,7 @@ def main() -> None:
 
     collator = TaskCollator(processor, ["text", *CONTEXTS[args.context]], targets=target, text=lambda row: row["question"])
     model = load_model(
-        OptTriForQuestionAnswering, args.model, args.seed, num_labels=len(vocabulary),
+        OptTriForQuestionAnswering, args.model, args.seed, new_heads=["classifier"], num_labels=len(vocabulary),
         id2label=dict(enumerate(vocabulary)), label2id=answer_id,
     )
     model, optimizer = prepare_for_training(model, args, head_modules=["classifier"])

@@ -554,7 +554,7 @@ CASES: list[tuple[str, Callable[[], Any], Raises | Returns | Warns | Exits]] = [
     _cli("pretrain_missing_dataset", r"^FileNotFoundError: --dataset '.*no_such_dataset': no such file or folder"),
     _cli("pretrain_bad_mixed_precision", r"^ValueError: --mixed_precision must be no, fp16 or bf16, got 'fp32'"),
     _cli("pretrain_unknown_objective", r"^ValueError: Unknown objective 'foo'; known: \["),
-    _cli("pretrain_bad_itm_rows", r"^ValueError: itm_rows_per_sample must be 1 or 3, got 2"),
+    _cli("pretrain_bad_itm_rows", r"^ValueError: --itm_rows_per_sample must be 1 or 3 \(or unset\), got 2"),
     _cli("evaluate_missing_model", r"error: --model '.*no_such_model': no such checkpoint folder"),
     _cli("evaluate_negative_rerank", r"error: --rerank must be 0 \(off\) or a positive shortlist size, got -1"),
     _cli("evaluate_bert_checkpoint", r"^ValueError: Cannot build OptTriConfig \(model_type 'opt_tri'\) from a config of "

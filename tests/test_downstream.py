@@ -592,3 +592,54 @@ def test_heads_without_an_auto_class_push_their_hub_files(tmp_path, monkeypatch)
             assert hub_files <= set(hub.files(f"user/{name}")), sorted(hub.files(f"user/{name}"))
     OptTriForRetrieval(_config()).save_pretrained(tmp_path / "saved")
     assert hub_files <= set(os.listdir(tmp_path / "saved"))
+
+
+# ---- loading a checkpoint for a task (issue 14, item 8) -------------------------------------------------------------
+
+def _pretraining_checkpoint(folder):
+    from safetensors.torch import load_file
+
+    from conftest import REPO_ROOT
+    from modeling_opt_tri import OptTriConfig
+
+    torch.manual_seed(0)
+    OptTriForPreTraining(OptTriConfig.from_pretrained(REPO_ROOT / "configuration" / "tiny")).save_pretrained(folder)
+    return load_file(str(folder / "model.safetensors"))
+
+
+def test_load_model_only_lets_the_task_head_start_at_random(tmp_path):
+    """A wrong-shaped or missing encoder tensor was silently re-initialised, and a folder with only pytorch_model.bin
+    gave a random model: now each is an error naming the tensors (or the file); only the new head may be random."""
+    from safetensors.torch import save_file
+
+    from modeling_opt_tri.training.finetune import load_model
+
+    weights = _pretraining_checkpoint(tmp_path / "good")
+    model = load_model(OptTriForSequenceClassification, str(tmp_path / "good"), new_heads=["classifier"], num_labels=3)
+    state = model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in weights.items() if k in state)  # every encoder tensor loaded
+
+    wrong = "opt_tri.text_model.embeddings.position_embeddings.weight"
+    gone = next(k for k in weights if k.startswith("opt_tri.vision_model.") and k.endswith("weight"))
+    for name, edit, message in (
+        ("shape", lambda w: w.update({wrong: torch.zeros(w[wrong].shape[0] + 1, w[wrong].shape[1])}),
+         rf"of another shape in the checkpoint: \['{wrong} \(checkpoint \(65, \d+\), model \(64, \d+\)\)'\]"),
+        ("missing", lambda w: w.pop(gone), rf"missing from the checkpoint: \['{gone}'\]"),
+    ):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "config.json").write_text((tmp_path / "good" / "config.json").read_text())
+        damaged = dict(weights)
+        edit(damaged)
+        save_file(damaged, str(folder / "model.safetensors"), metadata={"format": "pt"})
+        with pytest.raises(ValueError, match=message + r" \(only the task's new head \(classifier\) may start at random\)"):
+            load_model(OptTriForSequenceClassification, str(folder), new_heads=["classifier"], num_labels=3)
+        with pytest.raises(ValueError, match="this task adds no head"):
+            load_model(OptTriForRetrieval, str(folder))
+
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    (pickled / "config.json").write_text((tmp_path / "good" / "config.json").read_text())
+    torch.save(weights, pickled / "pytorch_model.bin")
+    with pytest.raises(ValueError, match=r"holds weights only as \['pytorch_model.bin'\], not as model.safetensors"):
+        load_model(OptTriForSequenceClassification, str(pickled), new_heads=["classifier"], num_labels=3)

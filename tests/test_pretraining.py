@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -431,3 +432,250 @@ def test_vq_code_objectives_train_with_the_tokenizers(tmp_path):
                                       objectives="mrc_kl=1", image_tokenizer=image_tok, **COMMON))
     for record in read_history(tmp_path / "kl" / "losses.jsonl"):
         assert set(k for k in record if k.startswith("loss/")) == {"loss/mrc_kl"} and record["loss/mrc_kl"] >= 0
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Issue 14: corrupt-row limit, resume checks, signals, damaged checkpoints and logs
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _folder_with_bad_rows(folder: Path, rows: int, bad: int, seed: int = 5) -> Path:
+    """A metadata folder of `rows` rows whose first `bad` rows point to image files that do not exist."""
+    export_synthetic_folder(folder, rows, seed=seed)
+    metadata = [json.loads(line) for line in (folder / "metadata.jsonl").read_text().splitlines()]
+    for row in metadata[:bad]:
+        (folder / row["image"]).unlink()
+    return folder
+
+
+@pytest.mark.slow
+def test_all_corrupt_rows_stop_the_cli_quickly(tmp_path):
+    """Eight rows with missing image files, --max_steps 2: looped forever (a million warnings); now stops at once,
+    whatever --max_bad_row_fraction says (1.0: a whole pass without one usable row stops it too)."""
+    folder = _folder_with_bad_rows(tmp_path / "data", 8, 8)
+    for extra, message in (([], r"RuntimeError: 6 of the 6 rows drawn so far \(100.0%\) could not be decoded, more than "
+                                 r"--max_bad_row_fraction=0.1 allows"),
+                           (["--max_bad_row_fraction", "1"], r"RuntimeError: A whole pass over the training data gave no "
+                                                              r"usable row \(8 corrupt rows skipped so far\)")):
+        command = [sys.executable, str(REPO_ROOT / "examples" / "pretrain.py"), "--preset", PRESET, "--dataset", str(folder),
+                   "--output_dir", str(tmp_path / "out"), "--max_steps", "2", "--batch_size", "2", "--progress", "false",
+                   "--tensorboard", "false", "--evaluate", "false", *extra]
+        start = time.time()
+        result = subprocess.run(command, env=_env(tmp_path), capture_output=True, text=True, timeout=180)
+        assert result.returncode != 0 and time.time() - start < 180
+        assert re.search(message, result.stderr), result.stderr[-2000:]
+        assert result.stderr.count("skipped a corrupt row") <= 8
+
+
+def test_short_dataset_with_most_rows_bad_stops(tmp_path):
+    """10 of 16 rows bad trained silently: the limit applies from the first row, over at least 50 rows."""
+    folder = _folder_with_bad_rows(tmp_path / "data", 16, 10)
+    args = dict(COMMON, train_rows=0, batch_size=4)
+    with pytest.raises(RuntimeError, match=r"could not be decoded, more than --max_bad_row_fraction=0.1 allows \(the "
+                                           r"fraction is taken of at least 50 rows: at most 5 corrupt rows"):
+        run_pretraining(PretrainArguments(output_dir=str(tmp_path / "out"), dataset=str(folder), max_steps=4,
+                                          save_steps=0, **args))
+    # a few bad rows early on do not stop a run: 3 of 48 (6%) is within the default 10%
+    folder = _folder_with_bad_rows(tmp_path / "few", 48, 3)
+    summary = run_pretraining(PretrainArguments(output_dir=str(tmp_path / "few_out"), dataset=str(folder), max_steps=3,
+                                                save_steps=0, **dict(COMMON, train_rows=0, batch_size=8)))
+    assert summary["steps"] == 3 and summary["rows_skipped"] >= 1
+
+
+@pytest.fixture(scope="module")
+def reference_4_steps(tmp_path_factory):
+    """An uninterrupted 4-step run with checkpoints at steps 2 and 4 (shared by the resume tests of this module)."""
+    out = tmp_path_factory.mktemp("reference") / "run"
+    args = PretrainArguments(output_dir=str(out), max_steps=4, save_steps=2, save_total_limit=0, **COMMON)
+    run_pretraining(args)
+    assert [p.name for p in list_checkpoints(out)] == ["checkpoint-2", "checkpoint-4"]
+    return out, args
+
+
+def _warnings(monkeypatch, *modules) -> list[str]:
+    messages: list[str] = []
+    for module in modules:
+        monkeypatch.setattr(module.logger, "warning", lambda message, *a, **k: messages.append(str(message)))
+    return messages
+
+
+def test_resume_refuses_changed_arguments_and_allows_more_steps(reference_4_steps, tmp_path, monkeypatch):
+    import dataclasses
+    import shutil
+
+    from modeling_opt_tri.training import pretrain
+
+    reference, args = reference_4_steps
+    run = tmp_path / "run"
+    shutil.copytree(reference, run)
+    same = dataclasses.replace(args, output_dir=str(run), resume_from_checkpoint="latest")
+    with pytest.raises(ValueError, match=r"Cannot resume from .*checkpoint-4: the run would not continue the one that "
+                                         r"wrote it. Changed:\n  --batch_size 4 \(checkpoint: 8\)\n  --learning_rate "
+                                         r"0.002 \(checkpoint: 0.001\)\nResume with the checkpoint's values"):
+        run_pretraining(dataclasses.replace(same, batch_size=4, learning_rate=2e-3))
+    with pytest.raises(ValueError, match=r"--max_steps 3 is below the checkpoint's step 4"):
+        run_pretraining(dataclasses.replace(same, max_steps=3))
+    warnings = _warnings(monkeypatch, pretrain)
+    summary = run_pretraining(dataclasses.replace(same, max_steps=6, logging_steps=3))
+    assert summary["steps"] == 6
+    assert any("changed argument: --max_steps 6 (checkpoint: 4): the learning-rate schedule now spans" in w for w in warnings)
+    assert any("changed argument: --logging_steps 3 (checkpoint: 2)" in w for w in warnings)
+    assert [r["step"] for r in read_history(run / "losses.jsonl")] == [1, 2, 3, 4, 5, 6]
+
+
+def test_resume_with_another_number_of_processes_is_refused_before_work(reference_4_steps, tmp_path):
+    import dataclasses
+    import shutil
+
+    reference, args = reference_4_steps
+    checkpoint = tmp_path / "checkpoint-4"
+    shutil.copytree(reference / "checkpoint-4", checkpoint)
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    (checkpoint / "trainer_state.json").write_text(json.dumps(dict(state, world_size=2)))
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match=r"checkpoint-4 was written by 2 processes; resuming with 1 would change"):
+        run_pretraining(dataclasses.replace(args, output_dir=str(out), resume_from_checkpoint=str(checkpoint)))
+    assert not out.exists()  # refused before the model was built or anything written
+
+
+def test_latest_falls_back_past_a_truncated_checkpoint_and_reproduces(reference_4_steps, tmp_path, monkeypatch):
+    import dataclasses
+    import shutil
+
+    from modeling_opt_tri.training import checkpointing
+
+    reference, args = reference_4_steps
+    run = tmp_path / "run"
+    shutil.copytree(reference, run)
+    shutil.rmtree(run / "final")
+    weights = run / "checkpoint-4" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # a copy cut short
+    warnings = _warnings(monkeypatch, checkpointing)
+    run_pretraining(dataclasses.replace(args, output_dir=str(run), resume_from_checkpoint="latest"))
+    assert any(f"{weights}: SafetensorError" in w and "falling back" in w for w in warnings), warnings
+    for a, b in zip(_losses(reference), _losses(run), strict=True):
+        assert a == pytest.approx(b, abs=1e-5)
+    assert checkpointing.checkpoint_problems(run / "checkpoint-4") == []  # rewritten by the resumed run
+
+
+@pytest.mark.parametrize("name, damage, message", [
+    ("model.safetensors", lambda f: f.write_bytes(f.read_bytes()[:1000]), r"model.safetensors: cannot be read \(SafetensorError"),
+    ("optimizer.pt", lambda f: f.write_bytes(f.read_bytes()[:-200]), r"optimizer.pt: cannot be read \(RuntimeError"),
+    ("scheduler.pt", lambda f: f.write_bytes(b"garbage"), r"scheduler.pt: cannot be read"),
+    ("trainer_state.json", lambda f: f.write_text('{"global_step": 4, "epo'), r"trainer_state.json: cannot be read \(JSONDecodeError"),
+    ("trainer_state.json", lambda f: f.write_text("[1, 2]"), r"trainer_state.json: not a trainer state"),
+    ("rng_state_0.json", lambda f: f.write_text("{}"), r"rng_state_0.json: cannot be read \(KeyError"),
+])
+def test_every_checkpoint_load_error_names_the_file(reference_4_steps, tmp_path, name, damage, message):
+    import shutil
+
+    from modeling_opt_tri import OptTriConfig, OptTriForPreTraining
+    from modeling_opt_tri.training.checkpointing import CorruptCheckpointError, checkpoint_problems, load_checkpoint
+    from modeling_opt_tri.training.pretrain import _optimizer
+
+    reference, args = reference_4_steps
+    checkpoint = tmp_path / "checkpoint-4"
+    shutil.copytree(reference / "checkpoint-4", checkpoint)
+    damage(checkpoint / name)
+    model = OptTriForPreTraining(OptTriConfig.from_pretrained(PRESET))
+    optimizer = _optimizer(model, args)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    with pytest.raises(CorruptCheckpointError, match=re.escape(str(checkpoint) + "/") + message):
+        load_checkpoint(checkpoint, model, optimizer, scheduler)
+    if name != "rng_state_0.json":  # structural checks see truncation and bad JSON (not a JSON object of wrong keys)
+        assert any(str(checkpoint / name) in problem for problem in checkpoint_problems(checkpoint))
+
+
+def test_only_broken_checkpoints_is_an_error_and_a_torn_log_tail_is_dropped(reference_4_steps, tmp_path):
+    import shutil
+
+    from modeling_opt_tri.training.checkpointing import CorruptCheckpointError, find_resumable_checkpoint, repair_history
+
+    reference, _ = reference_4_steps
+    run = tmp_path / "run"
+    shutil.copytree(reference, run)
+    for checkpoint in list_checkpoints(run):
+        (checkpoint / "optimizer.pt").unlink()
+    with pytest.raises(CorruptCheckpointError, match=r"every checkpoint in .* is incomplete or corrupt \(checkpoint-4, checkpoint-2"):
+        find_resumable_checkpoint(run)
+    history = run / "losses.jsonl"
+    lines = history.read_text().splitlines()
+    history.write_text("\n".join(lines) + '\n{"step": 5, "loss": 3.1')  # killed while writing step 5
+    assert [r["step"] for r in repair_history(history, 3)] == [1, 2, 3]
+    assert [r["step"] for r in read_history(history)] == [1, 2, 3]
+    history.write_text(lines[0] + "\nnot json\n" + lines[1] + "\n")  # damage in the middle is not an interrupted write
+    with pytest.raises(CorruptCheckpointError, match=r"losses.jsonl, line 2: not a JSON log record"):
+        repair_history(history, 4)
+
+
+@pytest.fixture
+def signals_raise_in_the_test():
+    """While a test runs, SIGTERM/SIGINT raise here instead of ending pytest: without the training loop's own handler
+    (the old code), a signal then fails the test instead of killing the test run."""
+    class Killed(Exception):
+        pass
+
+    def handler(signum, frame):
+        raise Killed(f"signal {signum} reached the default handler")
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    yield
+    for s, h in previous.items():
+        signal.signal(s, h)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_finishes_the_step_saves_and_resume_reproduces(reference_4_steps, tmp_path, monkeypatch, signum,
+                                                              signals_raise_in_the_test):
+    import dataclasses
+
+    from modeling_opt_tri import OptTriForPreTraining
+    from modeling_opt_tri.training.checkpointing import checkpoint_problems
+    from modeling_opt_tri.training.pretrain import TrainingInterrupted
+
+    reference, args = reference_4_steps
+    original = OptTriForPreTraining.forward
+    calls = {"n": 0}
+
+    def forward(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:  # during step 3 (as a scheduler would, at any moment)
+            signal.raise_signal(signum)
+        return original(self, *a, **k)
+
+    monkeypatch.setattr(OptTriForPreTraining, "forward", forward)
+    run = tmp_path / "run"
+    with pytest.raises(TrainingInterrupted) as error:
+        run_pretraining(dataclasses.replace(args, output_dir=str(run)))
+    assert error.value.exit_code == 128 + signum and error.value.step == 3
+    assert f"Interrupted by {signal.Signals(signum).name} after step 3: saved checkpoint {run / 'checkpoint-3'}" in str(error.value)
+    assert calls["n"] == 3 and checkpoint_problems(run / "checkpoint-3") == [] and not (run / "final").exists()
+    assert signal.getsignal(signum) is not signal.SIG_DFL  # the loop's handler is gone again (the test's is back)
+    monkeypatch.setattr(OptTriForPreTraining, "forward", original)
+    run_pretraining(dataclasses.replace(args, output_dir=str(run), resume_from_checkpoint="latest"))
+    for a, b in zip(_losses(reference), _losses(run), strict=True):
+        assert a == pytest.approx(b, abs=1e-5)
+
+
+def test_an_empty_stream_is_an_error_not_an_endless_loop():
+    """A streaming dataset without a row looped over empty epochs forever."""
+    from modeling_opt_tri.training.pretrain import BatchStream
+
+    class EmptyStream:  # an iterable without a length, as a streaming dataset
+        def __iter__(self):
+            return iter(())
+
+    def too_long(signum, frame):
+        raise TimeoutError("BatchStream.iterate loops over empty epochs")
+
+    stream = BatchStream(EmptyStream(), lambda rows: {"rows": rows},
+                         PretrainArguments(streaming=True, batch_size=4, dataset="./empty"), 0, 1, None)
+    previous = signal.signal(signal.SIGALRM, too_long)
+    signal.alarm(30)
+    try:
+        with pytest.raises(ValueError, match=r"The training data gave no batch in a whole pass \(epoch 0\): is --dataset "
+                                             r"'./empty' \(split 'train'\) empty\?"):
+            next(stream.iterate(0, 0))
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)

@@ -19,21 +19,30 @@ position is mapped onto the new ranks) approximately: the ranks' RNG streams and
 Everything is first written into a temporary folder next to the final one, fsynced, and then renamed in one
 `os.rename`; with several processes every rank writes into that folder, all wait at a barrier, and rank 0 alone renames
 it. A run killed at any moment therefore leaves either the complete checkpoint or none (plus, possibly, a
-`*.tmp` folder that `latest_checkpoint` ignores and the next save removes).
+`*.tmp` folder that `latest_checkpoint` ignores and the next save removes). A write that fails on rank 0 (e.g. a full
+disk: `OSError(ENOSPC)`) removes its temporary folder and raises an `OSError` that names the checkpoint and the last
+intact one.
+
+Resuming checks what it reads: `find_resumable_checkpoint` skips (with a warning) checkpoints whose files are missing,
+truncated or unparsable and falls back to the newest complete one; `load_checkpoint` names the file in every error
+(`CorruptCheckpointError`); `repair_history` drops a torn last line of `losses.jsonl` (a run killed mid-write).
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
 import re
 import shutil
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from transformers.utils import logging
 
@@ -42,6 +51,10 @@ logger = logging.get_logger(__name__)
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 SHARDED_FOLDER = "sharded"
 """Sub-folder of an FSDP checkpoint with the `torch.distributed.checkpoint` shards of the model and optimizer."""
+
+
+class CorruptCheckpointError(ValueError):
+    """A checkpoint file is missing, truncated or unparsable; the message names the file."""
 
 
 def _fsync_dir(path: Path) -> None:
@@ -141,25 +154,38 @@ def save_checkpoint(
     if barrier is not None:
         barrier()
     if rank == 0:
-        if not sharded:
-            save_file(_state_dict_for_safetensors(model), str(tmp / "model.safetensors"), metadata={"format": "pt"})
-            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        if scaler is not None:
-            torch.save(scaler.state_dict(), tmp / "scaler.pt")
-        state = dict(trainer_state, global_step=step, world_size=world_size)
-        (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1))
-        _fsync_tree(tmp)
-        if final.exists():
-            shutil.rmtree(final)
-        os.rename(tmp, final)
-        _fsync_dir(output_dir)
+        try:
+            state = dict(trainer_state, global_step=step, world_size=world_size)
+            _write_rank0_files(tmp, None if sharded else model, optimizer, scheduler, scaler, state)
+            if final.exists():
+                shutil.rmtree(final)
+            os.rename(tmp, final)
+            _fsync_dir(output_dir)
+        except OSError as error:
+            shutil.rmtree(tmp, ignore_errors=True)
+            intact = latest_checkpoint(output_dir)
+            kept = f"the last intact checkpoint is {intact}" if intact is not None else "no earlier checkpoint exists"
+            reason = os.strerror(error.errno) if error.errno else str(error)
+            raise OSError(error.errno or errno.EIO, f"Could not write checkpoint {final} ({reason}: {error}); the partial "
+                          f"write was removed and {kept}") from error
         if keep_last:
             for old in list_checkpoints(output_dir)[:-keep_last]:
                 shutil.rmtree(old, ignore_errors=True)
     if barrier is not None:
         barrier()
     return final
+
+
+def _write_rank0_files(tmp: Path, model, optimizer, scheduler, scaler, state: dict[str, Any]) -> None:
+    """Rank 0's files; `model=None`: the weights and optimizer state are in `sharded/` (written by every rank)."""
+    if model is not None:
+        save_file(_state_dict_for_safetensors(model), str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+    if scaler is not None:
+        torch.save(scaler.state_dict(), tmp / "scaler.pt")
+    (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1))
+    _fsync_tree(tmp)
 
 
 def is_sharded(model: torch.nn.Module) -> bool:
@@ -257,6 +283,95 @@ def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
     return checkpoints[-1] if checkpoints else None
 
 
+def checkpoint_problems(path: str | os.PathLike, rank: int = 0) -> list[str]:
+    """
+    What makes `path` unusable for resuming, one line per file (empty when complete). Cheap structural checks: every
+    required file (the RNG states of all the ranks that wrote it included) exists and is non-empty, `trainer_state.json` / `rng_state_<rank>.json` parse as JSON objects,
+    the safetensors headers cover their files (a truncated file fails), and the `torch.save` files are intact zip
+    archives (their central directory sits at the end, so a truncated file fails).
+    """
+    path = Path(path)
+    if not path.is_dir():
+        return [f"{path}: no such checkpoint folder"]
+    problems = []
+    names = _required_files(rank, sharded=(path / SHARDED_FOLDER / ".metadata").is_file())
+    try:  # every rank's RNG state, so that all ranks agree on the checkpoint they fall back to
+        world_size = int(json.loads((path / "trainer_state.json").read_text()).get("world_size", 1))
+        names += [f"rng_state_{r}.{ext}" for r in range(world_size) if r != rank for ext in ("json", "safetensors")]
+    except (OSError, ValueError, TypeError, AttributeError):
+        pass  # reported below, as a problem of trainer_state.json
+    for name in names:
+        file = path / name
+        if not file.is_file():
+            problems.append(f"{file}: missing")
+        elif file.stat().st_size == 0:
+            problems.append(f"{file}: empty")
+        else:
+            try:
+                _check_file(file)
+            except Exception as error:  # noqa: BLE001 -- any failure to parse makes the file unusable
+                problems.append(f"{file}: {type(error).__name__}: {error}")
+    return problems
+
+
+def _required_files(rank: int, sharded: bool = False) -> list[str]:
+    # without the RNG state there is no exact resume
+    weights = [f"{SHARDED_FOLDER}/.metadata"] if sharded else ["model.safetensors", "optimizer.pt"]
+    return ["trainer_state.json", *weights, "scheduler.pt", f"rng_state_{rank}.json", f"rng_state_{rank}.safetensors"]
+
+
+def _check_file(file: Path) -> None:
+    if file.suffix == ".json":
+        value = json.loads(file.read_text())
+        if not isinstance(value, dict):
+            raise ValueError(f"expected a JSON object, got {type(value).__name__}")
+        if file.name == "trainer_state.json" and not isinstance(value.get("global_step"), int):
+            raise ValueError("no integer 'global_step'")
+    elif file.suffix == ".safetensors":
+        with safe_open(str(file), framework="pt") as handle:
+            handle.keys()
+    elif file.suffix == ".pt":
+        with zipfile.ZipFile(file) as archive:
+            archive.namelist()
+    # DCP's `.metadata` (a pickle written by torch) is only checked to exist and be non-empty
+
+
+def find_resumable_checkpoint(output_dir: str | os.PathLike, rank: int = 0) -> Path | None:
+    """
+    The newest checkpoint of `output_dir` that `checkpoint_problems` finds complete (`--resume_from_checkpoint
+    latest`). Each newer, broken one is skipped with a warning that names its bad files. `None` when `output_dir` holds
+    no checkpoint at all; a `CorruptCheckpointError` listing the problems when it holds only broken ones.
+    """
+    candidates = list_checkpoints(output_dir)
+    skipped = []
+    for path in reversed(candidates):
+        problems = checkpoint_problems(path, rank)
+        if not problems:
+            if skipped:
+                logger.warning(f"Resuming from {path}, the newest complete checkpoint (skipped: {', '.join(skipped)})")
+            return path
+        logger.warning(f"{path} is incomplete or corrupt, falling back to an older checkpoint: {'; '.join(problems)}")
+        skipped.append(path.name)
+    if candidates:
+        raise CorruptCheckpointError(
+            f"--resume_from_checkpoint latest: every checkpoint in {output_dir} is incomplete or corrupt "
+            f"({', '.join(skipped)}; the warnings above name the files). Resume from a complete copy or start afresh."
+        )
+    return None
+
+
+def _read(file: Path, reader):
+    """`reader(file)`, with any failure re-raised as a `CorruptCheckpointError` that names the file."""
+    try:
+        return reader(file)
+    except Exception as error:  # noqa: BLE001 -- torch, safetensors and json raise many types; all mean a bad file
+        raise CorruptCheckpointError(f"{file}: cannot be read ({type(error).__name__}: {error})") from error
+
+
+def _load_torch(file: Path):
+    return torch.load(file, weights_only=True, map_location="cpu")
+
+
 def load_checkpoint(
     path: str | os.PathLike,
     model: torch.nn.Module,
@@ -268,7 +383,7 @@ def load_checkpoint(
 ) -> dict[str, Any]:
     """Restore model, optimizer, scheduler, this rank's RNG state and (when given and saved) the fp16 `GradScaler`
     state; return the trainer state. A sharded (FSDP) checkpoint also resumes on a different number of processes (see
-    the module docstring); a full one only on the same number."""
+    the module docstring); a full one only on the same number. Every error names the file that could not be used."""
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"checkpoint folder {str(path)!r} does not exist")
@@ -278,7 +393,9 @@ def load_checkpoint(
     missing = [name for name in required if not (path / name).exists()]
     if missing:
         raise FileNotFoundError(f"{path} is not a complete OPT-Tri checkpoint: missing {missing}")
-    state = json.loads((path / "trainer_state.json").read_text())
+    state = _read(path / "trainer_state.json", lambda f: json.loads(f.read_text()))
+    if not isinstance(state, dict) or not isinstance(state.get("global_step"), int):
+        raise CorruptCheckpointError(f"{path / 'trainer_state.json'}: not a trainer state (no integer 'global_step')")
     saved_world = state.get("world_size", 1)
     if saved_world != world_size:
         if not sharded:
@@ -294,25 +411,78 @@ def load_checkpoint(
     if saved_world == world_size and not all((path / name).exists() for name in rng_files):
         raise FileNotFoundError(f"{path} is not a complete OPT-Tri checkpoint: missing {rng_files}")
     if sharded:  # into a sharded or an unsharded model
-        load_sharded_state(path / SHARDED_FOLDER, model, optimizer)
+        _load_sharded(path / SHARDED_FOLDER, model, optimizer)
     else:
         if is_sharded(model):
             raise ValueError(f"{path} was written without FSDP (model.safetensors): resume it without FSDP, or start "
                              f"an FSDP run from its weights with --model_name_or_path")
         _load_full_state(path, model, optimizer)
-    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+    _load_into(path / "scheduler.pt", scheduler)
     if scaler is not None and (path / "scaler.pt").exists():  # absent in checkpoints of fp32/bf16 runs
-        scaler.load_state_dict(torch.load(path / "scaler.pt", weights_only=True))
+        _load_into(path / "scaler.pt", scaler)
     if all((path / name).exists() for name in rng_files):
-        set_rng_state(json.loads((path / rng_files[0]).read_text()), load_file(str(path / rng_files[1])))
+        meta = _read(path / rng_files[0], lambda f: json.loads(f.read_text()))
+        tensors = _read(path / rng_files[1], lambda f: load_file(str(f)))
+        _read(path / rng_files[0], lambda f: set_rng_state(meta, tensors))
     return state
 
 
+def _load_into(file: Path, target) -> None:
+    """`target.load_state_dict(torch.load(file))` (optimizer, scheduler, scaler), errors naming the file."""
+    saved = _read(file, _load_torch)
+    _read(file, lambda f: target.load_state_dict(saved))
+
+
+def _load_sharded(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    try:
+        load_sharded_state(folder, model, optimizer)
+    except ValueError:  # its own message (the weights do not match the model) names the folder
+        raise
+    except Exception as error:  # noqa: BLE001 -- DCP raises many types for a damaged folder
+        raise CorruptCheckpointError(f"{folder}: cannot be read ({type(error).__name__}: {error})") from error
+
+
 def _load_full_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
-    weights = load_file(str(path / "model.safetensors"))
+    weights = _read(path / "model.safetensors", lambda f: load_file(str(f)))
     missing_keys, unexpected = model.load_state_dict(weights, strict=False)
     tied = set(getattr(model, "all_tied_weights_keys", {}) or {})
     missing_keys = [k for k in missing_keys if k not in tied]
     if missing_keys or unexpected:
         raise ValueError(f"{path}: checkpoint weights do not match the model (missing {missing_keys}, unexpected {unexpected})")
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu"))
+    _load_into(path / "optimizer.pt", optimizer)
+
+
+def repair_history(path: str | os.PathLike, keep_until_step: int | None = None) -> list[dict[str, Any]]:
+    """
+    Read the per-step log `losses.jsonl`, drop a torn last line (a run killed, or a disk that filled, mid-write) with a
+    warning, keep the records up to `keep_until_step` (those past the checkpoint a run resumes from are dropped), and
+    rewrite the file atomically when anything was dropped. A bad line that is not the last one is an error naming the
+    file and the line: that is damage, not an interrupted write.
+    """
+    path = Path(path)
+    if not path.exists():
+        return []
+    lines = path.read_text(errors="replace").splitlines()
+    records, dropped = [], False
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+                raise ValueError("not a record with an integer 'step'")
+        except ValueError as error:
+            if any(rest.strip() for rest in lines[number:]):
+                raise CorruptCheckpointError(f"{path}, line {number}: not a JSON log record ({error}): {line[:80]!r}") from error
+            logger.warning(f"{path}: dropped the torn last line {number} ({line[:80]!r}), written when a run was interrupted")
+            dropped = True
+            continue
+        if keep_until_step is not None and record["step"] > keep_until_step:
+            dropped = True
+            continue
+        records.append(record)
+    if dropped:
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(record) + "\n" for record in records))
+        os.replace(tmp, path)
+    return records

@@ -2,7 +2,8 @@
 
 - `load_split`: the built-in ShapeWorld dataset or any source pre-training reads (folder, parquet, `save_to_disk`,
   WebDataset shards), one split at a time.
-- `load_model`: a head from an OPT-Tri checkpoint, or newly initialised from a preset folder.
+- `load_model`: a head from an OPT-Tri checkpoint (only the task's new head may start at random), or newly initialised
+  from a preset folder.
 - `TaskCollator`: decodes rows robustly (as `TriModalCollator`), keeps the chosen modalities, and adds per-row targets
   only for the rows that decode, so a skipped row never shifts the labels.
 - `freeze_bottom_layers`, `build_optimizer` (lower learning rate for pre-trained weights), `apply_lora` (PEFT LoRA
@@ -22,6 +23,7 @@ from transformers.utils import logging
 
 from ..data.collate import TriModalCollator
 from ..data.decoding import CorruptSampleError
+from .arguments import MAX_STEPS_OR_EPOCHS, PROBABILITY_BELOW_ONE, SEED, CheckedArgumentParser, flag, integer, number, string
 
 logger = logging.get_logger(__name__)
 
@@ -41,31 +43,34 @@ LORA_TARGET_MODULES = (
 ENCODERS = {"text": "text_model", "vision": "vision_model", "audio": "audio_model"}
 
 
-def add_finetune_arguments(parser: argparse.ArgumentParser, lr: float = 5e-4, steps: int = -1) -> None:
-    """The options every fine-tuning example shares."""
-    parser.add_argument("--model", required=True, help="OPT-Tri checkpoint folder, or a preset folder (random init)")
-    parser.add_argument("--output_dir", required=True)
-    parser.add_argument("--dataset", default="builtin", help="'builtin' (ShapeWorld), a metadata.jsonl folder, a "
-                        "save_to_disk folder, parquet/arrow files, WebDataset shards or a dataset name")
-    parser.add_argument("--train_rows", type=int, default=1000, help="rows of the training split (all when 0)")
-    parser.add_argument("--eval_rows", type=int, default=200, help="rows of the held-out split (all when 0)")
-    parser.add_argument("--epochs", type=float, default=3.0)
-    parser.add_argument("--max_steps", type=int, default=steps, help="overrides --epochs when > 0")
-    parser.add_argument("--batch_size", type=int, default=32)
-    parser.add_argument("--learning_rate", type=float, default=lr)
-    parser.add_argument("--warmup_steps", type=int, default=20)
-    parser.add_argument("--weight_decay", type=float, default=0.01)
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--freeze_layers", type=int, default=0,
+def add_finetune_arguments(parser: CheckedArgumentParser, lr: float = 5e-4, steps: int = -1) -> None:
+    """The options every fine-tuning example shares, each with the `Rule` its values are checked against."""
+    parser.add_argument("--model", required=True, rule=string(),
+                        help="OPT-Tri checkpoint folder, or a preset folder (random init)")
+    parser.add_argument("--output_dir", required=True, rule=string())
+    parser.add_argument("--dataset", default="builtin", rule=string(),
+                        help="'builtin' (ShapeWorld), a metadata.jsonl folder, a save_to_disk folder, parquet/arrow "
+                             "files, WebDataset shards or a dataset name")
+    parser.add_argument("--train_rows", type=int, default=1000, rule=integer(0), help="rows of the training split (all when 0)")
+    parser.add_argument("--eval_rows", type=int, default=200, rule=integer(0), help="rows of the held-out split (all when 0)")
+    parser.add_argument("--epochs", type=float, default=3.0, rule=number(positive=True))
+    parser.add_argument("--max_steps", type=int, default=steps, rule=MAX_STEPS_OR_EPOCHS, help="overrides --epochs when > 0")
+    parser.add_argument("--batch_size", type=int, default=32, rule=integer(1))
+    parser.add_argument("--learning_rate", type=float, default=lr, rule=number(positive=True))
+    parser.add_argument("--warmup_steps", type=int, default=20, rule=integer(0))
+    parser.add_argument("--weight_decay", type=float, default=0.01, rule=number(0.0))
+    parser.add_argument("--seed", type=int, default=42, rule=SEED)
+    parser.add_argument("--freeze_layers", type=int, default=0, rule=integer(0),
                         help="freeze the embeddings and the bottom K layers of the text, vision and audio encoders")
-    parser.add_argument("--encoder_lr_scale", type=float, default=1.0,
+    parser.add_argument("--encoder_lr_scale", type=float, default=1.0, rule=number(0.0),
                         help="learning rate of the pre-trained weights (everything in model.opt_tri) relative to "
                              "--learning_rate; the new head keeps --learning_rate")
-    parser.add_argument("--lora", action="store_true", help="train PEFT LoRA adapters (and the head) only")
-    parser.add_argument("--lora_rank", type=int, default=8)
-    parser.add_argument("--lora_alpha", type=int, default=16)
-    parser.add_argument("--lora_dropout", type=float, default=0.0)
-    parser.add_argument("--push_to_hub", default=None, help="repo id to push the fine-tuned model and processor to")
+    parser.add_argument("--lora", action="store_true", rule=flag(), help="train PEFT LoRA adapters (and the head) only")
+    parser.add_argument("--lora_rank", type=int, default=8, rule=integer(1))
+    parser.add_argument("--lora_alpha", type=int, default=16, rule=integer(1))
+    parser.add_argument("--lora_dropout", type=float, default=0.0, rule=PROBABILITY_BELOW_ONE)
+    parser.add_argument("--push_to_hub", default=None, rule=string(optional=True),
+                        help="repo id to push the fine-tuned model and processor to")
 
 
 def load_split(dataset: str, split: str, num_rows: int, seed: int = 42, eval_rows: int = 200, columns=None):
@@ -95,19 +100,64 @@ def load_split(dataset: str, split: str, num_rows: int, seed: int = 42, eval_row
     return data.select(range(min(num_rows, len(data)))) if num_rows and num_rows > 0 else data
 
 
-def load_model(model_class, path: str, seed: int = 42, **config_overrides):
-    """`model_class.from_pretrained(path)` for a checkpoint (a folder with weights); a new, seeded random model from
-    the config of a preset folder otherwise. `config_overrides` (e.g. `num_labels`, `id2label`, `label2id`) update the
-    config; a head of a new size is initialised from scratch (`ignore_mismatched_sizes`)."""
+#: weight files that are not safetensors: OPT-Tri never loads weights through pickle, so a folder holding only these
+#: is refused rather than silently replaced by a random model
+NON_SAFETENSORS_WEIGHTS = ("pytorch_model*.bin", "*.pt", "*.pth", "*.ckpt", "tf_model.h5", "flax_model.msgpack")
+
+
+def load_model(model_class, path: str, seed: int = 42, new_heads: Sequence[str] = (), **config_overrides):
+    """
+    `model_class.from_pretrained(path)` for a checkpoint (a folder with safetensors weights); a new, seeded random model
+    from the config of a preset folder (no weight file at all) otherwise. `config_overrides` (e.g. `num_labels`,
+    `id2label`, `label2id`) update the config.
+
+    Only the modules in `new_heads` (the head the task adds, e.g. `("classifier",)`) may be missing from the checkpoint
+    or have another shape there (a classifier for another number of labels): they start at random. Any other missing
+    or wrongly shaped tensor is a `ValueError` that names the tensors, and so is a folder whose weights are not
+    safetensors (e.g. only `pytorch_model.bin`). Tensors of the checkpoint that the task does not use (pre-training
+    heads, decoders) are dropped, as usual.
+    """
     from ..configuration_opt_tri import OptTriConfig
 
     folder = Path(path)
     config = OptTriConfig.from_pretrained(path, **config_overrides)
     if any(folder.glob("*.safetensors")):
-        return model_class.from_pretrained(path, config=config, ignore_mismatched_sizes=True)
+        model, info = model_class.from_pretrained(path, config=config, ignore_mismatched_sizes=True, output_loading_info=True)
+        check_loading_info(info, path, new_heads)
+        return model
+    others = sorted(file.name for pattern in NON_SAFETENSORS_WEIGHTS for file in folder.glob(pattern))
+    if others:
+        raise ValueError(
+            f"{path} holds weights only as {others}, not as model.safetensors: OPT-Tri loads weights from safetensors "
+            "only (never through pickle). Convert them (load the state dict yourself, then save_pretrained), or pass "
+            "a preset folder without weights for a random initialisation."
+        )
     logger.warning(f"{path} holds no weights: {model_class.__name__} is randomly initialised from its config")
     torch.manual_seed(seed)
     return model_class(config)
+
+
+def check_loading_info(info: dict[str, Any], path: str, new_heads: Sequence[str] = ()) -> None:
+    """Raise when `from_pretrained(..., output_loading_info=True)` left a tensor outside `new_heads` missing or
+    re-initialised for a size mismatch; log the head tensors that start at random."""
+
+    def in_head(key: str) -> bool:
+        return any(key == head or key.startswith(head + ".") for head in new_heads)
+
+    missing = sorted(key for key in info.get("missing_keys", ()) if not in_head(key))
+    mismatched = sorted(
+        f"{key} (checkpoint {tuple(saved)}, model {tuple(wanted)})"
+        for key, saved, wanted in info.get("mismatched_keys", ()) if not in_head(key)
+    )
+    problems = ([f"missing from the checkpoint: {missing}"] if missing else []) + (
+        [f"of another shape in the checkpoint: {mismatched}"] if mismatched else [])
+    if problems:
+        allowed = f"only the task's new head ({', '.join(new_heads)}) may start at random" if new_heads else (
+            "this task adds no head, so every tensor must come from the checkpoint")
+        raise ValueError(f"{path}: the checkpoint does not fit the model; {'; '.join(problems)} ({allowed})")
+    fresh = sorted({*info.get("missing_keys", ()), *(key for key, _, _ in info.get("mismatched_keys", ()))})
+    if fresh:
+        logger.info(f"{path}: the task head starts at random: {fresh}")
 
 
 class TaskCollator(TriModalCollator):
@@ -341,6 +391,7 @@ __all__ = [
     "add_finetune_arguments",
     "apply_lora",
     "build_optimizer",
+    "check_loading_info",
     "count_trainable",
     "freeze_bottom_layers",
     "load_model",

@@ -6,6 +6,15 @@ with exact resume (model, optimizer, scheduler, RNG, data position), per-task lo
 on tqdm and TensorBoard, corrupt rows skipped and counted, NaN losses stopped with the last good checkpoint kept, a
 loss-curve PNG and a retrieval evaluation at the end.
 
+Faults a run survives or refuses clearly:
+- every argument is checked against its declared rule before any work starts (`check_arguments`);
+- corrupt rows count against `--max_bad_row_fraction` from the first row drawn, taken of at least
+  `MIN_ROWS_FOR_BAD_FRACTION` rows, and a whole pass without a usable row stops the run whatever the fraction;
+- SIGTERM / SIGINT finish the optimizer step, write a checkpoint and raise `TrainingInterrupted` (exit status
+  128 + signal from `examples/pretrain.py`); a second signal exits at once (`StopOnSignal`);
+- resuming refuses arguments that would make the run differ from the one it continues (`resume_changes`), skips
+  incomplete checkpoints with `latest`, repairs a torn log tail, and names the file in every load error.
+
 `examples/pretrain.py` is the command-line front end; `run_pretraining(PretrainArguments(...))` is the API.
 """
 
@@ -16,9 +25,11 @@ import json
 import math
 import os
 import re
+import signal
+import threading
 import time
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -35,96 +46,155 @@ from ..data.sources import NoEvaluationSplitError, text_sample
 from ..modeling_opt_tri import OptTriForPreTraining
 from ..processing_opt_tri import OptTriProcessor
 from ..tokenization import adapt_config_to_tokenizer, check_unk_share
-from .checkpointing import latest_checkpoint, load_checkpoint, save_checkpoint
+from .arguments import SEED, Rule, arg, choice, dataclass_problems, flag, integer, number, raise_problems, string
+from .checkpointing import (
+    SHARDED_FOLDER,
+    CorruptCheckpointError,
+    find_resumable_checkpoint,
+    latest_checkpoint,
+    load_checkpoint,
+    repair_history,
+    save_checkpoint,
+)
 from .codes import AUDIO_CODE_OBJECTIVES, IMAGE_CODE_OBJECTIVES, VQCodeTargets
 from .evaluation import embed_batches, format_retrieval_table, retrieval_metrics
 from .model_card import write_model_card
 
 logger = logging.get_logger(__name__)
 
+#: `--max_bad_row_fraction` is applied to max(rows drawn, this): before this many rows are drawn, the run stops as
+#: soon as more than `fraction * MIN_ROWS_FOR_BAD_FRACTION` rows were corrupt (5 at the default 0.1), so a few bad
+#: rows among the first ones do not stop a run, and a dataset of bad rows stops within a handful of rows.
+MIN_ROWS_FOR_BAD_FRACTION = 50
+
+
+def _weights_check(what: str) -> Callable[[str, Any], str | None]:
+    """A `Rule.check` for a weight list ('mlm=1,itm=0.5'): known names, finite weights >= 0, at least one > 0."""
+
+    def check(option: str, text: str) -> str | None:
+        try:
+            weights = parse_weights(text, PRETRAINING_OBJECTIVES, what)
+        except ValueError as error:
+            return f"{error} (in --{option} {text!r})"
+        if not any(weight > 0 for weight in weights.values()):
+            return f"--{option} must give at least one {what} a weight > 0, got {text!r}"
+        return None
+
+    return check
+
+
+#: what `--resume_from_checkpoint` does when a field differs from the run that wrote the checkpoint: "same" (the
+#: default) refuses, "free" allows (logged): it changes neither the data order nor the optimisation.
+FREE_ON_RESUME = {"resume": "free"}
+
 
 @dataclass
 class PretrainArguments:
-    """Arguments of `run_pretraining` (each is also a `--flag` of `examples/pretrain.py`)."""
+    """
+    Arguments of `run_pretraining` (each is also a `--flag` of `examples/pretrain.py`).
 
-    preset: str = field(default="configuration/tiny", metadata={"help": "folder with config.json + processor files"})
-    model_name_or_path: str | None = field(default=None, metadata={"help": "start from this OPT-Tri checkpoint"})
-    init_text: str | None = field(default=None, metadata={"help": "local BERT-like folder for the text encoder"})
-    init_vision: str | None = field(default=None, metadata={"help": "local ViT folder for the vision encoder"})
-    init_audio: str | None = field(default=None, metadata={"help": "local OptTriAudio/AST folder for the audio encoder"})
-    image_tokenizer: str | None = field(
-        default=None, metadata={"help": "an OptTriImageVQModel folder: its codes are the MRC / MRC-kl / DIR targets (switches MRC and DIR on)"}
+    Every field declares a `Rule` (`arguments.arg`): `check_arguments` refuses a bad value before any work starts, with
+    one message per bad value. A field also says whether it may change on resume (`resume="free"`); any other change
+    of a field's value on `--resume_from_checkpoint` is refused (`--max_steps` may grow; see `resume_changes`).
+    """
+
+    preset: str = arg("configuration/tiny", string(), "folder with config.json + processor files")
+    model_name_or_path: str | None = arg(None, string(optional=True), "start from this OPT-Tri checkpoint")
+    init_text: str | None = arg(None, string(optional=True), "local BERT-like folder for the text encoder")
+    init_vision: str | None = arg(None, string(optional=True), "local ViT folder for the vision encoder")
+    init_audio: str | None = arg(None, string(optional=True), "local OptTriAudio/AST folder for the audio encoder")
+    image_tokenizer: str | None = arg(
+        None, string(optional=True),
+        "an OptTriImageVQModel folder: its codes are the MRC / MRC-kl / DIR targets (switches MRC and DIR on)",
     )
-    audio_tokenizer: str | None = field(
-        default=None, metadata={"help": "an OptTriAudioVQModel folder: its codes are the DAR targets (switches DAR on)"}
+    audio_tokenizer: str | None = arg(
+        None, string(optional=True), "an OptTriAudioVQModel folder: its codes are the DAR targets (switches DAR on)"
     )
-    code_soft_temperature: float = field(default=1.0, metadata={"help": "temperature of the MRC-kl soft code assignments"})
-    dataset: str = field(default="builtin", metadata={"help": (
+    code_soft_temperature: float = arg(1.0, number(positive=True), "temperature of the MRC-kl soft code assignments")
+    dataset: str = arg("builtin", string(), (
         "'builtin'; a metadata.jsonl folder, a save_to_disk folder, parquet/arrow files, WebDataset .tar shards or a "
-        "dataset name; or a mixture 'PATH=WEIGHT,PATH=WEIGHT' (each source named after its folder/file)")})
-    dataset_config: str | None = None
-    text_column: str | None = field(default=None, metadata={
-        "help": "column of the text: 'caption', or per source 'coco:caption,clotho:text' ('none': off)"})
-    image_column: str | None = field(default=None, metadata={"help": "column of the images (e.g. 'jpg'), as --text_column"})
-    audio_column: str | None = field(default=None, metadata={"help": "column of the audio (e.g. 'wav'), as --text_column"})
-    stopping_strategy: str = field(default="all_exhausted", metadata={
-        "help": "of the mixture: all_exhausted | first_exhausted | all_exhausted_without_replacement"})
-    tokenizer: str | None = field(default=None, metadata={"help": (
+        "dataset name; or a mixture 'PATH=WEIGHT,PATH=WEIGHT' (each source named after its folder/file)"))
+    dataset_config: str | None = arg(None, string(optional=True), "configuration name of a `datasets` dataset")
+    text_column: str | None = arg(None, string(optional=True),
+                                  "column of the text: 'caption', or per source 'coco:caption,clotho:text' ('none': off)")
+    image_column: str | None = arg(None, string(optional=True), "column of the images (e.g. 'jpg'), as --text_column")
+    audio_column: str | None = arg(None, string(optional=True), "column of the audio (e.g. 'wav'), as --text_column")
+    stopping_strategy: str = arg(
+        "all_exhausted", choice("all_exhausted", "first_exhausted", "all_exhausted_without_replacement"),
+        "of the mixture: all_exhausted | first_exhausted | all_exhausted_without_replacement")
+    tokenizer: str | None = arg(None, string(optional=True), (
         "a transformers tokenizer folder (e.g. from processing/build_tokenizer.py); the text embeddings, MLM head "
-        "and text decoder are sized to it")})
-    max_unk_fraction: float = field(default=0.03, metadata={
-        "help": "stop before training when more of the training text's tokens than this are [UNK]"})
-    train_split: str = "train"
-    eval_split: str = "validation"
-    eval_holdout_fraction: float = field(default=0.0, metadata={
-        "help": "evaluate on this fraction of the training rows, held out of training (for data without --eval_split)"})
-    train_rows: int = field(default=2000, metadata={"help": "rows of the built-in dataset to generate"})
-    eval_rows: int = field(default=200, metadata={"help": "rows evaluated (generated, for the built-in dataset)"})
-    streaming: bool = False
-    output_dir: str = "outputs/pretrain"
-    max_steps: int = 1000
-    batch_size: int = 32
-    eval_batch_size: int = 64
-    max_tokens: int | None = field(default=None, metadata={"help": "token budget per batch (dynamic batching)"})
-    group_by_length: bool = True
-    learning_rate: float = 5e-4
-    weight_decay: float = 0.01
-    warmup_steps: int = 50
-    gradient_accumulation_steps: int = 1
-    max_grad_norm: float = 1.0
-    mixed_precision: str = field(default="no", metadata={"help": "no | fp16 | bf16"})
-    seed: int = 42
-    objectives: str | None = field(default=None, metadata={"help": "weights, e.g. 'mlm=1,contrastive=1' (others off)"})
-    schedule: str = field(default="weighted", metadata={"help": "'weighted' (all losses each step) or 'mix' (one task per step)"})
-    mix_ratios: str | None = field(default=None, metadata={"help": "for --schedule mix, e.g. 'mlm=2,itm=1'"})
-    masking_policy: str | None = field(default=None, metadata={"help": "conditional | joint (default: the config's)"})
-    itm_rows_per_sample: int | None = field(
-        default=None, metadata={"help": "1 (UNITER/FLAVA) | 3 (ALBEF): ITM rows per sample (default: the config's)"}
+        "and text decoder are sized to it"))
+    max_unk_fraction: float = arg(0.03, number(0.0, 1.0),
+                                  "stop before training when more of the training text's tokens than this are [UNK]",
+                                  **FREE_ON_RESUME)
+    train_split: str = arg("train", string())
+    eval_split: str = arg("validation", string(), **FREE_ON_RESUME)
+    eval_holdout_fraction: float = arg(
+        0.0, Rule(float, low=0.0, text="a number >= 0 and < 1 (0: no hold-out)",
+                  check=lambda flag, value: None if value < 1 else
+                  f"--{flag} must be a number >= 0 and < 1 (0: no hold-out), got {value!r}"),
+        "evaluate on this fraction of the training rows, held out of training (for data without --eval_split)")
+    train_rows: int = arg(2000, integer(0), "rows of the built-in dataset to generate")
+    eval_rows: int = arg(200, integer(1), "rows evaluated (generated, for the built-in dataset)", **FREE_ON_RESUME)
+    streaming: bool = arg(False, flag())
+    output_dir: str = arg("outputs/pretrain", string(), **FREE_ON_RESUME)
+    max_steps: int = arg(1000, integer(1), "optimizer steps in all (may grow on resume)", resume="max_steps")
+    batch_size: int = arg(32, integer(1))
+    eval_batch_size: int = arg(64, integer(1), **FREE_ON_RESUME)
+    max_tokens: int | None = arg(None, integer(1, optional=True), "token budget per batch (dynamic batching)")
+    group_by_length: bool = arg(True, flag())
+    learning_rate: float = arg(5e-4, number(positive=True))
+    weight_decay: float = arg(0.01, number(0.0))
+    warmup_steps: int = arg(50, integer(0))
+    gradient_accumulation_steps: int = arg(1, integer(1))
+    max_grad_norm: float = arg(1.0, number(0.0, text="a finite number >= 0 (0: no clipping)"))
+    mixed_precision: str = arg("no", choice("no", "fp16", "bf16", text="no, fp16 or bf16"), "no | fp16 | bf16")
+    seed: int = arg(42, SEED)
+    objectives: str | None = arg(
+        None, string(optional=True, check=_weights_check("objective")), "weights, e.g. 'mlm=1,contrastive=1' (others off)"
     )
-    contrastive_local_loss: bool | None = field(
-        default=None, metadata={"help": "each process scores its own rows against the gathered gallery (default: the config's)"}
+    schedule: str = arg("weighted", choice("weighted", "mix"), "'weighted' (all losses each step) or 'mix' (one task per step)")
+    mix_ratios: str | None = arg(
+        None, string(optional=True, check=_weights_check("mix ratio")), "for --schedule mix, e.g. 'mlm=2,itm=1'"
     )
-    save_steps: int = 100
-    save_total_limit: int = 2
-    resume_from_checkpoint: str | None = field(default=None, metadata={"help": "a checkpoint folder or 'latest'"})
-    logging_steps: int = 10
-    num_workers: int = field(default=2, metadata={
-        "help": "DataLoader worker processes that decode and process batches (0: in the training process)"})
-    max_bad_row_fraction: float = field(default=0.1, metadata={"help": "stop when more rows than this are corrupt"})
-    gradient_checkpointing: bool = field(
-        default=False, metadata={"help": "recompute activations in the backward (under FSDP: FSDP's own option)"}
+    masking_policy: str | None = arg(
+        None, choice("conditional", "joint", optional=True), "conditional | joint (default: the config's)"
     )
-    distributed_timeout: float = field(
-        default=600.0, metadata={"help": "seconds a collective waits for the other ranks before the job fails"}
+    itm_rows_per_sample: int | None = arg(
+        None, choice(1, 3, optional=True), "1 (UNITER/FLAVA) | 3 (ALBEF): ITM rows per sample (default: the config's)"
     )
-    torch_compile: bool = False
-    tensorboard: bool = True
-    progress: bool = True
-    evaluate: bool = True
+    contrastive_local_loss: bool | None = arg(
+        None, Rule(bool, optional=True),
+        "each process scores its own rows against the gathered gallery (default: the config's)"
+    )
+    save_steps: int = arg(100, integer(0, text="an integer >= 0 (0: only the final checkpoint)"), **FREE_ON_RESUME)
+    save_total_limit: int = arg(2, integer(0, text="an integer >= 0 (0: keep every checkpoint)"), **FREE_ON_RESUME)
+    resume_from_checkpoint: str | None = arg(
+        None, string(optional=True), "a checkpoint folder or 'latest'", **FREE_ON_RESUME
+    )
+    logging_steps: int = arg(10, integer(1), **FREE_ON_RESUME)
+    num_workers: int = arg(2, integer(0), "DataLoader worker processes that decode and process batches (0: in the "
+                           "training process)", **FREE_ON_RESUME)
+    max_bad_row_fraction: float = arg(
+        0.1, number(0.0, 1.0),
+        f"stop when more rows than this fraction are corrupt (counted over at least {MIN_ROWS_FOR_BAD_FRACTION} rows)",
+        **FREE_ON_RESUME,
+    )
+    gradient_checkpointing: bool = arg(
+        False, flag(), "recompute activations in the backward (under FSDP: FSDP's own option)", **FREE_ON_RESUME
+    )
+    distributed_timeout: float = arg(
+        600.0, number(positive=True), "seconds a collective waits for the other ranks before the job fails", **FREE_ON_RESUME
+    )
+    torch_compile: bool = arg(False, flag(), **FREE_ON_RESUME)
+    tensorboard: bool = arg(True, flag(), **FREE_ON_RESUME)
+    progress: bool = arg(True, flag(), **FREE_ON_RESUME)
+    evaluate: bool = arg(True, flag(), **FREE_ON_RESUME)
 
 
 def parse_weights(text: str | None, known: dict[str, float], what: str) -> dict[str, float] | None:
-    """'a=1,b=0.5' -> {'a': 1.0, 'b': 0.5}, checking names."""
+    """'a=1,b=0.5' -> {'a': 1.0, 'b': 0.5}, checking names and that each weight is a finite number >= 0."""
     if not text:
         return None
     weights = {}
@@ -137,6 +207,8 @@ def parse_weights(text: str | None, known: dict[str, float], what: str) -> dict[
             weights[name] = float(value) if value else 1.0
         except ValueError as error:
             raise ValueError(f"{what} {name!r}: weight {value!r} is not a number") from error
+        if not (math.isfinite(weights[name]) and weights[name] >= 0):
+            raise ValueError(f"{what} {name!r}: weight {value.strip()!r} must be a finite number >= 0")
     return weights
 
 
@@ -236,8 +308,10 @@ class BatchStream:
         )
 
     def iterate(self, epoch: int, index: int) -> Iterator[tuple[int, int, dict[str, Any]]]:
-        """Yield `(epoch, index_of_next_batch, batch)` from position `(epoch, index)` on, forever."""
+        """Yield `(epoch, index_of_next_batch, batch)` from position `(epoch, index)` on, forever (a pass that gives no
+        batch at all raises instead of looping)."""
         while True:
+            start = index
             for batch in self._loader(epoch, index):
                 index += 1
                 yield epoch, index, batch
@@ -245,8 +319,11 @@ class BatchStream:
                     break
             if self.restart_at is not None:
                 epoch, index, self.restart_at = self.restart_at, 0, None
-            else:
-                epoch, index = epoch + 1, 0
+                continue
+            if start == 0 and index == 0:  # a whole pass gave nothing (e.g. an empty stream): it never will
+                raise ValueError(f"The training data gave no batch in a whole pass (epoch {epoch}): is --dataset "
+                                 f"{self.args.dataset!r} (split {self.args.train_split!r}) empty?")
+            epoch, index = epoch + 1, 0
 
     def agree(self, accelerator, epoch: int, source: str | None, has_rows: bool) -> bool:
         """
@@ -515,22 +592,19 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 
 
 def check_arguments(args: PretrainArguments) -> None:
-    """Fail fast, naming the flag, on arguments that would otherwise fail late (after the model is built) or with a
-    vague message (e.g. huggingface_hub's "Repo id must be in the form ..." for a local folder that does not exist)."""
-    if args.mixed_precision not in ("no", "fp16", "bf16"):
-        raise ValueError(f"--mixed_precision must be no, fp16 or bf16, got {args.mixed_precision!r}")
-    if args.schedule not in ("weighted", "mix"):
-        raise ValueError(f"--schedule must be 'weighted' or 'mix', got {args.schedule!r}")
+    """
+    Fail fast, before any work starts: first every field against its declared `Rule` (one message per bad value,
+    naming the flag, the value and the allowed range), then the combinations and the folders (a missing local folder
+    would otherwise fail late, or with huggingface_hub's vague "Repo id must be in the form ...").
+    """
+    raise_problems(dataclass_problems(args))
+    if args.dataset == "builtin" and args.train_rows < 1:
+        raise ValueError(f"--train_rows must be an integer >= 1 with the built-in dataset, got {args.train_rows}")
     objectives = parse_weights(args.objectives, PRETRAINING_OBJECTIVES, "objective") or {}
-    parse_weights(args.mix_ratios, PRETRAINING_OBJECTIVES, "mix ratio")
-    for names, flag in ((IMAGE_CODE_OBJECTIVES, "image_tokenizer"), (AUDIO_CODE_OBJECTIVES, "audio_tokenizer")):
+    for names, option in ((IMAGE_CODE_OBJECTIVES, "image_tokenizer"), (AUDIO_CODE_OBJECTIVES, "audio_tokenizer")):
         wanted = sorted(name for name in names if objectives.get(name, 0.0) > 0)
-        if wanted and not getattr(args, flag):
-            raise ValueError(f"--objectives {','.join(wanted)}: these objectives predict VQ codes; pass --{flag}")
-    if not args.distributed_timeout > 0:
-        raise ValueError(f"--distributed_timeout must be a positive number of seconds, got {args.distributed_timeout!r}")
-    if not args.code_soft_temperature > 0:
-        raise ValueError(f"--code_soft_temperature must be positive, got {args.code_soft_temperature!r}")
+        if wanted and not getattr(args, option):
+            raise ValueError(f"--objectives {','.join(wanted)}: these objectives predict VQ codes; pass --{option}")
     folders = {
         "preset": None if args.model_name_or_path else args.preset,
         "model_name_or_path": args.model_name_or_path,
@@ -599,6 +673,7 @@ def run_pretraining(args: PretrainArguments) -> dict[str, Any]:
     output_dir = Path(args.output_dir)
     accelerator = build_accelerator(args, output_dir)
     rank, world = accelerator.process_index, accelerator.num_processes
+    resume = _resolve_resume(args, output_dir, rank, world)  # before any work: a run that cannot resume exactly stops here
     if args.mixed_precision == "fp16" and accelerator.scaler is None:
         logger.warning(
             f"--mixed_precision fp16 has no effect on {accelerator.device.type}: accelerate trains in fp32 there, "
@@ -613,6 +688,8 @@ def run_pretraining(args: PretrainArguments) -> dict[str, Any]:
     if args.schedule == "mix":
         ratios = parse_weights(args.mix_ratios, PRETRAINING_OBJECTIVES, "mix ratio") or {name: 1.0 for name in active}
         ratios = {name: ratio for name, ratio in ratios.items() if name in active and ratio > 0}
+        if not ratios:
+            raise ValueError(f"--mix_ratios {args.mix_ratios!r}: no active objective has a ratio > 0 (active: {active})")
         names = sorted(ratios)
         mix = (names, np.asarray([ratios[n] for n in names]) / sum(ratios.values()))
 
@@ -645,22 +722,19 @@ def run_pretraining(args: PretrainArguments) -> dict[str, Any]:
     unwrapped = accelerator.unwrap_model(model)
 
     state: dict[str, Any] = {"epoch": 0, "batch_index": 0, "rows_seen": 0, "rows_skipped": 0, "skipped_steps": 0,
-                             "source_rows": {}}
+                             "source_rows": {}, "epoch_good_rows": 0}
     step = 0
-    resume = args.resume_from_checkpoint
-    if resume == "latest":
-        resume = latest_checkpoint(output_dir)
-        if resume is None:
-            logger.warning(f"--resume_from_checkpoint latest: no checkpoint in {output_dir}; starting from scratch")
     if resume:
         state = load_checkpoint(resume, unwrapped, optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer, scheduler, rank, world,
                                 scaler=accelerator.scaler)
+        state.setdefault("epoch_good_rows", 1)  # checkpoints from before this counter: assume the epoch had good rows
         step = state["global_step"]
         accelerator.print(f"Resumed from {resume} at step {step}")
+    state["arguments"] = _recorded_arguments(args)  # checked when a later run resumes from this run's checkpoints
     history_path = output_dir / "losses.jsonl"
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
-        _truncate_history(history_path, step)
+        repair_history(history_path, step)
     if args.tensorboard:
         accelerator.init_trackers("pretrain", config={k: v for k, v in asdict(args).items() if isinstance(v, (int, float, str, bool))})
 
@@ -671,6 +745,20 @@ def run_pretraining(args: PretrainArguments) -> dict[str, Any]:
     window = {"samples": 0, "time": time.perf_counter(), "padded": 0, "tokens": 0}
     model.train()
     last: dict[str, float] = {}
+    stop = StopOnSignal()
+    with stop:
+        step = _train_steps(args, accelerator, model, optimizer, scheduler, unwrapped, code_targets, batches, state, step,
+                            mix, active, window, progress, last, history_path, stop)
+    progress.close()
+    summary: dict[str, Any] = {"steps": step, "rows_seen": state["rows_seen"], "rows_skipped": state["rows_skipped"],
+                               "skipped_optimizer_steps": state["skipped_steps"], "last_losses": last}
+    return _finish(args, accelerator, unwrapped, processor, optimizer, scheduler, state, step, summary, history_path)
+
+
+def _train_steps(args, accelerator, model, optimizer, scheduler, unwrapped, code_targets, batches, state, step, mix,
+                 active, window, progress, last, history_path, stop) -> int:
+    """The optimizer steps from `step` to `args.max_steps` (or to a SIGTERM / SIGINT, see `StopOnSignal`)."""
+    output_dir, world = Path(args.output_dir), accelerator.num_processes
     while step < args.max_steps:
         tasks = None
         if mix is not None:
@@ -678,23 +766,7 @@ def run_pretraining(args: PretrainArguments) -> dict[str, Any]:
         step_losses: dict[str, float] = {}
         source_losses: dict[str, list[float]] = {}
         for micro in range(args.gradient_accumulation_steps):
-            batch = None
-            while batch is None:
-                epoch, index, batch = next(batches)
-                state["epoch"], state["batch_index"] = epoch, index
-                state["rows_skipped"] += batch.pop("num_skipped_rows")
-                reasons = batch.pop("skipped_reasons")
-                source = batch.pop("source", None)
-                state["rows_seen"] += len(reasons)
-                for reason in reasons:
-                    logger.warning(f"skipped a corrupt row: {reason}")
-                if not stream.agree(accelerator, epoch, source, len(batch) > 0):
-                    batch = None
-            rows = _batch_rows(batch)
-            state["rows_seen"] += rows
-            if source is not None:
-                state["source_rows"][source] = state["source_rows"].get(source, 0) + rows
-            _check_bad_fraction(state, args.max_bad_row_fraction)
+            batch, rows = _next_usable_batch(batches, state, args.max_bad_row_fraction, stream, accelerator)
             padded, tokens = padding_fraction(batch)
             window["padded"] += padded
             window["tokens"] += tokens
@@ -744,21 +816,41 @@ def run_pretraining(args: PretrainArguments) -> dict[str, Any]:
             accelerator.log(record, step=step)
             window = {"samples": 0, "time": time.perf_counter(), "padded": 0, "tokens": 0}
         if accelerator.is_main_process:
-            with open(history_path, "a") as handle:
-                handle.write(json.dumps(record) + "\n")
+            _append_history(history_path, record, output_dir)
+        saved = None
         if args.save_steps and step % args.save_steps == 0 and step < args.max_steps:
-            save_checkpoint(
-                output_dir, step, unwrapped, optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer,
-                scheduler, state, rank, world, accelerator.wait_for_everyone, args.save_total_limit,
-                scaler=accelerator.scaler,
-            )
-    progress.close()
-    save_checkpoint(
-        output_dir, step, unwrapped, optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer,
-        scheduler, state, rank, world, accelerator.wait_for_everyone, args.save_total_limit, scaler=accelerator.scaler,
+            saved = _save(args, accelerator, unwrapped, optimizer, scheduler, state, step)
+        if stop.requested(accelerator):
+            progress.close()
+            checkpoint = saved or _save(args, accelerator, unwrapped, optimizer, scheduler, state, step)
+            accelerator.end_training()
+            raise TrainingInterrupted(stop.signum, step, checkpoint)
+    return step
+
+
+def _append_history(path: Path, record: dict[str, Any], output_dir: Path) -> None:
+    try:
+        with open(path, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+    except OSError as error:  # e.g. a full disk: say which file, and what a resume would start from
+        kept = latest_checkpoint(output_dir)
+        raise OSError(error.errno, f"Could not log step {record['step']} to {path} ({error}); the last checkpoint is "
+                                   f"{kept if kept is not None else 'none'}: free space, then resume with "
+                                   "--resume_from_checkpoint latest") from error
+
+
+def _save(args, accelerator, unwrapped, optimizer, scheduler, state, step) -> Path:
+    return save_checkpoint(
+        Path(args.output_dir), step, unwrapped, optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer,
+        scheduler, state, accelerator.process_index, accelerator.num_processes, accelerator.wait_for_everyone,
+        args.save_total_limit, scaler=accelerator.scaler,
     )
-    summary: dict[str, Any] = {"steps": step, "rows_seen": state["rows_seen"], "rows_skipped": state["rows_skipped"],
-                               "skipped_optimizer_steps": state["skipped_steps"], "last_losses": last}
+
+
+def _finish(args, accelerator, unwrapped, processor, optimizer, scheduler, state, step, summary, history_path):
+    """The final checkpoint, `final/`, the loss table and curves, the evaluation and `summary.json`."""
+    output_dir = Path(args.output_dir)
+    _save(args, accelerator, unwrapped, optimizer, scheduler, state, step)
     if accelerator.scaler is not None:
         summary["loss_scale"] = float(accelerator.scaler.get_scale())
     final = output_dir / "final"
@@ -829,23 +921,189 @@ def _batch_rows(batch: dict[str, Any]) -> int:
     return 0
 
 
+def _next_usable_batch(batches: Iterator, state: dict[str, Any], limit: float, stream: BatchStream,
+                       accelerator) -> tuple[dict[str, Any], int]:
+    """
+    The next batch with at least one decoded row that every process agrees to use (`BatchStream.agree`), and its row
+    count. Every row drawn counts towards the corrupt-row limit, including those of batches where every row is corrupt
+    (`_check_bad_fraction` after each batch), and a whole pass over the data without one usable row stops the run
+    (whatever the limit, even 1.0).
+    """
+    while True:
+        epoch, index, batch = next(batches)
+        if epoch != state["epoch"]:
+            if state["epoch_good_rows"] == 0:
+                raise RuntimeError(
+                    f"A whole pass over the training data gave no usable row ({state['rows_skipped']} corrupt rows "
+                    f"skipped so far). Check the dataset (the warnings above name the rows)."
+                )
+            state["epoch_good_rows"] = 0
+        state["epoch"], state["batch_index"] = epoch, index
+        bad = batch.pop("num_skipped_rows")
+        for reason in batch.pop("skipped_reasons"):
+            logger.warning(f"skipped a corrupt row: {reason}")
+        source = batch.pop("source", None)
+        rows = _batch_rows(batch) if batch else 0
+        accepted = stream.agree(accelerator, epoch, source, rows > 0)
+        state["rows_skipped"] += bad
+        state["rows_seen"] += bad + (rows if accepted else 0)
+        state["epoch_good_rows"] += rows
+        if accepted and source is not None:
+            state["source_rows"][source] = state["source_rows"].get(source, 0) + rows
+        _check_bad_fraction(state, limit)
+        if accepted:
+            return batch, rows
+
+
 def _check_bad_fraction(state: dict[str, Any], limit: float) -> None:
+    """Stop when the corrupt rows exceed `limit * max(rows drawn, MIN_ROWS_FOR_BAD_FRACTION)`."""
     seen, bad = state["rows_seen"], state["rows_skipped"]
-    if seen >= 50 and bad / seen > limit:
+    if bad > limit * max(seen, MIN_ROWS_FOR_BAD_FRACTION):
         raise RuntimeError(
-            f"{bad} of {seen} rows ({100 * bad / seen:.1f}%) could not be decoded, more than "
-            f"--max_bad_row_fraction={limit}. Check the dataset (the warnings above name the rows)."
+            f"{bad} of the {seen} rows drawn so far ({100 * bad / seen:.1f}%) could not be decoded, more than "
+            f"--max_bad_row_fraction={limit} allows (the fraction is taken of at least {MIN_ROWS_FOR_BAD_FRACTION} "
+            f"rows: at most {math.floor(limit * MIN_ROWS_FOR_BAD_FRACTION)} corrupt rows among the first "
+            f"{MIN_ROWS_FOR_BAD_FRACTION}). Check the dataset (the warnings above name the rows)."
         )
 
 
-def _truncate_history(path: Path, step: int) -> None:
-    """Drop history lines past `step` (written after the checkpoint a run resumes from)."""
-    if not path.exists():
-        return
-    lines = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(line + "\n" for line in lines))
-    os.replace(tmp, path)
+# ----------------------------------------------------------------------------------------------------------------------
+# Interruptions and resuming
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+class TrainingInterrupted(Exception):
+    """
+    SIGTERM or SIGINT stopped the run after a complete optimizer step, whose checkpoint was written. `exit_code` is
+    the shell's `128 + signal` (143 for SIGTERM, 130 for SIGINT), which `examples/pretrain.py` exits with: the job did
+    not finish, so a scheduler that requeues failed jobs requeues it, and `--resume_from_checkpoint latest` continues.
+    """
+
+    def __init__(self, signum: int, step: int, checkpoint: Path):
+        self.signum, self.step, self.checkpoint = signum, step, checkpoint
+        self.exit_code = 128 + signum
+        super().__init__(
+            f"Interrupted by {signal.Signals(signum).name} after step {step}: saved checkpoint {checkpoint}. "
+            f"Resume with --resume_from_checkpoint latest (or {checkpoint})."
+        )
+
+
+class StopOnSignal:
+    """
+    While active (a `with` block, in the main thread), SIGTERM and SIGINT ask the loop to stop: it finishes the current
+    optimizer step (all its micro-batches), writes a checkpoint and raises `TrainingInterrupted`. A second signal
+    exits at once, by the signal's default action. Schedulers (SLURM, Kubernetes) send SIGTERM some time before they
+    kill, so one step plus one checkpoint must fit in that grace period. With several processes, `requested` agrees
+    across ranks (accelerate's trigger: an all-reduce), so every rank stops at the same step.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopOnSignal:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {signum: signal.signal(signum, self._handle) for signum in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.signum is not None:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        self.signum = signum
+        logger.warning(f"{signal.Signals(signum).name} received: finishing this optimizer step, then saving a "
+                       "checkpoint and exiting (send it again to exit at once, without saving)")
+
+    def requested(self, accelerator) -> bool:
+        if accelerator.num_processes == 1:
+            return self.signum is not None
+        if self.signum is not None:
+            accelerator.set_trigger()
+        if accelerator.check_trigger():
+            self.signum = self.signum or signal.SIGTERM
+            return True
+        return False
+
+
+def _recorded_arguments(args: PretrainArguments) -> dict[str, Any]:
+    """The arguments a checkpoint records for `resume_changes` (the JSON scalars among them)."""
+    values = {f.name: getattr(args, f.name) for f in fields(args)}
+    return {name: value for name, value in values.items() if value is None or isinstance(value, (bool, int, float, str))}
+
+
+def resume_changes(recorded: dict[str, Any], args: PretrainArguments, step: int) -> tuple[list[str], list[str]]:
+    """
+    `(refused, allowed)`: the arguments of `args` that differ from `recorded` (those of the run that wrote a
+    checkpoint at `step`), one line each. Fields declared `resume="free"` may change; `--max_steps` may change as long
+    as it is not below `step` (the cosine schedule is then laid over the new total); any other change is refused,
+    because the resumed run would silently differ from the one it continues (skipped rows, an ignored learning rate).
+    """
+    refused, allowed = [], []
+    for f in fields(args):
+        if f.name not in recorded or recorded[f.name] == getattr(args, f.name):
+            continue
+        old, new = recorded[f.name], getattr(args, f.name)
+        line = f"--{f.name} {new!r} (checkpoint: {old!r})"
+        policy = f.metadata.get("resume", "same")
+        if policy == "max_steps":
+            if new < step:
+                refused.append(f"--max_steps {new} is below the checkpoint's step {step}")
+            else:
+                allowed.append(line + ": the learning-rate schedule now spans the new total, so the learning rate "
+                                      "from here on differs from the original run's")
+        elif policy == "free":
+            allowed.append(line)
+        else:
+            refused.append(line)
+    return refused, allowed
+
+
+def _resolve_resume(args: PretrainArguments, output_dir: Path, rank: int, world_size: int = 1) -> Path | None:
+    """The checkpoint to resume from (`latest`: the newest complete one), after checking the arguments against it."""
+    resume = args.resume_from_checkpoint
+    if not resume:
+        return None
+    if resume == "latest":
+        resume = find_resumable_checkpoint(output_dir, rank)
+        if resume is None:
+            logger.warning(f"--resume_from_checkpoint latest: no checkpoint in {output_dir}; starting from scratch")
+            return None
+    resume = Path(resume)
+    state_file = resume / "trainer_state.json"
+    if not state_file.is_file():
+        raise FileNotFoundError(f"--resume_from_checkpoint {str(resume)!r}: no trainer_state.json there (not a checkpoint)")
+    try:
+        saved = json.loads(state_file.read_text())
+        step = int(saved["global_step"])
+    except (ValueError, KeyError, TypeError) as error:
+        raise CorruptCheckpointError(f"{state_file}: not a trainer state ({type(error).__name__}: {error})") from error
+    if saved.get("world_size", 1) != world_size and not (resume / SHARDED_FOLDER / ".metadata").is_file():
+        raise ValueError(  # a sharded (FSDP) checkpoint reshards onto another number of processes (`load_checkpoint`)
+            f"{resume} was written by {saved.get('world_size')} processes; resuming with {world_size} would change the "
+            "data order and RNG streams. Resume with the same number of processes."
+        )
+    recorded = saved.get("arguments")
+    if recorded is None:
+        logger.warning(f"{resume} records no arguments (an older checkpoint): resuming without checking them")
+        return resume
+    refused, allowed = resume_changes(recorded, args, step)
+    if refused:
+        raise ValueError(
+            f"Cannot resume from {resume}: the run would not continue the one that wrote it. Changed:\n  "
+            + "\n  ".join(refused)
+            + "\nResume with the checkpoint's values, or start a new run in another --output_dir."
+        )
+    for line in allowed:
+        logger.warning(f"Resuming from {resume} with a changed argument: {line}")
+    return resume
 
 
 def read_history(path: str | os.PathLike) -> list[dict[str, float]]:

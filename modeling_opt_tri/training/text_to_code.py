@@ -22,32 +22,36 @@ from transformers import get_cosine_schedule_with_warmup
 
 from ..configuration_opt_tri import OptTriConfig
 from ..data.synthetic import COLORS, ShapeWorld, split_offset
+from .arguments import DEVICE, SEED, CheckedArgumentParser, flag, integer, number, string
 from .codes import VQCodeTargets
+from .finetune import check_loading_info
 
 
-def add_training_arguments(parser: argparse.ArgumentParser, *, default_model: str, default_output_dir: str) -> None:
-    """The flags both fine-tuning scripts share (model, data, optimisation, logging, evaluation prompts)."""
-    parser.add_argument("--model", default=default_model,
+def add_training_arguments(parser: CheckedArgumentParser, *, default_model: str, default_output_dir: str) -> None:
+    """The flags both fine-tuning scripts share (model, data, optimisation, logging, evaluation prompts), with rules."""
+    parser.add_argument("--model", default=default_model, rule=string(),
                         help="OPT-Tri checkpoint or preset folder (with the processor files unless --processor)")
-    parser.add_argument("--processor", default=None, help="OptTriProcessor folder (default: --model)")
-    parser.add_argument("--output_dir", default=default_output_dir)
-    parser.add_argument("--num_train_rows", type=int, default=4096, help="ShapeWorld training rows")
-    parser.add_argument("--max_shapes", type=int, default=1, help="shapes per scene (1: one colour per caption)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--max_steps", type=int, default=1500)
-    parser.add_argument("--max_minutes", type=float, default=0.0, help="stop training after this long (0: no limit)")
-    parser.add_argument("--batch_size", type=int, default=32)
-    parser.add_argument("--learning_rate", type=float, default=1e-3)
-    parser.add_argument("--weight_decay", type=float, default=0.01)
-    parser.add_argument("--warmup_steps", type=int, default=50)
-    parser.add_argument("--max_grad_norm", type=float, default=1.0)
-    parser.add_argument("--log_every", type=int, default=50)
-    parser.add_argument("--num_threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--skip_eval", action="store_true")
-    parser.add_argument("--eval_prompts", type=int, default=120)
-    parser.add_argument("--eval_top_k", type=int, default=0, help="top-k of the evaluation samples (0: off)")
-    parser.add_argument("--eval_temperature", type=float, default=1.0)
+    parser.add_argument("--processor", default=None, rule=string(optional=True), help="OptTriProcessor folder (default: --model)")
+    parser.add_argument("--output_dir", default=default_output_dir, rule=string())
+    parser.add_argument("--num_train_rows", type=int, default=4096, rule=integer(1), help="ShapeWorld training rows")
+    parser.add_argument("--max_shapes", type=int, default=1, rule=integer(1, 9),
+                        help="shapes per scene (1: one colour per caption)")
+    parser.add_argument("--seed", type=int, default=0, rule=SEED)
+    parser.add_argument("--max_steps", type=int, default=1500, rule=integer(1))
+    parser.add_argument("--max_minutes", type=float, default=0.0, rule=number(0.0),
+                        help="stop training after this long (0: no limit)")
+    parser.add_argument("--batch_size", type=int, default=32, rule=integer(1))
+    parser.add_argument("--learning_rate", type=float, default=1e-3, rule=number(positive=True))
+    parser.add_argument("--weight_decay", type=float, default=0.01, rule=number(0.0))
+    parser.add_argument("--warmup_steps", type=int, default=50, rule=integer(0))
+    parser.add_argument("--max_grad_norm", type=float, default=1.0, rule=number(0.0, text="a finite number >= 0 (0: no clipping)"))
+    parser.add_argument("--log_every", type=int, default=50, rule=integer(1))
+    parser.add_argument("--num_threads", type=int, default=0, rule=integer(0), help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", rule=DEVICE)
+    parser.add_argument("--skip_eval", action="store_true", rule=flag())
+    parser.add_argument("--eval_prompts", type=int, default=120, rule=integer(1))
+    parser.add_argument("--eval_top_k", type=int, default=0, rule=integer(0), help="top-k of the evaluation samples (0: off)")
+    parser.add_argument("--eval_temperature", type=float, default=1.0, rule=number(positive=True))
 
 
 def build_generator(model_class, folder: str, processor, image_tokenizer=None, audio_tokenizer=None):
@@ -69,8 +73,12 @@ def build_generator(model_class, folder: str, processor, image_tokenizer=None, a
         print(f"{name} resized to the tokenizer: " + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in resized.items()))
     VQCodeTargets.check_compatible(config, processor, image_tokenizer, audio_tokenizer)
     if (Path(folder) / "model.safetensors").is_file():
-        # the tensors a resized decoder cannot take from the checkpoint start at random (reported by transformers)
-        return model_class.from_pretrained(folder, config=config, ignore_mismatched_sizes=bool(resized))
+        # only the tensors a resized decoder cannot take from the checkpoint may start at random; any other missing or
+        # wrongly shaped tensor is an error naming it
+        model, info = model_class.from_pretrained(folder, config=config, ignore_mismatched_sizes=True, output_loading_info=True)
+        prefix = "image" if image_tokenizer is not None else "audio"
+        check_loading_info(info, folder, [f"{prefix}_decoder", f"{prefix}_head"] if resized else [])
+        return model
     print(f"{folder} holds no weights: random initialisation")
     return model_class(config)
 
@@ -202,21 +210,22 @@ def run(args: argparse.Namespace, model_class, tokenizer, evaluate, image_tokeni
     return report
 
 
-def add_evaluation_arguments(parser: argparse.ArgumentParser, model_class_name: str, tokenizer_flag: str,
+def add_evaluation_arguments(parser: CheckedArgumentParser, model_class_name: str, tokenizer_flag: str,
                              tokenizer_class_name: str) -> None:
-    """The flags both evaluation scripts share: model, tokenizer, prompts and sampling."""
-    parser.add_argument("--model", required=True, help=f"{model_class_name} checkpoint folder")
-    parser.add_argument(tokenizer_flag, required=True, help=f"{tokenizer_class_name} folder")
-    parser.add_argument("--processor", default=None, help="OptTriProcessor folder (default: --model)")
-    parser.add_argument("--output_dir", default=None, help="default: --model")
-    parser.add_argument("--num_prompts", type=int, default=120, help="held-out prompts (balanced over 6 colours)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch_size", type=int, default=24)
-    parser.add_argument("--greedy", action="store_true")
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--top_k", type=int, default=0)
-    parser.add_argument("--top_p", type=float, default=1.0)
-    parser.add_argument("--num_threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    """The flags both evaluation scripts share: model, tokenizer, prompts and sampling, with rules."""
+    parser.add_argument("--model", required=True, rule=string(), help=f"{model_class_name} checkpoint folder")
+    parser.add_argument(tokenizer_flag, required=True, rule=string(), help=f"{tokenizer_class_name} folder")
+    parser.add_argument("--processor", default=None, rule=string(optional=True), help="OptTriProcessor folder (default: --model)")
+    parser.add_argument("--output_dir", default=None, rule=string(optional=True), help="default: --model")
+    parser.add_argument("--num_prompts", type=int, default=120, rule=integer(1),
+                        help="held-out prompts (balanced over 6 colours)")
+    parser.add_argument("--seed", type=int, default=0, rule=SEED)
+    parser.add_argument("--batch_size", type=int, default=24, rule=integer(1))
+    parser.add_argument("--greedy", action="store_true", rule=flag())
+    parser.add_argument("--temperature", type=float, default=1.0, rule=number(positive=True))
+    parser.add_argument("--top_k", type=int, default=0, rule=integer(0))
+    parser.add_argument("--top_p", type=float, default=1.0, rule=number(0.0, 1.0, positive=True))
+    parser.add_argument("--num_threads", type=int, default=0, rule=integer(0), help="torch CPU threads (0: torch's default)")
 
 
 def run_evaluation(args: argparse.Namespace, model_class, tokenizer, evaluate) -> dict:
