@@ -748,15 +748,16 @@ def run_pretraining(args: PretrainArguments) -> dict[str, Any]:
     stop = StopOnSignal()
     with stop:
         step = _train_steps(args, accelerator, model, optimizer, scheduler, unwrapped, code_targets, batches, state, step,
-                            mix, active, window, progress, last, history_path, stop)
+                            mix, active, window, progress, last, history_path, stop, stream, pad_values)
     progress.close()
     summary: dict[str, Any] = {"steps": step, "rows_seen": state["rows_seen"], "rows_skipped": state["rows_skipped"],
                                "skipped_optimizer_steps": state["skipped_steps"], "last_losses": last}
-    return _finish(args, accelerator, unwrapped, processor, optimizer, scheduler, state, step, summary, history_path)
+    return _finish(args, accelerator, unwrapped, processor, optimizer, scheduler, state, step, summary, history_path,
+                   evaluation_plan, no_evaluation)
 
 
 def _train_steps(args, accelerator, model, optimizer, scheduler, unwrapped, code_targets, batches, state, step, mix,
-                 active, window, progress, last, history_path, stop) -> int:
+                 active, window, progress, last, history_path, stop, stream, pad_values) -> int:
     """The optimizer steps from `step` to `args.max_steps` (or to a SIGTERM / SIGINT, see `StopOnSignal`)."""
     output_dir, world = Path(args.output_dir), accelerator.num_processes
     while step < args.max_steps:
@@ -766,7 +767,7 @@ def _train_steps(args, accelerator, model, optimizer, scheduler, unwrapped, code
         step_losses: dict[str, float] = {}
         source_losses: dict[str, list[float]] = {}
         for micro in range(args.gradient_accumulation_steps):
-            batch, rows = _next_usable_batch(batches, state, args.max_bad_row_fraction, stream, accelerator)
+            batch, rows, source = _next_usable_batch(batches, state, args.max_bad_row_fraction, stream, accelerator)
             padded, tokens = padding_fraction(batch)
             window["padded"] += padded
             window["tokens"] += tokens
@@ -847,7 +848,8 @@ def _save(args, accelerator, unwrapped, optimizer, scheduler, state, step) -> Pa
     )
 
 
-def _finish(args, accelerator, unwrapped, processor, optimizer, scheduler, state, step, summary, history_path):
+def _finish(args, accelerator, unwrapped, processor, optimizer, scheduler, state, step, summary, history_path,
+            evaluation_plan, no_evaluation):
     """The final checkpoint, `final/`, the loss table and curves, the evaluation and `summary.json`."""
     output_dir = Path(args.output_dir)
     _save(args, accelerator, unwrapped, optimizer, scheduler, state, step)
@@ -922,10 +924,10 @@ def _batch_rows(batch: dict[str, Any]) -> int:
 
 
 def _next_usable_batch(batches: Iterator, state: dict[str, Any], limit: float, stream: BatchStream,
-                       accelerator) -> tuple[dict[str, Any], int]:
+                       accelerator) -> tuple[dict[str, Any], int, str | None]:
     """
-    The next batch with at least one decoded row that every process agrees to use (`BatchStream.agree`), and its row
-    count. Every row drawn counts towards the corrupt-row limit, including those of batches where every row is corrupt
+    The next batch with at least one decoded row that every process agrees to use (`BatchStream.agree`), its row
+    count and its source (the dataset of a mixture it came from, or None). Every row drawn counts towards the corrupt-row limit, including those of batches where every row is corrupt
     (`_check_bad_fraction` after each batch), and a whole pass over the data without one usable row stops the run
     (whatever the limit, even 1.0).
     """
@@ -952,7 +954,7 @@ def _next_usable_batch(batches: Iterator, state: dict[str, Any], limit: float, s
             state["source_rows"][source] = state["source_rows"].get(source, 0) + rows
         _check_bad_fraction(state, limit)
         if accepted:
-            return batch, rows
+            return batch, rows, source
 
 
 def _check_bad_fraction(state: dict[str, Any], limit: float) -> None:
