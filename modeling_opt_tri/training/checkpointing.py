@@ -408,8 +408,9 @@ def load_checkpoint(
                        "optimizer and schedule are restored and the data position is kept, but each rank's batches "
                        "and RNG streams differ from an uninterrupted run's")
     rng_files = [f"rng_state_{rank}.json", f"rng_state_{rank}.safetensors"]  # without them, no exact resume
-    if saved_world == world_size and not all((path / name).exists() for name in rng_files):
-        raise FileNotFoundError(f"{path} is not a complete OPT-Tri checkpoint: missing {rng_files}")
+    missing_rng = [name for name in rng_files if not (path / name).exists()]
+    if saved_world == world_size and missing_rng:
+        raise FileNotFoundError(f"{path} is not a complete OPT-Tri checkpoint: missing {missing_rng}")
     if sharded:  # into a sharded or an unsharded model
         _load_sharded(path / SHARDED_FOLDER, model, optimizer)
     else:
