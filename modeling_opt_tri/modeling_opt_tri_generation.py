@@ -36,14 +36,17 @@ class OptTriTextSamplingMixin:
         attention_mask=None,
         encoder_hidden_states=None,
         encoder_states_mask=None,
+        token_type_ids=None,
         **generate_kwargs,
     ):
         """
         `GenerationMixin.generate` (greedy, sampling, beam search, beam sampling, assisted and prompt-lookup decoding;
         KV cache) after encoding the conditioning inputs once (or with precomputed `encoder_hidden_states`).
         `input_ids` / `attention_mask` are optional decoder prompts, left-padded in a batch (default: the BOS token);
-        continuing from a returned cache, pass the whole sequence so far with `cache=`. Returns token ids
-        `(B, length)` (or a `GenerateOutput` with `return_dict_in_generate=True`).
+        continuing from a returned cache, pass the whole sequence so far with `cache=`. A prompt tokenised by the
+        processor (what the `image-text-to-text` pipeline sends: `[CLS] text [SEP]` with `token_type_ids`) is
+        continued without its closing `[SEP]`, the decoder's end token. Returns token ids `(B, length)` (or a
+        `GenerateOutput` with `return_dict_in_generate=True`).
         """
         _check_generate_arguments(generate_kwargs)
         cache = _cache_argument(generate_kwargs.pop("cache", None), generate_kwargs)
@@ -61,7 +64,9 @@ class OptTriTextSamplingMixin:
         _check_decoder_ids(input_ids, dc.vocab_size, batch, "input_ids (the decoder prompt)")
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        elif attention_mask.ndim != 2 or attention_mask.shape[0] != batch:
+        if token_type_ids is not None:
+            input_ids, attention_mask = _open_processor_prompt(input_ids, attention_mask, token_type_ids, dc.eos_token_id)
+        if attention_mask.ndim != 2 or attention_mask.shape[0] != batch:
             raise ValueError(f"attention_mask must have shape ({batch}, length), got {tuple(attention_mask.shape)}")
         generate_kwargs.setdefault("bos_token_id", dc.bos_token_id)
         generate_kwargs.setdefault("eos_token_id", dc.eos_token_id)
@@ -73,6 +78,19 @@ class OptTriTextSamplingMixin:
             encoder_states_mask=encoder_states_mask,
             **generate_kwargs,
         )
+
+
+def _open_processor_prompt(input_ids, attention_mask, token_type_ids, eos_token_id):
+    """The decoder prompt of a processor-tokenised text `(B, L)`: one segment (the text decoder has no token types),
+    without the closing end token when every row ends with it (a finished sequence is not continued)."""
+    if tuple(token_type_ids.shape) != tuple(input_ids.shape) or bool(token_type_ids.ne(0).any()):
+        raise ValueError(
+            "token_type_ids must be all zeros and shaped like input_ids: the text decoder prompt is one segment, got "
+            f"shape {tuple(token_type_ids.shape)} for input_ids {tuple(input_ids.shape)}"
+        )
+    if input_ids.shape[1] > 1 and bool(input_ids[:, -1].eq(eos_token_id).all()):
+        return input_ids[:, :-1], attention_mask[:, :-1]
+    return input_ids, attention_mask
 
 
 class OptTriCodeSamplingMixin:

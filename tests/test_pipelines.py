@@ -9,6 +9,7 @@ import torch
 from conftest import run_without_our_package, tiny_batch, tiny_config
 from modeling_opt_tri import (
     OptTriFeatureExtractor,
+    OptTriForConditionalGeneration,
     OptTriForPreTraining,
     OptTriForRetrieval,
     OptTriImageProcessor,
@@ -32,6 +33,61 @@ def checkpoint(tmp_path_factory):
     OptTriForPreTraining(tiny_config()).save_pretrained(folder)
     processor.save_pretrained(folder)
     return folder
+
+
+def _tiny_processor() -> OptTriProcessor:
+    return OptTriProcessor(
+        image_processor=OptTriImageProcessor(image_size=32), feature_extractor=OptTriFeatureExtractor(feature_size=16),
+        tokenizer=build_wordpiece_tokenizer(CORPUS, vocab_size=100),
+    )
+
+
+def test_generate_continues_a_processor_prompt_without_its_end_token():
+    """The processor's `[CLS] text [SEP]` (with token_type_ids, as the image-text-to-text pipeline sends it) is
+    continued from `[CLS] text`; token types other than 0 are refused by name."""
+    torch.manual_seed(0)
+    model = OptTriForConditionalGeneration(tiny_config()).eval()
+    inputs = _tiny_processor()(images=[np.zeros((32, 32, 3), dtype=np.uint8)], text=["a red"], return_tensors="pt")
+    out = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+    open_prompt = model.generate(
+        pixel_values=inputs["pixel_values"], image_mask=inputs["image_mask"], input_ids=inputs["input_ids"][:, :-1],
+        max_new_tokens=3, do_sample=False,
+    )
+    assert inputs["input_ids"][0, -1] == 3 and torch.equal(out, open_prompt)
+    with pytest.raises(ValueError, match="token_type_ids must be all zeros"):
+        model.generate(**{**inputs, "token_type_ids": torch.ones_like(inputs["input_ids"])}, max_new_tokens=2)
+
+
+@pytest.mark.slow
+def test_image_text_to_text_pipeline_captions_from_a_folder_without_our_package(tmp_path):
+    """`image-text-to-text` (and its old name `image-to-text`) from a captioning folder, with a text prompt and an
+    empty one: the text is what the folder's model.generate + tokenizer.decode give for the same image and prompt."""
+    folder = tmp_path / "captioner"
+    torch.manual_seed(0)
+    OptTriForConditionalGeneration(tiny_config()).save_pretrained(folder)
+    _tiny_processor().save_pretrained(folder)
+    body = f"""
+    import numpy as np, torch
+    from PIL import Image
+    from transformers import pipeline
+
+    image = Image.fromarray(np.full((40, 40, 3), (200, 20, 20), dtype=np.uint8))
+    settings = dict(max_new_tokens=6, generate_kwargs=dict(do_sample=False))
+    results = {{}}
+    for task in ("image-text-to-text", "image-to-text"):
+        pipe = pipeline(task, model={str(folder)!r}, trust_remote_code=True)
+        for prompt in ("a red", ""):
+            text = pipe(image, text=prompt, **settings)[0]["generated_text"]
+            inputs = pipe.processor(images=[image], text=[prompt], return_tensors="pt")
+            with torch.no_grad():
+                ids = pipe.model.generate(**inputs, max_new_tokens=6, do_sample=False)
+            results[(task, prompt)] = (text, pipe.processor.tokenizer.decode(ids[0], skip_special_tokens=True))
+    torch.save({{"model_class": type(pipe.model).__name__, "results": results}}, "outputs.pt")
+    """
+    out = run_without_our_package(body, tmp_path)
+    assert out["model_class"] == "OptTriForConditionalGeneration"
+    for (task, prompt), (text, expected) in out["results"].items():
+        assert text == expected and text.startswith(prompt) and len(text) > len(prompt), (task, prompt, text, expected)
 
 
 def test_retrieval_scores_unpaired_batches_with_clip_style_logits():
