@@ -295,9 +295,11 @@ def checkpoint_problems(path: str | os.PathLike, rank: int = 0) -> list[str]:
         return [f"{path}: no such checkpoint folder"]
     problems = []
     names = _required_files(rank, sharded=(path / SHARDED_FOLDER / ".metadata").is_file())
-    try:  # every rank's RNG state, so that all ranks agree on the checkpoint they fall back to
+    try:  # the RNG states of the ranks that wrote it, whatever this rank is: all ranks agree on the checkpoint they
+        # fall back to, also when a sharded checkpoint resumes on more processes than wrote it (`load_checkpoint`)
         world_size = int(json.loads((path / "trainer_state.json").read_text()).get("world_size", 1))
-        names += [f"rng_state_{r}.{ext}" for r in range(world_size) if r != rank for ext in ("json", "safetensors")]
+        names = [name for name in names if not name.startswith("rng_state_")]
+        names += [f"rng_state_{r}.{ext}" for r in range(world_size) for ext in ("json", "safetensors")]
     except (OSError, ValueError, TypeError, AttributeError):
         pass  # reported below, as a problem of trainer_state.json
     for name in names:
