@@ -12,7 +12,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="checkpoint folder (save_pretrained output)")
     parser.add_argument("--dataset", default="builtin", help="'builtin', a metadata.jsonl folder or a dataset name")
-    parser.add_argument("--split", default="validation")
+    parser.add_argument("--split", "--eval_split", default="validation")
+    parser.add_argument("--eval_holdout_fraction", type=float, default=0.0,
+                        help="for data without --split: evaluate on the rows pre-training held out with this fraction "
+                             "(the same fraction and --seed as pre-training)")
     parser.add_argument("--eval_rows", type=int, default=200, help="rows of the built-in dataset")
     parser.add_argument("--seed", type=int, default=42, help="seed of the built-in dataset (as in pre-training)")
     parser.add_argument("--batch_size", type=int, default=64)
@@ -21,21 +24,28 @@ def main() -> None:
     args = parser.parse_args()
     if args.rerank < 0:
         parser.error(f"--rerank must be 0 (off) or a positive shortlist size, got {args.rerank}")
+    if not 0 <= args.eval_holdout_fraction < 1:
+        parser.error(f"--eval_holdout_fraction must be a number >= 0 and < 1, got {args.eval_holdout_fraction}")
     if not os.path.isdir(args.model):
         parser.error(f"--model {args.model!r}: no such checkpoint folder (a save_pretrained output)")
     # imported after the arguments are checked, so that a mistyped flag fails in a fraction of a second
     from modeling_opt_tri import OptTriForRetrieval, OptTriModel, OptTriProcessor
-    from modeling_opt_tri.training.pretrain import PretrainArguments, evaluate_retrieval
+    from modeling_opt_tri.data.sources import NoEvaluationSplitError
+    from modeling_opt_tri.training.pretrain import PretrainArguments, evaluate_retrieval, plan_data
 
     from transformers.utils import logging as hf_logging
 
+    settings = PretrainArguments(dataset=args.dataset, eval_split=args.split, eval_rows=args.eval_rows, seed=args.seed,
+                                 eval_batch_size=args.batch_size, eval_holdout_fraction=args.eval_holdout_fraction)
+    try:
+        plan = plan_data(settings)  # which rows to read: a source without the split needs --eval_holdout_fraction
+    except (NoEvaluationSplitError, ValueError) as error:
+        parser.error(str(error))
     hf_logging.set_verbosity_error()  # a pre-training checkpoint's heads are unused here; no need to list them
     # with --rerank, one retrieval model (its ITM head loads from a pre-training checkpoint) serves both tables
     model = (OptTriForRetrieval if args.rerank else OptTriModel).from_pretrained(args.model).eval()
     processor = OptTriProcessor.from_pretrained(args.model)
-    settings = PretrainArguments(dataset=args.dataset, eval_split=args.split, eval_rows=args.eval_rows, seed=args.seed,
-                                 eval_batch_size=args.batch_size)
-    evaluate_retrieval(model, processor, settings)
+    evaluate_retrieval(model, processor, settings, plan)
     if args.rerank:
         import torch
 
@@ -45,9 +55,9 @@ def main() -> None:
             format_retrieval_table,
             reranked_retrieval_metrics,
         )
-        from modeling_opt_tri.training.pretrain import load_evaluation_rows, plan_data
+        from modeling_opt_tri.training.pretrain import load_evaluation_rows
 
-        data = load_evaluation_rows(settings, plan_data(settings))  # the rows the table above was computed on
+        data = load_evaluation_rows(settings, plan)  # the rows the table above was computed on
         loader = torch.utils.data.DataLoader(
             list(data), batch_size=args.batch_size, collate_fn=TriModalCollator(processor)
         )
