@@ -151,6 +151,34 @@ def test_webdataset_corrupt_member_is_a_corrupt_row(folder, processor, tmp_path)
     assert any("000000002.wav" in reason for reason in batch["skipped_reasons"])
 
 
+def test_webdataset_corrupt_text_and_json_members_are_corrupt_rows(folder, processor, tmp_path):
+    write_webdataset(_load(folder), tmp_path / "wds", rows_per_shard=12)
+    shard = tmp_path / "wds" / "train-00000.tar"
+    with tarfile.open(shard) as archive:
+        members = [(m, archive.extractfile(m).read()) for m in archive.getmembers()]
+    with tarfile.open(shard, "w") as archive:
+        for member, data in members:
+            if member.name.endswith(".txt"):  # every sample also carries a JSON member
+                key = member.name.split(".")[0]
+                extra = json.dumps({"id": key}).encode() if key != "000000008" else b'{"id": '
+                info = tarfile.TarInfo(f"{key}.json")
+                info.size = len(extra)
+                archive.addfile(info, io.BytesIO(extra))
+                data = b"caf\xe9 \xff" if key == "000000006" else data
+                member.size = len(data)
+            archive.addfile(member, io.BytesIO(data))
+    reference = [r["text"] for r in _reference(folder)]
+    for streaming in (True, False):
+        rows = _rows(_load(tmp_path / "wds", streaming=streaming))
+        assert len(rows) == 12
+        batch = TriModalCollator(processor)(rows)
+        assert batch["num_skipped_rows"] == 2 and batch["input_ids"].shape[0] == 10
+        reasons = " | ".join(batch["skipped_reasons"])
+        assert "000000006.txt" in reasons and "000000008.json" in reasons, reasons
+        good = [row["text"] for i, row in enumerate(rows) if i not in (6, 8)]
+        assert good == [text for i, text in enumerate(reference) if i not in (6, 8)]
+
+
 def test_stream_position_resumes_without_decoding_skipped_batches(folder, processor):
     data = _load(folder, streaming=True)
     calls = []

@@ -20,6 +20,7 @@ from transformers.utils import logging
 
 from ..feature_extraction_opt_tri import resample
 from .decoding import MAX_IMAGE_PIXELS, CorruptSampleError, audio_duration, decode_audio, decode_image
+from .sources import CORRUPT_COLUMN
 
 logger = logging.get_logger(__name__)
 
@@ -69,6 +70,8 @@ class TriModalCollator:
 
     def decode_row(self, row: dict[str, Any], context: str) -> tuple[str | None, Any, np.ndarray | None]:
         """Decode one row; raise `CorruptSampleError` when it cannot be used."""
+        if row.get(CORRUPT_COLUMN):  # a WebDataset member that did not decode (see `sources._decode_text_members`)
+            raise CorruptSampleError(f"{context}: {row[CORRUPT_COLUMN]}")
         text = row.get(self.text_column)
         if text is not None:
             if isinstance(text, bytes):

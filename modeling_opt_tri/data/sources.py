@@ -26,6 +26,7 @@ duplicate rows fall on the same side.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -38,6 +39,8 @@ logger = logging.get_logger(__name__)
 
 MODALITIES: tuple[str, str, str] = ("text", "image", "audio")
 SOURCE_COLUMN = "source"
+#: why a row of WebDataset shards is corrupt ("" when it is not): a text or JSON member that does not decode
+CORRUPT_COLUMN = "__corrupt__"
 #: Column names tried, in order, when a modality's column is not given and the default (its own name) is missing:
 #: the member extensions of WebDataset shards and common caption columns.
 COLUMN_ALIASES: dict[str, tuple[str, ...]] = {
@@ -134,9 +137,10 @@ _FILE_BUILDERS = {".parquet": "parquet", ".arrow": "arrow", ".jsonl": "json", ".
 
 def _load_dataset(source: Source, dataset_config: str | None, **kwargs):
     """
-    `datasets.load_dataset` for a name, a folder, or a single data file (its builder chosen by extension). A map-style
-    load of WebDataset shards with audio is written from the stream with the audio as the stored struct: the
-    `webdataset` builder would encode every `Audio()` value, which needs torchcodec.
+    `datasets.load_dataset` for a name, a folder, or a single data file (its builder chosen by extension). WebDataset
+    shards are read by `datasets`' builder with our decoding of text / JSON members (a corrupt one is a corrupt row,
+    see `_decode_text_members`); a map-style load of them is written from the stream with the audio as the stored
+    struct: the `webdataset` builder would encode every `Audio()` value, which needs torchcodec.
     """
     import datasets
 
@@ -149,21 +153,85 @@ def _load_dataset(source: Source, dataset_config: str | None, **kwargs):
         args, kwargs = (builder,), {**kwargs, "data_files": {"train": str(path)}}
     else:
         args = (source.path, dataset_config)
+    builder = datasets.load_dataset_builder(*args, **{k: v for k, v in kwargs.items() if k not in ("split", "streaming")})
+    if not isinstance(builder, _webdataset_builder_class()):
+        return datasets.load_dataset(*args, **kwargs)
+    builder.__class__ = _checked_webdataset_class()  # our text decoding, for this builder only
+    stream = builder.as_streaming_dataset(split=kwargs.get("split"))
     if kwargs.get("streaming") or "split" not in kwargs:
-        return datasets.load_dataset(*args, **kwargs)
-    stream = datasets.load_dataset(*args, **{**kwargs, "streaming": True})
+        return stream
+    # map-style: written from the stream (the builder would encode every `Audio()` value, which needs torchcodec)
     audio = [name for name, feature in (stream.features or {}).items() if isinstance(feature, datasets.Audio)]
-    if not audio or not _is_generator_built(stream):  # arrow-based builders (parquet, arrow) never encode
-        return datasets.load_dataset(*args, **kwargs)
     for name in audio:
         stream = stream.cast_column(name, media_feature())
     return datasets.Dataset.from_generator(_rows_of, features=stream.features, gen_kwargs={"stream": stream},
                                            split=datasets.NamedSplit(kwargs["split"]))
 
 
-def _is_generator_built(stream) -> bool:
-    """Whether a streaming dataset comes from a generator-based builder (e.g. webdataset), which encodes its rows."""
-    return getattr(stream.info, "builder_name", None) == "webdataset"
+def _webdataset_builder_class():
+    from datasets.packaged_modules.webdataset.webdataset import WebDataset
+
+    return WebDataset
+
+
+#: WebDataset member extensions holding text or JSON, decoded by `_decode_text_members` instead of the builder
+_TEXT_MEMBER_DECODERS = {"txt": bytes.decode, "text": bytes.decode, "transcript": bytes.decode,
+                         "json": json.loads, "jsn": json.loads}
+
+
+def _decode_text_members(example: dict[str, Any]) -> dict[str, Any]:
+    """Decode the text / JSON members of one WebDataset sample (UTF-8; JSON). A member that does not decode is set to
+    `None` and named in the sample's `CORRUPT_COLUMN`, so the collator skips and counts the row, not stop the run."""
+    from datasets.filesystems import EXTENSION_TO_COMPRESSION_FS_FILE_CLS as compressions
+
+    problems = []
+    for field_name, value in example.items():
+        parts = field_name.lower().split(".")
+        extension = parts[-2] if len(parts) > 1 and f".{parts[-1]}" in compressions else parts[-1]
+        if extension in _TEXT_MEMBER_DECODERS and isinstance(value, bytes):
+            try:
+                example[field_name] = _TEXT_MEMBER_DECODERS[extension](value)
+            except ValueError as error:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+                example[field_name] = None
+                where = os.path.basename(str(example.get("__url__", "")))
+                problems.append(f"member {example.get('__key__')}.{field_name} of {where} does not decode ({error})")
+    example[CORRUPT_COLUMN] = "; ".join(problems)
+    return example
+
+
+def _checked_webdataset_class():
+    """`datasets`' WebDataset builder with our decoding of text and JSON members (its own raises and stops the
+    stream at the first corrupt one); every other member is decoded as the builder does."""
+    if "class" not in _CHECKED_WEBDATASET:
+        base = _webdataset_builder_class()
+
+        class CheckedWebDataset(base):
+            DECODERS = {k: v for k, v in base.DECODERS.items() if k not in _TEXT_MEMBER_DECODERS}
+
+            def _split_generators(self, dl_manager):
+                import datasets
+
+                splits = super()._split_generators(dl_manager)  # infers the features unless a README declares them
+                self.info.features[CORRUPT_COLUMN] = datasets.Value("string")
+                return splits
+
+            @classmethod
+            def _get_pipeline_from_tar(cls, tar_path, tar_iterator):
+                for example in super()._get_pipeline_from_tar(tar_path, tar_iterator):
+                    yield _decode_text_members(example)
+
+        CheckedWebDataset.__module__, CheckedWebDataset.__qualname__ = __name__, "_CheckedWebDataset"
+        _CHECKED_WEBDATASET["class"] = CheckedWebDataset
+    return _CHECKED_WEBDATASET["class"]
+
+
+_CHECKED_WEBDATASET: dict[str, type] = {}  # built on first use: `datasets` is imported lazily
+
+
+def __getattr__(name: str):  # pickle finds the builder class of a stream by this name, in any process
+    if name == "_CheckedWebDataset":
+        return _checked_webdataset_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _rows_of(stream):
@@ -303,9 +371,10 @@ def conform(data, source: Source, mixture: bool = False):
     if not mixture:
         return data
     target = datasets.Features({"text": datasets.Value("string"), "image": media_feature(), "audio": media_feature(),
-                                SOURCE_COLUMN: datasets.Value("string")})
-    data = data.select_columns([m for m in MODALITIES if chosen[m]])
-    missing = {m: None for m in MODALITIES if not chosen[m]}
+                                SOURCE_COLUMN: datasets.Value("string"), CORRUPT_COLUMN: datasets.Value("string")})
+    flagged = CORRUPT_COLUMN in data.features
+    data = data.select_columns([m for m in MODALITIES if chosen[m]] + ([CORRUPT_COLUMN] if flagged else []))
+    missing = {m: None for m in MODALITIES if not chosen[m]} | ({} if flagged else {CORRUPT_COLUMN: ""})
     data = data.map(lambda row: {**missing, SOURCE_COLUMN: source.name}, features=target)
     return data.select_columns(list(target))
 

@@ -23,6 +23,7 @@ from transformers.utils import logging
 
 from ..data.collate import TriModalCollator
 from ..data.decoding import CorruptSampleError
+from ..data.sources import CORRUPT_COLUMN
 from .arguments import MAX_STEPS_OR_EPOCHS, PROBABILITY_BELOW_ONE, SEED, CheckedArgumentParser, flag, integer, number, string
 
 logger = logging.get_logger(__name__)
@@ -202,6 +203,7 @@ class TaskCollator(TriModalCollator):
                 "text": self.text(row) if "text" in self.modalities else None,
                 "image": row.get("image") if "image" in self.modalities else None,
                 "audio": row.get("audio") if "audio" in self.modalities else None,
+                CORRUPT_COLUMN: row.get(CORRUPT_COLUMN),
             }
             try:
                 text, image, audio = self.decode_row(view, f"row {row.get('id', position)}")
