@@ -33,6 +33,7 @@ from modeling_opt_tri.training.finetune import (
     add_finetune_arguments,
     build_optimizer,
     count_trainable,
+    dataset_columns,
     load_model,
     load_split,
     prepare_for_training,
@@ -96,8 +97,9 @@ def main() -> None:
         parser.error("--prompt_tuning freezes the whole model already; do not combine it with --lora/--freeze_layers")
 
     processor = OptTriProcessor.from_pretrained(args.model)
-    train = load_split(args.dataset, "train", args.train_rows, args.seed, args.eval_rows)
-    held_out = load_split(args.dataset, "validation", args.eval_rows, args.seed, args.eval_rows)
+    columns = dataset_columns(args)  # --text_column / --image_column / --audio_column
+    train = load_split(args.dataset, "train", args.train_rows, args.seed, args.eval_rows, columns=columns)
+    held_out = load_split(args.dataset, "validation", args.eval_rows, args.seed, args.eval_rows, columns=columns)
     names = label_names(args.dataset, train)
     label2id = {name: i for i, name in enumerate(names)}
 

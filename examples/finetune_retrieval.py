@@ -27,6 +27,7 @@ from modeling_opt_tri.training.arguments import CheckedArgumentParser, choice, i
 from modeling_opt_tri.training.finetune import (
     TaskCollator,
     add_finetune_arguments,
+    dataset_columns,
     load_model,
     load_split,
     prepare_for_training,
@@ -123,8 +124,9 @@ def main() -> None:
         parser.error("--query and --gallery must be different modalities")
 
     processor = OptTriProcessor.from_pretrained(args.model)
-    train = load_split(args.dataset, "train", args.train_rows, args.seed, args.eval_rows)
-    held_out = load_split(args.dataset, "validation", args.eval_rows, args.seed, args.eval_rows)
+    columns = dataset_columns(args)  # --text_column / --image_column / --audio_column
+    train = load_split(args.dataset, "train", args.train_rows, args.seed, args.eval_rows, columns=columns)
+    held_out = load_split(args.dataset, "validation", args.eval_rows, args.seed, args.eval_rows, columns=columns)
     collator = TaskCollator(
         processor, [args.query, args.gallery],
         extra={"query_modality": args.query, "gallery_modality": args.gallery, "return_loss": True,

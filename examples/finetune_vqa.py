@@ -33,6 +33,7 @@ from modeling_opt_tri.training.arguments import CheckedArgumentParser, choice
 from modeling_opt_tri.training.finetune import (
     TaskCollator,
     add_finetune_arguments,
+    dataset_columns,
     load_model,
     load_split,
     prepare_for_training,
@@ -99,8 +100,9 @@ def main() -> None:
     args = build_parser().parse_args()
 
     processor = OptTriProcessor.from_pretrained(args.model)
-    train = QuestionDataset(load_split(args.dataset, "train", args.train_rows, args.seed, args.eval_rows))
-    held_out = QuestionDataset(load_split(args.dataset, "validation", args.eval_rows, args.seed, args.eval_rows))
+    columns = dataset_columns(args)  # --text_column / --image_column / --audio_column
+    train = QuestionDataset(load_split(args.dataset, "train", args.train_rows, args.seed, args.eval_rows, columns=columns))
+    held_out = QuestionDataset(load_split(args.dataset, "validation", args.eval_rows, args.seed, args.eval_rows, columns=columns))
     if args.dataset == "builtin":
         vocabulary = list(ANSWERS)
     else:

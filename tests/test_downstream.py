@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import os
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import run_without_our_package, tiny_batch, tiny_config
+from conftest import REPO_ROOT, run_without_our_package, tiny_batch, tiny_config
 
+from modeling_opt_tri.data import build_synthetic_dataset
 from modeling_opt_tri.modeling_opt_tri import (
     OptTriForPairReasoning,
     OptTriForPreTraining,
@@ -643,3 +645,54 @@ def test_load_model_only_lets_the_task_head_start_at_random(tmp_path):
     torch.save(weights, pickled / "pytorch_model.bin")
     with pytest.raises(ValueError, match=r"holds weights only as \['pytorch_model.bin'\], not as model.safetensors"):
         load_model(OptTriForSequenceClassification, str(pickled), new_heads=["classifier"], num_labels=3)
+
+
+def _caption_jpg_parquet(path: Path, rows: int) -> Path:
+    """ShapeWorld rows written to parquet with a dataset's own column names: `caption` (text), `jpg` (Image())."""
+    data = build_synthetic_dataset(rows, seed=0, split="train").select_columns(["text", "image"])
+    data.rename_columns({"text": "caption", "image": "jpg"}).to_parquet(str(path))
+    return path
+
+
+@pytest.mark.slow
+def test_finetuning_reads_columns_named_by_the_column_flags(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    data = _caption_jpg_parquet(tmp_path / "pairs.parquet", 24)
+    common = [sys.executable, str(REPO_ROOT / "examples" / "finetune_retrieval.py"), "--model",
+              str(REPO_ROOT / "configuration" / "tiny"), "--dataset", str(data), "--eval_rows", "6", "--max_steps", "2",
+              "--batch_size", "4", "--rerank_top_k", "0"]
+    run = subprocess.run([*common, "--output_dir", str(tmp_path / "run"), "--text_column", "caption",
+                          "--image_column", "jpg"], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "(4 held-out rows)" in run.stdout  # a fifth of the 24 rows, at most --eval_rows
+    assert json.loads((tmp_path / "run" / "retrieval_metrics.json").read_text())
+    wrong = subprocess.run([*common, "--output_dir", str(tmp_path / "wrong"), "--text_column", "captions",
+                            "--image_column", "jpg"], capture_output=True, text=True, timeout=300)
+    assert wrong.returncode != 0
+    assert "--text_column: source 'pairs'" in wrong.stderr and "has no column 'captions'" in wrong.stderr
+    assert "its columns are ['caption', 'jpg']" in wrong.stderr, wrong.stderr[-2000:]
+
+
+def test_load_split_maps_the_columns_and_names_the_real_ones(tmp_path):
+    from modeling_opt_tri.training.finetune import dataset_columns, load_split
+
+    data = str(_caption_jpg_parquet(tmp_path / "pairs.parquet", 10))
+    args = build_parser_args(["--text_column", "caption", "--image_column", "jpg"])
+    assert dataset_columns(args) == {"text": "caption", "image": "jpg"}
+    train = load_split(data, "train", 0, eval_rows=2, columns=dataset_columns(args))
+    expected = build_synthetic_dataset(10, seed=0, split="train")["text"]
+    assert len(train) == 8 and set(train["text"]) < set(expected) and train.features["image"] is not None
+    with pytest.raises(ValueError, match=r"--image_column: .* has no column 'png'; its columns are \['caption', 'jpg'\]"):
+        load_split(data, "train", 0, eval_rows=2, columns={"text": "caption", "image": "png"})
+
+
+def build_parser_args(argv: list[str]):
+    from modeling_opt_tri.training.arguments import CheckedArgumentParser
+    from modeling_opt_tri.training.finetune import add_finetune_arguments
+
+    parser = CheckedArgumentParser()
+    add_finetune_arguments(parser)
+    return parser.parse_args(["--model", "m", "--output_dir", "o", *argv])

@@ -52,6 +52,10 @@ def add_finetune_arguments(parser: CheckedArgumentParser, lr: float = 5e-4, step
     parser.add_argument("--dataset", default="builtin", rule=string(),
                         help="'builtin' (ShapeWorld), a metadata.jsonl folder, a save_to_disk folder, parquet/arrow "
                              "files, WebDataset shards or a dataset name")
+    for modality, example in (("text", "caption"), ("image", "jpg"), ("audio", "wav")):
+        parser.add_argument(f"--{modality}_column", default=None, rule=string(optional=True),
+                            help=f"column of --dataset holding the {modality} (e.g. '{example}'; 'none' leaves it out); "
+                                 f"default: '{modality}' or a usual alias")
     parser.add_argument("--train_rows", type=int, default=1000, rule=integer(0), help="rows of the training split (all when 0)")
     parser.add_argument("--eval_rows", type=int, default=200, rule=integer(0), help="rows of the held-out split (all when 0)")
     parser.add_argument("--epochs", type=float, default=3.0, rule=number(positive=True))
@@ -72,6 +76,11 @@ def add_finetune_arguments(parser: CheckedArgumentParser, lr: float = 5e-4, step
     parser.add_argument("--lora_dropout", type=float, default=0.0, rule=PROBABILITY_BELOW_ONE)
     parser.add_argument("--push_to_hub", default=None, rule=string(optional=True),
                         help="repo id to push the fine-tuned model and processor to")
+
+
+def dataset_columns(args: argparse.Namespace) -> dict[str, str]:
+    """The column mapping of `--text_column` / `--image_column` / `--audio_column` (the ones given), for `load_split`."""
+    return {m: getattr(args, f"{m}_column") for m in ("text", "image", "audio") if getattr(args, f"{m}_column", None)}
 
 
 def load_split(dataset: str, split: str, num_rows: int, seed: int = 42, eval_rows: int = 200, columns=None):
@@ -397,6 +406,7 @@ __all__ = [
     "count_trainable",
     "freeze_bottom_layers",
     "load_model",
+    "dataset_columns",
     "load_split",
     "prepare_for_training",
     "save_and_push",
