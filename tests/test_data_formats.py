@@ -82,6 +82,14 @@ def test_metadata_folder(folder, processor, streaming):
     _check_rows(_rows(_load(folder, streaming)), folder, processor)
 
 
+def test_a_folders_metadata_file_stands_for_the_folder(folder, processor):
+    """`--dataset folder/metadata.jsonl` reads the folder (its paths are relative to it), not a bare JSON file whose
+    every row would be corrupt."""
+    [source] = parse_sources(str(folder / "metadata.jsonl"))
+    assert Path(source.path) == folder and source.name == folder.name
+    _check_rows(_rows(_load(folder / "metadata.jsonl")), folder, processor)
+
+
 @pytest.mark.parametrize("streaming", [False, True], ids=["map", "streaming"])
 def test_parquet_with_image_and_audio_features(folder, processor, tmp_path, streaming):
     import datasets

@@ -93,7 +93,8 @@ def parse_sources(
     Parse `--dataset` (`PATH`, or `PATH=WEIGHT,PATH=WEIGHT,...`) and the column flags into `Source`s.
 
     A source is named after its folder or file (`data/coco` -> `coco`); the names must be unique. Weights are
-    positive numbers, normalised to sum to 1.
+    positive numbers, normalised to sum to 1. A folder's own `metadata.jsonl` stands for the folder (its file paths
+    are relative to the folder; read as a plain JSON-lines file, every row would be corrupt).
     """
     if not dataset or not dataset.strip():
         raise ValueError("--dataset is empty: give 'builtin', a folder, a file or a dataset name")
@@ -109,6 +110,8 @@ def parse_sources(
                 raise ValueError(f"--dataset {dataset!r}: the weight of {head!r} is {tail!r}, not a number") from None
             if not weight > 0:
                 raise ValueError(f"--dataset {dataset!r}: the weight of {head!r} must be positive, got {tail}")
+        if Path(path).name == "metadata.jsonl" and Path(path).is_file():
+            path = str(Path(path).parent)  # the folder's file: its image/audio paths are relative to the folder
         sources.append(Source(path=path, name=_source_name(path), weight=weight))
     names = [source.name for source in sources]
     duplicates = sorted({name for name in names if names.count(name) > 1})
