@@ -187,6 +187,67 @@ def test_webdataset_corrupt_text_and_json_members_are_corrupt_rows(folder, proce
         assert good == [text for i, text in enumerate(reference) if i not in (6, 8)]
 
 
+def _add_members(shard: Path, extras) -> None:
+    """Rewrite `shard` with `extras(key)` -> {extension: bytes} added to every sample, before its `.txt` member."""
+    with tarfile.open(shard) as archive:
+        members = [(m, archive.extractfile(m).read()) for m in archive.getmembers()]
+    with tarfile.open(shard, "w") as archive:
+        for member, data in members:
+            if member.name.endswith(".txt"):
+                key = member.name.split(".")[0]
+                for extension, extra in extras(key).items():
+                    info = tarfile.TarInfo(f"{key}.{extension}")
+                    info.size = len(extra)
+                    archive.addfile(info, io.BytesIO(extra))
+            archive.addfile(member, io.BytesIO(data))
+
+
+def test_webdataset_corrupt_members_of_every_stock_decoder_are_corrupt_rows(folder, processor, tmp_path):
+    """`.cls` (int) and `.npy` members, decoded by the builder's stock decoders, are corrupt rows when they do not
+    decode, named in the reason; a pickle member is refused without being unpickled."""
+    write_webdataset(_load(folder), tmp_path / "wds", rows_per_shard=12)
+
+    def npy(value) -> bytes:
+        buffer = io.BytesIO()
+        np.save(buffer, np.arange(3) + value)
+        return buffer.getvalue()
+
+    def extras(key: str) -> dict[str, bytes]:
+        index = int(key)
+        return {"cls": b"seven" if index == 2 else str(index).encode(),
+                "npy": npy(index)[:20] if index == 9 else npy(index)}
+
+    _add_members(tmp_path / "wds" / "train-00000.tar", extras)
+    card = (tmp_path / "wds" / "README.md").read_text()  # declare the new members' features
+    declared = "  - name: cls\n    dtype: int64\n  - name: npy\n    sequence: int64\n  - name: __key__"
+    (tmp_path / "wds" / "README.md").write_text(card.replace("  - name: __key__", declared, 1))
+    for streaming in (True, False):
+        rows = _rows(_load(tmp_path / "wds", streaming=streaming))
+        assert len(rows) == 12
+        assert rows[4]["cls"] == 4 and list(rows[4]["npy"]) == [4, 5, 6]  # the stock decoders still decode
+        assert rows[2]["cls"] is None and rows[9]["npy"] is None
+        batch = TriModalCollator(processor)(rows)
+        assert batch["num_skipped_rows"] == 2 and batch["input_ids"].shape[0] == 10
+        reasons = " | ".join(batch["skipped_reasons"])
+        assert "member 000000002.cls of train-00000.tar does not decode" in reasons, reasons
+        assert "member 000000009.npy of train-00000.tar does not decode" in reasons, reasons
+
+    import pickle
+
+    from modeling_opt_tri.data.sources import PickleMemberError
+
+    class Boom:  # unpickling this would run os.system
+        def __reduce__(self):
+            return (__import__("os").system, (f"touch {tmp_path / 'unpickled'}",))
+
+    write_webdataset(_load(folder), tmp_path / "pickled", rows_per_shard=12)
+    _add_members(tmp_path / "pickled" / "train-00000.tar", lambda key: {"pyd": pickle.dumps(Boom())})
+    for streaming in (True, False):
+        with pytest.raises(PickleMemberError, match=r"member 000000000\.pyd of train-00000\.tar is a pickle"):
+            _rows(_load(tmp_path / "pickled", streaming=streaming))
+    assert not (tmp_path / "unpickled").exists()
+
+
 def test_stream_position_resumes_without_decoding_skipped_batches(folder, processor):
     data = _load(folder, streaming=True)
     calls = []

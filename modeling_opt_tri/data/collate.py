@@ -70,7 +70,7 @@ class TriModalCollator:
 
     def decode_row(self, row: dict[str, Any], context: str) -> tuple[str | None, Any, np.ndarray | None]:
         """Decode one row; raise `CorruptSampleError` when it cannot be used."""
-        if row.get(CORRUPT_COLUMN):  # a WebDataset member that did not decode (see `sources._decode_text_members`)
+        if row.get(CORRUPT_COLUMN):  # a WebDataset member that did not decode (see `sources._decode_members`)
             raise CorruptSampleError(f"{context}: {row[CORRUPT_COLUMN]}")
         text = row.get(self.text_column)
         if text is not None:

@@ -39,7 +39,7 @@ logger = logging.get_logger(__name__)
 
 MODALITIES: tuple[str, str, str] = ("text", "image", "audio")
 SOURCE_COLUMN = "source"
-#: why a row of WebDataset shards is corrupt ("" when it is not): a text or JSON member that does not decode
+#: why a row of WebDataset shards is corrupt ("" when it is not): a member that does not decode
 CORRUPT_COLUMN = "__corrupt__"
 #: Column names tried, in order, when a modality's column is not given and the default (its own name) is missing:
 #: the member extensions of WebDataset shards and common caption columns.
@@ -141,8 +141,8 @@ _FILE_BUILDERS = {".parquet": "parquet", ".arrow": "arrow", ".jsonl": "json", ".
 def _load_dataset(source: Source, dataset_config: str | None, **kwargs):
     """
     `datasets.load_dataset` for a name, a folder, or a single data file (its builder chosen by extension). WebDataset
-    shards are read by `datasets`' builder with our decoding of text / JSON members (a corrupt one is a corrupt row,
-    see `_decode_text_members`); a map-style load of them is written from the stream with the audio as the stored
+    shards are read by `datasets`' builder with every member decoded by us (a corrupt one is a corrupt row,
+    see `_decode_members`); a map-style load of them is written from the stream with the audio as the stored
     struct: the `webdataset` builder would encode every `Audio()` value, which needs torchcodec.
     """
     import datasets
@@ -167,8 +167,13 @@ def _load_dataset(source: Source, dataset_config: str | None, **kwargs):
     audio = [name for name, feature in (stream.features or {}).items() if isinstance(feature, datasets.Audio)]
     for name in audio:
         stream = stream.cast_column(name, media_feature())
-    return datasets.Dataset.from_generator(_rows_of, features=stream.features, gen_kwargs={"stream": stream},
-                                           split=datasets.NamedSplit(kwargs["split"]))
+    try:
+        return datasets.Dataset.from_generator(_rows_of, features=stream.features, gen_kwargs={"stream": stream},
+                                               split=datasets.NamedSplit(kwargs["split"]))
+    except datasets.exceptions.DatasetGenerationError as error:  # the refusal itself, not `datasets`' wrapper
+        if isinstance(error.__cause__, PickleMemberError):
+            raise error.__cause__ from None
+        raise
 
 
 def _webdataset_builder_class():
@@ -177,39 +182,63 @@ def _webdataset_builder_class():
     return WebDataset
 
 
-#: WebDataset member extensions holding text or JSON, decoded by `_decode_text_members` instead of the builder
-_TEXT_MEMBER_DECODERS = {"txt": bytes.decode, "text": bytes.decode, "transcript": bytes.decode,
-                         "json": json.loads, "jsn": json.loads}
+#: WebDataset member extensions that are pickles (`datasets` leaves `.pyd` / `.pickle` as bytes and loads `.pth` with
+#: `torch.load`): OPT-Tri never unpickles data, so a shard holding one is refused with `PickleMemberError`
+PICKLE_MEMBER_EXTENSIONS = frozenset({"pyd", "pickle", "pkl", "pth"})
 
 
-def _decode_text_members(example: dict[str, Any]) -> dict[str, Any]:
-    """Decode the text / JSON members of one WebDataset sample (UTF-8; JSON). A member that does not decode is set to
-    `None` and named in the sample's `CORRUPT_COLUMN`, so the collator skips and counts the row, not stop the run."""
+class PickleMemberError(ValueError):
+    """A WebDataset shard holds a pickled member: it is never unpickled (data, like weights, never loads through
+    pickle)."""
+
+
+def _member_extension(field_name: str) -> str:
+    """The extension that picks a member's decoder: `txt` for `txt`, `json` for `meta.json.gz`."""
     from datasets.filesystems import EXTENSION_TO_COMPRESSION_FS_FILE_CLS as compressions
 
+    parts = field_name.lower().split(".")
+    return parts[-2] if len(parts) > 1 and f".{parts[-1]}" in compressions else parts[-1]
+
+
+def _decode_members(example: dict[str, Any], decoders: dict[str, Any]) -> dict[str, Any]:
+    """
+    Decode the members of one WebDataset sample with `decoders` (the builder's stock decoders: text, JSON, `.cls`
+    integers, `.npy` / `.npz`, msgpack, CBOR, tenbin). A member that does not decode is set to `None` and named in
+    the sample's `CORRUPT_COLUMN`, so the collator skips and counts the row instead of the stream stopping.
+
+    Raises:
+        PickleMemberError: the sample has a pickle member (`PICKLE_MEMBER_EXTENSIONS`).
+    """
     problems = []
+    where = os.path.basename(str(example.get("__url__", "")))
     for field_name, value in example.items():
-        parts = field_name.lower().split(".")
-        extension = parts[-2] if len(parts) > 1 and f".{parts[-1]}" in compressions else parts[-1]
-        if extension in _TEXT_MEMBER_DECODERS and isinstance(value, bytes):
+        extension = _member_extension(field_name)
+        if extension in PICKLE_MEMBER_EXTENSIONS and field_name not in ("__key__", "__url__"):
+            raise PickleMemberError(
+                f"member {example.get('__key__')}.{field_name} of {where} is a pickle: OPT-Tri never unpickles data "
+                "(a pickle can run any code). Write it as .json, .npy or .safetensors, or leave it out of the shards")
+        if extension in decoders and isinstance(value, bytes):
             try:
-                example[field_name] = _TEXT_MEMBER_DECODERS[extension](value)
-            except ValueError as error:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+                example[field_name] = decoders[extension](value)
+            except ImportError:  # a missing package (msgpack, cbor) is the environment's fault, not the row's
+                raise
+            except Exception as error:  # noqa: BLE001 -- any decoder's failure on these bytes makes the row corrupt
                 example[field_name] = None
-                where = os.path.basename(str(example.get("__url__", "")))
-                problems.append(f"member {example.get('__key__')}.{field_name} of {where} does not decode ({error})")
+                problems.append(f"member {example.get('__key__')}.{field_name} of {where} does not decode "
+                                f"({type(error).__name__}: {error})")
     example[CORRUPT_COLUMN] = "; ".join(problems)
     return example
 
 
 def _checked_webdataset_class():
-    """`datasets`' WebDataset builder with our decoding of text and JSON members (its own raises and stops the
-    stream at the first corrupt one); every other member is decoded as the builder does."""
+    """`datasets`' WebDataset builder whose members are decoded by `_decode_members` (the builder's own decoders,
+    which raise and stop the stream at the first corrupt member, run there with the failure caught)."""
     if "class" not in _CHECKED_WEBDATASET:
         base = _webdataset_builder_class()
 
         class CheckedWebDataset(base):
-            DECODERS = {k: v for k, v in base.DECODERS.items() if k not in _TEXT_MEMBER_DECODERS}
+            STOCK_DECODERS = {k: v for k, v in base.DECODERS.items() if k not in PICKLE_MEMBER_EXTENSIONS}
+            DECODERS: dict[str, Any] = {}  # the base class decodes nothing; `_decode_members` decodes every member
 
             def _split_generators(self, dl_manager):
                 import datasets
@@ -221,7 +250,7 @@ def _checked_webdataset_class():
             @classmethod
             def _get_pipeline_from_tar(cls, tar_path, tar_iterator):
                 for example in super()._get_pipeline_from_tar(tar_path, tar_iterator):
-                    yield _decode_text_members(example)
+                    yield _decode_members(example, cls.STOCK_DECODERS)
 
         CheckedWebDataset.__module__, CheckedWebDataset.__qualname__ = __name__, "_CheckedWebDataset"
         _CHECKED_WEBDATASET["class"] = CheckedWebDataset
