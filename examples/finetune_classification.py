@@ -33,9 +33,8 @@ from modeling_opt_tri.training.finetune import (
     add_finetune_arguments,
     build_optimizer,
     count_trainable,
-    dataset_columns,
     load_model,
-    load_split,
+    load_train_and_evaluation,
     prepare_for_training,
     save_and_push,
     training_arguments,
@@ -97,9 +96,7 @@ def main() -> None:
         parser.error("--prompt_tuning freezes the whole model already; do not combine it with --lora/--freeze_layers")
 
     processor = OptTriProcessor.from_pretrained(args.model)
-    columns = dataset_columns(args)  # --text_column / --image_column / --audio_column
-    train = load_split(args.dataset, "train", args.train_rows, args.seed, args.eval_rows, columns=columns)
-    held_out = load_split(args.dataset, "validation", args.eval_rows, args.seed, args.eval_rows, columns=columns)
+    train, held_out, eval_split = load_train_and_evaluation(args)  # --dataset, its columns and held-out rows
     names = label_names(args.dataset, train)
     label2id = {name: i for i, name in enumerate(names)}
 
@@ -113,7 +110,7 @@ def main() -> None:
         OptTriForSequenceClassification, args.model, args.seed, new_heads=["classifier"], num_labels=len(names),
         id2label=dict(enumerate(names)), label2id=label2id, problem_type="single_label_classification",
     )
-    results: dict[str, object] = {"modalities": modalities, "classes": names}
+    results: dict[str, object] = {"modalities": modalities, "classes": names, "eval_split": eval_split}
     if args.prompt_tuning:
         results["zero_shot_accuracy"] = zero_shot_accuracy(model, processor, collator, held_out, names, args.prompt_modality)
         print(f"zero-shot accuracy (prompt 'a <class> shape'): {results['zero_shot_accuracy']:.4f}")

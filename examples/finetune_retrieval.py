@@ -27,9 +27,8 @@ from modeling_opt_tri.training.arguments import CheckedArgumentParser, choice, i
 from modeling_opt_tri.training.finetune import (
     TaskCollator,
     add_finetune_arguments,
-    dataset_columns,
     load_model,
-    load_split,
+    load_train_and_evaluation,
     prepare_for_training,
     save_and_push,
     training_arguments,
@@ -124,9 +123,7 @@ def main() -> None:
         parser.error("--query and --gallery must be different modalities")
 
     processor = OptTriProcessor.from_pretrained(args.model)
-    columns = dataset_columns(args)  # --text_column / --image_column / --audio_column
-    train = load_split(args.dataset, "train", args.train_rows, args.seed, args.eval_rows, columns=columns)
-    held_out = load_split(args.dataset, "validation", args.eval_rows, args.seed, args.eval_rows, columns=columns)
+    train, held_out, eval_split = load_train_and_evaluation(args)  # --dataset, its columns and held-out rows
     collator = TaskCollator(
         processor, [args.query, args.gallery],
         extra={"query_modality": args.query, "gallery_modality": args.gallery, "return_loss": True,
@@ -143,10 +140,10 @@ def main() -> None:
     model = save_and_push(trainer.model, processor, args.output_dir, args.push_to_hub)
     results = evaluate_retrieval(model, processor, held_out, args.query, args.gallery, args.rerank_top_k)
     width = max(len(k) for k in results)
-    print(f"{'direction':<{width}}  R@1    R@5    R@10   mean rank  median rank   ({len(held_out)} held-out rows)")
+    print(f"{'direction':<{width}}  R@1    R@5    R@10   mean rank  median rank   ({len(held_out)} rows of {eval_split})")
     for name, r in results.items():
         print(f"{name:<{width}}  {r['R@1']:.3f}  {r['R@5']:.3f}  {r['R@10']:.3f}  {r['mean_rank']:9.1f}  {r['median_rank']:11.1f}")
-    (Path(args.output_dir) / "retrieval_metrics.json").write_text(json.dumps(results, indent=1))
+    (Path(args.output_dir) / "retrieval_metrics.json").write_text(json.dumps({"eval_split": eval_split, **results}, indent=1))
 
 
 if __name__ == "__main__":

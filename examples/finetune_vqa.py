@@ -33,9 +33,8 @@ from modeling_opt_tri.training.arguments import CheckedArgumentParser, choice
 from modeling_opt_tri.training.finetune import (
     TaskCollator,
     add_finetune_arguments,
-    dataset_columns,
     load_model,
-    load_split,
+    load_train_and_evaluation,
     prepare_for_training,
     save_and_push,
     training_arguments,
@@ -100,9 +99,8 @@ def main() -> None:
     args = build_parser().parse_args()
 
     processor = OptTriProcessor.from_pretrained(args.model)
-    columns = dataset_columns(args)  # --text_column / --image_column / --audio_column
-    train = QuestionDataset(load_split(args.dataset, "train", args.train_rows, args.seed, args.eval_rows, columns=columns))
-    held_out = QuestionDataset(load_split(args.dataset, "validation", args.eval_rows, args.seed, args.eval_rows, columns=columns))
+    train, held_out, eval_split = load_train_and_evaluation(args)  # --dataset, its columns and held-out rows
+    train, held_out = QuestionDataset(train), QuestionDataset(held_out)
     if args.dataset == "builtin":
         vocabulary = list(ANSWERS)
     else:
@@ -139,6 +137,7 @@ def main() -> None:
     metric = load_metric("vqa_accuracy")
     results: dict[str, object] = {
         "context": CONTEXTS[args.context],
+        "eval_split": eval_split,
         "vqa_accuracy": metric.compute(predictions=answers, references=held_out.answers)["accuracy"],
         "eval_loss": prediction.metrics.get("test_loss"),
     }

@@ -248,6 +248,46 @@ def test_webdataset_corrupt_members_of_every_stock_decoder_are_corrupt_rows(fold
     assert not (tmp_path / "unpickled").exists()
 
 
+def _row_keys(data) -> list[tuple]:
+    """Each row as (text, its audio's file name or a digest of its bytes): unique in the FSDD folder."""
+    import hashlib
+
+    def media(value):
+        if value is None:
+            return None
+        return hashlib.sha1(value["bytes"]).hexdigest() if value.get("bytes") else Path(value["path"]).name
+
+    return [(row["text"], media(row.get("audio")), media(row.get("image"))) for row in _rows(data)]
+
+
+def test_fine_tuning_holds_out_the_rows_pre_training_holds_out(folder, tmp_path):
+    """One held-out rule: for a folder and for parquet, fine-tuning's training and evaluation rows are pre-training's
+    (same `--eval_holdout_fraction`), evaluation never reads a training row, and the split is named."""
+    from test_downstream import build_parser_args
+
+    from modeling_opt_tri.training import pretrain
+    from modeling_opt_tri.training.finetune import DEFAULT_HOLDOUT_FRACTION, load_split, load_train_and_evaluation
+
+    write_parquet(_load(folder), tmp_path / "parquet")
+    for dataset in (str(folder), str(tmp_path / "parquet")):
+        for fraction in (0.25, 0.5):
+            settings = pretrain.PretrainArguments(preset=PRESET, dataset=dataset, output_dir=str(tmp_path / "run"),
+                                                  eval_holdout_fraction=fraction, eval_rows=100)
+            plan = pretrain.plan_data(settings)
+            pre_eval = _row_keys(pretrain.load_evaluation_rows(settings, plan))
+            pre_train = _row_keys(pretrain.load_split(settings, "train", 0))
+            train = _row_keys(load_split(dataset, "train", 0, holdout_fraction=fraction))
+            held_out = _row_keys(load_split(dataset, "validation", 0, holdout_fraction=fraction))
+            assert held_out == pre_eval and train == pre_train
+            assert held_out and not set(held_out) & set(train) and len(train) + len(held_out) == 12
+        args = build_parser_args(["--dataset", dataset, "--train_rows", "0", "--eval_rows", "0"])  # the default
+        train, held_out, name = load_train_and_evaluation(args)
+        assert name == f"train (held-out {100 * DEFAULT_HOLDOUT_FRACTION:g}% of its rows)"
+        assert _row_keys(held_out) == _row_keys(load_split(dataset, "validation", 0,
+                                                           holdout_fraction=DEFAULT_HOLDOUT_FRACTION))
+        assert not set(_row_keys(held_out)) & set(_row_keys(train))
+
+
 def test_stream_position_resumes_without_decoding_skipped_batches(folder, processor):
     data = _load(folder, streaming=True)
     calls = []

@@ -667,8 +667,9 @@ def test_finetuning_reads_columns_named_by_the_column_flags(tmp_path):
     run = subprocess.run([*common, "--output_dir", str(tmp_path / "run"), "--text_column", "caption",
                           "--image_column", "jpg"], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
-    assert "(4 held-out rows)" in run.stdout  # a fifth of the 24 rows, at most --eval_rows
-    assert json.loads((tmp_path / "run" / "retrieval_metrics.json").read_text())
+    assert "rows of train (held-out 20% of its rows))" in run.stdout  # the split is named
+    assert json.loads((tmp_path / "run" / "retrieval_metrics.json").read_text())["eval_split"] == \
+        "train (held-out 20% of its rows)"
     wrong = subprocess.run([*common, "--output_dir", str(tmp_path / "wrong"), "--text_column", "captions",
                             "--image_column", "jpg"], capture_output=True, text=True, timeout=300)
     assert wrong.returncode != 0
@@ -682,11 +683,11 @@ def test_load_split_maps_the_columns_and_names_the_real_ones(tmp_path):
     data = str(_caption_jpg_parquet(tmp_path / "pairs.parquet", 10))
     args = build_parser_args(["--text_column", "caption", "--image_column", "jpg"])
     assert dataset_columns(args) == {"text": "caption", "image": "jpg"}
-    train = load_split(data, "train", 0, eval_rows=2, columns=dataset_columns(args))
+    train = load_split(data, "train", 0, columns=dataset_columns(args), holdout_fraction=0.3)
     expected = build_synthetic_dataset(10, seed=0, split="train")["text"]
-    assert len(train) == 8 and set(train["text"]) < set(expected) and train.features["image"] is not None
+    assert 0 < len(train) < 10 and set(train["text"]) < set(expected) and train.features["image"] is not None
     with pytest.raises(ValueError, match=r"--image_column: .* has no column 'png'; its columns are \['caption', 'jpg'\]"):
-        load_split(data, "train", 0, eval_rows=2, columns={"text": "caption", "image": "png"})
+        load_split(data, "train", 0, columns={"text": "caption", "image": "png"}, holdout_fraction=0.3)
 
 
 def build_parser_args(argv: list[str]):

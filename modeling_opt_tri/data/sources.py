@@ -457,6 +457,15 @@ class EvaluationPlan:
         return ", ".join(parts)
 
 
+def training_holdout(sources: list[Source], holdout_fraction: float) -> dict[str, float]:
+    """
+    The fraction of each source's training rows held out for evaluation (`is_held_out`): `holdout_fraction` for every
+    source but the built-in one, whose splits are generated apart. The one rule of pre-training and fine-tuning: both
+    train on `load_sources(..., holdout=training_holdout(...))` and evaluate on the same rows with `held_out=True`.
+    """
+    return {source.name: holdout_fraction for source in sources if holdout_fraction and source.path != "builtin"}
+
+
 def plan_evaluation(sources: list[Source], train_split: str, eval_split: str, holdout_fraction: float,
                     dataset_config: str | None = None) -> EvaluationPlan:
     """
@@ -470,10 +479,10 @@ def plan_evaluation(sources: list[Source], train_split: str, eval_split: str, ho
     if eval_split == train_split and not holdout_fraction:
         raise ValueError(f"--eval_split {eval_split!r} is the training split: evaluation would read training rows. "
                          "Name another split, or pass --eval_holdout_fraction 0.05 to hold rows out")
-    splits, fractions = {}, {}
+    splits, fractions, holdout = {}, {}, training_holdout(sources, holdout_fraction)
     for source in sources:
         names = split_names(source, dataset_config)
-        if (holdout_fraction and source.path != "builtin") or eval_split not in names:
+        if source.name in holdout or eval_split not in names:
             if not holdout_fraction:
                 raise NoEvaluationSplitError(
                     f"source {source.name!r} ({source.path}) has no {eval_split!r} split (it has {names}), and "

@@ -137,6 +137,11 @@ PROBABILITY_BELOW_ONE = Rule(float, low=0.0, text="a number >= 0 and < 1",
                              check=lambda flag, value: None if value < 1 else
                              f"--{flag} must be a number >= 0 and < 1, got {value!r}")
 
+#: the fraction of the training rows held out for evaluation (fine-tuning: unset picks its default)
+HOLDOUT_FRACTION = Rule(float, low=0.0, optional=True, text="a number >= 0 and < 1 (0: no hold-out)",
+                        check=lambda flag, value: None if value < 1 else
+                        f"--{flag} must be a number >= 0 and < 1 (0: no hold-out), got {value!r}")
+
 
 def _device_check(flag: str, value: str) -> str | None:
     import torch

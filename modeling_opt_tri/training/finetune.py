@@ -24,7 +24,10 @@ from transformers.utils import logging
 from ..data.collate import TriModalCollator
 from ..data.decoding import CorruptSampleError
 from ..data.sources import CORRUPT_COLUMN
-from .arguments import MAX_STEPS_OR_EPOCHS, PROBABILITY_BELOW_ONE, SEED, CheckedArgumentParser, flag, integer, number, string
+from .arguments import (
+    HOLDOUT_FRACTION, MAX_STEPS_OR_EPOCHS, PROBABILITY_BELOW_ONE, SEED, CheckedArgumentParser, flag, integer, number,
+    string,
+)
 
 logger = logging.get_logger(__name__)
 
@@ -43,6 +46,9 @@ LORA_TARGET_MODULES = (
 #: The unimodal encoders of `OptTriModel`, by the name used on the command line.
 ENCODERS = {"text": "text_model", "vision": "vision_model", "audio": "audio_model"}
 
+#: the held-out fraction of a source without a validation split when `--eval_holdout_fraction` is not given
+DEFAULT_HOLDOUT_FRACTION = 0.2
+
 
 def add_finetune_arguments(parser: CheckedArgumentParser, lr: float = 5e-4, steps: int = -1) -> None:
     """The options every fine-tuning example shares, each with the `Rule` its values are checked against."""
@@ -57,7 +63,14 @@ def add_finetune_arguments(parser: CheckedArgumentParser, lr: float = 5e-4, step
                             help=f"column of --dataset holding the {modality} (e.g. '{example}'; 'none' leaves it out); "
                                  f"default: '{modality}' or a usual alias")
     parser.add_argument("--train_rows", type=int, default=1000, rule=integer(0), help="rows of the training split (all when 0)")
-    parser.add_argument("--eval_rows", type=int, default=200, rule=integer(0), help="rows of the held-out split (all when 0)")
+    parser.add_argument("--eval_rows", type=int, default=200, rule=integer(0),
+                        help="evaluation rows read, the first of the evaluation split (all when 0); since the held-out "
+                             "rule is pre-training's, it no longer sets how many rows are held out: "
+                             "--eval_holdout_fraction does")
+    parser.add_argument("--eval_holdout_fraction", type=float, default=None, rule=HOLDOUT_FRACTION,
+                        help="evaluate on this fraction of the training rows, held out of training by the hash rule "
+                             "of pre-training (the same rows for the same data); default: "
+                             f"{DEFAULT_HOLDOUT_FRACTION} for data without a validation split, else that split")
     parser.add_argument("--epochs", type=float, default=3.0, rule=number(positive=True))
     parser.add_argument("--max_steps", type=int, default=steps, rule=MAX_STEPS_OR_EPOCHS, help="overrides --epochs when > 0")
     parser.add_argument("--batch_size", type=int, default=32, rule=integer(1))
@@ -83,31 +96,63 @@ def dataset_columns(args: argparse.Namespace) -> dict[str, str]:
     return {m: getattr(args, f"{m}_column") for m in ("text", "image", "audio") if getattr(args, f"{m}_column", None)}
 
 
-def load_split(dataset: str, split: str, num_rows: int, seed: int = 42, eval_rows: int = 200, columns=None):
+def evaluation_plan(dataset: str, columns=None, holdout_fraction: float | None = None):
+    """
+    The sources of `--dataset` and where their evaluation rows come from (`sources.plan_evaluation`, the rule of
+    pre-training): the `validation` split, or with `holdout_fraction` > 0 the rows `is_held_out` picks out of
+    `train`. `None` (the fine-tuning default) is `DEFAULT_HOLDOUT_FRACTION` for a source without a validation split
+    and 0 for one with it.
+    """
+    from ..data.sources import parse_sources, plan_evaluation, split_names
+
+    if not Path(dataset).exists() and (dataset.startswith((".", "/")) or dataset.count("/") > 1):
+        raise FileNotFoundError(f"--dataset {dataset!r}: neither 'builtin', a folder, a file nor a dataset name")
+    sources = parse_sources(dataset, **{f"{k}_column": v for k, v in (columns or {}).items()})
+    if len(sources) > 1:
+        raise ValueError(f"--dataset {dataset!r}: fine-tuning reads one source, not a mixture")
+    if holdout_fraction is None:
+        holdout_fraction = 0.0 if "validation" in split_names(sources[0]) else DEFAULT_HOLDOUT_FRACTION
+    return sources, plan_evaluation(sources, "train", "validation", holdout_fraction)
+
+
+def load_split(dataset: str, split: str, num_rows: int, seed: int = 42, columns=None,
+               holdout_fraction: float | None = None):
     """
     One split as a `datasets.Dataset`: `dataset="builtin"` builds `num_rows` ShapeWorld rows of `split`. Otherwise
     `dataset` is any one source pre-training reads (a metadata folder, a `save_to_disk` folder, parquet / arrow files,
-    WebDataset shards, a dataset name), its columns mapped by `columns` (`{"text": "caption", ...}`). A source with
-    the split loads it; one without it (e.g. a single `metadata.jsonl`) is split deterministically (`eval_rows` rows,
-    at most a fifth, are held out as `"validation"`). `num_rows` > 0 keeps the first rows only.
+    WebDataset shards, a dataset name), its columns mapped by `columns` (`{"text": "caption", ...}`). `"train"` is
+    the training rows and `"validation"` the evaluation rows of `evaluation_plan` (never one of the training rows;
+    the rows pre-training holds out with the same `--eval_holdout_fraction`); another split is loaded as it is.
+    `num_rows` > 0 keeps the first rows only.
     """
     from ..data import build_synthetic_dataset
-    from ..data.sources import conform, load_raw_split, parse_sources, split_names
+    from ..data.sources import conform, load_raw_split, load_sources
 
     if dataset == "builtin":
         return build_synthetic_dataset(num_rows, seed=seed, split=split)
-    if not Path(dataset).exists() and (dataset.startswith((".", "/")) or dataset.count("/") > 1):
-        raise FileNotFoundError(f"--dataset {dataset!r}: neither 'builtin', a folder, a file nor a dataset name")
-    (source,) = parse_sources(dataset, **{f"{k}_column": v for k, v in (columns or {}).items()})
-    names = split_names(source)
-    if split in names and (split != "train" or "validation" in names):  # else: "validation" is held out of "train"
-        data = conform(load_raw_split(source, split, streaming=False), source)
+    sources, plan = evaluation_plan(dataset, columns, holdout_fraction)
+    if split == "train":
+        data = load_sources(sources, "train", False, seed=seed, holdout=plan.fractions)
+    elif split == "validation":
+        data = load_sources(sources, plan.splits, False, seed=seed, holdout=plan.fractions, held_out=True)
     else:
-        full = conform(load_raw_split(source, "train", streaming=False), source)
-        held_out = max(1, min(eval_rows or len(full) // 5, len(full) // 5))
-        parts = full.train_test_split(test_size=held_out, seed=seed, shuffle=True)
-        data = parts["train"] if split == "train" else parts["test"]
+        data = conform(load_raw_split(sources[0], split, streaming=False), sources[0])
     return data.select(range(min(num_rows, len(data)))) if num_rows and num_rows > 0 else data
+
+
+def load_train_and_evaluation(args: argparse.Namespace):
+    """
+    `(train, held_out, eval_split)` of the `add_finetune_arguments` flags: `--train_rows` training rows, the first
+    `--eval_rows` evaluation rows, and the evaluation split's name for the printed table and the metrics file
+    (`"validation"`, or e.g. `"train (held-out 20% of its rows)"`).
+    """
+    columns = dataset_columns(args)
+    fraction = getattr(args, "eval_holdout_fraction", None)
+    train = load_split(args.dataset, "train", args.train_rows, args.seed, columns, fraction)
+    held_out = load_split(args.dataset, "validation", args.eval_rows, args.seed, columns, fraction)
+    name = "validation" if args.dataset == "builtin" else evaluation_plan(args.dataset, columns, fraction)[1].name()
+    print(f"fine-tuning on {len(train)} rows, evaluating on {len(held_out)} rows of {name}")
+    return train, held_out, name
 
 
 #: weight files that are not safetensors: OPT-Tri never loads weights through pickle, so a folder holding only these

@@ -227,11 +227,10 @@ def data_sources(args: PretrainArguments) -> list:
 def load_split(args: PretrainArguments, split: str, num_rows: int, seed_offset: int = 0, rank: int = 0,
                world_size: int = 1):
     """The training rows of `split` (rows held out by `--eval_holdout_fraction` removed), mixed when several sources."""
-    from ..data.sources import load_sources
+    from ..data.sources import load_sources, training_holdout
 
     sources = data_sources(args)
-    fraction = args.eval_holdout_fraction
-    holdout = {source.name: fraction for source in sources if fraction and source.path != "builtin"}
+    holdout = training_holdout(sources, args.eval_holdout_fraction)  # the rule fine-tuning's load_split shares
     return load_sources(sources, split, args.streaming, seed=args.seed + seed_offset, dataset_config=args.dataset_config,
                         builtin_rows=num_rows, holdout=holdout, rank=rank, world_size=world_size,
                         stopping_strategy=args.stopping_strategy)
