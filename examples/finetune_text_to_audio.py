@@ -1,8 +1,16 @@
-"""Fine-tune OPT-Tri for text-to-audio generation (`OptTriForTextToAudio`) on the built-in ShapeWorld dataset.
+"""Fine-tune OPT-Tri for text-to-audio generation (`OptTriForTextToAudio`) on ShapeWorld or on your own captioned clips.
 
     python examples/train_audio_tokenizer.py --output_dir outputs/audio_tokenizer
     python examples/finetune_text_to_audio.py --audio_tokenizer outputs/audio_tokenizer --output_dir outputs/text2audio
     python examples/finetune_text_to_audio.py --model outputs/pretrain/final --audio_tokenizer ... --output_dir ...
+    python examples/finetune_text_to_audio.py --audio_tokenizer ... --dataset data/pairs.parquet --text_column caption \
+        --audio_column wav --output_dir ...
+
+`--dataset` is the built-in ShapeWorld dataset (default) or any source pre-training reads: a metadata folder, parquet /
+arrow / `save_to_disk` data with `Audio()` columns, WebDataset shards; its columns are named by `--text_column` /
+`--audio_column`, and rows that lack either or do not decode are skipped and counted. Its evaluation rows (its
+validation split, or the rows held out of training by `--eval_holdout_fraction`, the rule of pre-training) are scored
+by their code loss (`eval_loss` in `report.json`, with `eval_split`).
 
 The targets are the codes of a trained audio tokenizer (`OptTriAudioVQModel`, one code per `frames_per_code` log-mel
 frames): every training clip is encoded once, before training, and the model learns its codes and then the end code

@@ -1,8 +1,16 @@
-"""Fine-tune OPT-Tri for text-to-image generation (`OptTriForTextToImage`) on the built-in ShapeWorld dataset.
+"""Fine-tune OPT-Tri for text-to-image generation (`OptTriForTextToImage`) on ShapeWorld or on your own captioned images.
 
     python examples/train_image_tokenizer.py --output_dir outputs/image_tokenizer
     python examples/finetune_text_to_image.py --image_tokenizer outputs/image_tokenizer --output_dir outputs/text2image
     python examples/finetune_text_to_image.py --model outputs/pretrain/final --image_tokenizer ... --output_dir ...
+    python examples/finetune_text_to_image.py --image_tokenizer ... --dataset data/pairs.parquet --text_column caption \
+        --image_column jpg --output_dir ...
+
+`--dataset` is the built-in ShapeWorld dataset (default) or any source pre-training reads: a metadata folder, parquet /
+arrow / `save_to_disk` data with `Image()` columns, WebDataset shards; its columns are named by `--text_column` /
+`--image_column`, and rows that lack either or do not decode are skipped and counted. Its evaluation rows (its
+validation split, or the rows held out of training by `--eval_holdout_fraction`, the rule of pre-training) are scored
+by their code loss (`eval_loss` in `report.json`, with `eval_split`).
 
 The targets are the codes of a trained image tokenizer (`OptTriImageVQModel`): every training image is encoded once,
 before training, into its `grid x grid` codes, and the model learns them by teacher forcing (next-code cross-entropy)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -606,6 +607,48 @@ def test_finetune_text_to_audio_runs_end_to_end(tmp_path):
     assert sorted(p.name for p in (tmp_path / "out").glob("generated_*.wav")) == sorted(
         f"generated_{c}.wav" for c in ("red", "green", "blue", "yellow", "purple", "orange")
     )
+
+
+@pytest.mark.slow
+def test_text_to_image_and_text_to_audio_fine_tune_on_a_users_own_columns(tmp_path):
+    """Parquet with the user's column names (`caption`/`jpg` with `Image()`, `transcript`/`wav` with `Audio()` on real
+    FSDD speech): both scripts train, report the code loss of the held-out rows and name the split; a wrong column
+    names the real ones."""
+    import datasets
+
+    from conftest import require_fsdd
+    from data_fixtures import DIGITS, fsdd_recordings
+    from modeling_opt_tri.data import build_synthetic_dataset
+
+    pairs = build_synthetic_dataset(24, seed=0, split="train", max_shapes=1).select_columns(["text", "image"])
+    pairs.rename_columns({"text": "caption", "image": "jpg"}).to_parquet(str(tmp_path / "pairs.parquet"))
+    clips = fsdd_recordings(require_fsdd(), 24)
+    speech = datasets.Dataset.from_dict(
+        {"transcript": [f"the digit {DIGITS[int(p.name[0])]}" for p in clips],
+         "wav": [{"bytes": p.read_bytes(), "path": p.name} for p in clips]},
+    ).cast_column("wav", datasets.Audio(decode=False))  # a cast, not an encode: no torchcodec
+    speech.to_parquet(str(tmp_path / "speech.parquet"))
+    image_vq = _image_tokenizer(image_size=64, downsample=8, codebook_size=32, channel_multipliers=[1, 1, 1])
+    image_vq.save_pretrained(tmp_path / "image_vq")
+    audio_vq = _audio_tokenizer(num_mel_bins=32, frames_per_code=4, codebook_size=24, sampling_rate=16000, n_fft=400,
+                                hop_length=160, mel_mean=-4.27, mel_std=4.57)
+    audio_vq.save_pretrained(tmp_path / "audio_vq")
+    common = ["--num_train_rows", "16", "--batch_size", "4", "--max_steps", "2", "--log_every", "1",
+              "--num_threads", "1", "--eval_rows", "8"]
+    runs = {
+        "finetune_text_to_image": ["--image_tokenizer", str(tmp_path / "image_vq"), "--dataset",
+                                   str(tmp_path / "pairs.parquet"), "--text_column", "caption", "--image_column"],
+        "finetune_text_to_audio": ["--audio_tokenizer", str(tmp_path / "audio_vq"), "--dataset",
+                                   str(tmp_path / "speech.parquet"), "--text_column", "transcript", "--audio_column"],
+    }
+    for name, (real, columns) in zip(runs, (("jpg", ["caption", "jpg"]), ("wav", ["transcript", "wav"]))):
+        finetune = _load_example(name)
+        report = finetune.main([*runs[name], real, "--output_dir", str(tmp_path / name), *common])
+        assert report["steps"] == 2 and report["eval_split"] == "train (held-out 20% of its rows)"
+        assert 1 <= report["eval_rows"] <= 8 and 0 < report["eval_loss"] < 2 * report["uniform_loss"]
+        assert "evaluation" not in report  # the colour measurement is ShapeWorld's own
+        with pytest.raises(ValueError, match=re.escape(f"has no column 'png'; its columns are {columns!r}")):
+            finetune.main([*runs[name], "png", "--output_dir", str(tmp_path / "wrong"), *common])
 
 
 def test_a_tokenizer_that_does_not_fit_the_processor_is_refused(tmp_path):

@@ -677,6 +677,32 @@ def test_finetuning_reads_columns_named_by_the_column_flags(tmp_path):
     assert "its columns are ['caption', 'jpg']" in wrong.stderr, wrong.stderr[-2000:]
 
 
+@pytest.mark.slow
+def test_captioning_fine_tunes_on_a_users_own_columns(tmp_path, monkeypatch, capsys):
+    import importlib.util
+    import json
+
+    spec = importlib.util.spec_from_file_location("finetune_captioning", REPO_ROOT / "examples" / "finetune_captioning.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    data = _caption_jpg_parquet(tmp_path / "pairs.parquet", 24)
+    common = ["finetune_captioning.py", "--model", str(REPO_ROOT / "configuration" / "tiny"), "--dataset", str(data),
+              "--train_rows", "0", "--eval_rows", "6", "--max_steps", "2", "--batch_size", "4", "--text_column", "caption"]
+    monkeypatch.setattr("sys.argv", [*common, "--image_column", "jpg", "--output_dir", str(tmp_path / "run")])
+    script.main()
+    results = json.loads((tmp_path / "run" / "caption_metrics.json").read_text())
+    assert results["eval_split"] == "train (held-out 20% of its rows)" and 0 <= results["bleu"] <= 1
+    assert "shape_accuracy" not in results  # ShapeWorld's scene description is not a column of this data
+    from modeling_opt_tri.training.finetune import load_split
+
+    held_out = load_split(str(data), "validation", 6, columns={"text": "caption", "image": "jpg"})
+    assert [e["reference"] for e in results["examples"]] == held_out["text"][:5]  # the held-out rows, in order
+    assert "fine-tuning on" in capsys.readouterr().out
+    monkeypatch.setattr("sys.argv", [*common, "--image_column", "png", "--output_dir", str(tmp_path / "wrong")])
+    with pytest.raises(ValueError, match=r"has no column 'png'; its columns are \['caption', 'jpg'\]"):
+        script.main()
+
+
 def test_load_split_maps_the_columns_and_names_the_real_ones(tmp_path):
     from modeling_opt_tri.training.finetune import dataset_columns, load_split
 

@@ -50,11 +50,8 @@ ENCODERS = {"text": "text_model", "vision": "vision_model", "audio": "audio_mode
 DEFAULT_HOLDOUT_FRACTION = 0.2
 
 
-def add_finetune_arguments(parser: CheckedArgumentParser, lr: float = 5e-4, steps: int = -1) -> None:
-    """The options every fine-tuning example shares, each with the `Rule` its values are checked against."""
-    parser.add_argument("--model", required=True, rule=string(),
-                        help="OPT-Tri checkpoint folder, or a preset folder (random init)")
-    parser.add_argument("--output_dir", required=True, rule=string())
+def add_dataset_arguments(parser: CheckedArgumentParser) -> None:
+    """`--dataset`, its column flags and `--eval_holdout_fraction`: what `load_train_and_evaluation` reads."""
     parser.add_argument("--dataset", default="builtin", rule=string(),
                         help="'builtin' (ShapeWorld), a metadata.jsonl folder, a save_to_disk folder, parquet/arrow "
                              "files, WebDataset shards or a dataset name")
@@ -62,15 +59,23 @@ def add_finetune_arguments(parser: CheckedArgumentParser, lr: float = 5e-4, step
         parser.add_argument(f"--{modality}_column", default=None, rule=string(optional=True),
                             help=f"column of --dataset holding the {modality} (e.g. '{example}'; 'none' leaves it out); "
                                  f"default: '{modality}' or a usual alias")
+    parser.add_argument("--eval_holdout_fraction", type=float, default=None, rule=HOLDOUT_FRACTION,
+                        help="evaluate on this fraction of the training rows, held out of training by the hash rule "
+                             "of pre-training (the same rows for the same data); default: "
+                             f"{DEFAULT_HOLDOUT_FRACTION} for data without a validation split, else that split")
+
+
+def add_finetune_arguments(parser: CheckedArgumentParser, lr: float = 5e-4, steps: int = -1) -> None:
+    """The options every fine-tuning example shares, each with the `Rule` its values are checked against."""
+    parser.add_argument("--model", required=True, rule=string(),
+                        help="OPT-Tri checkpoint folder, or a preset folder (random init)")
+    parser.add_argument("--output_dir", required=True, rule=string())
+    add_dataset_arguments(parser)
     parser.add_argument("--train_rows", type=int, default=1000, rule=integer(0), help="rows of the training split (all when 0)")
     parser.add_argument("--eval_rows", type=int, default=200, rule=integer(0),
                         help="evaluation rows read, the first of the evaluation split (all when 0); since the held-out "
                              "rule is pre-training's, it no longer sets how many rows are held out: "
                              "--eval_holdout_fraction does")
-    parser.add_argument("--eval_holdout_fraction", type=float, default=None, rule=HOLDOUT_FRACTION,
-                        help="evaluate on this fraction of the training rows, held out of training by the hash rule "
-                             "of pre-training (the same rows for the same data); default: "
-                             f"{DEFAULT_HOLDOUT_FRACTION} for data without a validation split, else that split")
     parser.add_argument("--epochs", type=float, default=3.0, rule=number(positive=True))
     parser.add_argument("--max_steps", type=int, default=steps, rule=MAX_STEPS_OR_EPOCHS, help="overrides --epochs when > 0")
     parser.add_argument("--batch_size", type=int, default=32, rule=integer(1))
@@ -140,17 +145,22 @@ def load_split(dataset: str, split: str, num_rows: int, seed: int = 42, columns=
     return data.select(range(min(num_rows, len(data)))) if num_rows and num_rows > 0 else data
 
 
-def load_train_and_evaluation(args: argparse.Namespace):
+def load_train_and_evaluation(args: argparse.Namespace, train_rows: int | None = None, eval_rows: int | None = None):
     """
-    `(train, held_out, eval_split)` of the `add_finetune_arguments` flags: `--train_rows` training rows, the first
-    `--eval_rows` evaluation rows, and the evaluation split's name for the printed table and the metrics file
-    (`"validation"`, or e.g. `"train (held-out 20% of its rows)"`).
+    `(train, held_out, eval_split)` of the `add_dataset_arguments` flags: `train_rows` (default `--train_rows`)
+    training rows, the first `eval_rows` (default `--eval_rows`) evaluation rows, and the evaluation split's name for
+    the printed table and the metrics file (`"validation"`, or e.g. `"train (held-out 20% of its rows)"`).
     """
     columns = dataset_columns(args)
-    fraction = getattr(args, "eval_holdout_fraction", None)
-    train = load_split(args.dataset, "train", args.train_rows, args.seed, columns, fraction)
-    held_out = load_split(args.dataset, "validation", args.eval_rows, args.seed, columns, fraction)
+    fraction = args.eval_holdout_fraction
+    train_rows = args.train_rows if train_rows is None else train_rows
+    eval_rows = args.eval_rows if eval_rows is None else eval_rows
+    train = load_split(args.dataset, "train", train_rows, args.seed, columns, fraction)
+    held_out = load_split(args.dataset, "validation", eval_rows, args.seed, columns, fraction)
     name = "validation" if args.dataset == "builtin" else evaluation_plan(args.dataset, columns, fraction)[1].name()
+    if not len(held_out) or not len(train):
+        raise ValueError(f"--dataset {args.dataset!r}: {len(train)} training and {len(held_out)} evaluation rows "
+                         f"({name}); give more rows or another --eval_holdout_fraction")
     print(f"fine-tuning on {len(train)} rows, evaluating on {len(held_out)} rows of {name}")
     return train, held_out, name
 

@@ -1,4 +1,5 @@
-"""Fine-tuning of the code generators (`OptTriForTextToImage`, `OptTriForTextToAudio`) on ShapeWorld captions.
+"""Fine-tuning of the code generators (`OptTriForTextToImage`, `OptTriForTextToAudio`) on ShapeWorld captions or on
+any `--dataset` pre-training reads (a metadata folder, parquet / arrow / `save_to_disk` data, WebDataset shards).
 
 Shared by `examples/finetune_text_to_image.py` and `examples/finetune_text_to_audio.py`: the command-line flags, the
 model built to write a given VQ tokenizer's codes, the one-off encoding of the training rows into codes, and the
@@ -24,7 +25,7 @@ from ..configuration_opt_tri import OptTriConfig
 from ..data.synthetic import COLORS, ShapeWorld, split_offset
 from .arguments import DEVICE, SEED, CheckedArgumentParser, flag, integer, number, string
 from .codes import VQCodeTargets
-from .finetune import check_loading_info
+from .finetune import add_dataset_arguments, check_loading_info, load_train_and_evaluation
 
 
 def add_training_arguments(parser: CheckedArgumentParser, *, default_model: str, default_output_dir: str) -> None:
@@ -33,7 +34,11 @@ def add_training_arguments(parser: CheckedArgumentParser, *, default_model: str,
                         help="OPT-Tri checkpoint or preset folder (with the processor files unless --processor)")
     parser.add_argument("--processor", default=None, rule=string(optional=True), help="OptTriProcessor folder (default: --model)")
     parser.add_argument("--output_dir", default=default_output_dir, rule=string())
-    parser.add_argument("--num_train_rows", type=int, default=4096, rule=integer(1), help="ShapeWorld training rows")
+    add_dataset_arguments(parser)
+    parser.add_argument("--num_train_rows", type=int, default=4096, rule=integer(1),
+                        help="training rows: generated ShapeWorld rows, or the first rows of --dataset")
+    parser.add_argument("--eval_rows", type=int, default=64, rule=integer(1),
+                        help="rows of --dataset's evaluation split whose code loss is reported (not for 'builtin')")
     parser.add_argument("--max_shapes", type=int, default=1, rule=integer(1, 9),
                         help="shapes per scene (1: one colour per caption)")
     parser.add_argument("--seed", type=int, default=0, rule=SEED)
@@ -86,21 +91,24 @@ def build_generator(model_class, folder: str, processor, image_tokenizer=None, a
 @torch.no_grad()
 def encode_rows(processor, rows, image_tokenizer=None, audio_tokenizer=None, batch_size: int = 64) -> dict[str, torch.Tensor]:
     """
-    The captions of `rows` as `input_ids` / `attention_mask` `(N, L)`, and their images' codes as `labels`
+    The captions of `rows` (a dataset or a dict of columns: `text` and `image` PIL images or `audio`
+    `{"array", "sampling_rate"}`) as `input_ids` / `attention_mask` `(N, L)`, and their images' codes as `labels`
     `(N, g, g)` or their clips' codes as `labels` / `labels_mask` `(N, n)`, computed once by the frozen tokenizer.
     """
-    text = processor(text=list(rows["text"]), return_tensors="pt")
+    texts = list(rows["text"])
+    media = list(rows["image" if image_tokenizer is not None else "audio"])
+    text = processor(text=texts, return_tensors="pt")
     targets = VQCodeTargets(image_tokenizer, audio_tokenizer)
     labels, masks = [], []
-    for start in range(0, len(rows), batch_size):
-        chunk = rows[start : start + batch_size]
+    for start in range(0, len(texts), batch_size):
+        chunk = media[start : start + batch_size]
         if image_tokenizer is not None:
-            images = [image.convert("RGB") for image in chunk["image"]]
+            images = [image.convert("RGB") for image in chunk]
             batch = processor.image_processor(images, return_tensors="pt")
             labels.append(targets(dict(batch))["image_codes"])
         else:
-            clips = [clip["array"] for clip in chunk["audio"]]
-            rate = chunk["audio"][0]["sampling_rate"]
+            clips = [clip["array"] for clip in chunk]
+            rate = chunk[0]["sampling_rate"]
             batch = processor.feature_extractor(clips, sampling_rate=rate, return_tensors="pt")
             codes = targets(dict(batch))
             labels.append(codes["audio_codes"])
@@ -170,14 +178,80 @@ def train(model, tensors: dict[str, torch.Tensor], args: argparse.Namespace, out
     }
 
 
+def decoded_columns(processor, data, modality: str) -> dict[str, list]:
+    """
+    The rows of `data` (conformed `--dataset` rows) that have a caption and `modality` and decode, as columns `text`
+    and `image` (PIL) or `audio` (`{"array", "sampling_rate"}` at the feature extractor's rate); the others are
+    skipped and counted.
+    """
+    from ..data.collate import TriModalCollator
+    from ..data.decoding import CorruptSampleError
+    from ..data.sources import CORRUPT_COLUMN
+
+    collator = TriModalCollator(processor)
+    rate = int(processor.feature_extractor.sampling_rate)
+    columns: dict[str, list] = {"text": [], modality: []}
+    skipped = 0
+    for index in range(len(data)):
+        row = data[index]
+        view = {"text": row.get("text"), modality: row.get(modality), CORRUPT_COLUMN: row.get(CORRUPT_COLUMN)}
+        try:
+            text, image, audio = collator.decode_row(view, f"row {index}")
+        except CorruptSampleError as error:
+            skipped += 1
+            print(f"skipped: {error}")
+            continue
+        value = image if modality == "image" else None if audio is None else {"array": audio, "sampling_rate": rate}
+        if text is None or value is None:
+            skipped += 1
+            continue
+        columns["text"].append(text)
+        columns[modality].append(value)
+    if not columns["text"]:
+        raise ValueError(f"none of the {len(data)} rows has a caption and {'an' if modality == 'image' else 'a'} "
+                         f"{modality} that decode")
+    if skipped:
+        print(f"skipped {skipped} of {len(data)} rows without a caption or {modality}, or that do not decode")
+    return columns
+
+
+def training_rows(args: argparse.Namespace, processor, modality: str):
+    """
+    `(train, held_out, eval_split)`: `args.num_train_rows` ShapeWorld rows rendered at the processor's sizes (no
+    evaluation rows: the colour measurement makes its own prompts), or the training and evaluation rows of
+    `--dataset` (`load_train_and_evaluation`: pre-training's held-out rule) as `decoded_columns`.
+    """
+    from ..data.synthetic import build_synthetic_dataset
+
+    if args.dataset == "builtin":
+        rows = build_synthetic_dataset(
+            args.num_train_rows, seed=args.seed, split="train", image_size=int(processor.image_processor.image_size),
+            sampling_rate=int(processor.feature_extractor.sampling_rate), max_shapes=args.max_shapes,
+        )
+        return rows, None, None
+    train, held_out, eval_split = load_train_and_evaluation(args, args.num_train_rows, args.eval_rows)
+    return decoded_columns(processor, train, modality), decoded_columns(processor, held_out, modality), eval_split
+
+
+@torch.no_grad()
+def code_loss(model, tensors: dict[str, torch.Tensor], batch_size: int, device: str) -> float:
+    """The teacher-forced code loss of `tensors` (from `encode_rows`), averaged over the rows."""
+    model.eval()
+    total, rows = 0.0, len(tensors["labels"])
+    for start in range(0, rows, batch_size):
+        batch = {name: value[start : start + batch_size].to(device) for name, value in tensors.items()}
+        total += model(**batch).loss.item() * len(batch["labels"])
+    return total / rows
+
+
 def run(args: argparse.Namespace, model_class, tokenizer, evaluate, image_tokenizer=None, audio_tokenizer=None) -> dict:
     """
     The whole fine-tuning command: build the model for `tokenizer` (passed again as `image_tokenizer` or
-    `audio_tokenizer`), render and encode `args.num_train_rows` ShapeWorld rows, train, save the model and processor
-    to `args.output_dir`, run `evaluate(model, processor, tokenizer, ...)` unless `args.skip_eval`, and write
-    `report.json`.
+    `audio_tokenizer`), encode `args.num_train_rows` training rows (`training_rows`), train, save the model and
+    processor to `args.output_dir`, and write `report.json`. On the built-in dataset `evaluate(model, processor,
+    tokenizer, ...)` runs unless `args.skip_eval`; on another the report gives the code loss of its evaluation rows
+    (`eval_loss`, `eval_split`).
     """
-    from ..data.synthetic import build_synthetic_dataset
     from ..processing_opt_tri import OptTriProcessor
 
     if args.num_threads:
@@ -188,19 +262,21 @@ def run(args: argparse.Namespace, model_class, tokenizer, evaluate, image_tokeni
     processor = OptTriProcessor.from_pretrained(args.processor or args.model)
     model = build_generator(model_class, args.model, processor, image_tokenizer, audio_tokenizer).to(args.device)
     started = time.time()
-    rows = build_synthetic_dataset(
-        args.num_train_rows, seed=args.seed, split="train", image_size=int(processor.image_processor.image_size),
-        sampling_rate=int(processor.feature_extractor.sampling_rate), max_shapes=args.max_shapes,
-    )
+    rows, held_out, eval_split = training_rows(args, processor, "image" if image_tokenizer is not None else "audio")
     tensors = encode_rows(processor, rows, image_tokenizer, audio_tokenizer)
-    print(f"encoded {len(rows)} rows into codes {tuple(tensors['labels'].shape[1:])} in {time.time() - started:.0f}s")
+    print(f"encoded {len(rows['text'])} rows into codes {tuple(tensors['labels'].shape[1:])} in "
+          f"{time.time() - started:.0f}s")
     report = train(model, tensors, args, output_dir)
+    if held_out is not None:
+        evaluation = encode_rows(processor, held_out, image_tokenizer, audio_tokenizer)
+        report.update(eval_split=eval_split, eval_rows=len(held_out["text"]),
+                      eval_loss=round(code_loss(model, evaluation, args.batch_size, args.device), 4))
     model.save_pretrained(output_dir)
     processor.save_pretrained(output_dir)
     dc = model.decoder_config
     # the loss of a uniform guess over what the decoder may write: the codes, and for audio the end code
     report.update(uniform_loss=round(math.log(dc.codebook_size + (dc.modality == "audio")), 4), args=vars(args))
-    if not args.skip_eval:
+    if not args.skip_eval and args.dataset == "builtin":  # the colour measurement needs ShapeWorld's prompts
         report["evaluation"] = evaluate(
             model, processor, tokenizer, num_prompts=args.eval_prompts, seed=args.seed, output_dir=output_dir,
             top_k=args.eval_top_k, temperature=args.eval_temperature,
