@@ -529,6 +529,7 @@ _TINY = {
                              "--progress", "false", "--tensorboard", "false", "--num_workers", "0"],
     "processing/build_tokenizer.py": ["--vocab_size", "300"],
     "processing/to_webdataset.py": ["--rows_per_shard", "10"],
+    "examples/finetune_captioning.py": ["--max_steps", "2", "--batch_size", "4", "--eval_rows", "4"],
 }
 
 
@@ -549,7 +550,7 @@ def test_readme_walkthrough(tmp_path, monkeypatch, capsys):
 
     fsdd = require_fsdd()
     commands = _readme_commands()
-    assert len(commands) == 6 and all(command.startswith("python ") for command in commands)
+    assert len(commands) == 7 and all(command.startswith("python ") for command in commands)
     fsdd_folder(tmp_path / "my_data", fsdd, 40, caption="the digit {digit} spoken by {speaker}")
     fsdd_folder(tmp_path / "my_speech", fsdd, 40, modalities=("text", "audio"), offset=2)
     for folder in ("examples", "processing", "configuration"):
@@ -570,6 +571,8 @@ def test_readme_walkthrough(tmp_path, monkeypatch, capsys):
         assert set(summary["sources"]) == sources and summary["steps"] == 3
         assert "held-out 10%" in summary["eval_split"] and "retrieval" in summary
     assert sorted(p.name for p in (tmp_path / "my_shards").glob("*.tar")) == [f"train-0000{i}.tar" for i in range(4)]
+    asr = json.loads((tmp_path / "outputs" / "asr_mine" / "caption_metrics.json").read_text())
+    assert asr["eval_split"] == "train (held-out 10% of its rows)" and "bleu" in asr
 
 
 def test_parse_sources_names_weights_and_columns():
