@@ -286,6 +286,10 @@ def test_fine_tuning_holds_out_the_rows_pre_training_holds_out(folder, tmp_path)
         assert _row_keys(held_out) == _row_keys(load_split(dataset, "validation", 0,
                                                            holdout_fraction=DEFAULT_HOLDOUT_FRACTION))
         assert not set(_row_keys(held_out)) & set(_row_keys(train))
+        args = build_parser_args(["--dataset", dataset, "--train_rows", "0", "--eval_rows", "2"])  # about 2 rows
+        train, held_out, name = load_train_and_evaluation(args)
+        assert name == "train (held-out 16.67% of its rows)" and len(train) + len(held_out) == 12
+        assert set(_row_keys(held_out)) <= set(pre_eval)  # nested: held out at 0.5 too, so never pre-trained on
 
 
 def test_stream_position_resumes_without_decoding_skipped_batches(folder, processor):

@@ -61,8 +61,8 @@ def add_dataset_arguments(parser: CheckedArgumentParser) -> None:
                                  f"default: '{modality}' or a usual alias")
     parser.add_argument("--eval_holdout_fraction", type=float, default=None, rule=HOLDOUT_FRACTION,
                         help="evaluate on this fraction of the training rows, held out of training by the hash rule "
-                             "of pre-training (the same rows for the same data); default: "
-                             f"{DEFAULT_HOLDOUT_FRACTION} for data without a validation split, else that split")
+                             "of pre-training (the same rows for the same data and fraction); default: the validation "
+                             f"split, or about --eval_rows rows (at most {DEFAULT_HOLDOUT_FRACTION:.0%}) held out")
 
 
 def add_finetune_arguments(parser: CheckedArgumentParser, lr: float = 5e-4, steps: int = -1) -> None:
@@ -73,9 +73,9 @@ def add_finetune_arguments(parser: CheckedArgumentParser, lr: float = 5e-4, step
     add_dataset_arguments(parser)
     parser.add_argument("--train_rows", type=int, default=1000, rule=integer(0), help="rows of the training split (all when 0)")
     parser.add_argument("--eval_rows", type=int, default=200, rule=integer(0),
-                        help="evaluation rows read, the first of the evaluation split (all when 0); since the held-out "
-                             "rule is pre-training's, it no longer sets how many rows are held out: "
-                             "--eval_holdout_fraction does")
+                        help="evaluation rows read, the first of the evaluation split (all when 0); without "
+                             "--eval_holdout_fraction, data without a validation split holds out about this many rows "
+                             "(at most a fifth)")
     parser.add_argument("--epochs", type=float, default=3.0, rule=number(positive=True))
     parser.add_argument("--max_steps", type=int, default=steps, rule=MAX_STEPS_OR_EPOCHS, help="overrides --epochs when > 0")
     parser.add_argument("--batch_size", type=int, default=32, rule=integer(1))
@@ -101,14 +101,16 @@ def dataset_columns(args: argparse.Namespace) -> dict[str, str]:
     return {m: getattr(args, f"{m}_column") for m in ("text", "image", "audio") if getattr(args, f"{m}_column", None)}
 
 
-def evaluation_plan(dataset: str, columns=None, holdout_fraction: float | None = None):
+def evaluation_plan(dataset: str, columns=None, holdout_fraction: float | None = None, eval_rows: int = 0):
     """
     The sources of `--dataset` and where their evaluation rows come from (`sources.plan_evaluation`, the rule of
     pre-training): the `validation` split, or with `holdout_fraction` > 0 the rows `is_held_out` picks out of
-    `train`. `None` (the fine-tuning default) is `DEFAULT_HOLDOUT_FRACTION` for a source without a validation split
-    and 0 for one with it.
+    `train`. `None` (the fine-tuning default) is 0 for a source with a validation split; for one without, the
+    fraction that holds out about `eval_rows` rows, at most `DEFAULT_HOLDOUT_FRACTION` (all of it when `eval_rows` is
+    0): the size the earlier `train_test_split` held out. The hash rule is nested: the rows held out at a fraction are
+    among those held out at any larger one.
     """
-    from ..data.sources import parse_sources, plan_evaluation, split_names
+    from ..data.sources import load_raw_split, parse_sources, plan_evaluation, split_names
 
     if not Path(dataset).exists() and (dataset.startswith((".", "/")) or dataset.count("/") > 1):
         raise FileNotFoundError(f"--dataset {dataset!r}: neither 'builtin', a folder, a file nor a dataset name")
@@ -117,25 +119,28 @@ def evaluation_plan(dataset: str, columns=None, holdout_fraction: float | None =
         raise ValueError(f"--dataset {dataset!r}: fine-tuning reads one source, not a mixture")
     if holdout_fraction is None:
         holdout_fraction = 0.0 if "validation" in split_names(sources[0]) else DEFAULT_HOLDOUT_FRACTION
+        if holdout_fraction and eval_rows:
+            rows = len(load_raw_split(sources[0], "train", streaming=False))
+            holdout_fraction = min(holdout_fraction, round(eval_rows / max(rows, 1), 4))
     return sources, plan_evaluation(sources, "train", "validation", holdout_fraction)
 
 
-def load_split(dataset: str, split: str, num_rows: int, seed: int = 42, columns=None,
+def load_split(dataset: str, split: str, num_rows: int, seed: int = 42, eval_rows: int = 0, columns=None,
                holdout_fraction: float | None = None):
     """
     One split as a `datasets.Dataset`: `dataset="builtin"` builds `num_rows` ShapeWorld rows of `split`. Otherwise
     `dataset` is any one source pre-training reads (a metadata folder, a `save_to_disk` folder, parquet / arrow files,
     WebDataset shards, a dataset name), its columns mapped by `columns` (`{"text": "caption", ...}`). `"train"` is
-    the training rows and `"validation"` the evaluation rows of `evaluation_plan` (never one of the training rows;
-    the rows pre-training holds out with the same `--eval_holdout_fraction`); another split is loaded as it is.
-    `num_rows` > 0 keeps the first rows only.
+    the training rows and `"validation"` the evaluation rows of `evaluation_plan` (`holdout_fraction`, `eval_rows`:
+    never one of the training rows; the rows pre-training holds out with the same `--eval_holdout_fraction`); another
+    split is loaded as it is. `num_rows` > 0 keeps the first rows only.
     """
     from ..data import build_synthetic_dataset
     from ..data.sources import conform, load_raw_split, load_sources
 
     if dataset == "builtin":
         return build_synthetic_dataset(num_rows, seed=seed, split=split)
-    sources, plan = evaluation_plan(dataset, columns, holdout_fraction)
+    sources, plan = evaluation_plan(dataset, columns, holdout_fraction, eval_rows)
     if split == "train":
         data = load_sources(sources, "train", False, seed=seed, holdout=plan.fractions)
     elif split == "validation":
@@ -155,9 +160,11 @@ def load_train_and_evaluation(args: argparse.Namespace, train_rows: int | None =
     fraction = args.eval_holdout_fraction
     train_rows = args.train_rows if train_rows is None else train_rows
     eval_rows = args.eval_rows if eval_rows is None else eval_rows
-    train = load_split(args.dataset, "train", train_rows, args.seed, columns, fraction)
-    held_out = load_split(args.dataset, "validation", eval_rows, args.seed, columns, fraction)
-    name = "validation" if args.dataset == "builtin" else evaluation_plan(args.dataset, columns, fraction)[1].name()
+    train = load_split(args.dataset, "train", train_rows, args.seed, eval_rows, columns, fraction)
+    held_out = load_split(args.dataset, "validation", eval_rows, args.seed, eval_rows, columns, fraction)
+    name = "validation"
+    if args.dataset != "builtin":
+        name = evaluation_plan(args.dataset, columns, fraction, eval_rows)[1].name()
     if not len(held_out) or not len(train):
         raise ValueError(f"--dataset {args.dataset!r}: {len(train)} training and {len(held_out)} evaluation rows "
                          f"({name}); give more rows or another --eval_holdout_fraction")
