@@ -213,7 +213,7 @@ def _decode_members(example: dict[str, Any], decoders: dict[str, Any]) -> dict[s
     where = os.path.basename(str(example.get("__url__", "")))
     for field_name, value in example.items():
         extension = _member_extension(field_name)
-        if extension in PICKLE_MEMBER_EXTENSIONS and field_name not in ("__key__", "__url__"):
+        if extension in PICKLE_MEMBER_EXTENSIONS:
             raise PickleMemberError(
                 f"member {example.get('__key__')}.{field_name} of {where} is a pickle: OPT-Tri never unpickles data "
                 "(a pickle can run any code). Write it as .json, .npy or .safetensors, or leave it out of the shards")
