@@ -112,6 +112,7 @@ from .modeling_opt_tri_decoders import (  # noqa: F401 (the public names are re-
     code_decoder_targets,
 )
 from .modeling_opt_tri_generation import OptTriCodeSamplingMixin, OptTriTextSamplingMixin
+from .modeling_opt_tri_tuning import OptTriTowerTuningMixin
 from .modeling_opt_tri_conversion import (  # noqa: F401 (the public names are re-exported)
     build_from_unimodal_checkpoints,
     _load_audio_encoder_checkpoint,
@@ -161,7 +162,7 @@ PRETRAINING_HEAD_MODULES = (
 _PRETRAINING_HEAD_KEYS = [rf"^{name}\." for name in PRETRAINING_HEAD_MODULES]
 
 
-class OptTriPreTrainedModel(OptTriHubMixin, PreTrainedModel):
+class OptTriPreTrainedModel(OptTriHubMixin, OptTriTowerTuningMixin, PreTrainedModel):
     config_class = OptTriConfig
     base_model_prefix = "opt_tri"
     _keys_to_ignore_on_load_unexpected = _PRETRAINING_HEAD_KEYS

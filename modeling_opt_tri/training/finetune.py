@@ -6,8 +6,9 @@
   from a preset folder.
 - `TaskCollator`: decodes rows robustly (as `TriModalCollator`), keeps the chosen modalities, and adds per-row targets
   only for the rows that decode, so a skipped row never shifts the labels.
-- `freeze_bottom_layers`, `build_optimizer` (lower learning rate for pre-trained weights), `apply_lora` (PEFT LoRA
-  on the attention projections): the `--freeze_layers`, `--encoder_lr_scale` and `--lora` options.
+- `freeze_bottom_layers`, `build_optimizer` (lower learning rate for pre-trained weights, per-tower scales),
+  `apply_lora` (PEFT LoRA on the attention projections), with `towers.apply_tower_options` (frozen / LoRA towers):
+  the `--freeze_layers`, `--encoder_lr_scale`, `--tower_lr_scale`, `--freeze` and `--lora` options.
 """
 
 from __future__ import annotations
@@ -22,29 +23,24 @@ from torch import nn
 from transformers.utils import logging
 
 from ..data.collate import TriModalCollator
+from ..modeling_opt_tri_tuning import TOWER_ATTRIBUTES
 from ..data.decoding import CorruptSampleError
 from ..data.sources import CORRUPT_COLUMN
 from .arguments import (
-    HOLDOUT_FRACTION, MAX_STEPS_OR_EPOCHS, PROBABILITY_BELOW_ONE, SEED, CheckedArgumentParser, flag, integer, number,
+    HOLDOUT_FRACTION, MAX_STEPS_OR_EPOCHS, PROBABILITY_BELOW_ONE, SEED, CheckedArgumentParser, integer, number,
     string,
+)
+from .towers import (
+    apply_tower_options,
+    check_tower_options,
+    merge_lora,
+    parse_tower_list,
+    parse_tower_scales,
+    rule_check,
+    split_groups_by_tower,
 )
 
 logger = logging.get_logger(__name__)
-
-#: PEFT LoRA targets: q/k/v/out projections of our own attention layers (audio and cross-modal encoders) and the
-#: query/key/value projections of the `transformers` text (BERT/RoBERTa: `query`, `key`, `value`) and vision encoders
-#: (ViT: `q_proj`, `k_proj`, `v_proj` in transformers >= 5.24, `query`, `key`, `value` before). The text decoder is
-#: not targeted. A full-name regex, as PEFT matches a string `target_modules` with `re.fullmatch`.
-LORA_TARGET_MODULES = (
-    r"(?:.*\.)?(?:"
-    r"text_model\..*\.(?:query|key|value)"
-    r"|vision_model\..*\.(?:q_proj|k_proj|v_proj|query|key|value)"
-    r"|(?:audio_model|fusion_encoder)\..*\.(?:q_proj|k_proj|v_proj|out_proj)"
-    r")"
-)
-
-#: The unimodal encoders of `OptTriModel`, by the name used on the command line.
-ENCODERS = {"text": "text_model", "vision": "vision_model", "audio": "audio_model"}
 
 #: the held-out fraction of a source without a validation split when `--eval_holdout_fraction` is not given
 DEFAULT_HOLDOUT_FRACTION = 0.2
@@ -88,12 +84,27 @@ def add_finetune_arguments(parser: CheckedArgumentParser, lr: float = 5e-4, step
     parser.add_argument("--encoder_lr_scale", type=float, default=1.0, rule=number(0.0),
                         help="learning rate of the pre-trained weights (everything in model.opt_tri) relative to "
                              "--learning_rate; the new head keeps --learning_rate")
-    parser.add_argument("--lora", action="store_true", rule=flag(), help="train PEFT LoRA adapters (and the head) only")
+    parser.add_argument("--lora", nargs="?", const=LORA_EVERYWHERE, default=None, rule=string(optional=True, check=_lora_check),
+                        help="PEFT LoRA adapters. Alone: on every tower and the cross-modal encoder, and only the "
+                             "adapters and the head train. With towers ('text' or 'text,vision'): on those towers, "
+                             "whose base weights stay fixed, while everything else trains")
+    parser.add_argument("--freeze", default=None, rule=string(optional=True, check=rule_check(parse_tower_list)),
+                        help="towers to freeze, e.g. 'vision,audio' (no gradient, eval mode, no optimizer state)")
+    parser.add_argument("--tower_lr_scale", default=None, rule=string(optional=True, check=rule_check(parse_tower_scales)),
+                        help="per-tower multiples of the learning rate (on top of --encoder_lr_scale), e.g. 'vision=0.1'")
     parser.add_argument("--lora_rank", type=int, default=8, rule=integer(1))
     parser.add_argument("--lora_alpha", type=int, default=16, rule=integer(1))
     parser.add_argument("--lora_dropout", type=float, default=0.0, rule=PROBABILITY_BELOW_ONE)
     parser.add_argument("--push_to_hub", default=None, rule=string(optional=True),
                         help="repo id to push the fine-tuned model and processor to")
+
+
+#: `--lora` without towers: adapters on every tower and the cross-modal encoder; only they and the head train
+LORA_EVERYWHERE = "all"
+
+
+def _lora_check(option: str, value: str) -> str | None:
+    return None if value == LORA_EVERYWHERE else rule_check(parse_tower_list)(option, value)
 
 
 def dataset_columns(args: argparse.Namespace) -> dict[str, str]:
@@ -333,10 +344,10 @@ def freeze_bottom_layers(model: nn.Module, num_layers: int, encoders: Sequence[s
     """
     if num_layers <= 0:
         return []
-    base = model.base_model if hasattr(model, "base_model") else model
+    towers = model.encoder_modules()
     frozen: list[str] = []
     for key in encoders:
-        encoder = getattr(base, ENCODERS[key])
+        encoder = towers.get(key)
         if encoder is None:  # a head that does not build this tower (pair reasoning has no audio)
             continue
         layers = _layer_stack(encoder)
@@ -346,18 +357,21 @@ def freeze_bottom_layers(model: nn.Module, num_layers: int, encoders: Sequence[s
         for prefix, module in modules.items():
             for name, parameter in module.named_parameters():
                 parameter.requires_grad_(False)
-                frozen.append(f"{ENCODERS[key]}.{prefix}.{name}")
+                frozen.append(f"{TOWER_ATTRIBUTES[key]}.{prefix}.{name}")
     return frozen
 
 
 def build_optimizer(
-    model: nn.Module, learning_rate: float, encoder_lr_scale: float = 1.0, weight_decay: float = 0.01
+    model: nn.Module, learning_rate: float, encoder_lr_scale: float = 1.0, weight_decay: float = 0.01,
+    tower_lr_scales: dict[str, float] | None = None,
 ) -> torch.optim.AdamW:
     """
     AdamW with four parameter groups: pre-trained weights (those of the tri-modal model `opt_tri`, LoRA adapters
     excluded) at `learning_rate * encoder_lr_scale`, new weights (the head, LoRA adapters) at `learning_rate`, each
-    split into decayed weights and undecayed biases / norms / embeddings / tokens. Frozen parameters are left out.
-    Pass it to `Trainer(optimizers=(optimizer, None))`; Trainer adds its scheduler, which scales every group.
+    split into decayed weights and undecayed biases / norms / embeddings / tokens. The parameters of a tower in
+    `tower_lr_scales` (`{"vision": 0.1}`) get groups of their own (`pretrained/vision`, ...) at that multiple of their
+    group's rate. Frozen parameters are left out. Pass it to `Trainer(optimizers=(optimizer, None))`; Trainer adds its
+    scheduler, which scales every group.
     """
     groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
     for name, parameter in model.named_parameters():
@@ -378,20 +392,23 @@ def build_optimizer(
     ]
     if not param_groups:
         raise ValueError("No trainable parameters")
-    return torch.optim.AdamW(param_groups, lr=learning_rate)
+    return torch.optim.AdamW(split_groups_by_tower(model, param_groups, learning_rate, tower_lr_scales or {}), lr=learning_rate)
 
 
 def apply_lora(model: nn.Module, rank: int = 8, alpha: int = 16, dropout: float = 0.0, modules_to_save: Sequence[str] = ()):
     """
-    Wrap `model` with PEFT LoRA adapters on `LORA_TARGET_MODULES`. Every other weight is frozen, except the modules
-    named in `modules_to_save` (the task head), which PEFT trains and saves in full.
+    Wrap `model` with PEFT LoRA adapters on the attention projections of every tower and of the cross-modal encoder
+    (`model.lora_target_modules`). Every other weight is frozen, except the modules named in `modules_to_save` (the
+    task head), which PEFT trains and saves in full. (Adapters on some towers only, the rest training in full:
+    `towers.apply_tower_options`.)
     """
     try:
         from peft import LoraConfig, get_peft_model
     except ImportError as error:  # peft is an optional extra
         raise ImportError("--lora needs PEFT: pip install 'opt-tri[peft]' (or pip install peft)") from error
     config = LoraConfig(
-        r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=LORA_TARGET_MODULES,
+        r=rank, lora_alpha=alpha, lora_dropout=dropout,
+        target_modules=model.lora_target_modules(model.encoder_modules(), include_fusion=True),
         modules_to_save=list(modules_to_save) or None, bias="none",
     )
     return get_peft_model(model, config)
@@ -404,16 +421,25 @@ def count_trainable(model: nn.Module) -> tuple[int, int]:
 
 
 def prepare_for_training(model: nn.Module, args: argparse.Namespace, head_modules: Sequence[str]):
-    """Apply `--freeze_layers` and `--lora` (in that order) and build the optimizer (`--encoder_lr_scale`).
-    Returns `(model, optimizer)`; the model is a `PeftModel` with `--lora`."""
+    """Apply `--freeze_layers`, `--freeze`, `--lora` (in that order) and build the optimizer (`--encoder_lr_scale`,
+    `--tower_lr_scale`). Returns `(model, optimizer)`; the model is a `PeftModel` with `--lora` alone."""
+    lora = getattr(args, "lora", None)
+    towers_lora = None if lora == LORA_EVERYWHERE else lora
+    if lora == LORA_EVERYWHERE and getattr(args, "freeze", None):
+        raise ValueError(f"--lora alone puts adapters on every tower, so --freeze {args.freeze} would leave some of them "
+                         "untrained; name the LoRA towers (e.g. --lora text) to combine it with --freeze")
+    check_tower_options(getattr(args, "freeze", None), towers_lora, getattr(args, "tower_lr_scale", None))
     if args.freeze_layers:
         frozen = freeze_bottom_layers(model, args.freeze_layers)
         print(f"froze {len(frozen)} parameter tensors (embeddings + bottom {args.freeze_layers} layers per encoder)")
-    if args.lora:
+    model = apply_tower_options(model, getattr(args, "freeze", None), towers_lora, args.lora_rank, args.lora_alpha,
+                                args.lora_dropout)
+    if lora == LORA_EVERYWHERE:
         model = apply_lora(model, args.lora_rank, args.lora_alpha, args.lora_dropout, modules_to_save=head_modules)
     trainable, total = count_trainable(model)
     print(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)")
-    optimizer = build_optimizer(model, args.learning_rate, args.encoder_lr_scale, args.weight_decay)
+    scales = parse_tower_scales(getattr(args, "tower_lr_scale", None), "tower_lr_scale")
+    optimizer = build_optimizer(model, args.learning_rate, args.encoder_lr_scale, args.weight_decay, scales)
     return model, optimizer
 
 
@@ -447,8 +473,7 @@ def training_arguments(args: argparse.Namespace, **overrides):
 def save_and_push(model: nn.Module, processor, output_dir: str, push_to_hub: str | None) -> nn.Module:
     """Merge LoRA adapters into the weights (a plain OPT-Tri checkpoint with its Hub files), save model and processor
     to `output_dir`, and push both to `push_to_hub` when given. Returns the (merged) model."""
-    if hasattr(model, "merge_and_unload"):
-        model = model.merge_and_unload()
+    model = model.merge_and_unload() if hasattr(model, "merge_and_unload") else merge_lora(model)
     model.save_pretrained(output_dir)
     processor.save_pretrained(output_dir)
     if push_to_hub:
@@ -458,8 +483,7 @@ def save_and_push(model: nn.Module, processor, output_dir: str, push_to_hub: str
 
 
 __all__ = [
-    "ENCODERS",
-    "LORA_TARGET_MODULES",
+    "LORA_EVERYWHERE",
     "TaskCollator",
     "add_finetune_arguments",
     "apply_lora",

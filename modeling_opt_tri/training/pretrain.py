@@ -46,7 +46,7 @@ from ..data.sources import NoEvaluationSplitError, text_sample
 from ..modeling_opt_tri import OptTriForPreTraining
 from ..processing_opt_tri import OptTriProcessor
 from ..tokenization import adapt_config_to_tokenizer, check_unk_share
-from .arguments import SEED, Rule, arg, choice, dataclass_problems, flag, integer, number, raise_problems, string
+from .arguments import PROBABILITY_BELOW_ONE, SEED, Rule, arg, choice, dataclass_problems, flag, integer, number, raise_problems, string
 from .checkpointing import (
     SHARDED_FOLDER,
     CorruptCheckpointError,
@@ -59,6 +59,15 @@ from .checkpointing import (
 from .codes import AUDIO_CODE_OBJECTIVES, IMAGE_CODE_OBJECTIVES, VQCodeTargets
 from .evaluation import embed_batches, format_retrieval_table, retrieval_metrics
 from .model_card import write_model_card
+from .towers import (
+    apply_tower_options,
+    check_tower_options,
+    merge_lora,
+    parse_tower_list,
+    parse_tower_scales,
+    rule_check,
+    split_groups_by_tower,
+)
 
 logger = logging.get_logger(__name__)
 
@@ -103,6 +112,15 @@ class PretrainArguments:
     init_text: str | None = arg(None, string(optional=True), "local BERT-like folder for the text encoder")
     init_vision: str | None = arg(None, string(optional=True), "local ViT folder for the vision encoder")
     init_audio: str | None = arg(None, string(optional=True), "local OptTriAudio/AST folder for the audio encoder")
+    freeze: str | None = arg(None, string(optional=True, check=rule_check(parse_tower_list)),
+                             "towers to freeze, e.g. 'vision,audio' (no gradient, eval mode, no optimizer state)")
+    lora: str | None = arg(None, string(optional=True, check=rule_check(parse_tower_list)),
+                           "towers trained through PEFT LoRA adapters on their attention projections, e.g. 'text'")
+    tower_lr_scale: str | None = arg(None, string(optional=True, check=rule_check(parse_tower_scales)),
+                                     "per-tower learning-rate multiples, e.g. 'vision=0.1,audio=0.5'")
+    lora_rank: int = arg(8, integer(1), "rank of the --lora adapters")
+    lora_alpha: int = arg(16, integer(1), "alpha (scale numerator) of the --lora adapters")
+    lora_dropout: float = arg(0.0, PROBABILITY_BELOW_ONE, "dropout of the --lora adapters")
     image_tokenizer: str | None = arg(
         None, string(optional=True),
         "an OptTriImageVQModel folder: its codes are the MRC / MRC-kl / DIR targets (switches MRC and DIR on)",
@@ -385,6 +403,7 @@ def build_model(args: PretrainArguments, accelerator) -> tuple[OptTriForPreTrain
     VQCodeTargets.check_compatible(model.config, processor, image_tokenizer, audio_tokenizer)
     if args.gradient_checkpointing and not _uses_fsdp(accelerator):  # under FSDP: its own option (_configure_fsdp)
         model.gradient_checkpointing_enable()
+    model = apply_tower_options(model, args.freeze, args.lora, args.lora_rank, args.lora_alpha, args.lora_dropout)
     codes = None
     if image_tokenizer is not None or audio_tokenizer is not None:
         need_soft = model.config.objectives.get("mrc_kl", 0.0) > 0
@@ -541,6 +560,7 @@ def _optimizer(model: torch.nn.Module, args: PretrainArguments) -> torch.optim.O
         else:
             decay.append(parameter)
     groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = split_groups_by_tower(model, groups, args.learning_rate, parse_tower_scales(args.tower_lr_scale, "tower_lr_scale"))
     fused = torch.cuda.is_available() and all(p.is_cuda for p in model.parameters())
     return torch.optim.AdamW(groups, lr=args.learning_rate, betas=(0.9, 0.98), eps=1e-6, fused=fused or None)
 
@@ -597,6 +617,7 @@ def check_arguments(args: PretrainArguments) -> None:
     would otherwise fail late, or with huggingface_hub's vague "Repo id must be in the form ...").
     """
     raise_problems(dataclass_problems(args))
+    check_tower_options(args.freeze, args.lora, args.tower_lr_scale)
     if args.dataset == "builtin" and args.train_rows < 1:
         raise ValueError(f"--train_rows must be an integer >= 1 with the built-in dataset, got {args.train_rows}")
     objectives = parse_weights(args.objectives, PRETRAINING_OBJECTIVES, "objective") or {}
@@ -855,7 +876,7 @@ def _finish(args, accelerator, unwrapped, processor, optimizer, scheduler, state
     if accelerator.scaler is not None:
         summary["loss_scale"] = float(accelerator.scaler.get_scale())
     final = output_dir / "final"
-    save_final(accelerator, unwrapped, processor, final)
+    save_final(accelerator, merge_lora(unwrapped) if args.lora else unwrapped, processor, final)  # a plain checkpoint
     if accelerator.is_main_process:
         summary["loss_curve"] = str(plot_loss_curves(history_path, output_dir / "loss_curves.png"))
         summary["padding_fraction"] = _history_stat(history_path, "padding_fraction")
