@@ -23,11 +23,14 @@ def _no_grad_enter(module: nn.Module, args) -> None:
     """Forward pre-hook of a frozen tower: remember the grad mode and switch gradients off for its forward."""
     module._opt_tri_grad_modes.append(torch.is_grad_enabled())
     torch.set_grad_enabled(False)
+    return None
 
 
 def _no_grad_exit(module: nn.Module, args, output) -> None:
-    """Forward hook of a frozen tower (also called when the forward raises): restore the grad mode."""
+    """Forward hook of a frozen tower (also called when the forward raises): restore the grad mode. Returns None, so
+    the output is the tower's own (`torch.set_grad_enabled(...)` returns an object, which would replace it)."""
     torch.set_grad_enabled(module._opt_tri_grad_modes.pop())
+    return None
 
 
 def check_tower_names(names: Iterable[str], available: Iterable[str], what: str) -> tuple[str, ...]:

@@ -3,8 +3,8 @@ Per-tower training options shared by pre-training (`examples/pretrain.py`) and f
 
 - `--freeze vision,audio`: the towers get no gradient, stay in eval mode, run under `no_grad` and hold no optimizer
   state (`OptTriTowerTuningMixin.freeze_towers`);
-- `--lora text`: PEFT LoRA adapters on the towers' attention projections; their base weights stay fixed, every other
-  weight trains as it would without the option;
+- `--lora text`: PEFT LoRA adapters on the towers' attention projections; only the adapters of those towers train
+  (all their own weights stay fixed), every weight outside them trains as it would without the option;
 - `--tower_lr_scale vision=0.1,audio=0.5`: a tower's parameters at that multiple of the learning rate of their
   parameter group.
 
@@ -133,7 +133,9 @@ def apply_tower_options(model: nn.Module, freeze: str | None, lora: str | None, 
                          f"(it has {list(model.encoder_modules())})")
     if frozen:
         model.freeze_towers(frozen)
-    if adapted:
+    if adapted:  # only the adapters of a LoRA tower train: its own weights (embeddings, MLPs, norms too) stay fixed
+        for name in adapted:
+            model.encoder_modules()[name].requires_grad_(False)
         model = inject_lora(model, model.lora_target_modules(adapted), rank, alpha, dropout)
     return model
 
