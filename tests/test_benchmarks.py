@@ -105,3 +105,30 @@ def test_memory_estimate_smoke_and_checkpointing_saves_activation_memory(capsys)
     assert 0 < per_sample[True] < 0.5 * per_sample[False], per_sample
     with pytest.raises(SystemExit):
         bench.main(["--batches", "8,4"])
+
+
+@pytest.mark.slow
+def test_init_transfer_benchmark_smoke(tmp_path, capsys):
+    """benchmarks/init_transfer.py end to end on a handful of FSDD recordings (its figures mean nothing at this size)."""
+    import torch
+
+    from conftest import require_fsdd
+
+    fsdd = require_fsdd()
+    bench = _load(BENCHMARKS / "init_transfer.py", "init_transfer_benchmark")
+    threads = torch.get_num_threads()
+    try:
+        results = bench.main(["--output_dir", str(tmp_path / "out"), "--fsdd", str(fsdd), "--takes", "1",
+                              "--eval_takes", "1", "--classifier_epochs", "1", "--pretrain_steps", "1",
+                              "--batch_size", "8"])
+    finally:
+        torch.set_num_threads(threads)
+    assert set(results["runs"]) == {"initialised", "random", "frozen"} and results["heldout_rows"] == 10
+    assert all(0.0 <= run["zero_shot_accuracy"] <= 1.0 for run in results["runs"].values())
+    assert "zero-shot audio->text" in capsys.readouterr().out
+    from safetensors.torch import load_file
+
+    saved = load_file(tmp_path / "out" / "audio_classifier_encoder" / "model.safetensors")
+    frozen = load_file(tmp_path / "out" / "frozen" / "final" / "model.safetensors")
+    for name, tensor in saved.items():  # --init_audio + --freeze audio: the tower is the classifier's encoder
+        assert torch.equal(frozen[f"opt_tri.audio_model.{name}"], tensor), name

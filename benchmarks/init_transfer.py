@@ -1,0 +1,219 @@
+"""Initialisation carries over, measured: does a pre-trained audio tower help OPT-Tri pre-training?
+
+    python benchmarks/init_transfer.py --output_dir outputs/init_transfer [--fsdd ../shared/data/fsdd]
+        [--takes 12] [--classifier_epochs 8] [--pretrain_steps 120] [--eval_takes 10] [--threads 1]
+
+1. (a) `classifier`: our log-mel audio encoder (`OptTriAudioModel`, the tiny preset's geometry) plus a linear layer on
+   its `[CLS]` state is trained to classify the spoken digit of FSDD recordings (8 kHz, resampled by our feature
+   extractor) from five speakers, and its encoder is saved (`save_pretrained`).
+2. OPT-Tri (tiny preset) is pre-trained with the contrastive objective on audio-text rows of the same five speakers,
+   the text being the digit's word ("seven"), through `run_pretraining` (what `examples/pretrain.py` runs):
+   (b) `initialised`: `--init_audio` from the saved encoder; (c) `random`: from random initialisation;
+   (d) `frozen`: `--init_audio` and `--freeze audio` (only the text tower, the projections and the rest train).
+3. Zero-shot audio -> text accuracy on the sixth speaker (never seen by any run): each held-out recording is given the
+   digit word whose text embedding is closest to its audio embedding, among the 10 words (chance: 10%).
+
+The figures (accuracy per run, the classifier's own accuracy on the held-out speaker, steps, wall times) are printed
+and written to `<output_dir>/results.json`. Everything is seeded; the text tokenizer is a WordPiece tokenizer trained
+on the ten words, so no word is `[UNK]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+
+from modeling_opt_tri import OptTriAudioModel, OptTriConfig, OptTriModel, OptTriProcessor  # noqa: E402
+from modeling_opt_tri.data.decoding import decode_audio  # noqa: E402
+from modeling_opt_tri.tokenization import build_wordpiece_tokenizer  # noqa: E402
+from modeling_opt_tri.training.pretrain import PretrainArguments, run_pretraining  # noqa: E402
+
+DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+PRESET = REPO_ROOT / "configuration" / "tiny"
+RUNS = {"initialised": dict(init=True, freeze=None), "random": dict(init=False, freeze=None),
+        "frozen": dict(init=True, freeze="audio")}
+
+
+def recordings(fsdd: Path, speakers: list[str], takes: int, first_take: int = 0) -> list[tuple[Path, int]]:
+    """(path, digit) of takes `first_take .. first_take + takes - 1` of every digit of `speakers`."""
+    rows = []
+    for speaker in speakers:
+        for digit in range(10):
+            for take in range(first_take, first_take + takes):
+                path = fsdd / "recordings" / f"{digit}_{speaker}_{take}.wav"
+                if not path.is_file():
+                    raise FileNotFoundError(f"{path}: not an FSDD recording (is --fsdd the FSDD folder?)")
+                rows.append((path, digit))
+    return rows
+
+
+def features(processor: OptTriProcessor, rows: list[tuple[Path, int]]) -> dict[str, torch.Tensor]:
+    """Log-mel features of the recordings, resampled from 8 kHz by our feature extractor, and their digits."""
+    waves, rates = zip(*(decode_audio(str(path)) for path, _ in rows))
+    batch = processor(audio=list(waves), sampling_rate=rates[0], return_tensors="pt")
+    return {"input_features": batch["input_features"], "audio_attention_mask": batch["audio_attention_mask"],
+            "labels": torch.tensor([digit for _, digit in rows])}
+
+
+class DigitClassifier(nn.Module):
+    """An `OptTriAudioModel` and a linear layer on its `[CLS]` state."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.encoder = OptTriAudioModel(config)
+        self.head = nn.Linear(config.hidden_size, len(DIGITS))
+
+    def forward(self, input_features: torch.Tensor, audio_attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(input_features, audio_attention_mask).pooler_output)
+
+
+def train_classifier(train: dict, test: dict, epochs: int, batch_size: int, lr: float, seed: int, folder: Path) -> dict:
+    """(a): train the digit classifier, save its encoder to `folder`; its accuracy on the held-out speaker."""
+    torch.manual_seed(seed)
+    model = DigitClassifier(OptTriConfig.from_pretrained(PRESET).audio_config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    generator = torch.Generator().manual_seed(seed)
+    rows = len(train["labels"])
+    model.train()
+    for _ in range(epochs):
+        for index in torch.randperm(rows, generator=generator).split(batch_size):
+            logits = model(train["input_features"][index], train["audio_attention_mask"][index])
+            loss = nn.functional.cross_entropy(logits, train["labels"][index])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        predicted = model(test["input_features"], test["audio_attention_mask"]).argmax(-1)
+    model.encoder.save_pretrained(folder)
+    return {"heldout_accuracy": float((predicted == test["labels"]).float().mean()), "epochs": epochs,
+            "train_rows": rows, "last_loss": float(loss)}
+
+
+def write_pretraining_data(rows: list[tuple[Path, int]], folder: Path) -> Path:
+    """A metadata.jsonl folder of audio-text rows (text: the digit's word), the recordings linked into it."""
+    (folder / "audio").mkdir(parents=True, exist_ok=True)
+    lines = []
+    for path, digit in rows:
+        link = folder / "audio" / path.name
+        if not link.exists():
+            os.symlink(path.resolve(), link)
+        lines.append(json.dumps({"text": DIGITS[digit], "audio": f"audio/{path.name}"}))
+    (folder / "metadata.jsonl").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+@torch.no_grad()
+def zero_shot_accuracy(folder: Path, test: dict) -> float:
+    """Audio -> text accuracy of the pre-trained model in `folder` among the ten digit words."""
+    model = OptTriModel.from_pretrained(folder).eval()
+    processor = OptTriProcessor.from_pretrained(folder)
+    words = processor(text=list(DIGITS), return_tensors="pt")
+    text = model.get_text_features(input_ids=words["input_ids"], attention_mask=words["attention_mask"]).pooler_output
+    audio = model.get_audio_features(input_features=test["input_features"],
+                                     audio_attention_mask=test["audio_attention_mask"]).pooler_output
+    return float(((audio @ text.T).argmax(-1) == test["labels"]).float().mean())
+
+
+def pretrain(name: str, args: argparse.Namespace, data: Path, tokenizer: Path, encoder: Path) -> Path:
+    """(b) / (c) / (d): one contrastive pre-training run; returns its `final/` folder."""
+    run = RUNS[name]
+    output = Path(args.output_dir) / name
+    run_pretraining(PretrainArguments(
+        preset=str(PRESET), dataset=str(data), tokenizer=str(tokenizer), output_dir=str(output),
+        objectives="contrastive=1", max_steps=args.pretrain_steps, batch_size=args.batch_size,
+        learning_rate=args.pretrain_lr, warmup_steps=min(10, args.pretrain_steps // 10), seed=args.seed,
+        init_audio=str(encoder) if run["init"] else None, freeze=run["freeze"], save_steps=0,
+        save_total_limit=1, num_workers=0, evaluate=False, tensorboard=False, progress=False, logging_steps=10,
+    ))
+    return output / "final"
+
+
+def run(args: argparse.Namespace) -> dict:
+    """The whole experiment; returns the results (also written to `<output_dir>/results.json`)."""
+    start = time.perf_counter()
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    fsdd = Path(args.fsdd)
+    speakers = sorted({path.stem.split("_")[1] for path in (fsdd / "recordings").glob("*.wav")})
+    if len(speakers) < 2:
+        raise ValueError(f"{fsdd}: expected the FSDD recordings of several speakers, found {speakers}")
+    train_speakers, heldout = speakers[:5], speakers[-1]
+    train_rows = recordings(fsdd, train_speakers, args.takes)
+    test_rows = recordings(fsdd, [heldout], args.eval_takes)
+    tokenizer = out / "tokenizer"
+    build_wordpiece_tokenizer(DIGITS, vocab_size=64, save_directory=tokenizer)
+    processor = OptTriProcessor.from_pretrained(PRESET)
+    train, test = features(processor, train_rows), features(processor, test_rows)
+    results = {"train_speakers": train_speakers, "heldout_speaker": heldout, "train_rows": len(train_rows),
+               "heldout_rows": len(test_rows), "chance": 1 / len(DIGITS), "runs": {}}
+    t0 = time.perf_counter()
+    results["classifier"] = train_classifier(train, test, args.classifier_epochs, args.batch_size, args.classifier_lr,
+                                             args.seed, out / "audio_classifier_encoder")
+    results["classifier"]["seconds"] = round(time.perf_counter() - t0, 1)
+    data = write_pretraining_data(train_rows, out / "pretraining_data")
+    for name in RUNS:
+        t0 = time.perf_counter()
+        final = pretrain(name, args, data, tokenizer, out / "audio_classifier_encoder")
+        results["runs"][name] = {"zero_shot_accuracy": zero_shot_accuracy(final, test), "steps": args.pretrain_steps,
+                                 "seconds": round(time.perf_counter() - t0, 1)}
+    results["seconds"] = round(time.perf_counter() - start, 1)
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    return results
+
+
+def report(results: dict) -> str:
+    lines = [f"speakers {', '.join(results['train_speakers'])} -> held out {results['heldout_speaker']} "
+             f"({results['train_rows']} training / {results['heldout_rows']} held-out recordings; chance "
+             f"{100 * results['chance']:.0f}%)",
+             f"(a) digit classifier: held-out accuracy {100 * results['classifier']['heldout_accuracy']:.1f}% "
+             f"({results['classifier']['epochs']} epochs, {results['classifier']['seconds']} s)",
+             f"{'pre-training run':<20}{'zero-shot audio->text':>23}{'steps':>7}{'seconds':>9}"]
+    for name, entry in results["runs"].items():
+        lines.append(f"{name:<20}{100 * entry['zero_shot_accuracy']:>22.1f}%{entry['steps']:>7}{entry['seconds']:>9}")
+    lines.append(f"total wall time {results['seconds']} s")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--fsdd", default=str(REPO_ROOT.parent / "shared" / "data" / "fsdd"))
+    parser.add_argument("--takes", type=int, default=12, help="training takes per digit and speaker (of 50)")
+    parser.add_argument("--eval_takes", type=int, default=10, help="held-out takes per digit")
+    parser.add_argument("--classifier_epochs", type=int, default=8)
+    parser.add_argument("--classifier_lr", type=float, default=1e-3)
+    parser.add_argument("--pretrain_steps", type=int, default=120)
+    parser.add_argument("--pretrain_lr", type=float, default=5e-4)
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    return parser
+
+
+def main(argv=None) -> dict:
+    args = build_parser().parse_args(argv)
+    for name in ("takes", "eval_takes", "classifier_epochs", "pretrain_steps", "batch_size", "threads"):
+        if getattr(args, name) < 1:
+            raise SystemExit(f"--{name} must be an integer >= 1, got {getattr(args, name)}")
+    if max(args.takes, args.eval_takes) > 50:
+        raise SystemExit("--takes and --eval_takes must be at most 50 (FSDD has 50 takes per digit and speaker)")
+    torch.set_num_threads(args.threads)
+    results = run(args)
+    print(report(results))
+    return results
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
