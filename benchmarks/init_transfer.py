@@ -98,7 +98,7 @@ def train_classifier(train: dict, test: dict, epochs: int, batch_size: int, lr: 
         predicted = model(test["input_features"], test["audio_attention_mask"]).argmax(-1)
     model.encoder.save_pretrained(folder)
     return {"heldout_accuracy": float((predicted == test["labels"]).float().mean()), "epochs": epochs,
-            "train_rows": rows, "last_loss": float(loss)}
+            "train_rows": rows, "last_loss": loss.item()}
 
 
 def write_pretraining_data(rows: list[tuple[Path, int]], folder: Path) -> Path:

@@ -403,6 +403,8 @@ def build_model(args: PretrainArguments, accelerator) -> tuple[OptTriForPreTrain
     VQCodeTargets.check_compatible(model.config, processor, image_tokenizer, audio_tokenizer)
     if args.gradient_checkpointing and not _uses_fsdp(accelerator):  # under FSDP: its own option (_configure_fsdp)
         model.gradient_checkpointing_enable()
+    if args.lora and _uses_fsdp(accelerator):  # the adapters would have to be merged across shards for final/
+        raise ValueError("--lora is not supported under FSDP (its adapters are not merged into sharded weights); use DDP")
     model = apply_tower_options(model, args.freeze, args.lora, args.lora_rank, args.lora_alpha, args.lora_dropout)
     codes = None
     if image_tokenizer is not None or audio_tokenizer is not None:
