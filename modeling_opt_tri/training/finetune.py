@@ -23,9 +23,9 @@ from torch import nn
 from transformers.utils import logging
 
 from ..data.collate import TriModalCollator
-from ..modeling_opt_tri_tuning import TOWER_ATTRIBUTES
 from ..data.decoding import CorruptSampleError
 from ..data.sources import CORRUPT_COLUMN
+from ..modeling_opt_tri_tuning import TOWER_ATTRIBUTES
 from .arguments import (
     HOLDOUT_FRACTION, MAX_STEPS_OR_EPOCHS, PROBABILITY_BELOW_ONE, SEED, CheckedArgumentParser, integer, number,
     string,
@@ -44,6 +44,13 @@ logger = logging.get_logger(__name__)
 
 #: the held-out fraction of a source without a validation split when `--eval_holdout_fraction` is not given
 DEFAULT_HOLDOUT_FRACTION = 0.2
+
+#: `--lora` without towers: adapters on every tower and the cross-modal encoder; only they and the head train
+LORA_EVERYWHERE = "all"
+
+
+def _lora_check(option: str, value: str) -> str | None:
+    return None if value == LORA_EVERYWHERE else rule_check(parse_tower_list)(option, value)
 
 
 def add_dataset_arguments(parser: CheckedArgumentParser) -> None:
@@ -97,14 +104,6 @@ def add_finetune_arguments(parser: CheckedArgumentParser, lr: float = 5e-4, step
     parser.add_argument("--lora_dropout", type=float, default=0.0, rule=PROBABILITY_BELOW_ONE)
     parser.add_argument("--push_to_hub", default=None, rule=string(optional=True),
                         help="repo id to push the fine-tuned model and processor to")
-
-
-#: `--lora` without towers: adapters on every tower and the cross-modal encoder; only they and the head train
-LORA_EVERYWHERE = "all"
-
-
-def _lora_check(option: str, value: str) -> str | None:
-    return None if value == LORA_EVERYWHERE else rule_check(parse_tower_list)(option, value)
 
 
 def dataset_columns(args: argparse.Namespace) -> dict[str, str]:
