@@ -39,7 +39,7 @@ MODALITY_KEYS = {
 MODELING_HELPERS = {
     f"modeling_opt_tri_{part}.py"
     for part in (
-        "outputs", "layers", "inputs", "fusion", "losses", "masking", "phases", "decoders", "generation", "conversion", "hub"
+        "outputs", "layers", "inputs", "fusion", "losses", "masking", "phases", "decoders", "generation", "conversion", "hub", "tuning"
     )
 }
 SAVED_FILES = {"config.json", "model.safetensors", "configuration_opt_tri.py", "modeling_opt_tri.py", "README.md",
