@@ -21,9 +21,14 @@ def main() -> None:
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--rerank", type=int, default=0, metavar="K",
                         help="also report R@K after re-ranking each query's top K by the ITM cross-encoder (0: off)")
+    parser.add_argument("--rerank_similarity_weight", type=float, default=1.0,
+                        help="re-ranking score = ITM log matching probability + this x the dual encoder's logit "
+                             "(0: the ITM head alone)")
     args = parser.parse_args()
     if args.rerank < 0:
         parser.error(f"--rerank must be 0 (off) or a positive shortlist size, got {args.rerank}")
+    if not args.rerank_similarity_weight >= 0:
+        parser.error(f"--rerank_similarity_weight must be a number >= 0, got {args.rerank_similarity_weight}")
     if not 0 <= args.eval_holdout_fraction < 1:
         parser.error(f"--eval_holdout_fraction must be a number >= 0 and < 1, got {args.eval_holdout_fraction}")
     if not os.path.isdir(args.model):
@@ -62,9 +67,12 @@ def main() -> None:
             list(data), batch_size=args.batch_size, collate_fn=TriModalCollator(processor)
         )
         encoded = encode_for_reranking(model, loader)
-        results = reranked_retrieval_metrics(model, encoded, top_k=args.rerank)
+        results = reranked_retrieval_metrics(
+            model, encoded, top_k=args.rerank, similarity_weight=args.rerank_similarity_weight
+        )
         table = format_retrieval_table(results, encoded["text"][0].shape[0])
-        print(table.replace("Retrieval on", f"After ITM re-ranking of the top {args.rerank}: retrieval on", 1))
+        how = f"ITM + {args.rerank_similarity_weight:g} x dual logit" if args.rerank_similarity_weight else "ITM alone"
+        print(table.replace("Retrieval on", f"After re-ranking the top {args.rerank} ({how}): retrieval on", 1))
 
 
 if __name__ == "__main__":

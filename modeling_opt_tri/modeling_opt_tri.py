@@ -1426,6 +1426,48 @@ class OptTriForRetrieval(OptTriPreTrainedModel):
         _, part_g = self.encode(gallery_modality, inputs)
         return self.matching_logits(query_modality, part_q, gallery_modality, part_g).float().softmax(-1)[:, 1]
 
+    def shortlist_scores(
+        self,
+        query_modality: str,
+        query_part: tuple[torch.Tensor, torch.Tensor],
+        candidate_modality: str,
+        candidate_part: tuple[torch.Tensor, torch.Tensor],
+        shortlist: torch.Tensor,
+        similarity: torch.Tensor,
+        similarity_weight: float = 1.0,
+        batch_size: int = 256,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """
+        The second stage's scores of every query's shortlist: `log p(match)` of the cross-encoder (ITM) plus
+        `similarity_weight` times the dual encoder's logit of the pair (`logit_scale * cosine`), the evidence of both
+        stages in one log-space score, as BLIP adds its ITM score to the similarity. `similarity_weight=0` ranks by
+        the cross-encoder alone (ALBEF's re-ranking).
+
+        Args:
+            query_part, candidate_part: `(states (Q|N, n, d), mask (Q|N, n))` from [`~OptTriForRetrieval.encode`].
+            shortlist (`(Q, k)`): candidate indices of each query. similarity (`(Q, N)`): dual-encoder cosines.
+            batch_size: (query, candidate) pairs fused per cross-encoder call.
+
+        Returns: the combined scores `(Q, k)` and the matching probabilities `(Q, k)`.
+        """
+        if similarity_weight < 0:
+            raise ValueError(f"similarity_weight must be >= 0, got {similarity_weight}")
+        q_states, q_mask = query_part
+        c_states, c_mask = candidate_part
+        k = shortlist.shape[1]
+        q_index = torch.arange(shortlist.shape[0], device=shortlist.device).repeat_interleave(k)
+        c_index = shortlist.flatten()
+        log_match = []
+        for start in range(0, q_index.numel(), batch_size):
+            qi, ci = q_index[start : start + batch_size], c_index[start : start + batch_size]
+            logits = self.matching_logits(
+                query_modality, (q_states[qi], q_mask[qi]), candidate_modality, (c_states[ci], c_mask[ci])
+            )
+            log_match.append(logits.float().log_softmax(-1)[:, 1])
+        log_match = torch.cat(log_match).view(-1, k)
+        dual_logits = clamped_logit_scale(self.opt_tri.logit_scale).float() * similarity.float().gather(1, shortlist)
+        return log_match + similarity_weight * dual_logits, log_match.exp()
+
     @torch.no_grad()
     def rerank(
         self,
@@ -1435,10 +1477,12 @@ class OptTriForRetrieval(OptTriPreTrainedModel):
         candidate_modality: str = "image",
         top_k: int = 10,
         batch_size: int = 256,
+        similarity_weight: float = 1.0,
     ) -> OptTriRerankOutput:
         """
-        Retrieve the `top_k` candidates of every query with the dual encoder, then reorder them by the cross-encoder
-        (ITM) matching probability.
+        Retrieve the `top_k` candidates of every query with the dual encoder, then reorder them by
+        [`~OptTriForRetrieval.shortlist_scores`]: the cross-encoder's log matching probability plus `similarity_weight`
+        times the dual encoder's logit (0: the cross-encoder alone).
 
         Args:
             query_inputs: the `Q` queries' model inputs for `query_modality` (e.g. `input_ids`, `attention_mask`).
@@ -1449,25 +1493,17 @@ class OptTriForRetrieval(OptTriPreTrainedModel):
         _check_pair(query_modality, candidate_modality)
         if top_k < 1:
             raise ValueError(f"top_k must be positive, got {top_k}")
-        q_embeds, (q_states, q_mask) = self.encode(query_modality, query_inputs)
-        c_embeds, (c_states, c_mask) = self.encode(candidate_modality, candidate_inputs)
+        q_embeds, q_part = self.encode(query_modality, query_inputs)
+        c_embeds, c_part = self.encode(candidate_modality, candidate_inputs)
         similarity = q_embeds.float() @ c_embeds.float().t()
-        k = min(top_k, similarity.shape[1])
-        shortlist = similarity.topk(k, dim=1).indices  # (Q, k), best first
-        q_index = torch.arange(similarity.shape[0], device=similarity.device).repeat_interleave(k)
-        c_index = shortlist.flatten()
-        scores = []
-        for start in range(0, q_index.numel(), batch_size):
-            qi, ci = q_index[start : start + batch_size], c_index[start : start + batch_size]
-            logits = self.matching_logits(
-                query_modality, (q_states[qi], q_mask[qi]), candidate_modality, (c_states[ci], c_mask[ci])
-            )
-            scores.append(logits.float().softmax(-1)[:, 1])
-        scores = torch.cat(scores).view(-1, k)
+        shortlist = similarity.topk(min(top_k, similarity.shape[1]), dim=1).indices  # (Q, k), best first
+        scores, matching = self.shortlist_scores(
+            query_modality, q_part, candidate_modality, c_part, shortlist, similarity, similarity_weight, batch_size
+        )
         order = scores.argsort(dim=1, descending=True, stable=True)
         return OptTriRerankOutput(
             indices=shortlist.gather(1, order), scores=scores.gather(1, order), retrieval_indices=shortlist,
-            similarity=similarity,
+            similarity=similarity, matching_probabilities=matching.gather(1, order),
         )
 
     def forward(

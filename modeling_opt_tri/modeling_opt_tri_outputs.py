@@ -325,15 +325,18 @@ class OptTriRerankOutput(ModelOutput):
     Output of [`OptTriForRetrieval.rerank`]. `Q` queries, `N` candidates, `k = min(top_k, N)`.
 
     Args:
-        indices (`torch.LongTensor` of shape `(Q, k)`): candidate indices, best first by the cross-encoder (ITM)
-            matching score.
-        scores (`torch.FloatTensor` of shape `(Q, k)`): the ITM matching probability of each of `indices`.
+        indices (`torch.LongTensor` of shape `(Q, k)`): candidate indices, best first by `scores`.
+        scores (`torch.FloatTensor` of shape `(Q, k)`): the re-ranking score of each of `indices`
+            ([`~OptTriForRetrieval.shortlist_scores`]: ITM log matching probability + weighted dual-encoder logit).
         retrieval_indices (`torch.LongTensor` of shape `(Q, k)`): the first-stage shortlist, best first by the
             dual-encoder similarity.
         similarity (`torch.FloatTensor` of shape `(Q, N)`): dual-encoder cosine similarities.
+        matching_probabilities (`torch.FloatTensor` of shape `(Q, k)`): the cross-encoder's (ITM) matching
+            probability of each of `indices`.
     """
 
     indices: torch.LongTensor | None = None
     scores: torch.FloatTensor | None = None
     retrieval_indices: torch.LongTensor | None = None
     similarity: torch.FloatTensor | None = None
+    matching_probabilities: torch.FloatTensor | None = None

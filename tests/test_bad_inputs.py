@@ -252,6 +252,9 @@ def _cli_results() -> dict[str, subprocess.CompletedProcess]:
         "evaluate_missing_model": _evaluate_cli(str(_workdir() / "no_such_model")),
         "evaluate_bert_checkpoint": _evaluate_cli(_bert_dir()),
         "evaluate_negative_rerank": [*_evaluate_cli(str(_workdir() / "no_such_model")), "--rerank", "-1"],
+        "evaluate_negative_rerank_weight": [
+            *_evaluate_cli(str(_workdir() / "no_such_model")), "--rerank", "5", "--rerank_similarity_weight", "-1"
+        ],
     }
     env = dict(
         os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
@@ -557,6 +560,7 @@ CASES: list[tuple[str, Callable[[], Any], Raises | Returns | Warns | Exits]] = [
     _cli("pretrain_bad_itm_rows", r"^ValueError: --itm_rows_per_sample must be 1 or 3 \(or unset\), got 2"),
     _cli("evaluate_missing_model", r"error: --model '.*no_such_model': no such checkpoint folder"),
     _cli("evaluate_negative_rerank", r"error: --rerank must be 0 \(off\) or a positive shortlist size, got -1"),
+    _cli("evaluate_negative_rerank_weight", r"error: --rerank_similarity_weight must be a number >= 0, got -1.0"),
     _cli("evaluate_bert_checkpoint", r"^ValueError: Cannot build OptTriConfig \(model_type 'opt_tri'\) from a config of "
                                      r"model_type 'bert'"),
 ]

@@ -279,17 +279,23 @@ def test_retrieval_similarity_shapes_and_embeddings():
 
 
 def test_rerank_orders_the_shortlist_by_itm_score():
+    """With `similarity_weight=0` the shortlist is ordered by the ITM head alone (ALBEF); by default the score adds
+    the dual encoder's logit to the ITM log-probability (BLIP), and a large weight gives back the dual encoder's order."""
     torch.manual_seed(3)
     model = OptTriForRetrieval(_config()).eval()
     queries = _pick(tiny_batch(4, seed=1), TEXT)
     candidates = _pick(tiny_batch(7, seed=2), IMAGE)
-    out = model.rerank(queries, candidates, "text", "image", top_k=5)
+    out = model.rerank(queries, candidates, "text", "image", top_k=5, similarity_weight=0.0)
+    combined = model.rerank(queries, candidates, "text", "image", top_k=5)
+    dual = model.rerank(queries, candidates, "text", "image", top_k=5, similarity_weight=1e6)
     assert out.indices.shape == out.scores.shape == out.retrieval_indices.shape == (4, 5)
+    assert torch.equal(dual.indices, dual.retrieval_indices)
     with torch.no_grad():
         q = model.get_text_features(**queries).pooler_output
         c = model.get_image_features(**candidates).pooler_output
         torch.testing.assert_close(out.similarity, q @ c.t())
         assert torch.equal(out.retrieval_indices, (q @ c.t()).topk(5, dim=1).indices)
+        scale = model.opt_tri.logit_scale.exp()
         for i in range(4):
             shortlist = out.retrieval_indices[i]
             pairs = {
@@ -303,8 +309,15 @@ def test_rerank_orders_the_shortlist_by_itm_score():
             torch.testing.assert_close(itm, model.itm_head(full).softmax(-1)[:, 1])
             order = itm.argsort(descending=True, stable=True)
             assert torch.equal(out.indices[i], shortlist[order])
-            torch.testing.assert_close(out.scores[i], itm[order])
+            torch.testing.assert_close(out.matching_probabilities[i], itm[order])
+            torch.testing.assert_close(out.scores[i], itm[order].log())
+            score = itm.log() + scale * (q[i] @ c[shortlist].t())
+            order = score.argsort(descending=True, stable=True)
+            assert torch.equal(combined.indices[i], shortlist[order])
+            torch.testing.assert_close(combined.scores[i], score[order])
     assert (out.scores[:, :-1] >= out.scores[:, 1:]).all()
+    with pytest.raises(ValueError, match="similarity_weight"):
+        model.rerank(queries, candidates, "text", "image", top_k=5, similarity_weight=-1.0)
     assert not torch.equal(out.indices, out.retrieval_indices)  # the ITM head did reorder the dual encoder's list
 
 

@@ -127,13 +127,15 @@ def encode_for_reranking(model, dataloader, device=None, progress: bool = True):
 
 @torch.no_grad()
 def reranked_retrieval_metrics(
-    model, encoded, top_k: int = 10, batch_size: int = 256, ks: tuple[int, ...] = (1, 5, 10)
+    model, encoded, top_k: int = 10, batch_size: int = 256, ks: tuple[int, ...] = (1, 5, 10),
+    similarity_weight: float = 1.0,
 ) -> dict[str, dict[str, float]]:
     """
-    R@K in the six directions after re-ranking each query's dual-encoder top-`top_k` by the cross-encoder's ITM
-    matching probability (`OptTriForRetrieval.matching_logits`); `encoded` from `encode_for_reranking`. A true item
-    outside the shortlist counts as a miss at every K <= top_k, so R@top_k is the dual encoder's (up to ties at the
-    shortlist's edge, which `recall_at_k` counts in the query's favour). Only K <= top_k are reported.
+    R@K in the six directions after re-ranking each query's dual-encoder top-`top_k` by
+    `OptTriForRetrieval.shortlist_scores` (the ITM log matching probability plus `similarity_weight` times the dual
+    encoder's logit; 0: ITM alone); `encoded` from `encode_for_reranking`. A true item outside the shortlist counts as
+    a miss at every K <= top_k, so R@top_k is the dual encoder's (up to ties at the shortlist's edge, which
+    `recall_at_k` counts in the query's favour). Only K <= top_k are reported.
     """
     if top_k < 1:
         raise ValueError(f"top_k must be positive, got {top_k}")
@@ -141,20 +143,16 @@ def reranked_retrieval_metrics(
     for query, gallery in DIRECTIONS:
         q_embeds, q_states, q_mask = encoded[query]
         g_embeds, g_states, g_mask = encoded[gallery]
+        similarity = q_embeds @ g_embeds.t()
         k = min(top_k, g_embeds.shape[0])
-        shortlist = (q_embeds @ g_embeds.t()).topk(k, dim=1).indices  # (Q, k)
-        q_index = torch.arange(shortlist.shape[0], device=shortlist.device).repeat_interleave(k)
-        g_index = shortlist.flatten()
-        scores = []
-        for start in range(0, q_index.numel(), batch_size):
-            qi, gi = q_index[start : start + batch_size], g_index[start : start + batch_size]
-            logits = model.matching_logits(query, (q_states[qi], q_mask[qi]), gallery, (g_states[gi], g_mask[gi]))
-            scores.append(logits.float().log_softmax(-1)[:, 1])
-        scores = torch.cat(scores).view(-1, k)
+        shortlist = similarity.topk(k, dim=1).indices  # (Q, k)
+        scores, _ = model.shortlist_scores(
+            query, (q_states, q_mask), gallery, (g_states, g_mask), shortlist, similarity, similarity_weight, batch_size
+        )
         target = torch.arange(shortlist.shape[0], device=shortlist.device)[:, None]
         found = shortlist == target  # (Q, k): where the true item sits in the shortlist, if at all
         true_score = torch.where(found, scores, torch.full_like(scores, float("-inf"))).amax(1, keepdim=True)
-        # rank among the shortlist = shortlisted items the cross-encoder scores strictly higher (ties favour the query)
+        # rank among the shortlist = shortlisted items scored strictly higher (ties favour the query)
         rank = torch.where(found.any(1), (scores > true_score).sum(1), torch.full_like(found[:, 0], k, dtype=torch.long))
         results[f"{query}->{gallery}"] = {f"R@{K}": float((rank < K).float().mean()) for K in ks if K <= k}
     return results
