@@ -132,3 +132,28 @@ def test_init_transfer_benchmark_smoke(tmp_path, capsys):
     frozen = load_file(tmp_path / "out" / "frozen" / "final" / "model.safetensors")
     for name, tensor in saved.items():  # --init_audio + --freeze audio: the tower is the classifier's encoder
         assert torch.equal(frozen[f"opt_tri.audio_model.{name}"], tensor), name
+
+
+def test_diagnose_objectives_figures():
+    """The recipe diagnosis: per-group shares of two objectives sum to 1, the cosine with the contrastive gradient is
+    computed per group, and the clipping figures follow from the summed gradient's norm."""
+    import torch
+
+    diagnose = _load(BENCHMARKS / "diagnose_objectives.py", "diagnose_objectives_benchmark")
+    assert diagnose.group_of("opt_tri.audio_model.encoder.layer.0.mlp.fc1.weight") == "audio"
+    assert diagnose.group_of("opt_tri.fusion_encoder.layer.0.attention.q.weight") == "cross-modal"
+    assert diagnose.group_of("mac_head.dense.weight") == "heads"
+    grads = {
+        "contrastive": {"text": torch.tensor([3.0, 0.0]), "audio": torch.tensor([0.0, 1.0])},
+        "mac": {"text": torch.tensor([0.0, 0.0]), "audio": torch.tensor([0.0, -3.0])},
+    }
+    report = diagnose.gradient_report(grads, max_grad_norm=1.0)
+    assert report["share"]["contrastive"]["audio"] == pytest.approx(0.25)
+    assert report["share"]["mac"]["audio"] == pytest.approx(0.75)
+    assert report["cos_contrastive"]["mac"]["audio"] == pytest.approx(-1.0)
+    # summed gradient (3, 0, 0, -2): norm sqrt(13); contrastive alone (3, 0, 0, 1): norm sqrt(10), clipped to 1
+    assert report["total_norm"] == pytest.approx(13 ** 0.5)
+    assert report["clip_factor"] == pytest.approx(1 / 13 ** 0.5)
+    assert report["contrastive_update_full"] == pytest.approx((10 / 13) ** 0.5)
+    assert report["contrastive_update_alone"] == pytest.approx(1.0)
+    assert diagnose.mean_of([{"a": 1.0, "b": None}, {"a": 3.0, "b": 2.0}]) == {"a": 2.0, "b": None}
