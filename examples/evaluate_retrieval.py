@@ -24,6 +24,8 @@ def main() -> None:
     parser.add_argument("--rerank_similarity_weight", type=float, default=1.0,
                         help="re-ranking score = ITM log matching probability + this x the dual encoder's logit "
                              "(0: the ITM head alone)")
+    parser.add_argument("--output_json", default=None,
+                        help="also write the tables as JSON here ({'split', 'dual', 'reranked'})")
     args = parser.parse_args()
     if args.rerank < 0:
         parser.error(f"--rerank must be 0 (off) or a positive shortlist size, got {args.rerank}")
@@ -50,7 +52,7 @@ def main() -> None:
     # with --rerank, one retrieval model (its ITM head loads from a pre-training checkpoint) serves both tables
     model = (OptTriForRetrieval if args.rerank else OptTriModel).from_pretrained(args.model).eval()
     processor = OptTriProcessor.from_pretrained(args.model)
-    evaluate_retrieval(model, processor, settings, plan)
+    tables = {"split": plan.name(), "dual": evaluate_retrieval(model, processor, settings, plan), "reranked": None}
     if args.rerank:
         import torch
 
@@ -73,6 +75,12 @@ def main() -> None:
         table = format_retrieval_table(results, encoded["text"][0].shape[0])
         how = f"ITM + {args.rerank_similarity_weight:g} x dual logit" if args.rerank_similarity_weight else "ITM alone"
         print(table.replace("Retrieval on", f"After re-ranking the top {args.rerank} ({how}): retrieval on", 1))
+        tables["reranked"] = results
+    if args.output_json:
+        import json
+
+        with open(args.output_json, "w") as handle:
+            json.dump(tables, handle, indent=1)
 
 
 if __name__ == "__main__":

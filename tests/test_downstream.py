@@ -253,6 +253,28 @@ def test_reranked_retrieval_evaluation():
 
 
 
+def test_retrieval_evaluation_of_bimodal_data():
+    """Audio-text data (no image column, as FSDD) is evaluated in its two directions, by the dual encoder and after
+    re-ranking; rows without one of the evaluated modalities are left out; one modality alone is a clear error."""
+    from modeling_opt_tri.training.evaluation import (
+        embed_batches, encode_for_reranking, reranked_retrieval_metrics, retrieval_metrics,
+    )
+
+    torch.manual_seed(0)
+    model = OptTriForRetrieval(_config()).eval()
+    first, second = _pick(tiny_batch(4, seed=1), TEXT, AUDIO), _pick(tiny_batch(3, seed=2), TEXT, AUDIO)
+    second["audio_attention_mask"][1] = 0  # this row has no audio
+    embeddings = embed_batches(model, [first, second], progress=False)
+    assert sorted(embeddings) == ["audio", "text"] and embeddings["text"].shape[0] == 6
+    assert list(retrieval_metrics(embeddings)) == ["text->audio", "audio->text"]
+    encoded = encode_for_reranking(model, [first, second], progress=False)
+    assert sorted(encoded) == ["audio", "text"] and encoded["audio"][1].shape[0] == 6
+    torch.testing.assert_close(encoded["text"][0], embeddings["text"])
+    assert list(reranked_retrieval_metrics(model, encoded, top_k=3)) == ["text->audio", "audio->text"]
+    with pytest.raises(ValueError, match="retrieval needs two modalities"):
+        embed_batches(model, [_pick(first, TEXT)], progress=False)
+
+
 def test_retrieval_similarity_shapes_and_embeddings():
     b = tiny_batch(5)
     model = OptTriForRetrieval(_config()).eval()

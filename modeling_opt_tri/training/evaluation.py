@@ -16,34 +16,72 @@ DIRECTIONS = (
 )
 
 
+def present_rows(batch: dict) -> dict[str, torch.Tensor]:
+    """`(B,)` bool per modality whose inputs the batch holds: the rows that have it."""
+    present = {}
+    if "input_ids" in batch:
+        present["text"] = batch["attention_mask"].bool().any(1)
+    if "pixel_values" in batch:
+        present["image"] = batch["image_mask"].bool()
+    if "input_features" in batch:
+        present["audio"] = batch["audio_attention_mask"].bool().any(1)
+    return present
+
+
+def complete_rows(chunks: list[tuple[dict[str, torch.Tensor], dict]]) -> tuple[list[str], list[dict]]:
+    """
+    The evaluated modalities (every modality some row has, in the order text, image, audio; at least two) and, per
+    batch, its values restricted to the rows that have all of them. `chunks`: per batch, its `present_rows` and a
+    dict of per-modality values `(B, ...)` (or tuples of them).
+    """
+    modalities = [m for m in ("text", "image", "audio") if any(m in present and present[m].any() for present, _ in chunks)]
+    if len(modalities) < 2:
+        raise ValueError(f"The evaluation rows have only {modalities or 'no modality'}: retrieval needs two modalities")
+    kept = []
+    for present, values in chunks:
+        if not all(m in present for m in modalities):
+            continue
+        keep = torch.stack([present[m] for m in modalities]).all(0)
+        if keep.any():
+            pick = lambda v: tuple(x[keep.to(x.device)] for x in v) if isinstance(v, tuple) else v[keep.to(v.device)]  # noqa: E731
+            kept.append({m: pick(values[m]) for m in modalities})
+    if not kept:
+        raise ValueError(f"No evaluation row has all of {', '.join(modalities)}: retrieval cannot be evaluated")
+    return modalities, kept
+
+
 @torch.no_grad()
 def embed_batches(model, dataloader, device=None, progress: bool = True) -> dict[str, torch.Tensor]:
     """
-    Projected, normalised embeddings `(N, projection_dim)` per modality for the rows that have all three modalities.
+    Projected, normalised embeddings `(N, projection_dim)` per modality for the rows that have every modality of the
+    evaluation data (all three, or the two of a bimodal dataset such as audio-text; see `complete_rows`).
     `model` is an `OptTriModel` or any OPT-Tri head (its `base_model` is used).
     """
     base = model.base_model
     was_training = base.training
     base.eval()
     device = device or next(base.parameters()).device
-    chunks: dict[str, list[torch.Tensor]] = {"text": [], "image": [], "audio": []}
+    chunks = []
     for batch in tqdm(dataloader, desc="embedding", disable=not progress, leave=False):
-        if "input_ids" not in batch or "pixel_values" not in batch or "input_features" not in batch:
-            continue
         batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-        keep = batch["attention_mask"].bool().any(1) & batch["image_mask"].bool() & batch["audio_attention_mask"].bool().any(1)
-        if not keep.any():
-            continue
-        chunks["text"].append(base.get_text_features(batch["input_ids"][keep], batch["attention_mask"][keep]).pooler_output.float().cpu())
-        chunks["image"].append(base.get_image_features(batch["pixel_values"][keep]).pooler_output.float().cpu())
-        chunks["audio"].append(
-            base.get_audio_features(batch["input_features"][keep], batch["audio_attention_mask"][keep]).pooler_output.float().cpu()
-        )
+        present = present_rows(batch)
+        values = {}
+        if "text" in present:
+            values["text"] = base.get_text_features(batch["input_ids"], batch["attention_mask"]).pooler_output
+        if "image" in present:
+            values["image"] = base.get_image_features(batch["pixel_values"]).pooler_output
+        if "audio" in present:
+            values["audio"] = base.get_audio_features(batch["input_features"], batch["audio_attention_mask"]).pooler_output
+        chunks.append((present, {m: v.float().cpu() for m, v in values.items()}))
     if was_training:
         base.train()
-    if not chunks["text"]:
-        raise ValueError("No evaluation row has all of text, image and audio: retrieval cannot be evaluated")
-    return {name: torch.cat(parts) for name, parts in chunks.items()}
+    modalities, kept = complete_rows(chunks)
+    return {m: torch.cat([values[m] for values in kept]) for m in modalities}
+
+
+def directions(per_modality: dict) -> list[tuple[str, str]]:
+    """The retrieval directions between the modalities that `per_modality` holds."""
+    return [(q, g) for q, g in DIRECTIONS if q in per_modality and g in per_modality]
 
 
 def recall_at_k(similarity: torch.Tensor, ks: tuple[int, ...] = (1, 5, 10)) -> dict[str, float]:
@@ -57,9 +95,10 @@ def recall_at_k(similarity: torch.Tensor, ks: tuple[int, ...] = (1, 5, 10)) -> d
 
 
 def retrieval_metrics(embeddings: dict[str, torch.Tensor], ks: tuple[int, ...] = (1, 5, 10)) -> dict[str, dict[str, float]]:
-    """`{"text->image": {"R@1": ..., ...}, ...}` for the six directions."""
+    """`{"text->image": {"R@1": ..., ...}, ...}` for the directions between the modalities of `embeddings` (six for
+    three modalities)."""
     results = {}
-    for query, gallery in DIRECTIONS:
+    for query, gallery in directions(embeddings):
         similarity = embeddings[query] @ embeddings[gallery].t()
         results[f"{query}->{gallery}"] = recall_at_k(similarity, ks)
     return results
@@ -92,35 +131,33 @@ def _pad_cat(parts: list[torch.Tensor], length: int) -> torch.Tensor:
 def encode_for_reranking(model, dataloader, device=None, progress: bool = True):
     """
     For an `OptTriForRetrieval`: per modality, the embeddings `(N, projection_dim)` and the unimodal states and
-    masks `(N, L, d)` / `(N, L)` (padded to the longest row) of the rows that have all three modalities. Every
-    row's states stay on the model's device (e.g. 5,000 base-size images: 197 x 768 floats each, about 3 GB), which
-    suits held-out splits of a few thousand rows.
+    masks `(N, L, d)` / `(N, L)` (padded to the longest row) of the rows that have every modality of the evaluation
+    data (`complete_rows`). Every row's states stay on the model's device (e.g. 5,000 base-size images: 197 x 768
+    floats each, about 3 GB), which suits held-out splits of a few thousand rows.
     """
     was_training = model.training
     model.eval()
     device = device or next(model.parameters()).device
-    chunks: dict[str, dict[str, list[torch.Tensor]]] = {m: {"embeds": [], "states": [], "mask": []} for m in _INPUT_KEYS}
+    chunks = []
     for batch in tqdm(dataloader, desc="encoding", disable=not progress, leave=False):
-        if "input_ids" not in batch or "pixel_values" not in batch or "input_features" not in batch:
-            continue
-        keep = batch["attention_mask"].bool().any(1) & batch["image_mask"].bool() & batch["audio_attention_mask"].bool().any(1)
-        if not keep.any():
-            continue
-        for modality, keys in _INPUT_KEYS.items():
-            inputs = {k: batch[k][keep].to(device) for k in keys if k in batch}
+        present = {m: rows.to(device) for m, rows in present_rows(batch).items()}
+        values = {}
+        for modality in present:
+            inputs = {k: batch[k].to(device) for k in _INPUT_KEYS[modality] if k in batch}
             embeds, (states, mask) = model.encode(modality, inputs)
-            chunks[modality]["embeds"].append(embeds.float())
-            chunks[modality]["states"].append(states)
-            chunks[modality]["mask"].append(mask)
+            values[modality] = (embeds.float(), states, mask)
+        chunks.append((present, values))
     if was_training:
         model.train()
-    if not chunks["text"]["embeds"]:
-        raise ValueError("No evaluation row has all of text, image and audio: retrieval cannot be evaluated")
+    modalities, kept = complete_rows(chunks)
     encoded = {}
-    for modality, parts in chunks.items():
-        length = max(s.shape[1] for s in parts["states"])
+    for modality in modalities:
+        parts = [values[modality] for values in kept]
+        length = max(states.shape[1] for _, states, _ in parts)
         encoded[modality] = (
-            torch.cat(parts["embeds"]), _pad_cat(parts["states"], length), _pad_cat(parts["mask"], length)
+            torch.cat([embeds for embeds, _, _ in parts]),
+            _pad_cat([states for _, states, _ in parts], length),
+            _pad_cat([mask for _, _, mask in parts], length),
         )
     return encoded
 
@@ -131,7 +168,7 @@ def reranked_retrieval_metrics(
     similarity_weight: float = 1.0,
 ) -> dict[str, dict[str, float]]:
     """
-    R@K in the six directions after re-ranking each query's dual-encoder top-`top_k` by
+    R@K in the directions between the encoded modalities after re-ranking each query's dual-encoder top-`top_k` by
     `OptTriForRetrieval.shortlist_scores` (the ITM log matching probability plus `similarity_weight` times the dual
     encoder's logit; 0: ITM alone); `encoded` from `encode_for_reranking`. A true item outside the shortlist counts as
     a miss at every K <= top_k, so R@top_k is the dual encoder's (up to ties at the shortlist's edge, which
@@ -140,7 +177,7 @@ def reranked_retrieval_metrics(
     if top_k < 1:
         raise ValueError(f"top_k must be positive, got {top_k}")
     results = {}
-    for query, gallery in DIRECTIONS:
+    for query, gallery in directions(encoded):
         q_embeds, q_states, q_mask = encoded[query]
         g_embeds, g_states, g_mask = encoded[gallery]
         similarity = q_embeds @ g_embeds.t()
