@@ -157,3 +157,47 @@ def test_diagnose_objectives_figures():
     assert report["contrastive_update_full"] == pytest.approx((10 / 13) ** 0.5)
     assert report["contrastive_update_alone"] == pytest.approx(1.0)
     assert diagnose.mean_of([{"a": 1.0, "b": None}, {"a": 3.0, "b": 2.0}]) == {"a": 2.0, "b": None}
+
+
+def test_ablation_variants_and_table():
+    """Each variant removes exactly one objective family from the default weights; the table leaves out columns
+    no variant measured and prints '-' where a variant has no figure (no re-ranker without ITM)."""
+    ablation = _load(BENCHMARKS / "ablation.py", "ablation_benchmark")
+    default = {"mlm": 1.0, "mac": 1.0, "dtr": 1.0, "contrastive": 1.0, "itm": 1.0, "wra": 0.1, "dir": 0.0}
+    assert ablation.variant_objectives(default, "default") == {k: v for k, v in default.items() if v > 0}
+    assert ablation.variant_objectives(default, "no_token_level") == {"dtr": 1.0, "contrastive": 1.0, "itm": 1.0, "wra": 0.1}
+    assert ablation.variant_objectives(default, "no_modality_level") == {
+        "mlm": 1.0, "mac": 1.0, "contrastive": 1.0, "itm": 1.0, "wra": 0.1}
+    assert ablation.variant_objectives(default, "no_sample_level") == {"mlm": 1.0, "mac": 1.0, "dtr": 1.0}
+    assert ablation.variant_objectives(default, "contrastive_only") == {"contrastive": 1.0}
+    with pytest.raises(ValueError, match="unknown variant"):
+        ablation.variant_objectives(default, "no_such_family")
+    table = ablation.format_table([
+        {"variant": "default", "steps": 10, "pretrain_seconds": 12.0, "mean_r1_dual": 0.25, "mean_r1_reranked": 0.3},
+        {"variant": "contrastive_only", "steps": 10, "pretrain_seconds": 7.0, "mean_r1_dual": 0.2, "mean_r1_reranked": None},
+    ])
+    assert table.splitlines()[0] == "variant | steps | pretrain_seconds | mean_r1_dual | mean_r1_reranked"
+    assert table.splitlines()[2] == "default | 10 | 12 | 25.0% | 30.0%"
+    assert table.splitlines()[3].endswith("20.0% | -")
+
+
+@pytest.mark.slow
+def test_ablation_runs_end_to_end(tmp_path):
+    """One variant through pre-training and evaluation with re-ranking (a few steps, tiny data)."""
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "ablation"
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "ablation.py"), "--output_dir", str(out), "--max_steps", "2",
+         "--variants", "no_modality_level", "--finetune", "none", "--rerank", "3",
+         "--pretrain_args", "--train_rows 32 --eval_rows 16 --batch_size 8 --save_steps 0 --num_workers 0",
+         "--evaluate_args", "--eval_rows 16"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    (row,) = json.loads((out / "ablation.json").read_text())
+    assert row["variant"] == "no_modality_level" and "dtr" not in row["objectives"] and "itm" in row["objectives"]
+    assert 0.0 <= row["mean_r1_dual"] <= 1.0 and row["mean_r1_reranked"] is not None
+    assert "no_modality_level | 2 |" in done.stdout
