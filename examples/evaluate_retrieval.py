@@ -24,6 +24,9 @@ def main() -> None:
     parser.add_argument("--rerank_similarity_weight", type=float, default=1.0,
                         help="re-ranking score = ITM log matching probability + this x the dual encoder's logit "
                              "(0: the ITM head alone)")
+    parser.add_argument("--match", choices=["row", "text"], default="row",
+                        help="'row': a query's own row is its match; 'text': any row with the same text matches "
+                             "(class-level, e.g. spoken digits with the digit's name as text; not with --rerank)")
     parser.add_argument("--output_json", default=None,
                         help="also write the tables as JSON here ({'split', 'dual', 'reranked'})")
     args = parser.parse_args()
@@ -31,6 +34,8 @@ def main() -> None:
         parser.error(f"--rerank must be 0 (off) or a positive shortlist size, got {args.rerank}")
     if not args.rerank_similarity_weight >= 0:
         parser.error(f"--rerank_similarity_weight must be a number >= 0, got {args.rerank_similarity_weight}")
+    if args.rerank and args.match != "row":
+        parser.error("--rerank scores each query's own row: use it with --match row")
     if not 0 <= args.eval_holdout_fraction < 1:
         parser.error(f"--eval_holdout_fraction must be a number >= 0 and < 1, got {args.eval_holdout_fraction}")
     if not os.path.isdir(args.model):
@@ -52,7 +57,7 @@ def main() -> None:
     # with --rerank, one retrieval model (its ITM head loads from a pre-training checkpoint) serves both tables
     model = (OptTriForRetrieval if args.rerank else OptTriModel).from_pretrained(args.model).eval()
     processor = OptTriProcessor.from_pretrained(args.model)
-    tables = {"split": plan.name(), "dual": evaluate_retrieval(model, processor, settings, plan), "reranked": None}
+    tables = {"split": plan.name(), "dual": evaluate_retrieval(model, processor, settings, plan, args.match), "reranked": None}
     if args.rerank:
         import torch
 
@@ -72,7 +77,7 @@ def main() -> None:
         results = reranked_retrieval_metrics(
             model, encoded, top_k=args.rerank, similarity_weight=args.rerank_similarity_weight
         )
-        table = format_retrieval_table(results, encoded["text"][0].shape[0])
+        table = format_retrieval_table(results, next(iter(encoded.values()))[0].shape[0])
         how = f"ITM + {args.rerank_similarity_weight:g} x dual logit" if args.rerank_similarity_weight else "ITM alone"
         print(table.replace("Retrieval on", f"After re-ranking the top {args.rerank} ({how}): retrieval on", 1))
         tables["reranked"] = results

@@ -265,7 +265,7 @@ def test_retrieval_evaluation_of_bimodal_data():
     first, second = _pick(tiny_batch(4, seed=1), TEXT, AUDIO), _pick(tiny_batch(3, seed=2), TEXT, AUDIO)
     second["audio_attention_mask"][1] = 0  # this row has no audio
     embeddings = embed_batches(model, [first, second], progress=False)
-    assert sorted(embeddings) == ["audio", "text"] and embeddings["text"].shape[0] == 6
+    assert sorted(embeddings) == ["audio", "text", "text_groups"] and embeddings["text"].shape[0] == 6
     assert list(retrieval_metrics(embeddings)) == ["text->audio", "audio->text"]
     encoded = encode_for_reranking(model, [first, second], progress=False)
     assert sorted(encoded) == ["audio", "text"] and encoded["audio"][1].shape[0] == 6
@@ -273,6 +273,28 @@ def test_retrieval_evaluation_of_bimodal_data():
     assert list(reranked_retrieval_metrics(model, encoded, top_k=3)) == ["text->audio", "audio->text"]
     with pytest.raises(ValueError, match="retrieval needs two modalities"):
         embed_batches(model, [_pick(first, TEXT)], progress=False)
+
+
+def test_class_level_retrieval_counts_any_row_with_the_same_text():
+    """`match="text"`: a query hits when the best-scored gallery item has its text (spoken digits: ten texts), while
+    `match="row"` wants the query's own row; the texts are grouped across batches by their token ids."""
+    from modeling_opt_tri.training.evaluation import embed_batches, recall_at_k, retrieval_metrics
+
+    similarity = torch.tensor([[0.1, 0.9, 0.0], [0.2, 0.1, 0.0], [0.0, 0.5, 0.4]])
+    same = torch.tensor([[1, 1, 0], [1, 1, 0], [0, 0, 1]], dtype=torch.bool)
+    assert recall_at_k(similarity, (1, 2)) == {"R@1": 0.0, "R@2": 1.0}
+    assert recall_at_k(similarity, (1, 2), same) == {"R@1": pytest.approx(2 / 3), "R@2": 1.0}
+    torch.manual_seed(0)
+    model = OptTriForRetrieval(_config()).eval()
+    first, second = _pick(tiny_batch(3, seed=1), TEXT, AUDIO), _pick(tiny_batch(3, seed=2), TEXT, AUDIO)
+    second["input_ids"][0], second["attention_mask"][0] = first["input_ids"][2], first["attention_mask"][2]
+    embeddings = embed_batches(model, [first, second], progress=False)
+    assert embeddings["text_groups"].tolist()[2] == embeddings["text_groups"].tolist()[3]
+    assert len(set(embeddings["text_groups"].tolist())) == 5
+    by_row, by_text = retrieval_metrics(embeddings, (1,)), retrieval_metrics(embeddings, (1,), match="text")
+    assert all(by_text[d]["R@1"] >= by_row[d]["R@1"] for d in by_row)
+    with pytest.raises(ValueError, match="match must be"):
+        retrieval_metrics(embeddings, match="class")
 
 
 def test_retrieval_similarity_shapes_and_embeddings():

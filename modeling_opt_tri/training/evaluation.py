@@ -28,11 +28,11 @@ def present_rows(batch: dict) -> dict[str, torch.Tensor]:
     return present
 
 
-def complete_rows(chunks: list[tuple[dict[str, torch.Tensor], dict]]) -> tuple[list[str], list[dict]]:
+def complete_rows(chunks: list[tuple[dict[str, torch.Tensor], dict]], extra: tuple[str, ...] = ()) -> tuple[list[str], list[dict]]:
     """
     The evaluated modalities (every modality some row has, in the order text, image, audio; at least two) and, per
     batch, its values restricted to the rows that have all of them. `chunks`: per batch, its `present_rows` and a
-    dict of per-modality values `(B, ...)` (or tuples of them).
+    dict of per-modality values `(B, ...)` (or tuples of them), plus the `extra` per-row values it holds.
     """
     modalities = [m for m in ("text", "image", "audio") if any(m in present and present[m].any() for present, _ in chunks)]
     if len(modalities) < 2:
@@ -44,7 +44,7 @@ def complete_rows(chunks: list[tuple[dict[str, torch.Tensor], dict]]) -> tuple[l
         keep = torch.stack([present[m] for m in modalities]).all(0)
         if keep.any():
             pick = lambda v: tuple(x[keep.to(x.device)] for x in v) if isinstance(v, tuple) else v[keep.to(v.device)]  # noqa: E731
-            kept.append({m: pick(values[m]) for m in modalities})
+            kept.append({m: pick(values[m]) for m in (*modalities, *extra) if m in values})
     if not kept:
         raise ValueError(f"No evaluation row has all of {', '.join(modalities)}: retrieval cannot be evaluated")
     return modalities, kept
@@ -61,22 +61,29 @@ def embed_batches(model, dataloader, device=None, progress: bool = True) -> dict
     was_training = base.training
     base.eval()
     device = device or next(base.parameters()).device
-    chunks = []
+    chunks, texts = [], {}
     for batch in tqdm(dataloader, desc="embedding", disable=not progress, leave=False):
         batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
         present = present_rows(batch)
         values = {}
         if "text" in present:
             values["text"] = base.get_text_features(batch["input_ids"], batch["attention_mask"]).pooler_output
+            values["text_groups"] = _text_groups(batch, texts)
         if "image" in present:
             values["image"] = base.get_image_features(batch["pixel_values"]).pooler_output
         if "audio" in present:
             values["audio"] = base.get_audio_features(batch["input_features"], batch["audio_attention_mask"]).pooler_output
-        chunks.append((present, {m: v.float().cpu() for m, v in values.items()}))
+        chunks.append((present, {m: v.cpu() if m == "text_groups" else v.float().cpu() for m, v in values.items()}))
     if was_training:
         base.train()
-    modalities, kept = complete_rows(chunks)
-    return {m: torch.cat([values[m] for values in kept]) for m in modalities}
+    modalities, kept = complete_rows(chunks, extra=("text_groups",))
+    return {m: torch.cat([values[m] for values in kept]) for m in modalities + [k for k in ("text_groups",) if k in kept[0]]}
+
+
+def _text_groups(batch: dict, seen: dict[tuple, int]) -> torch.Tensor:
+    """`(B,)` an id per distinct text (its token ids under the mask), numbered across batches in `seen`."""
+    ids = [tuple(row[mask.bool()].tolist()) for row, mask in zip(batch["input_ids"], batch["attention_mask"])]
+    return torch.tensor([seen.setdefault(key, len(seen)) for key in ids], dtype=torch.long)
 
 
 def directions(per_modality: dict) -> list[tuple[str, str]]:
@@ -84,30 +91,55 @@ def directions(per_modality: dict) -> list[tuple[str, str]]:
     return [(q, g) for q, g in DIRECTIONS if q in per_modality and g in per_modality]
 
 
-def recall_at_k(similarity: torch.Tensor, ks: tuple[int, ...] = (1, 5, 10)) -> dict[str, float]:
-    """Recall@K for queries (rows) against a gallery (columns) where query i matches gallery item i."""
+def recall_at_k(
+    similarity: torch.Tensor, ks: tuple[int, ...] = (1, 5, 10), positives: torch.Tensor | None = None
+) -> dict[str, float]:
+    """Recall@K for queries (rows) against a gallery (columns): query i matches gallery item i, or, given
+    `positives (N, N)` bool, every item j with `positives[i, j]` (class-level matching; the diagonal must be set)."""
     if similarity.ndim != 2 or similarity.shape[0] != similarity.shape[1]:
         raise ValueError(f"similarity must be a square (N, N) matrix, got {tuple(similarity.shape)}")
-    target = similarity.diagonal()[:, None]
+    if positives is None:
+        target = similarity.diagonal()[:, None]
+    else:
+        target = similarity.masked_fill(~positives, float("-inf")).amax(1, keepdim=True)  # the best-scored match
     # rank = number of gallery items scoring strictly higher than the true one (ties count in the query's favour)
     rank = (similarity > target).sum(1)
     return {f"R@{k}": float((rank < k).float().mean()) for k in ks}
 
 
-def retrieval_metrics(embeddings: dict[str, torch.Tensor], ks: tuple[int, ...] = (1, 5, 10)) -> dict[str, dict[str, float]]:
+def same_text(embeddings: dict[str, torch.Tensor]) -> torch.Tensor:
+    """`(N, N)` bool: rows i and j have the same text (`embeddings["text_groups"]` from `embed_batches`)."""
+    groups = embeddings.get("text_groups")
+    if groups is None:
+        raise ValueError("matching by text needs the evaluation rows' text")
+    return groups[:, None] == groups[None, :]
+
+
+def retrieval_metrics(
+    embeddings: dict[str, torch.Tensor], ks: tuple[int, ...] = (1, 5, 10), match: str = "row"
+) -> dict[str, dict[str, float]]:
     """`{"text->image": {"R@1": ..., ...}, ...}` for the directions between the modalities of `embeddings` (six for
-    three modalities)."""
+    three modalities). `match="row"`: a query's own row is its one match; `match="text"`: every row with the same
+    text matches (class-level, e.g. spoken digits whose text is the digit's name)."""
+    if match not in ("row", "text"):
+        raise ValueError(f"match must be 'row' or 'text', got {match!r}")
+    positives = same_text(embeddings) if match == "text" else None
     results = {}
     for query, gallery in directions(embeddings):
         similarity = embeddings[query] @ embeddings[gallery].t()
-        results[f"{query}->{gallery}"] = recall_at_k(similarity, ks)
+        results[f"{query}->{gallery}"] = recall_at_k(similarity, ks, positives)
     return results
 
 
-def format_retrieval_table(results: dict[str, dict[str, float]], num_items: int, split: str | None = None) -> str:
+def format_retrieval_table(
+    results: dict[str, dict[str, float]], num_items: int, split: str | None = None, match: str = "row"
+) -> str:
     ks = list(next(iter(results.values())).keys())
     where = f"of split {split}" if split else "held-out"
-    lines = [f"Retrieval on {num_items} {where} items (chance R@1 = {100.0 / num_items:.2f}%)"]
+    if match == "text":
+        lines = [f"Class-level retrieval on {num_items} {where} items (a hit: any item with the query's text)"]
+    else:
+        lines = [f"Retrieval on {num_items} {where} items (chance R@1 = {100.0 / num_items:.2f}%)"]
     lines.append(f"{'direction':<16}" + "".join(f"{k:>9}" for k in ks))
     for direction, values in results.items():
         lines.append(f"{direction:<16}" + "".join(f"{100 * values[k]:>8.1f}%" for k in ks))

@@ -1186,8 +1186,9 @@ def plot_loss_curves(history_path: Path, out_path: Path) -> Path:
     return out_path
 
 
-def evaluate_retrieval(model, processor, args: PretrainArguments, plan=None) -> dict[str, dict[str, float]]:
-    """Embed the evaluation rows (never training rows, see `plan_data`) and print R@1/5/10 for the six directions."""
+def evaluate_retrieval(model, processor, args: PretrainArguments, plan=None, match: str = "row") -> dict[str, dict[str, float]]:
+    """Embed the evaluation rows (never training rows, see `plan_data`) and print R@1/5/10 for the directions between
+    their modalities (six for tri-modal data); `match` as in `retrieval_metrics`."""
     plan = plan or plan_data(args)
     data = load_evaluation_rows(args, plan)
     if not hasattr(data, "__len__"):
@@ -1196,6 +1197,7 @@ def evaluate_retrieval(model, processor, args: PretrainArguments, plan=None) -> 
         data, batch_size=args.eval_batch_size, collate_fn=TriModalCollator(processor), num_workers=args.num_workers
     )
     embeddings = embed_batches(model, loader, progress=args.progress)
-    results = retrieval_metrics(embeddings)
-    print(format_retrieval_table(results, embeddings["text"].shape[0], split=plan.name()), flush=True)
+    results = retrieval_metrics(embeddings, match=match)
+    items = next(embeddings[m] for m in ("text", "image", "audio") if m in embeddings).shape[0]
+    print(format_retrieval_table(results, items, split=plan.name(), match=match), flush=True)
     return results
