@@ -664,3 +664,24 @@ def test_a_run_without_an_evaluation_split_skips_the_table_and_says_why(folder, 
     assert "the retrieval table is skipped" in printed and "Retrieval on" not in printed
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["evaluation_skipped"] == summary["evaluation_skipped"]
     assert summary["evaluation_skipped"] in (tmp_path / "run" / "final" / "README.md").read_text()  # the model card
+
+
+def test_fsdd_folder_holds_out_speakers(tmp_path):
+    """`processing/build_fsdd.py`'s folder: the validation split is exactly the held-out speaker's recordings, the
+    text is the digit's name, the audio decodes from the linked recordings, and bad speakers are refused."""
+    from modeling_opt_tri.data.fsdd import DIGIT_WORDS, write_fsdd_folder
+    from modeling_opt_tri.data.folder import load_metadata_folder
+
+    fsdd = require_fsdd()
+    counts = write_fsdd_folder(fsdd, tmp_path / "digits", ("lucas",), takes=2)
+    assert counts == {"train": 5 * 10 * 2, "validation": 10 * 2}
+    validation = load_metadata_folder(tmp_path / "digits", split="validation")
+    train = load_metadata_folder(tmp_path / "digits", split="train")
+    assert all("_lucas_" in Path(p).name for p in validation["audio"])
+    assert not any("_lucas_" in Path(p).name for p in train["audio"])
+    assert [DIGIT_WORDS[int(Path(p).name[0])] for p in train["audio"]] == train["text"]
+    assert (tmp_path / "digits" / "train" / "recordings").is_symlink()
+    with pytest.raises(ValueError, match="some, not all"):
+        write_fsdd_folder(fsdd, tmp_path / "bad", ("nobody",))
+    with pytest.raises(FileNotFoundError, match="expected the FSDD folder"):
+        write_fsdd_folder(tmp_path, tmp_path / "bad")

@@ -293,6 +293,13 @@ def test_class_level_retrieval_counts_any_row_with_the_same_text():
     assert len(set(embeddings["text_groups"].tolist())) == 5
     by_row, by_text = retrieval_metrics(embeddings, (1,)), retrieval_metrics(embeddings, (1,), match="text")
     assert all(by_text[d]["R@1"] >= by_row[d]["R@1"] for d in by_row)
+    # audio -> text is classification over the 5 distinct texts
+    groups = embeddings["text_groups"]
+    distinct = [groups.tolist().index(g) for g in sorted(set(groups.tolist()))]
+    predicted = groups[distinct][(embeddings["audio"] @ embeddings["text"][distinct].t()).argmax(1)]
+    assert by_text["audio->text"]["R@1"] == pytest.approx((predicted == groups).float().mean().item())
+    with pytest.raises(ValueError, match="at least one item per query"):
+        recall_at_k(similarity, (1,), torch.zeros(3, 3, dtype=torch.bool))
     with pytest.raises(ValueError, match="match must be"):
         retrieval_metrics(embeddings, match="class")
 

@@ -94,9 +94,13 @@ def directions(per_modality: dict) -> list[tuple[str, str]]:
 def recall_at_k(
     similarity: torch.Tensor, ks: tuple[int, ...] = (1, 5, 10), positives: torch.Tensor | None = None
 ) -> dict[str, float]:
-    """Recall@K for queries (rows) against a gallery (columns): query i matches gallery item i, or, given
-    `positives (N, N)` bool, every item j with `positives[i, j]` (class-level matching; the diagonal must be set)."""
-    if similarity.ndim != 2 or similarity.shape[0] != similarity.shape[1]:
+    """Recall@K for queries (rows) against a gallery (columns): query i matches gallery item i of a square `(N, N)`
+    `similarity`, or, given `positives (Q, G)` bool, every item j with `positives[i, j]` (class-level matching; every
+    query needs one)."""
+    if positives is not None:
+        if positives.shape != similarity.shape or not positives.any(1).all():
+            raise ValueError("positives must have the shape of similarity and at least one item per query")
+    elif similarity.ndim != 2 or similarity.shape[0] != similarity.shape[1]:
         raise ValueError(f"similarity must be a square (N, N) matrix, got {tuple(similarity.shape)}")
     if positives is None:
         target = similarity.diagonal()[:, None]
@@ -107,12 +111,11 @@ def recall_at_k(
     return {f"R@{k}": float((rank < k).float().mean()) for k in ks}
 
 
-def same_text(embeddings: dict[str, torch.Tensor]) -> torch.Tensor:
-    """`(N, N)` bool: rows i and j have the same text (`embeddings["text_groups"]` from `embed_batches`)."""
+def _text_groups_of(embeddings: dict[str, torch.Tensor]) -> torch.Tensor:
     groups = embeddings.get("text_groups")
     if groups is None:
         raise ValueError("matching by text needs the evaluation rows' text")
-    return groups[:, None] == groups[None, :]
+    return groups
 
 
 def retrieval_metrics(
@@ -120,13 +123,20 @@ def retrieval_metrics(
 ) -> dict[str, dict[str, float]]:
     """`{"text->image": {"R@1": ..., ...}, ...}` for the directions between the modalities of `embeddings` (six for
     three modalities). `match="row"`: a query's own row is its one match; `match="text"`: every row with the same
-    text matches (class-level, e.g. spoken digits whose text is the digit's name)."""
+    text matches (class-level, e.g. spoken digits whose text is the digit's name), and a text gallery holds each
+    distinct text once, so `audio->text` R@1 is zero-shot classification accuracy."""
     if match not in ("row", "text"):
         raise ValueError(f"match must be 'row' or 'text', got {match!r}")
-    positives = same_text(embeddings) if match == "text" else None
     results = {}
     for query, gallery in directions(embeddings):
         similarity = embeddings[query] @ embeddings[gallery].t()
+        positives = None
+        if match == "text":
+            groups = _text_groups_of(embeddings)
+            columns = torch.arange(len(groups))
+            if gallery == "text":  # a text gallery holds each distinct text once (zero-shot classification)
+                columns = torch.tensor([groups.tolist().index(g) for g in groups.unique().tolist()])
+            similarity, positives = similarity[:, columns], groups[:, None] == groups[columns][None, :]
         results[f"{query}->{gallery}"] = recall_at_k(similarity, ks, positives)
     return results
 
