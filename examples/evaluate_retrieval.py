@@ -63,6 +63,7 @@ def main() -> None:
 
         from modeling_opt_tri.data.collate import TriModalCollator
         from modeling_opt_tri.training.evaluation import (
+            direction_sizes,
             encode_for_reranking,
             format_retrieval_table,
             reranked_retrieval_metrics,
@@ -77,7 +78,7 @@ def main() -> None:
         results = reranked_retrieval_metrics(
             model, encoded, top_k=args.rerank, similarity_weight=args.rerank_similarity_weight
         )
-        table = format_retrieval_table(results, next(iter(encoded.values()))[0].shape[0])
+        table = format_retrieval_table(results, direction_sizes(encoded))
         how = f"ITM + {args.rerank_similarity_weight:g} x dual logit" if args.rerank_similarity_weight else "ITM alone"
         print(table.replace("Retrieval on", f"After re-ranking the top {args.rerank} ({how}): retrieval on", 1))
         tables["reranked"] = results

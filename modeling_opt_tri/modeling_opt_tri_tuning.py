@@ -1,6 +1,6 @@
 """
 Per-tower training controls of every OPT-Tri model (`OptTriTowerTuningMixin`): the unimodal encoders by name, frozen
-towers (no gradient, eval mode, run under `torch.no_grad`), and the projections that LoRA adapters wrap.
+towers (no gradient, eval mode), and the projections that LoRA adapters wrap.
 """
 
 from __future__ import annotations
@@ -19,20 +19,6 @@ TOWER_ATTRIBUTES = {"text": "text_model", "vision": "vision_model", "audio": "au
 LORA_PROJECTIONS = frozenset({"query", "key", "value", "q_proj", "k_proj", "v_proj", "out_proj"})
 
 
-def _no_grad_enter(module: nn.Module, args) -> None:
-    """Forward pre-hook of a frozen tower: remember the grad mode and switch gradients off for its forward."""
-    module._opt_tri_grad_modes.append(torch.is_grad_enabled())
-    torch.set_grad_enabled(False)
-    return None
-
-
-def _no_grad_exit(module: nn.Module, args, output) -> None:
-    """Forward hook of a frozen tower (also called when the forward raises): restore the grad mode. Returns None, so
-    the output is the tower's own (`torch.set_grad_enabled(...)` returns an object, which would replace it)."""
-    torch.set_grad_enabled(module._opt_tri_grad_modes.pop())
-    return None
-
-
 def check_tower_names(names: Iterable[str], available: Iterable[str], what: str) -> tuple[str, ...]:
     """`names` as a tuple, or a `ValueError` naming the unknown ones and the towers this model has."""
     names, available = tuple(names), tuple(available)
@@ -49,8 +35,8 @@ class OptTriTowerTuningMixin:
 
     A frozen tower ([`freeze_towers`]) holds no trainable parameter, so an optimizer built from the parameters that
     require a gradient holds no state for it; it stays in eval mode whatever `train()` is called with (so dropout is
-    off in training too), and its forward runs under `torch.no_grad`, which saves the activations its backward would
-    keep.
+    off in training too). Its forward keeps no activations for a backward unless its input needs a gradient (CoOp
+    prompt tuning trains context vectors fed through a frozen text tower: their gradient still flows).
     """
 
     def encoder_modules(self) -> dict[str, nn.Module]:
@@ -66,8 +52,8 @@ class OptTriTowerTuningMixin:
 
     def freeze_towers(self, towers: Iterable[str]) -> list[str]:
         """
-        Freeze the named towers: `requires_grad=False` on all their parameters, eval mode (kept by `train()`), and
-        their forward under `torch.no_grad`. Returns the names of the frozen parameters (relative to `self`).
+        Freeze the named towers: `requires_grad=False` on all their parameters and eval mode (kept by `train()`).
+        Returns the names of the frozen parameters (relative to `self`).
         """
         modules = self.encoder_modules()
         towers = check_tower_names(towers, modules, "freeze_towers")
@@ -77,10 +63,6 @@ class OptTriTowerTuningMixin:
             module = modules[name]
             module.requires_grad_(False)
             module.eval()
-            if not hasattr(module, "_opt_tri_grad_modes"):  # hooks once, however often a tower is frozen
-                module._opt_tri_grad_modes = []
-                module.register_forward_pre_hook(_no_grad_enter)
-                module.register_forward_hook(_no_grad_exit, always_call=True)
             ids = {id(parameter) for parameter in module.parameters()}
             frozen += [n for n, parameter in self.named_parameters() if id(parameter) in ids]
         base._opt_tri_frozen_towers = tuple(sorted({*self.frozen_towers, *towers}))

@@ -219,10 +219,10 @@ def test_reranked_retrieval_evaluation():
     first, second = tiny_batch(4, text_len=10, frames=40, seed=1), tiny_batch(3, text_len=6, frames=24, seed=2)
     second["attention_mask"][0, 4:] = 0
     encoded = encode_for_reranking(model, [first, second], progress=False)
-    assert encoded["text"][1].shape[:2] == (7, 10) and encoded["audio"][0].shape[0] == 7
+    assert encoded.parts["text"][0].shape[:2] == (7, 10) and encoded.embeds["audio"].shape[0] == 7
     alone = model.encode("text", {k: second[k] for k in TEXT})[1]
     image = model.encode("image", {"pixel_values": second["pixel_values"]})[1]
-    padded_text = (encoded["text"][1][4:], encoded["text"][2][4:])
+    padded_text = (encoded.parts["text"][0][4:], encoded.parts["text"][1][4:])
     torch.testing.assert_close(
         model.matching_logits("text", padded_text, "image", image), model.matching_logits("text", alone, "image", image),
         rtol=1e-5, atol=1e-6,
@@ -230,10 +230,10 @@ def test_reranked_retrieval_evaluation():
 
     oracle = OptTriForRetrieval(_config()).eval()
     true_row = {}
-    for modality, (embeds, states, mask) in encoded.items():
+    for modality, (states, mask) in encoded.parts.items():
         states = states.clone()
         states[..., 0] = torch.arange(7, dtype=states.dtype)[:, None]  # tag every state with its row
-        encoded[modality] = (embeds, states, mask)
+        encoded.parts[modality] = (states, mask)
 
     def matching_logits(modality_a, part_a, modality_b, part_b):
         same = (part_a[0][:, 0, 0] == part_b[0][:, 0, 0]).float()
@@ -243,7 +243,7 @@ def test_reranked_retrieval_evaluation():
     results = reranked_retrieval_metrics(oracle, encoded, top_k=3, ks=(1, 3, 5))
     for direction, values in results.items():
         query, gallery = direction.split("->")
-        shortlist = (encoded[query][0] @ encoded[gallery][0].t()).topk(3, dim=1).indices
+        shortlist = (encoded.embeds[query] @ encoded.embeds[gallery].t()).topk(3, dim=1).indices
         in_shortlist = (shortlist == torch.arange(7)[:, None]).any(1).float().mean().item()
         assert values == {"R@1": pytest.approx(in_shortlist), "R@3": pytest.approx(in_shortlist)}  # no R@5 > top_k
         true_row[direction] = in_shortlist
@@ -252,24 +252,37 @@ def test_reranked_retrieval_evaluation():
         reranked_retrieval_metrics(oracle, encoded, top_k=0)
 
 
-
-def test_retrieval_evaluation_of_bimodal_data():
-    """Audio-text data (no image column, as FSDD) is evaluated in its two directions, by the dual encoder and after
-    re-ranking; rows without one of the evaluated modalities are left out; one modality alone is a clear error."""
+def test_retrieval_evaluation_measures_each_direction_on_its_rows():
+    """Each direction is measured on the rows that have both of its modalities, and only rows that have a modality
+    go through its tower: a mixture of text-audio rows and text-image-audio rows gives text<->audio on every row and
+    the image directions on the image rows; audio-text data (as FSDD) gives its two directions, by the dual encoder
+    and after re-ranking; one modality alone is a clear error."""
     from modeling_opt_tri.training.evaluation import (
-        embed_batches, encode_for_reranking, reranked_retrieval_metrics, retrieval_metrics,
+        direction_sizes, embed_batches, encode_for_reranking, format_retrieval_table, reranked_retrieval_metrics,
+        retrieval_metrics,
     )
 
     torch.manual_seed(0)
     model = OptTriForRetrieval(_config()).eval()
-    first, second = _pick(tiny_batch(4, seed=1), TEXT, AUDIO), _pick(tiny_batch(3, seed=2), TEXT, AUDIO)
-    second["audio_attention_mask"][1] = 0  # this row has no audio
+    first, second = _pick(tiny_batch(4, seed=1), TEXT, AUDIO), tiny_batch(3, seed=2)
+    second["image_mask"] = torch.tensor([1, 0, 1])
+    calls = []
+    original = model.opt_tri.get_image_features
+    model.opt_tri.get_image_features = lambda pixel_values, **kw: calls.append(len(pixel_values)) or original(pixel_values, **kw)
     embeddings = embed_batches(model, [first, second], progress=False)
-    assert sorted(embeddings) == ["audio", "text", "text_groups"] and embeddings["text"].shape[0] == 6
+    assert calls == [2]  # only the two rows with an image
+    assert embeddings.rows["image"].tolist() == [4, 6] and embeddings.rows["text"].tolist() == list(range(7))
+    sizes = direction_sizes(embeddings)
+    assert sizes["text->audio"] == 7 and sizes["image->text"] == 2 and sizes["audio->image"] == 2
+    assert list(retrieval_metrics(embeddings)) == list(sizes)
+    assert "rows" in format_retrieval_table(retrieval_metrics(embeddings), sizes).splitlines()[1]
+    bimodal = [first, _pick(second, TEXT, AUDIO)]
+    bimodal[1]["audio_attention_mask"][1] = 0  # this row has no audio
+    embeddings = embed_batches(model, bimodal, progress=False)
     assert list(retrieval_metrics(embeddings)) == ["text->audio", "audio->text"]
-    encoded = encode_for_reranking(model, [first, second], progress=False)
-    assert sorted(encoded) == ["audio", "text"] and encoded["audio"][1].shape[0] == 6
-    torch.testing.assert_close(encoded["text"][0], embeddings["text"])
+    assert direction_sizes(embeddings) == {"text->audio": 6, "audio->text": 6}
+    encoded = encode_for_reranking(model, bimodal, progress=False)
+    torch.testing.assert_close(encoded.embeds["text"], embeddings.embeds["text"])
     assert list(reranked_retrieval_metrics(model, encoded, top_k=3)) == ["text->audio", "audio->text"]
     with pytest.raises(ValueError, match="retrieval needs two modalities"):
         embed_batches(model, [_pick(first, TEXT)], progress=False)
@@ -288,20 +301,22 @@ def test_class_level_retrieval_counts_any_row_with_the_same_text():
     model = OptTriForRetrieval(_config()).eval()
     first, second = _pick(tiny_batch(3, seed=1), TEXT, AUDIO), _pick(tiny_batch(3, seed=2), TEXT, AUDIO)
     second["input_ids"][0], second["attention_mask"][0] = first["input_ids"][2], first["attention_mask"][2]
-    embeddings = embed_batches(model, [first, second], progress=False)
-    assert embeddings["text_groups"].tolist()[2] == embeddings["text_groups"].tolist()[3]
-    assert len(set(embeddings["text_groups"].tolist())) == 5
+    embeddings = embed_batches(model, [first, second], progress=False, match="text")
+    groups = embeddings.groups
+    assert groups[2] == groups[3] and len(set(groups.tolist())) == 5
     by_row, by_text = retrieval_metrics(embeddings, (1,)), retrieval_metrics(embeddings, (1,), match="text")
     assert all(by_text[d]["R@1"] >= by_row[d]["R@1"] for d in by_row)
     # audio -> text is classification over the 5 distinct texts
-    groups = embeddings["text_groups"]
     distinct = [groups.tolist().index(g) for g in sorted(set(groups.tolist()))]
-    predicted = groups[distinct][(embeddings["audio"] @ embeddings["text"][distinct].t()).argmax(1)]
+    text, audio = embeddings.embeds["text"], embeddings.embeds["audio"]
+    predicted = groups[distinct][(audio @ text[distinct].t()).argmax(1)]
     assert by_text["audio->text"]["R@1"] == pytest.approx((predicted == groups).float().mean().item())
     with pytest.raises(ValueError, match="at least one item per query"):
         recall_at_k(similarity, (1,), torch.zeros(3, 3, dtype=torch.bool))
     with pytest.raises(ValueError, match="match must be"):
         retrieval_metrics(embeddings, match="class")
+    with pytest.raises(ValueError, match="encode the rows with match='text'"):
+        retrieval_metrics(embed_batches(model, [first], progress=False), match="text")
 
 
 def test_retrieval_similarity_shapes_and_embeddings():

@@ -1,7 +1,12 @@
-"""Cross-modal retrieval evaluation: R@1/5/10 in all six directions between text, image and audio, by the dual
-encoder's similarities and, optionally, after re-ranking each query's shortlist with the cross-encoder (ITM)."""
+"""Cross-modal retrieval evaluation: R@1/5/10 between text, image and audio (six directions for tri-modal data), by
+the dual encoder's similarities and, optionally, after re-ranking each query's shortlist with the cross-encoder (ITM).
+
+Every direction is measured on the evaluation rows that have both of its modalities, so a mixture of text-image and
+text-audio sources is evaluated in both pairs, and a bimodal dataset (e.g. spoken digits) in its two directions."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 import torch
 from tqdm.auto import tqdm
@@ -14,6 +19,12 @@ DIRECTIONS = (
     ("image", "audio"),
     ("audio", "image"),
 )
+
+_INPUT_KEYS = {
+    "text": ("input_ids", "attention_mask", "token_type_ids"),
+    "image": ("pixel_values",),
+    "audio": ("input_features", "audio_attention_mask"),
+}
 
 
 def present_rows(batch: dict) -> dict[str, torch.Tensor]:
@@ -28,67 +39,102 @@ def present_rows(batch: dict) -> dict[str, torch.Tensor]:
     return present
 
 
-def complete_rows(chunks: list[tuple[dict[str, torch.Tensor], dict]], extra: tuple[str, ...] = ()) -> tuple[list[str], list[dict]]:
+@dataclass
+class RetrievalSet:
     """
-    The evaluated modalities (every modality some row has, in the order text, image, audio; at least two) and, per
-    batch, its values restricted to the rows that have all of them. `chunks`: per batch, its `present_rows` and a
-    dict of per-modality values `(B, ...)` (or tuples of them), plus the `extra` per-row values it holds.
+    Encoded evaluation rows. Per modality: `rows (n,)` the ids (ascending) of the rows that have it, `embeds (n, d)`
+    their normalised retrieval embeddings and, for re-ranking, `parts` (the unimodal states `(n, L, d)` and mask
+    `(n, L)`, padded to the longest row). `groups (N,)`: with `match="text"`, one id per distinct text (rows without
+    text get ids of their own), so rows with the same text count as the same item.
     """
-    modalities = [m for m in ("text", "image", "audio") if any(m in present and present[m].any() for present, _ in chunks)]
-    if len(modalities) < 2:
-        raise ValueError(f"The evaluation rows have only {modalities or 'no modality'}: retrieval needs two modalities")
-    kept = []
-    for present, values in chunks:
-        if not all(m in present for m in modalities):
-            continue
-        keep = torch.stack([present[m] for m in modalities]).all(0)
-        if keep.any():
-            pick = lambda v: tuple(x[keep.to(x.device)] for x in v) if isinstance(v, tuple) else v[keep.to(v.device)]  # noqa: E731
-            kept.append({m: pick(values[m]) for m in (*modalities, *extra) if m in values})
-    if not kept:
-        raise ValueError(f"No evaluation row has all of {', '.join(modalities)}: retrieval cannot be evaluated")
-    return modalities, kept
+
+    rows: dict[str, torch.Tensor]
+    embeds: dict[str, torch.Tensor]
+    parts: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    groups: torch.Tensor | None = None
+
+    def directions(self) -> list[tuple[str, str]]:
+        """The directions between the modalities some rows have."""
+        return [(q, g) for q, g in DIRECTIONS if q in self.rows and g in self.rows]
+
+    def common(self, a: str, b: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Positions into `a`'s and `b`'s tensors of the rows that have both, in the same row order."""
+        in_a = torch.isin(self.rows[a], self.rows[b]).nonzero().flatten()
+        in_b = torch.isin(self.rows[b], self.rows[a]).nonzero().flatten()
+        return in_a, in_b
 
 
 @torch.no_grad()
-def embed_batches(model, dataloader, device=None, progress: bool = True) -> dict[str, torch.Tensor]:
+def encode_rows(model, dataloader, device=None, progress: bool = True, states: bool = False,
+                match: str = "row") -> RetrievalSet:
     """
-    Projected, normalised embeddings `(N, projection_dim)` per modality for the rows that have every modality of the
-    evaluation data (all three, or the two of a bimodal dataset such as audio-text; see `complete_rows`).
-    `model` is an `OptTriModel` or any OPT-Tri head (its `base_model` is used).
+    Encode every modality of each evaluation row that has it (only those rows go through the tower). `model`: an
+    OPT-Tri model or head (its `base_model`'s `get_*_features` give the embeddings) or, with `states=True`, an
+    `OptTriForRetrieval` (its `encode` also gives the states the cross-encoder fuses; they stay on the model's
+    device, e.g. 5,000 base-size images: 197 x 768 floats each, about 3 GB). `match="text"` also numbers the texts.
     """
-    base = model.base_model
-    was_training = base.training
-    base.eval()
-    device = device or next(base.parameters()).device
-    chunks, texts = [], {}
-    for batch in tqdm(dataloader, desc="embedding", disable=not progress, leave=False):
-        batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+    if match not in ("row", "text"):
+        raise ValueError(f"match must be 'row' or 'text', got {match!r}")
+    encoder = model if states else model.base_model
+    was_training = encoder.training
+    encoder.eval()
+    device = device or next(encoder.parameters()).device
+    rows, embeds, parts, groups, texts, offset = {}, {}, {}, [], {}, 0
+    for batch in tqdm(dataloader, desc="encoding", disable=not progress, leave=False):
         present = present_rows(batch)
-        values = {}
-        if "text" in present:
-            values["text"] = base.get_text_features(batch["input_ids"], batch["attention_mask"]).pooler_output
-            values["text_groups"] = _text_groups(batch, texts)
-        if "image" in present:
-            values["image"] = base.get_image_features(batch["pixel_values"]).pooler_output
-        if "audio" in present:
-            values["audio"] = base.get_audio_features(batch["input_features"], batch["audio_attention_mask"]).pooler_output
-        chunks.append((present, {m: v.cpu() if m == "text_groups" else v.float().cpu() for m, v in values.items()}))
+        size = next(iter(present.values())).shape[0] if present else 0
+        for modality, has in present.items():
+            index = has.nonzero().flatten()
+            if index.numel() == 0:
+                continue
+            inputs = {k: batch[k][index].to(device) for k in _INPUT_KEYS[modality] if k in batch}
+            if states:
+                embedding, part = encoder.encode(modality, inputs)
+                parts.setdefault(modality, []).append(part)
+            else:
+                embedding = getattr(encoder, f"get_{modality}_features")(**inputs).pooler_output
+            rows.setdefault(modality, []).append(index + offset)
+            embeds.setdefault(modality, []).append(embedding.float() if states else embedding.float().cpu())
+        if match == "text":
+            groups.append(_text_groups(batch, present.get("text"), texts, offset, size))
+        offset += size
     if was_training:
-        base.train()
-    modalities, kept = complete_rows(chunks, extra=("text_groups",))
-    return {m: torch.cat([values[m] for values in kept]) for m in modalities + [k for k in ("text_groups",) if k in kept[0]]}
+        encoder.train()
+    if len(rows) < 2:
+        raise ValueError(f"The evaluation rows have only {sorted(rows) or 'no modality'}: retrieval needs two modalities")
+    result = RetrievalSet({m: torch.cat(r) for m, r in rows.items()}, {m: torch.cat(e) for m, e in embeds.items()})
+    for modality, pieces in parts.items():
+        length = max(part[0].shape[1] for part in pieces)
+        result.parts[modality] = tuple(_pad_cat([part[i] for part in pieces], length) for i in range(2))
+    result.groups = torch.cat(groups) if groups else None
+    return result
 
 
-def _text_groups(batch: dict, seen: dict[tuple, int]) -> torch.Tensor:
-    """`(B,)` an id per distinct text (its token ids under the mask), numbered across batches in `seen`."""
-    ids = [tuple(row[mask.bool()].tolist()) for row, mask in zip(batch["input_ids"], batch["attention_mask"])]
-    return torch.tensor([seen.setdefault(key, len(seen)) for key in ids], dtype=torch.long)
+def embed_batches(model, dataloader, device=None, progress: bool = True, match: str = "row") -> RetrievalSet:
+    """The dual encoder's embeddings of the evaluation rows ([`encode_rows`] without states)."""
+    return encode_rows(model, dataloader, device, progress, states=False, match=match)
 
 
-def directions(per_modality: dict) -> list[tuple[str, str]]:
-    """The retrieval directions between the modalities that `per_modality` holds."""
-    return [(q, g) for q, g in DIRECTIONS if q in per_modality and g in per_modality]
+def encode_for_reranking(model, dataloader, device=None, progress: bool = True) -> RetrievalSet:
+    """For an `OptTriForRetrieval`: embeddings and the unimodal states the cross-encoder fuses ([`encode_rows`])."""
+    return encode_rows(model, dataloader, device, progress, states=True)
+
+
+def _text_groups(batch: dict, has_text: torch.Tensor | None, seen: dict[tuple, int], offset: int, size: int) -> torch.Tensor:
+    """`(B,)` an id per distinct text (its token ids under the mask), numbered across batches in `seen`; a row
+    without text gets `-(row id + 1)`, which no other row has."""
+    groups = -(torch.arange(size) + offset + 1)
+    if has_text is not None:
+        for i in has_text.nonzero().flatten().tolist():
+            key = tuple(batch["input_ids"][i][batch["attention_mask"][i].bool()].tolist())
+            groups[i] = seen.setdefault(key, len(seen))
+    return groups
+
+
+def _pad_cat(parts: list[torch.Tensor], length: int) -> torch.Tensor:
+    """Concatenate `(n_i, L_i, ...)` tensors along dim 0 after zero-padding dim 1 to `length`."""
+    padded = [torch.nn.functional.pad(p, (0, 0) * (p.ndim - 2) + (0, length - p.shape[1])) for p in parts]
+    return torch.cat(padded)
 
 
 def recall_at_k(
@@ -111,97 +157,58 @@ def recall_at_k(
     return {f"R@{k}": float((rank < k).float().mean()) for k in ks}
 
 
-def _text_groups_of(embeddings: dict[str, torch.Tensor]) -> torch.Tensor:
-    groups = embeddings.get("text_groups")
-    if groups is None:
-        raise ValueError("matching by text needs the evaluation rows' text")
-    return groups
-
-
-def retrieval_metrics(
-    embeddings: dict[str, torch.Tensor], ks: tuple[int, ...] = (1, 5, 10), match: str = "row"
-) -> dict[str, dict[str, float]]:
-    """`{"text->image": {"R@1": ..., ...}, ...}` for the directions between the modalities of `embeddings` (six for
-    three modalities). `match="row"`: a query's own row is its one match; `match="text"`: every row with the same
-    text matches (class-level, e.g. spoken digits whose text is the digit's name), and a text gallery holds each
-    distinct text once, so `audio->text` R@1 is zero-shot classification accuracy."""
+def retrieval_metrics(encoded: RetrievalSet, ks: tuple[int, ...] = (1, 5, 10), match: str = "row") -> dict[str, dict[str, float]]:
+    """
+    `{"text->image": {"R@1": ..., ...}, ...}` for every direction, on the rows that have both of its modalities.
+    `match="row"`: a query's own row is its one match; `match="text"` (the set encoded with it): every row with the
+    same text matches (class-level, e.g. spoken digits whose text is the digit's name), and a text gallery holds
+    each distinct text once, so `audio->text` R@1 is zero-shot classification accuracy.
+    """
     if match not in ("row", "text"):
         raise ValueError(f"match must be 'row' or 'text', got {match!r}")
+    if match == "text" and encoded.groups is None:
+        raise ValueError("match='text' needs the texts numbered: encode the rows with match='text'")
     results = {}
-    for query, gallery in directions(embeddings):
-        similarity = embeddings[query] @ embeddings[gallery].t()
+    for query, gallery in encoded.directions():
+        q_index, g_index = encoded.common(query, gallery)
+        similarity = encoded.embeds[query][q_index] @ encoded.embeds[gallery][g_index].t()
         positives = None
         if match == "text":
-            groups = _text_groups_of(embeddings)
+            groups = encoded.groups[encoded.rows[query][q_index]]
             columns = torch.arange(len(groups))
-            if gallery == "text":  # a text gallery holds each distinct text once (zero-shot classification)
-                columns = torch.tensor([groups.tolist().index(g) for g in groups.unique().tolist()])
+            if gallery == "text":  # each distinct text once: the first row of each group
+                _, inverse = torch.unique(groups, return_inverse=True)
+                first = torch.full((int(inverse.max()) + 1,), len(groups), dtype=torch.long)
+                columns = first.scatter_reduce(0, inverse, columns, reduce="amin")
             similarity, positives = similarity[:, columns], groups[:, None] == groups[columns][None, :]
         results[f"{query}->{gallery}"] = recall_at_k(similarity, ks, positives)
     return results
 
 
+def direction_sizes(encoded: RetrievalSet) -> dict[str, int]:
+    """The number of evaluated rows of each direction."""
+    return {f"{q}->{g}": len(encoded.common(q, g)[0]) for q, g in encoded.directions()}
+
+
 def format_retrieval_table(
-    results: dict[str, dict[str, float]], num_items: int, split: str | None = None, match: str = "row"
+    results: dict[str, dict[str, float]], sizes: dict[str, int] | int, split: str | None = None, match: str = "row"
 ) -> str:
+    """The table of `results`; `sizes`: the rows of each direction (or one number for all); a column `rows` is
+    added when directions differ."""
+    sizes = sizes if isinstance(sizes, dict) else {direction: sizes for direction in results}
     ks = list(next(iter(results.values())).keys())
     where = f"of split {split}" if split else "held-out"
+    items = max(sizes.values())
     if match == "text":
-        lines = [f"Class-level retrieval on {num_items} {where} items (a hit: any item with the query's text)"]
+        lines = [f"Class-level retrieval on {items} {where} items (a hit: any item with the query's text)"]
     else:
-        lines = [f"Retrieval on {num_items} {where} items (chance R@1 = {100.0 / num_items:.2f}%)"]
-    lines.append(f"{'direction':<16}" + "".join(f"{k:>9}" for k in ks))
+        lines = [f"Retrieval on {items} {where} items (chance R@1 = {100.0 / items:.2f}%)"]
+    uneven = len(set(sizes.values())) > 1
+    lines.append(f"{'direction':<16}" + "".join(f"{k:>9}" for k in ks) + (f"{'rows':>8}" if uneven else ""))
     for direction, values in results.items():
-        lines.append(f"{direction:<16}" + "".join(f"{100 * values[k]:>8.1f}%" for k in ks))
+        row = f"{direction:<16}" + "".join(f"{100 * values[k]:>8.1f}%" for k in ks)
+        lines.append(row + (f"{sizes[direction]:>8}" if uneven else ""))
     return "\n".join(lines)
-
-
-_INPUT_KEYS = {
-    "text": ("input_ids", "attention_mask", "token_type_ids"),
-    "image": ("pixel_values",),
-    "audio": ("input_features", "audio_attention_mask"),
-}
-
-
-def _pad_cat(parts: list[torch.Tensor], length: int) -> torch.Tensor:
-    """Concatenate `(n_i, L_i, ...)` tensors along dim 0 after zero-padding dim 1 to `length`."""
-    padded = [torch.nn.functional.pad(p, (0, 0) * (p.ndim - 2) + (0, length - p.shape[1])) for p in parts]
-    return torch.cat(padded)
-
-
-@torch.no_grad()
-def encode_for_reranking(model, dataloader, device=None, progress: bool = True):
-    """
-    For an `OptTriForRetrieval`: per modality, the embeddings `(N, projection_dim)` and the unimodal states and
-    masks `(N, L, d)` / `(N, L)` (padded to the longest row) of the rows that have every modality of the evaluation
-    data (`complete_rows`). Every row's states stay on the model's device (e.g. 5,000 base-size images: 197 x 768
-    floats each, about 3 GB), which suits held-out splits of a few thousand rows.
-    """
-    was_training = model.training
-    model.eval()
-    device = device or next(model.parameters()).device
-    chunks = []
-    for batch in tqdm(dataloader, desc="encoding", disable=not progress, leave=False):
-        present = {m: rows.to(device) for m, rows in present_rows(batch).items()}
-        values = {}
-        for modality in present:
-            inputs = {k: batch[k].to(device) for k in _INPUT_KEYS[modality] if k in batch}
-            embeds, (states, mask) = model.encode(modality, inputs)
-            values[modality] = (embeds.float(), states, mask)
-        chunks.append((present, values))
-    if was_training:
-        model.train()
-    modalities, kept = complete_rows(chunks)
-    encoded = {}
-    for modality in modalities:
-        parts = [values[modality] for values in kept]
-        length = max(states.shape[1] for _, states, _ in parts)
-        encoded[modality] = (
-            torch.cat([embeds for embeds, _, _ in parts]),
-            _pad_cat([states for _, states, _ in parts], length),
-            _pad_cat([mask for _, _, mask in parts], length),
-        )
-    return encoded
 
 
 @torch.no_grad()
@@ -212,16 +219,19 @@ def reranked_retrieval_metrics(
     """
     R@K in the directions between the encoded modalities after re-ranking each query's dual-encoder top-`top_k` by
     `OptTriForRetrieval.shortlist_scores` (the ITM log matching probability plus `similarity_weight` times the dual
-    encoder's logit; 0: ITM alone); `encoded` from `encode_for_reranking`. A true item outside the shortlist counts as
+    encoder's logit; 0: ITM alone); `encoded` from `encode_for_reranking`, each direction on the rows that have both
+    modalities. A true item outside the shortlist counts as
     a miss at every K <= top_k, so R@top_k is the dual encoder's (up to ties at the shortlist's edge, which
     `recall_at_k` counts in the query's favour). Only K <= top_k are reported.
     """
     if top_k < 1:
         raise ValueError(f"top_k must be positive, got {top_k}")
     results = {}
-    for query, gallery in directions(encoded):
-        q_embeds, q_states, q_mask = encoded[query]
-        g_embeds, g_states, g_mask = encoded[gallery]
+    for query, gallery in encoded.directions():
+        q_index, g_index = encoded.common(query, gallery)
+        q_embeds, g_embeds = encoded.embeds[query][q_index], encoded.embeds[gallery][g_index]
+        q_states, q_mask = (t[q_index] for t in encoded.parts[query])
+        g_states, g_mask = (t[g_index] for t in encoded.parts[gallery])
         similarity = q_embeds @ g_embeds.t()
         k = min(top_k, g_embeds.shape[0])
         shortlist = similarity.topk(k, dim=1).indices  # (Q, k)

@@ -57,7 +57,7 @@ from .checkpointing import (
     save_checkpoint,
 )
 from .codes import AUDIO_CODE_OBJECTIVES, IMAGE_CODE_OBJECTIVES, VQCodeTargets
-from .evaluation import embed_batches, format_retrieval_table, retrieval_metrics
+from .evaluation import direction_sizes, embed_batches, format_retrieval_table, retrieval_metrics
 from .model_card import write_model_card
 from .towers import (
     apply_tower_options,
@@ -1196,8 +1196,7 @@ def evaluate_retrieval(model, processor, args: PretrainArguments, plan=None, mat
     loader = torch.utils.data.DataLoader(
         data, batch_size=args.eval_batch_size, collate_fn=TriModalCollator(processor), num_workers=args.num_workers
     )
-    embeddings = embed_batches(model, loader, progress=args.progress)
+    embeddings = embed_batches(model, loader, progress=args.progress, match=match)
     results = retrieval_metrics(embeddings, match=match)
-    items = next(embeddings[m] for m in ("text", "image", "audio") if m in embeddings).shape[0]
-    print(format_retrieval_table(results, items, split=plan.name(), match=match), flush=True)
+    print(format_retrieval_table(results, direction_sizes(embeddings), split=plan.name(), match=match), flush=True)
     return results
