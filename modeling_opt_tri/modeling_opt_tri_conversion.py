@@ -38,7 +38,7 @@ def _read_tower_checkpoint(path: str, modality: str) -> tuple:
     random_keys = set(info["missing_keys"])
     if composite is not None:
         config_name, prefix, projection = composite
-        state = {k: v for k, v in source.state_dict().items() if k.startswith(prefix) and k not in random_keys}
+        state = {k[len(prefix):]: v for k, v in source.state_dict().items() if k.startswith(prefix) and k not in random_keys}
         weight = getattr(source, projection).weight.detach() if projection else None
         return getattr(source_config, config_name), state, weight, random_keys
     if model_type == "whisper":
@@ -52,6 +52,9 @@ def _read_tower_checkpoint(path: str, modality: str) -> tuple:
 def _load_tower(name: str, tower: nn.Module, state: dict, random_keys: set[str]) -> None:
     """Load `state` into `tower` exactly: a tower weight absent from the checkpoint (or left random by its loading)
     raises, except the masked-modelling embedding (`mask_token`, `masked_spec_embed`), which is logged as new."""
+    prefixes = {key.split(".")[0] for key in tower.state_dict()}
+    if len(prefixes) == 1 and not any(key.startswith(f"{next(iter(prefixes))}.") for key in state):
+        state = {f"{next(iter(prefixes))}.{key}": value for key, value in state.items()}  # e.g. `vision_model.` in v4
     missing, unexpected = tower.load_state_dict(state, strict=False)
     new = [k for k in missing if k.split(".")[-1] in ("mask_token", "masked_spec_embed")]
     missing = [k for k in missing if k not in new]

@@ -248,11 +248,12 @@ class _Dinov2Adapter(_ViTAdapter):
 class _ClipVisionAdapter(TowerAdapter):
     model_types = ("clip_vision_model",)
     stem_path = "embeddings.patch_embedding"
-    SUMMARY = "the [CLS] state (before CLIP's post-layernorm, as CLIPVisionModel's last_hidden_state)"
+    SUMMARY = "CLIP's pooled output (the [CLS] state after its post-layernorm, what CLIP's projection reads)"
 
     def run(self, tower, pixel_values, bool_masked_pos, mask_embedding, **kwargs):
         with _substitute_at_stem(self.stem(tower), bool_masked_pos, mask_embedding):
-            return tower(pixel_values=pixel_values, **kwargs, return_dict=True)
+            out = tower(pixel_values=pixel_values, **kwargs, return_dict=True)
+        return _with_summary(out, out.pooler_output, out.last_hidden_state[:, 1:])
 
 
 class _SiglipVisionAdapter(_ClipVisionAdapter):
