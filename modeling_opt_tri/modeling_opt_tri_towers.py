@@ -36,11 +36,11 @@ from transformers import AutoModel, PreTrainedModel, ViTModel
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
-from transformers.utils import logging
+from transformers.utils import can_return_tuple, logging
 
 from .configuration_opt_tri import OptTriAudioConfig
 from .modeling_opt_tri_inputs import _check_audio_features, _check_token_ids
-from .modeling_opt_tri_layers import OptTriAudioEmbeddings, OptTriEncoder, _wants_outputs, cls_follows_tokens
+from .modeling_opt_tri_layers import OptTriAudioEmbeddings, OptTriEncoder, _wants_outputs, cls_follows_tokens, project_cls
 from .modeling_opt_tri_losses import patchify_audio, patchify_images
 
 logger = logging.get_logger(__name__)
@@ -548,3 +548,70 @@ class OptTriTowersMixin:
         features = input_features.to(adapter.input_dtype(tower))
         out = adapter.run(tower, features, mask, bool_masked_pos, self.audio_mask_embedding, **kwargs)
         return out, adapter.token_mask(tower, input_features, mask)
+
+    def project_cls(self, modality: str, hidden_states: torch.Tensor) -> torch.Tensor:
+        """The normalised retrieval embedding `(B, projection_dim)` of `modality`'s tower states `(B, n, d)`."""
+        return project_cls(getattr(self, f"{modality}_projection"), hidden_states)
+
+    def _features(self, tower_output, projection: nn.Module | None) -> BaseModelOutputWithPooling:
+        """A tower's output with `pooler_output` replaced by its projected, L2-normalised `[CLS]` state."""
+        if projection is None:
+            raise ValueError("This model was built without the retrieval projections (use_projections=False)")
+        return BaseModelOutputWithPooling(
+            last_hidden_state=tower_output.last_hidden_state,
+            pooler_output=project_cls(projection, tower_output.last_hidden_state),
+            hidden_states=tower_output.hidden_states,
+            attentions=tower_output.attentions,
+        )
+
+    def _tower_kwargs(self, output_attentions, output_hidden_states) -> dict:
+        attentions, hidden = _wants_outputs(self.config, output_attentions, output_hidden_states)
+        return {"output_attentions": attentions, "output_hidden_states": hidden}
+
+    @can_return_tuple
+    def get_text_features(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.LongTensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | int | list[int] | None = None,
+    ) -> BaseModelOutputWithPooling | tuple:
+        r"""
+        The text encoder's output, as `CLIPModel.get_text_features` in `transformers` 5: `last_hidden_state
+        (B, L, text_hidden)`, `pooler_output (B, projection_dim)` the projected **and L2-normalised** `[CLS]` state
+        (the retrieval embedding; CLIP's is not normalised), and `hidden_states` / `attentions` on request.
+        `return_dict=False` gives the tuple. Other keyword arguments raise a `TypeError` (a misspelt mask name
+        would otherwise be ignored silently).
+        """
+        out = self.text_tower(
+            input_ids, attention_mask, token_type_ids, **self._tower_kwargs(output_attentions, output_hidden_states)
+        )
+        return self._features(out, self.text_projection)
+
+    @can_return_tuple
+    def get_image_features(
+        self,
+        pixel_values: torch.FloatTensor,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | int | list[int] | None = None,
+    ) -> BaseModelOutputWithPooling | tuple:
+        r"""The vision encoder's output; `pooler_output (B, projection_dim)` is the projected, L2-normalised `[CLS]`
+        state. See [`~OptTriModel.get_text_features`]."""
+        out = self.image_tower(pixel_values, **self._tower_kwargs(output_attentions, output_hidden_states))
+        return self._features(out, self.image_projection)
+
+    @can_return_tuple
+    def get_audio_features(
+        self,
+        input_features: torch.FloatTensor,
+        audio_attention_mask: torch.LongTensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | int | list[int] | None = None,
+    ) -> BaseModelOutputWithPooling | tuple:
+        r"""The audio encoder's output; `pooler_output (B, projection_dim)` is the projected, L2-normalised `[CLS]`
+        state. See [`~OptTriModel.get_text_features`]."""
+        out, _ = self.audio_tower(
+            input_features, audio_attention_mask, **self._tower_kwargs(output_attentions, output_hidden_states)
+        )
+        return self._features(out, self.audio_projection)
