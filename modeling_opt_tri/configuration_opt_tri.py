@@ -479,10 +479,10 @@ class OptTriConfig(PretrainedConfig):
         audio_decoder_config (`dict` or [`OptTriCodeDecoderConfig`], *optional*): the audio code decoder of
             [`OptTriForTextToAudio`]. By default: `modality="audio"`, 1024 codes, at most
             `audio_config.max_position_embeddings * audio_config.patch_frames // 4` codes (the longest clip the audio
-            encoder reads, at 4 frames per code), and the cross-modal encoder's geometry. A dict without `num_codes`
-            gets that length. In a dict for either decoder, each of `hidden_size`, `num_hidden_layers`,
-            `num_attention_heads` and `intermediate_size` that is not given is the cross-modal encoder's. Configs saved
-            before these decoders existed load with these defaults.
+            encoder reads, at 4 frames per code; 256 with another audio family), and the cross-modal encoder's
+            geometry. A dict without `num_codes` gets that length. In a dict for either decoder, each of
+            `hidden_size`, `num_hidden_layers`, `num_attention_heads` and `intermediate_size` that is not given is the
+            cross-modal encoder's. Configs saved before these decoders existed load with these defaults.
         projection_dim (`int`, defaults to 256): size of the projected, normalised retrieval embeddings.
         logit_scale_init_value (`float`, defaults to 2.6592): initial value of the learnable contrastive logit scale
             (log of the inverse temperature, as in CLIP).
@@ -622,8 +622,9 @@ class OptTriConfig(PretrainedConfig):
         if modality == "image" and "grid_size" not in value and "num_codes" not in value:
             value["grid_size"] = max(1, self.vision_config.image_size // 8)
         if modality == "audio" and "num_codes" not in value:
-            audio = self.audio_config
-            value["num_codes"] = max(1, audio.max_position_embeddings * audio.patch_frames // 4)
+            audio = self.audio_config  # other audio families: as many codes as our default encoder reads (256 * 4 // 4)
+            frames = getattr(audio, "max_position_embeddings", 256) * getattr(audio, "patch_frames", 4)
+            value["num_codes"] = max(1, frames // 4)
         for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"):
             value.setdefault(key, getattr(self.cross_modal_config, key))  # geometry not given: the cross-modal encoder's
         return config_class(**value)

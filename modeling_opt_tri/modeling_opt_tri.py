@@ -172,6 +172,19 @@ PRETRAINING_HEAD_MODULES = (
 _PRETRAINING_HEAD_KEYS = [rf"^{name}\." for name in PRETRAINING_HEAD_MODULES]
 
 
+def _audio_input_names(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """Forward pre-hook of every OPT-Tri model: the processor's audio names of other tower families become the
+    model's (`input_values` -> `input_features`; `audio_mask (B,)` folded into `audio_attention_mask`), so no head
+    ignores them (see [`_audio_inputs`])."""
+    if "input_values" in kwargs or "audio_mask" in kwargs:
+        kwargs = dict(kwargs)
+        kwargs["input_features"], kwargs["audio_attention_mask"] = _audio_inputs(
+            module.config, kwargs.get("input_features"), kwargs.pop("input_values", None),
+            kwargs.get("audio_attention_mask"), kwargs.pop("audio_mask", None),
+        )
+    return args, kwargs
+
+
 class OptTriPreTrainedModel(OptTriHubMixin, OptTriTowerTuningMixin, PreTrainedModel):
     config_class = OptTriConfig
     base_model_prefix = "opt_tri"
@@ -191,6 +204,7 @@ class OptTriPreTrainedModel(OptTriHubMixin, OptTriTowerTuningMixin, PreTrainedMo
         super().post_init()
         built = {type(module).__name__ for module in self.modules()}
         self._no_split_modules = {name for name in self._no_split_modules if name in built}
+        self.register_forward_pre_hook(_audio_input_names, with_kwargs=True)
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
@@ -314,8 +328,6 @@ class OptTriModel(OptTriPreTrainedModel, OptTriFusionMixin, OptTriTowersMixin):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
-        input_values: torch.FloatTensor | None = None,
-        audio_mask: torch.LongTensor | None = None,
         **kwargs,
     ) -> OptTriModelOutput:
         r"""
@@ -327,7 +339,8 @@ class OptTriModel(OptTriPreTrainedModel, OptTriFusionMixin, OptTriTowersMixin):
             input_features (`(B, num_mel_bins, T)`), audio_attention_mask (`(B, T)`): log-mel frames from
                 [`OptTriFeatureExtractor`]. A row whose mask is all 0 has no audio. Other audio towers read their
                 family's input (docs/PROCESSORS.md): the wav2vec2 family `input_values (B, samples)` with a sample
-                mask, AST `(B, frames, num_mel_bins)`; `audio_mask (B,)` says which rows have audio.
+                mask, AST `(B, frames, num_mel_bins)`; `audio_mask (B,)` says which rows have audio (every OPT-Tri
+                model's `forward` takes `input_values` and `audio_mask`: `_audio_input_names`).
             image_bool_masked_pos (`(B, N)` bool), audio_bool_masked_pos (`(B, A)` bool): patches / audio tokens to
                 replace by the learned mask token (masked modelling in pre-training).
 
@@ -340,9 +353,6 @@ class OptTriModel(OptTriPreTrainedModel, OptTriFusionMixin, OptTriTowersMixin):
 
         At least one of `input_ids`, `pixel_values` and `input_features` must be given, with the same batch size.
         """
-        input_features, audio_attention_mask = _audio_inputs(
-            self.config, input_features, input_values, audio_attention_mask, audio_mask
-        )
         output_attentions, output_hidden_states = _wants_outputs(self.config, output_attentions, output_hidden_states)
         wanted = output_attentions or _asked(output_hidden_states)
         tower_kwargs = {"output_attentions": output_attentions, "output_hidden_states": output_hidden_states}
@@ -469,8 +479,7 @@ class OptTriForPreTraining(OptTriPreTrainedModel, OptTriPreTrainingPhases):
         image_code_probs: torch.FloatTensor | None = None, audio_codes: torch.LongTensor | None = None,
         audio_codes_mask: torch.LongTensor | None = None, tasks: list[str] | tuple[str, ...] | None = None,
         output_attentions: bool | None = None, output_hidden_states: bool | int | list[int] | None = None,
-        return_dict: bool | None = None, generator: torch.Generator | None = None,
-        input_values: torch.FloatTensor | None = None, audio_mask: torch.LongTensor | None = None, **kwargs,
+        return_dict: bool | None = None, generator: torch.Generator | None = None, **kwargs,
     ) -> OptTriForPreTrainingOutput:
         r"""Inputs as for [`OptTriModel`] (clean: masking happens here), plus the VQ codes `image_codes` `(B, g, g)`,
         `image_code_probs` `(B, g, g, K)`, `audio_codes` / `audio_codes_mask` `(B, n)`; `tasks` (default: every
@@ -478,9 +487,6 @@ class OptTriForPreTraining(OptTriPreTrainedModel, OptTriPreTrainingPhases):
         `generator`: every random draw (class docstring). Phases: `prepare_batch` -> `plan_masks` -> `encode_views`
         -> `fuse_masked_views` -> reconstruction / token-level -> `sample_level_losses` -> `weigh_losses`."""
         generator = _eval_generator(self, generator, self.opt_tri.logit_scale.device)
-        input_features, audio_attention_mask = _audio_inputs(
-            self.config, input_features, input_values, audio_attention_mask, audio_mask
-        )
         batch = self.prepare_batch(
             tasks, input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
             pixel_values=pixel_values, image_mask=image_mask, input_features=input_features,

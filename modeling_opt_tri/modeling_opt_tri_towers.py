@@ -32,7 +32,7 @@ import contextlib
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoModel, PreTrainedModel, ViTModel
+from transformers import AutoModel, PreTrainedModel, SiglipTextModel, ViTModel
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
@@ -72,6 +72,10 @@ class OptTriAudioPreTrainedModel(PreTrainedModel):
         elif isinstance(module, nn.LayerNorm):
             init.ones_(module.weight)
             init.zeros_(module.bias)
+
+    def resize_token_embeddings(self, new_num_tokens=None, pad_to_multiple_of=None, mean_resizing: bool = True):
+        """The audio encoder reads no tokens: a clear error (not `transformers`' failure on its patch stem)."""
+        raise ValueError(f"{type(self).__name__} has no token embeddings: it reads no text, so there is nothing to resize")
 
 
 class OptTriAudioModel(OptTriAudioPreTrainedModel):
@@ -432,7 +436,10 @@ def audio_target_size(config) -> int:
 
 
 def build_text_tower(config) -> nn.Module:
-    """The text tower: `AutoModel.from_config` (without a pooler where the family has one)."""
+    """The text tower: `AutoModel.from_config` (without a pooler where the family has one); `SiglipTextModel`,
+    which `AutoModel` does not map, directly."""
+    if getattr(config, "model_type", None) == "siglip_text_model":
+        return SiglipTextModel(config)
     try:
         return AutoModel.from_config(config, add_pooling_layer=False)
     except TypeError:  # text encoders without a pooler take no `add_pooling_layer`

@@ -14,6 +14,7 @@ folder through trust_remote_code with bit-identical outputs.
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 from pathlib import Path
 
@@ -82,6 +83,8 @@ B = 4
 def _config() -> OptTriConfig:
     return OptTriConfig(
         text_config=dict(vocab_size=100, max_position_embeddings=32, **G),
+        vision_config=dict(model_type="vit", **IMAGE, **G),
+        audio_config=dict(num_mel_bins=16, max_position_embeddings=32, **G),
         cross_modal_config=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64),
         text_decoder_config=dict(vocab_size=100, max_position_embeddings=24, bos_token_id=2, eos_token_id=3,
                                  pad_token_id=0, **G),
@@ -303,4 +306,51 @@ def test_unsupported_family_names_the_supported_ones(folders):
     with pytest.raises(ValueError, match=r"'bert' config; OPT-Tri's vision tower supports the families \['clip_vision"):
         OptTriModel.from_unimodal_pretrained(vision=str(folders["text:bert"][0]), config=_config())
     with pytest.raises(ValueError, match=r"audio tower supports the families \[.*'whisper'\]"):
-        OptTriModel(_config().__class__(**{**_config().to_dict(), "audio_config": dict(model_type="bert", **G)}))
+        config = _config()
+        config.audio_config = BertConfig(**G)
+        OptTriModel(config)
+
+
+@pytest.mark.parametrize("family", ["clip", "siglip"])
+def test_clip_and_siglip_text_and_vision_towers_of_one_composite_checkpoint(folders, family, caplog):
+    """The text and vision towers of one CLIPModel / SiglipModel folder: exact weights, the family's own outputs (the
+    text tower's position 0 is its pooled end-of-text state), and CLIP's projections kept (logged) where they match
+    ours; SigLIP has none to keep (logged)."""
+    folder = str(folders[f"vision:{family}"][0])
+    caplog.set_level(logging.INFO, logger="modeling_opt_tri.modeling_opt_tri_conversion")
+    model = OptTriModel.from_unimodal_pretrained(text=folder, vision=folder, config=_config()).eval()
+    source = (CLIPModel if family == "clip" else SiglipModel).from_pretrained(folder).eval()
+    for name in ("text_model", "vision_model"):
+        theirs = {k.removeprefix(f"{name}."): v for k, v in source.state_dict().items() if k.startswith(f"{name}.")}
+        ours = {k.removeprefix(f"{name}."): v for k, v in getattr(model, name).state_dict().items()}
+        assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours), name
+    batch = _batch("ours")
+    with torch.no_grad():
+        states = model.encode_text(batch["input_ids"], batch["attention_mask"])
+        text = source.text_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        image = model.encode_image(batch["pixel_values"])
+        vision = source.vision_model(pixel_values=batch["pixel_values"])
+    torch.testing.assert_close(states[:, 0], text.pooler_output)
+    torch.testing.assert_close(states[:, 1:], text.last_hidden_state[:, 1:])
+    torch.testing.assert_close(image[:, 0], vision.pooler_output)
+    if family == "clip":
+        assert torch.equal(model.text_projection.weight, source.text_projection.weight)
+        assert torch.equal(model.image_projection.weight, source.visual_projection.weight)
+        assert caplog.text.count("is kept as ours") == 2
+    else:
+        torch.testing.assert_close(image[:, 1:], vision.last_hidden_state)
+        assert caplog.text.count("no projection in the checkpoint matches ours") == 2
+
+
+def test_a_tower_weight_missing_from_the_checkpoint_raises(folders, tmp_path):
+    """No silent re-initialisation: a checkpoint without one of the tower's weights is refused, naming it."""
+    from safetensors.torch import load_file, save_file
+
+    source = folders["audio:hubert"][0]
+    for name in ("config.json",):
+        (tmp_path / name).write_bytes((source / name).read_bytes())
+    state = load_file(source / "model.safetensors")
+    del state["encoder.layers.0.attention.q_proj.weight"]
+    save_file(state, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"lacks weights the OPT-Tri audio tower needs: \['encoder.layers.0.attention.q_proj"):
+        OptTriModel.from_unimodal_pretrained(audio=str(tmp_path), config=_config())
