@@ -933,7 +933,8 @@ class OptTriForTextToAudio(OptTriCodeGenerationModel):
 
 #: State-dict keys of modules a head no longer builds (its objectives never use them); older checkpoints of the head
 #: hold them, and they load quietly.
-_MASK_TOKEN_KEYS = [r"vision_model\.embeddings\.mask_token$", r"audio_model\.embeddings\.mask_token$"]
+_MASK_TOKEN_KEYS = [r"vision_model\.embeddings\.mask_token$", r"audio_model\.embeddings\.mask_token$",
+                    r"(^|\.)(vision|audio)_mask_embedding$", r"audio_model\.masked_spec_embed$"]
 _PROJECTION_KEYS = [r"(text|image|audio)_projection\.weight$", r"(^|\.)logit_scale$"]
 _AUDIO_TOWER_KEYS = [r"(^|\.)audio_model\.", r"(^|\.)audio_to_fusion\."]
 

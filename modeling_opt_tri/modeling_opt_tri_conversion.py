@@ -20,6 +20,9 @@ _COMPOSITE_TOWERS = {
     "siglip": {"vision": ("vision_config", "vision_model.", None), "text": ("text_config", "text_model.", None)},
 }
 
+#: Tower families that come from a dual encoder with (CLIP) or without (SigLIP) a projection like ours.
+_PROJECTED_TOWERS = ("clip_text_model", "clip_vision_model", "siglip_text_model", "siglip_vision_model")
+
 
 def _read_tower_checkpoint(path: str, modality: str) -> tuple:
     """`(tower config, tower state dict, source projection weight or None, keys the source left random)` of the
@@ -38,7 +41,9 @@ def _read_tower_checkpoint(path: str, modality: str) -> tuple:
     random_keys = set(info["missing_keys"])
     if composite is not None:
         config_name, prefix, projection = composite
-        state = {k[len(prefix):]: v for k, v in source.state_dict().items() if k.startswith(prefix) and k not in random_keys}
+        state = {
+            k[len(prefix):]: v for k, v in source.state_dict().items() if k.startswith(prefix) and k not in random_keys
+        }
         weight = getattr(source, projection).weight.detach() if projection else None
         return getattr(source_config, config_name), state, weight, random_keys
     if model_type == "whisper":
@@ -59,10 +64,8 @@ def _load_tower(name: str, tower: nn.Module, state: dict, random_keys: set[str])
     new = [k for k in missing if k.split(".")[-1] in ("mask_token", "masked_spec_embed")]
     missing = [k for k in missing if k not in new]
     if missing:
-        raise ValueError(
-            f"The {name} checkpoint lacks weights the OPT-Tri {name} tower needs: {missing[:8]}"
-            + (f" (left newly initialised when the checkpoint was read: {sorted(random_keys)[:8]})" if random_keys else "")
-        )
+        also = f" (left newly initialised when it was read: {sorted(random_keys)[:8]})" if random_keys else ""
+        raise ValueError(f"The {name} checkpoint lacks weights the OPT-Tri {name} tower needs: {missing[:8]}{also}")
     if new:
         logger.warning(f"The {name} tower's mask embedding is newly initialised (not in the checkpoint): {new}")
     if unexpected:
@@ -166,6 +169,7 @@ def build_from_unimodal_checkpoints(
         if tower is None:
             raise ValueError(f"{cls.__name__} builds no {name} tower: {name}={path!r} cannot be loaded")
         _load_tower(name, tower, state, random_keys)
-        if name != "audio" and getattr(config, f"{name}_config").model_type in ("clip_text_model", "clip_vision_model", "siglip_text_model", "siglip_vision_model"):
-            _keep_projection(name, getattr(base, f"{'image' if name == 'vision' else name}_projection", None), projection, path)
+        if name != "audio" and getattr(config, f"{name}_config").model_type in _PROJECTED_TOWERS:
+            own = getattr(base, "image_projection" if name == "vision" else "text_projection", None)
+            _keep_projection(name, own, projection, path)
     return model

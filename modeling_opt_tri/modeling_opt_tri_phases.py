@@ -193,7 +193,7 @@ class OptTriPreTrainingPhases:
         if inputs["pixel_values"] is not None and inputs["image_mask"] is None:
             inputs["image_mask"] = torch.ones(size, dtype=torch.long, device=device)
         if inputs["input_features"] is not None and inputs["audio_attention_mask"] is None:
-            inputs["audio_attention_mask"] = self.opt_tri._audio_mask(inputs["input_features"], None).to(device)
+            inputs["audio_attention_mask"] = self.opt_tri.audio_input_mask(inputs["input_features"], None).to(device)
         no = torch.zeros(size, dtype=torch.bool, device=device)
         present = {
             "text": inputs["attention_mask"].bool().any(1) if inputs["input_ids"] is not None else no,

@@ -40,7 +40,9 @@ from transformers.utils import can_return_tuple, logging
 
 from .configuration_opt_tri import OptTriAudioConfig
 from .modeling_opt_tri_inputs import _check_audio_features, _check_token_ids
-from .modeling_opt_tri_layers import OptTriAudioEmbeddings, OptTriEncoder, _wants_outputs, cls_follows_tokens, project_cls
+from .modeling_opt_tri_layers import (
+    OptTriAudioEmbeddings, OptTriEncoder, _wants_outputs, cls_follows_tokens, project_cls,
+)
 from .modeling_opt_tri_losses import patchify_audio, patchify_images
 
 logger = logging.get_logger(__name__)
@@ -169,7 +171,8 @@ def _substitute_at_stem(stem: nn.Module, masked: torch.Tensor | None, embedding:
         flat = output.flatten(2)
         if flat.shape[-1] != masked.shape[-1] or flat.shape[0] != masked.shape[0]:
             raise ValueError(
-                f"bool_masked_pos has shape {tuple(masked.shape)}; the tower's stem gives {flat.shape[-1]} tokens per row"
+                f"bool_masked_pos has shape {tuple(masked.shape)}; the tower's stem gives {flat.shape[-1]} tokens "
+                "per row"
             )
         flat = torch.where(masked[:, None, :], embedding.to(flat.dtype)[None, :, None], flat)
         return flat.view_as(output)
@@ -393,7 +396,9 @@ class _Wav2Vec2Adapter(_AudioAdapter):
         tower_mask[~tower_mask.bool().any(1)] = 1  # a row without audio still runs (its tokens are masked out)
         if bool_masked_pos is None and hasattr(tower, "masked_spec_embed"):  # no random SpecAugment on clean views
             bool_masked_pos = torch.zeros_like(tokens, dtype=torch.bool)
-        out = tower(input_features, attention_mask=tower_mask, mask_time_indices=bool_masked_pos, **kwargs, return_dict=True)
+        out = tower(
+            input_features, attention_mask=tower_mask, mask_time_indices=bool_masked_pos, **kwargs, return_dict=True
+        )
         return _with_summary(out, _masked_mean(out.last_hidden_state, tokens), out.last_hidden_state)
 
     def target_size(self, config):
@@ -408,11 +413,16 @@ class _Wav2Vec2Adapter(_AudioAdapter):
         return tower.feature_extractor.conv_layers[0].conv.weight.dtype
 
 
+#: The supported vision and audio tower families, by `config.model_type`.
 VISION_TOWERS: dict[str, TowerAdapter] = {
-    t: adapter() for adapter in (_ViTAdapter, _Dinov2Adapter, _ClipVisionAdapter, _SiglipVisionAdapter) for t in adapter.model_types
+    model_type: adapter()
+    for adapter in (_ViTAdapter, _Dinov2Adapter, _ClipVisionAdapter, _SiglipVisionAdapter)
+    for model_type in adapter.model_types
 }
 AUDIO_TOWERS: dict[str, TowerAdapter] = {
-    t: adapter() for adapter in (_OursAudioAdapter, _ASTAdapter, _WhisperAdapter, _Wav2Vec2Adapter) for t in adapter.model_types
+    model_type: adapter()
+    for adapter in (_OursAudioAdapter, _ASTAdapter, _WhisperAdapter, _Wav2Vec2Adapter)
+    for model_type in adapter.model_types
 }
 #: Text towers whose position 0 is not a summary: it is replaced by their pooled (end-of-text) output.
 POOLED_TEXT_TOWERS = ("clip_text_model", "siglip_text_model")
@@ -522,7 +532,8 @@ class OptTriTowersMixin:
         out, token_mask = self.audio_tower(input_features, audio_attention_mask, bool_masked_pos)
         return out.last_hidden_state, token_mask
 
-    def _audio_mask(self, input_features: torch.Tensor, audio_attention_mask: torch.Tensor | None) -> torch.Tensor:
+    def audio_input_mask(self, input_features: torch.Tensor, audio_attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """`audio_attention_mask`, or all ones along the family's mask axis (frames or samples) when it is `None`."""
         if audio_attention_mask is not None:
             return audio_attention_mask
         length = input_features.shape[self.audio_adapter.mask_axis]
@@ -530,7 +541,7 @@ class OptTriTowersMixin:
 
     def audio_token_mask(self, input_features: torch.Tensor, audio_attention_mask: torch.Tensor | None) -> torch.Tensor:
         """The audio token mask `(B, 1 + A)` (position 0 is 1) from the family's input mask (frames or samples)."""
-        mask = self._audio_mask(input_features, audio_attention_mask)
+        mask = self.audio_input_mask(input_features, audio_attention_mask)
         return self.audio_adapter.token_mask(self.audio_model, input_features, mask)
 
     def audio_reconstruction_target(self, input_features: torch.Tensor) -> torch.Tensor:
@@ -551,7 +562,7 @@ class OptTriTowersMixin:
         adapter, tower = self.audio_adapter, self.audio_model
         if bool_masked_pos is not None and not adapter.can_mask(tower, self.audio_mask_embedding):
             raise ValueError(f"bool_masked_pos needs the audio mask token, which {type(self).__name__} does not build here")
-        mask = self._audio_mask(input_features, audio_attention_mask)
+        mask = self.audio_input_mask(input_features, audio_attention_mask)
         features = input_features.to(adapter.input_dtype(tower))
         out = adapter.run(tower, features, mask, bool_masked_pos, self.audio_mask_embedding, **kwargs)
         return out, adapter.token_mask(tower, input_features, mask)

@@ -50,6 +50,8 @@ pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 G = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
 IMAGE = dict(image_size=32, patch_size=8, num_channels=3)
+TEXT = dict(vocab_size=100, bos_token_id=1, eos_token_id=2, **G)  # CLIP / SigLIP text towers
+AST = dict(num_mel_bins=16, max_length=32, patch_size=4, frequency_stride=4, time_stride=4)  # a 4 x 8 patch grid
 WAV = dict(conv_dim=(16, 16), conv_stride=(5, 4), conv_kernel=(10, 4), num_conv_pos_embeddings=8,
            num_conv_pos_embedding_groups=2, vocab_size=12, **G)
 WHISPER = dict(d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
@@ -60,23 +62,23 @@ WHISPER = dict(d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention
 #: family -> (how its checkpoint is made, the prefix of the tower inside it)
 VISION = {
     "vit": (lambda: ViTModel(ViTConfig(**IMAGE, **G)), ""),
-    "clip": (lambda: CLIPModel(CLIPConfig(text_config=dict(vocab_size=100, bos_token_id=1, eos_token_id=2, **G), vision_config=dict(**IMAGE, **G),
-                                          projection_dim=16)), "vision_model."),
-    "siglip": (lambda: SiglipModel(SiglipConfig(text_config=dict(vocab_size=100, bos_token_id=1, eos_token_id=2, **G), vision_config=dict(**IMAGE, **G))),
-               "vision_model."),
+    "clip": (lambda: CLIPModel(CLIPConfig(text_config=TEXT, vision_config=dict(**IMAGE, **G), projection_dim=16)),
+             "vision_model."),
+    "siglip": (lambda: SiglipModel(SiglipConfig(text_config=TEXT, vision_config=dict(**IMAGE, **G))), "vision_model."),
     "dinov2": (lambda: Dinov2ForImageClassification(Dinov2Config(**IMAGE, **G, num_labels=3)), "dinov2."),
 }
 AUDIO = {
     "ours": (lambda: OptTriAudioModel(OptTriAudioConfig(num_mel_bins=16, max_position_embeddings=32, **G)), ""),
-    "ast": (lambda: ASTForAudioClassification(ASTConfig(num_mel_bins=16, max_length=32, patch_size=4, frequency_stride=4,
-                                                        time_stride=4, num_labels=3, **G)), "audio_spectrogram_transformer."),
+    "ast": (lambda: ASTForAudioClassification(ASTConfig(**AST, num_labels=3, **G)), "audio_spectrogram_transformer."),
     "wav2vec2": (lambda: Wav2Vec2ForCTC(Wav2Vec2Config(**WAV)), "wav2vec2."),
     "hubert": (lambda: HubertModel(HubertConfig(**WAV)), ""),
     "wavlm": (lambda: WavLMForSequenceClassification(WavLMConfig(**WAV, num_labels=3)), "wavlm."),
     "whisper": (lambda: WhisperForConditionalGeneration(WhisperConfig(**WHISPER)), "model.encoder."),
 }
 PAIRS = [(v, "ours") for v in VISION] + [("vit", a) for a in AUDIO if a != "ours"]
-OBJECTIVES = ("mlm", "mrfr", "mafr", "mac", "contrastive", "itm", "tri_matching", "wra", "dtr", "mrc", "mrc_kl", "dir", "dar")
+OBJECTIVES = (
+    "mlm", "mrfr", "mafr", "mac", "contrastive", "itm", "tri_matching", "wra", "dtr", "mrc", "mrc_kl", "dir", "dar",
+)
 B = 4
 
 
@@ -218,15 +220,25 @@ def _masked_state_gradients(model: OptTriModel, vision: str, audio: str, batch: 
 
 
 def _non_overlapping_change(model: OptTriModel, batch: dict, modality: str) -> None:
-    """With stride == kernel stems: change the masked patch's input; the whole output is unchanged (eval)."""
-    masked = torch.zeros(B, model.config.num_image_patches, dtype=torch.bool)
-    masked[:, 5] = True  # patch (row 1, column 1) of the 4 x 4 grid
+    """With stride == kernel stems (every vision family here, ours and AST audio): change the input under masked
+    token 1 only; in eval mode the whole output is unchanged (and unmasked, it changes)."""
+    tokens = {"image": model.config.num_image_patches, "audio": 8 if "audio_mask" in batch else 6}[modality]
+    masked = torch.zeros(B, tokens, dtype=torch.bool)
+    masked[:, 1] = True
     changed = dict(batch)
-    changed["pixel_values"] = batch["pixel_values"].clone()
-    changed["pixel_values"][:, :, 8:16, 8:16] += 3.0
+    if modality == "image":  # patch 1: row 0, columns 8-15
+        changed["pixel_values"] = batch["pixel_values"].clone()
+        changed["pixel_values"][:, :, 0:8, 8:16] += 3.0
+    elif "audio_mask" in batch:  # AST token 1: frequency patch 0, time patch 1 of (B, time, frequency)
+        changed["input_features"] = batch["input_features"].clone()
+        changed["input_features"][:, 4:8, 0:4] += 3.0
+    else:  # ours, token 1: frames 4-7
+        changed["input_features"] = batch["input_features"].clone()
+        changed["input_features"][:, :, 4:8] += 3.0
+    name = f"{modality}_bool_masked_pos"
     with torch.no_grad():
-        a = model(**batch, image_bool_masked_pos=masked).last_hidden_state
-        b = model(**changed, image_bool_masked_pos=masked).last_hidden_state
+        a = model(**batch, **{name: masked}).last_hidden_state
+        b = model(**changed, **{name: masked}).last_hidden_state
         c = model(**changed).last_hidden_state
     assert torch.equal(a, b), modality
     assert not torch.equal(a, c)
@@ -257,7 +269,7 @@ def test_tower_pair(folders, saved, vision, audio):
     out.loss.backward()
     towers = {"text_model": base.text_model, "vision_model": base.vision_model, "audio_model": base.audio_model}
     for tower_name, tower in towers.items():
-        without = [n for n, p in tower.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.abs().sum() > 0)]
+        without = [n for n, p in tower.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.any())]
         assert not without, f"{vision}/{audio}: {tower_name} parameters without a gradient: {without[:6]}"
     model.zero_grad()
 
@@ -265,6 +277,8 @@ def test_tower_pair(folders, saved, vision, audio):
     _masked_state_gradients(base, vision, audio, batch)
     if audio == "ours":
         _non_overlapping_change(base, batch, "image")
+    if audio in ("ours", "ast") and vision == "vit":
+        _non_overlapping_change(base, batch, "audio")
     with torch.no_grad():
         for r in range(1, 4):
             for modalities in itertools.combinations(("text", "image", "audio"), r):
@@ -295,7 +309,8 @@ def test_every_pair_loads_through_remote_code_in_one_fresh_process(saved, tmp_pa
         model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
         data = torch.load(folder / "inputs.pt")
         with torch.no_grad():
-            results[name] = (type(model).__name__, bool(torch.equal(model(**data["batch"]).last_hidden_state, data["expected"])))
+            hidden = model(**data["batch"]).last_hidden_state
+        results[name] = (type(model).__name__, bool(torch.equal(hidden, data["expected"])))
     torch.save(results, {str(tmp_path / 'outputs.pt')!r})
     """
     results = run_without_our_package(body, tmp_path)
@@ -352,5 +367,56 @@ def test_a_tower_weight_missing_from_the_checkpoint_raises(folders, tmp_path):
     state = load_file(source / "model.safetensors")
     del state["encoder.layers.0.attention.q_proj.weight"]
     save_file(state, tmp_path / "model.safetensors", metadata={"format": "pt"})
-    with pytest.raises(ValueError, match=r"lacks weights the OPT-Tri audio tower needs: \['encoder.layers.0.attention.q_proj"):
+    with pytest.raises(ValueError, match=r"audio tower needs: \[.encoder.layers.0.attention.q_proj.weight"):
         OptTriModel.from_unimodal_pretrained(audio=str(tmp_path), config=_config())
+
+
+def test_processor_output_runs_each_tower_family(folders, tmp_path):
+    """`OptTriProcessor.from_unimodal_pretrained` output goes straight into the model for each audio input layout:
+    raw waveform (wav2vec2, with a CLIP image processor), AST fbank (with SigLIP's), Whisper log-mel (a model built
+    from its config alone, with DINOv2's processor); a row without audio has no audio tokens."""
+    from transformers import (
+        ASTFeatureExtractor, BertTokenizer, BitImageProcessor, CLIPImageProcessor, SiglipImageProcessor,
+        Wav2Vec2FeatureExtractor, WhisperFeatureExtractor,
+    )
+
+    from modeling_opt_tri.processing_opt_tri import OptTriProcessor
+
+    (tmp_path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "red", "circle"]))
+    tokenizer = BertTokenizer(vocab=str(tmp_path / "vocab.txt"))
+    tokenizer.save_pretrained(tmp_path / "text")
+    whisper = _config()
+    whisper.audio_config = WhisperConfig(**{**WHISPER, "max_source_positions": 50})  # 1 s: 100 frames
+    cases = {
+        "wav2vec2": (CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
+                     Wav2Vec2FeatureExtractor(do_normalize=True, return_attention_mask=True), "clip"),
+        "ast": (SiglipImageProcessor(size={"height": 32, "width": 32}), ASTFeatureExtractor(num_mel_bins=16, max_length=32),
+                "siglip"),
+        "whisper": (BitImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
+                    WhisperFeatureExtractor(feature_size=16, chunk_length=1), "dinov2"),
+    }
+    t = torch.arange(8000) / 8000
+    waves = [torch.sin(2 * torch.pi * 440 * t[:6000]).numpy(), None, torch.sin(2 * torch.pi * 220 * t).numpy()]
+    images = [torch.rand(3, 40, 48).mul(255).byte().permute(1, 2, 0).numpy() for _ in range(3)]
+    for audio, (image_processor, extractor, vision) in cases.items():
+        image_processor.save_pretrained(tmp_path / f"{audio}-vision")
+        extractor.save_pretrained(tmp_path / f"{audio}-audio")
+        processor = OptTriProcessor.from_unimodal_pretrained(
+            text=tmp_path / "text", vision=tmp_path / f"{audio}-vision", audio=tmp_path / f"{audio}-audio"
+        )
+        inputs = processor(text=["a red circle"] * 3, images=images, audio=waves, sampling_rate=8000)
+        if audio == "whisper":
+            whisper.vision_config = Dinov2Config(**IMAGE, **G)
+            model = OptTriModel(whisper).eval()
+        else:
+            model = OptTriModel.from_unimodal_pretrained(
+                vision=str(folders[f"vision:{vision}"][0]), audio=str(folders[f"audio:{audio}"][0]), config=_config()
+            ).eval()
+        with torch.no_grad():
+            out = model(**inputs)
+        assert torch.isfinite(out.last_hidden_state).all(), audio
+        assert out.audio_token_mask[1].sum() == 0 and out.audio_token_mask[0].sum() > 1, audio
+        if audio == "wav2vec2":  # the frame mask is exactly the family's own
+            mask = inputs["audio_attention_mask"]
+            own = model.audio_model._get_feature_vector_attention_mask(out.audio_token_mask.shape[1] - 1, mask)
+            assert torch.equal(out.audio_token_mask[:, 1:].bool(), own.bool() & inputs["audio_mask"].bool()[:, None])
