@@ -222,7 +222,7 @@ def _masked_state_gradients(model: OptTriModel, vision: str, audio: str, batch: 
 def _non_overlapping_change(model: OptTriModel, batch: dict, modality: str) -> None:
     """With stride == kernel stems (every vision family here, ours and AST audio): change the input under masked
     token 1 only; in eval mode the whole output is unchanged (and unmasked, it changes)."""
-    tokens = {"image": model.config.num_image_patches, "audio": 8 if "audio_mask" in batch else 6}[modality]
+    tokens = {"image": model.config.num_image_patches, "audio": 32 if "audio_mask" in batch else 6}[modality]
     masked = torch.zeros(B, tokens, dtype=torch.bool)
     masked[:, 1] = True
     changed = dict(batch)
