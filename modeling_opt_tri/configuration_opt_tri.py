@@ -4,8 +4,9 @@
 
 - `text_config`: any `transformers` text encoder config (a [`BertConfig`] by default; RoBERTa and other BERT-like
   encoders work too), so that the text encoder can start from an existing checkpoint.
-- `vision_config`: a [`ViTConfig`] (ViT over image patches; no object detector).
-- `audio_config`: an [`OptTriAudioConfig`] (log-mel patches through a patch stem and a pre-norm transformer).
+- `vision_config`: a [`ViTConfig`] (ViT over image patches; no object detector) or another supported vision family.
+- `audio_config`: an [`OptTriAudioConfig`] (log-mel patches through a patch stem and a pre-norm transformer) or another
+  supported audio family (AST, wav2vec2, HuBERT, WavLM, Whisper).
 - `cross_modal_config`: an [`OptTriFusionConfig`] (the single-stream cross-modal encoder over
   `[CLS] text | image | audio`). It is not called `fusion_config`: transformers >= 5.24 reserves
   `config.fusion_config` for its runtime kernel fusions, and `from_pretrained` fails on a config with that attribute.
@@ -466,8 +467,10 @@ class OptTriConfig(PretrainedConfig):
     Args:
         text_config (`dict` or `PretrainedConfig`, *optional*): text encoder config; a [`BertConfig`] by default.
             A dict with a `model_type` key builds that type through `AutoConfig`.
-        vision_config (`dict` or [`ViTConfig`], *optional*): vision encoder config.
-        audio_config (`dict` or [`OptTriAudioConfig`], *optional*): audio encoder config.
+        vision_config (`dict` or `PretrainedConfig`, *optional*): vision tower config; a [`ViTConfig`] by default, or
+            a CLIP vision, SigLIP vision or DINOv2 config (`VISION_TOWERS` in `modeling_opt_tri_towers.py`).
+        audio_config (`dict` or `PretrainedConfig`, *optional*): audio tower config; an [`OptTriAudioConfig`] by
+            default, or an AST, wav2vec2, HuBERT, WavLM or Whisper config (`AUDIO_TOWERS`; Whisper: its encoder).
         cross_modal_config (`dict` or [`OptTriFusionConfig`], *optional*): cross-modal encoder config (`fusion_config`
             is accepted as an alias of this argument, never stored under that name).
         text_decoder_config (`dict` or [`OptTriTextDecoderConfig`], *optional*): text decoder config (captioning,

@@ -1198,9 +1198,11 @@ class OptTriForRetrieval(OptTriPreTrainedModel):
             out = base.image_tower(_required(inputs, "pixel_values", modality), **tower_kwargs)
             mask = torch.ones(out.last_hidden_state.shape[:2], dtype=torch.long, device=out.last_hidden_state.device)
             return base._features(out, base.image_projection), (out.last_hidden_state, mask)
-        if modality == "audio":
-            features = _required(inputs, "input_features", modality)
-            out, mask = base.audio_tower(features, inputs.get("audio_attention_mask"), **tower_kwargs)
+        if modality == "audio":  # `input_values` / `audio_mask`: the wav2vec2 family's names (`_audio_inputs`)
+            features, audio_mask = _audio_inputs(self.config, inputs.get("input_features"), inputs.get("input_values"),
+                                                 inputs.get("audio_attention_mask"), inputs.get("audio_mask"))
+            _required({"input_features": features}, "input_features", modality)
+            out, mask = base.audio_tower(features, audio_mask, **tower_kwargs)
             return base._features(out, base.audio_projection), (out.last_hidden_state, mask)
         raise ValueError(f"modality must be 'text', 'image' or 'audio', got {modality!r}")
 

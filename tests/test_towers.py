@@ -44,7 +44,9 @@ from transformers import (
 )
 
 from conftest import run_without_our_package
-from modeling_opt_tri import OptTriAudioConfig, OptTriAudioModel, OptTriConfig, OptTriForPreTraining, OptTriModel
+from modeling_opt_tri import (
+    OptTriAudioConfig, OptTriAudioModel, OptTriConfig, OptTriForPreTraining, OptTriForRetrieval, OptTriModel,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread_module")
 
@@ -420,3 +422,5 @@ def test_processor_output_runs_each_tower_family(folders, tmp_path):
             mask = inputs["audio_attention_mask"]
             own = model.audio_model._get_feature_vector_attention_mask(out.audio_token_mask.shape[1] - 1, mask)
             assert torch.equal(out.audio_token_mask[:, 1:].bool(), own.bool() & inputs["audio_mask"].bool()[:, None])
+            embeds, _ = OptTriForRetrieval(model.config).eval().encode("audio", inputs)  # its `encode` reads them too
+            assert embeds.shape == (3, model.config.projection_dim) and torch.isfinite(embeds).all()
