@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModel, PreTrainedModel
+from transformers import AutoConfig, AutoModel, PreTrainedModel, SiglipTextModel
 from transformers.utils import logging
 
 from .configuration_opt_tri import OptTriAudioConfig, OptTriConfig
@@ -37,7 +37,8 @@ def _read_tower_checkpoint(path: str, modality: str) -> tuple:
     composite = _COMPOSITE_TOWERS.get(model_type, {}).get(modality)
     if modality != "text" and composite is None and model_type != "whisper":
         tower_adapter(source_config, modality)  # an unsupported family raises, naming the supported ones
-    source, info = AutoModel.from_pretrained(path, output_loading_info=True)
+    loader = SiglipTextModel if model_type == "siglip_text_model" else AutoModel  # AutoModel does not map it
+    source, info = loader.from_pretrained(path, output_loading_info=True)
     random_keys = set(info["missing_keys"])
     if composite is not None:
         config_name, prefix, projection = composite
