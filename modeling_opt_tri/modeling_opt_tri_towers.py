@@ -372,6 +372,9 @@ class _Wav2Vec2Adapter(_AudioAdapter):
     SUMMARY = "the mean of the token states over the real frames (the wav2vec2 family has no [CLS])"
 
     def build(self, config, use_mask_token):
+        if getattr(config, "add_adapter", False):  # its adapter after the encoder changes the frame rate
+            raise ValueError(f"A {config.model_type} tower with add_adapter=True is not supported (its frames no longer "
+                             "follow the feature encoder); use the checkpoint without the adapter")
         tower = AutoModel.from_config(config)
         if use_mask_token and not hasattr(tower, "masked_spec_embed"):  # built only when mask_time_prob > 0
             tower.masked_spec_embed = nn.Parameter(torch.empty(config.hidden_size).uniform_())

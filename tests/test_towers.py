@@ -326,6 +326,9 @@ def test_unsupported_family_names_the_supported_ones(folders):
         config = _config()
         config.audio_config = BertConfig(**G)
         OptTriModel(config)
+    config.audio_config = Wav2Vec2Config(**WAV, add_adapter=True)
+    with pytest.raises(ValueError, match="add_adapter=True is not supported"):
+        OptTriModel(config)
 
 
 @pytest.mark.parametrize("family", ["clip", "siglip"])
