@@ -80,6 +80,7 @@ from .modeling_opt_tri_inputs import (  # noqa: F401 (the public names are re-ex
     _MODEL_INPUT_NAMES,
     _check_audio_features,
     _audio_inputs,
+    _audio_input_names,
     _check_model_inputs,
     EVAL_SEED,
     _eval_generator,
@@ -170,19 +171,6 @@ PRETRAINING_HEAD_MODULES = (
     "text_decoder", "lm_head", "image_decoder", "image_head", "audio_decoder", "audio_head",
 )
 _PRETRAINING_HEAD_KEYS = [rf"^{name}\." for name in PRETRAINING_HEAD_MODULES]
-
-
-def _audio_input_names(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-    """Forward pre-hook of every OPT-Tri model: the processor's audio names of other tower families become the
-    model's (`input_values` -> `input_features`; `audio_mask (B,)` folded into `audio_attention_mask`), so no head
-    ignores them (see [`_audio_inputs`])."""
-    if "input_values" in kwargs or "audio_mask" in kwargs:
-        kwargs = dict(kwargs)
-        kwargs["input_features"], kwargs["audio_attention_mask"] = _audio_inputs(
-            module.config, kwargs.get("input_features"), kwargs.pop("input_values", None),
-            kwargs.get("audio_attention_mask"), kwargs.pop("audio_mask", None),
-        )
-    return args, kwargs
 
 
 class OptTriPreTrainedModel(OptTriHubMixin, OptTriTowerTuningMixin, PreTrainedModel):

@@ -61,6 +61,19 @@ def _audio_inputs(config: OptTriConfig, input_features, input_values, audio_atte
     return input_features, audio_attention_mask * audio_mask.long()[:, None]
 
 
+def _audio_input_names(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """Forward pre-hook of every OPT-Tri model: the processor's audio names of other tower families become the
+    model's (`input_values` -> `input_features`; `audio_mask (B,)` folded into `audio_attention_mask`), so no head
+    ignores them (see [`_audio_inputs`])."""
+    if "input_values" in kwargs or "audio_mask" in kwargs:
+        kwargs = dict(kwargs)
+        kwargs["input_features"], kwargs["audio_attention_mask"] = _audio_inputs(
+            module.config, kwargs.get("input_features"), kwargs.pop("input_values", None),
+            kwargs.get("audio_attention_mask"), kwargs.pop("audio_mask", None),
+        )
+    return args, kwargs
+
+
 _MODEL_INPUT_NAMES = (
     "input_ids", "attention_mask", "token_type_ids", "pixel_values", "image_mask", "input_features", "audio_attention_mask"
 )
