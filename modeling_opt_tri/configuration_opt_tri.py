@@ -4,8 +4,9 @@
 
 - `text_config`: any `transformers` text encoder config (a [`BertConfig`] by default; RoBERTa and other BERT-like
   encoders work too), so that the text encoder can start from an existing checkpoint.
-- `vision_config`: a [`ViTConfig`] (ViT over image patches; no object detector).
-- `audio_config`: an [`OptTriAudioConfig`] (log-mel patches through a patch stem and a pre-norm transformer).
+- `vision_config`: a [`ViTConfig`] (ViT over image patches; no object detector) or another supported vision family.
+- `audio_config`: an [`OptTriAudioConfig`] (log-mel patches through a patch stem and a pre-norm transformer) or another
+  supported audio family (AST, wav2vec2, HuBERT, WavLM, Whisper).
 - `cross_modal_config`: an [`OptTriFusionConfig`] (the single-stream cross-modal encoder over
   `[CLS] text | image | audio`). It is not called `fusion_config`: transformers >= 5.24 reserves
   `config.fusion_config` for its runtime kernel fusions, and `from_pretrained` fails on a config with that attribute.
@@ -466,8 +467,10 @@ class OptTriConfig(PretrainedConfig):
     Args:
         text_config (`dict` or `PretrainedConfig`, *optional*): text encoder config; a [`BertConfig`] by default.
             A dict with a `model_type` key builds that type through `AutoConfig`.
-        vision_config (`dict` or [`ViTConfig`], *optional*): vision encoder config.
-        audio_config (`dict` or [`OptTriAudioConfig`], *optional*): audio encoder config.
+        vision_config (`dict` or `PretrainedConfig`, *optional*): vision tower config; a [`ViTConfig`] by default, or
+            a CLIP vision, SigLIP vision or DINOv2 config (`VISION_TOWERS` in `modeling_opt_tri_towers.py`).
+        audio_config (`dict` or `PretrainedConfig`, *optional*): audio tower config; an [`OptTriAudioConfig`] by
+            default, or an AST, wav2vec2, HuBERT, WavLM or Whisper config (`AUDIO_TOWERS`; Whisper: its encoder).
         cross_modal_config (`dict` or [`OptTriFusionConfig`], *optional*): cross-modal encoder config (`fusion_config`
             is accepted as an alias of this argument, never stored under that name).
         text_decoder_config (`dict` or [`OptTriTextDecoderConfig`], *optional*): text decoder config (captioning,
@@ -479,10 +482,10 @@ class OptTriConfig(PretrainedConfig):
         audio_decoder_config (`dict` or [`OptTriCodeDecoderConfig`], *optional*): the audio code decoder of
             [`OptTriForTextToAudio`]. By default: `modality="audio"`, 1024 codes, at most
             `audio_config.max_position_embeddings * audio_config.patch_frames // 4` codes (the longest clip the audio
-            encoder reads, at 4 frames per code), and the cross-modal encoder's geometry. A dict without `num_codes`
-            gets that length. In a dict for either decoder, each of `hidden_size`, `num_hidden_layers`,
-            `num_attention_heads` and `intermediate_size` that is not given is the cross-modal encoder's. Configs saved
-            before these decoders existed load with these defaults.
+            encoder reads, at 4 frames per code; 256 with another audio family), and the cross-modal encoder's
+            geometry. A dict without `num_codes` gets that length. In a dict for either decoder, each of
+            `hidden_size`, `num_hidden_layers`, `num_attention_heads` and `intermediate_size` that is not given is the
+            cross-modal encoder's. Configs saved before these decoders existed load with these defaults.
         projection_dim (`int`, defaults to 256): size of the projected, normalised retrieval embeddings.
         logit_scale_init_value (`float`, defaults to 2.6592): initial value of the learnable contrastive logit scale
             (log of the inverse temperature, as in CLIP).
@@ -622,8 +625,9 @@ class OptTriConfig(PretrainedConfig):
         if modality == "image" and "grid_size" not in value and "num_codes" not in value:
             value["grid_size"] = max(1, self.vision_config.image_size // 8)
         if modality == "audio" and "num_codes" not in value:
-            audio = self.audio_config
-            value["num_codes"] = max(1, audio.max_position_embeddings * audio.patch_frames // 4)
+            audio = self.audio_config  # other audio families: as many codes as our default encoder reads (256 * 4 // 4)
+            frames = getattr(audio, "max_position_embeddings", 256) * getattr(audio, "patch_frames", 4)
+            value["num_codes"] = max(1, frames // 4)
         for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"):
             value.setdefault(key, getattr(self.cross_modal_config, key))  # geometry not given: the cross-modal encoder's
         return config_class(**value)

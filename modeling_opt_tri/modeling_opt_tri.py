@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoModel, GenerationMixin, PreTrainedModel, ViTModel
+from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_outputs import BaseModelOutputWithPooling
@@ -64,11 +64,23 @@ from .modeling_opt_tri_layers import (  # noqa: F401 (the public names are re-ex
     _pooled_cls,
 )
 from .modeling_opt_tri_fusion import OptTriFusionMixin
+from .modeling_opt_tri_towers import (  # noqa: F401 (the public names are re-exported)
+    AUDIO_TOWERS,
+    POOLED_TEXT_TOWERS,
+    VISION_TOWERS,
+    OptTriAudioModel,
+    OptTriTowersMixin,
+    TowerAdapter,
+    audio_target_size,
+    tower_adapter,
+)
 from .modeling_opt_tri_inputs import (  # noqa: F401 (the public names are re-exported)
     _check_token_ids,
     _check_code_inputs,
     _MODEL_INPUT_NAMES,
     _check_audio_features,
+    _audio_inputs,
+    _audio_input_names,
     _check_model_inputs,
     EVAL_SEED,
     _eval_generator,
@@ -115,7 +127,6 @@ from .modeling_opt_tri_generation import OptTriCodeSamplingMixin, OptTriTextSamp
 from .modeling_opt_tri_tuning import OptTriTowerTuningMixin
 from .modeling_opt_tri_conversion import (  # noqa: F401 (the public names are re-exported)
     build_from_unimodal_checkpoints,
-    _load_audio_encoder_checkpoint,
     _resize_text_vocabulary,
 )
 from .modeling_opt_tri_masking import (  # noqa: F401 (the public names are re-exported)
@@ -181,6 +192,7 @@ class OptTriPreTrainedModel(OptTriHubMixin, OptTriTowerTuningMixin, PreTrainedMo
         super().post_init()
         built = {type(module).__name__ for module in self.modules()}
         self._no_split_modules = {name for name in self._no_split_modules if name in built}
+        self.register_forward_pre_hook(_audio_input_names, with_kwargs=True)
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
@@ -193,6 +205,9 @@ class OptTriPreTrainedModel(OptTriHubMixin, OptTriTowerTuningMixin, PreTrainedMo
             init.trunc_normal_(module.fusion_cls_token, std=std)
             if module.logit_scale is not None:
                 init.constant_(module.logit_scale, self.config.logit_scale_init_value)
+            for embedding in (module.vision_mask_embedding, module.audio_mask_embedding):
+                if embedding is not None:  # the mask embeddings of towers without their own mask token
+                    init.trunc_normal_(embedding, std=std)
         elif isinstance(module, nn.LayerNorm):
             init.ones_(module.weight)
             init.zeros_(module.bias)
@@ -211,7 +226,7 @@ class OptTriPreTrainedModel(OptTriHubMixin, OptTriTowerTuningMixin, PreTrainedMo
         BERT and wav2vec 2.0 ([`build_from_unimodal_checkpoints`] has the details). The cross-modal encoder and
         heads are newly initialised.
         """
-        return build_from_unimodal_checkpoints(cls, OptTriAudioModel, text, vision, audio, config, **config_kwargs)
+        return build_from_unimodal_checkpoints(cls, text, vision, audio, config, **config_kwargs)
 
     def resize_token_embeddings(self, new_num_tokens=None, pad_to_multiple_of=None, mean_resizing: bool = True):
         """`PreTrainedModel.resize_token_embeddings` for the one text vocabulary of OPT-Tri: every module over it
@@ -221,91 +236,11 @@ class OptTriPreTrainedModel(OptTriHubMixin, OptTriTowerTuningMixin, PreTrainedMo
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Audio encoder
-# ----------------------------------------------------------------------------------------------------------------------
-
-
-class OptTriAudioModel(OptTriPreTrainedModel):
-    """The OPT-Tri audio encoder on its own (a `PreTrainedModel`, so it can be saved and reused)."""
-
-    config_class = OptTriAudioConfig
-    base_model_prefix = "audio_model"
-    main_input_name = "input_features"
-
-    def __init__(self, config: OptTriAudioConfig, use_mask_token: bool = True):
-        super().__init__(config)
-        self.embeddings = OptTriAudioEmbeddings(config, use_mask_token)
-        self.encoder = OptTriEncoder(config)
-        self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.post_init()
-
-    def get_input_embeddings(self) -> nn.Module:
-        """The patch stem (a `Conv1d` over log-mel frames), as `ASTModel`/`ViTModel` return their patch embedding."""
-        return self.embeddings.patch_embedding
-
-    def token_mask(self, audio_attention_mask: torch.Tensor) -> torch.Tensor:
-        """Frame mask `(B, T)` -> token mask `(B, 1 + A)` (a token is real if any of its frames is; `[CLS]` is 1)."""
-        batch, frames = audio_attention_mask.shape
-        pad = (-frames) % self.config.patch_frames
-        mask = F.pad(audio_attention_mask, (0, pad)).view(batch, -1, self.config.patch_frames).amax(-1)
-        return torch.cat([mask.new_ones(batch, 1), mask], dim=1)
-
-    def cls_token_mask(self, audio_attention_mask: torch.Tensor) -> torch.Tensor:
-        """[`token_mask`] whose `[CLS]` is 0 in the rows without audio (what the cross-modal encoder attends to)."""
-        return cls_follows_tokens(self.token_mask(audio_attention_mask.long()))
-
-    def forward(
-        self,
-        input_features: torch.Tensor,
-        audio_attention_mask: torch.Tensor | None = None,
-        bool_masked_pos: torch.Tensor | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | int | list[int] | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
-    ) -> BaseModelOutputWithPooling | tuple:
-        r"""
-        Args:
-            input_features (`(B, num_mel_bins, T)`): normalised log-mel frames from [`OptTriFeatureExtractor`].
-            audio_attention_mask (`(B, T)`): 1 for real frames, 0 for padding. Defaults to all ones.
-            bool_masked_pos (`(B, A)` bool): audio tokens to replace by the learned mask token (masked audio
-                modelling), where `A = ceil(T / patch_frames)`.
-
-            output_attentions, output_hidden_states, return_dict: as in `transformers` (defaults from the config);
-                `output_hidden_states` may also be the index or indices of the states to return (the others are
-                `None`). Attention weights are computed by the eager path, whatever the attention implementation.
-
-        Returns: `last_hidden_state (B, 1 + A, D)`, `pooler_output (B, D)` (the `[CLS]` state), plus `hidden_states`
-        (`1 + num_hidden_layers` of `(B, 1 + A, D)`, before the final LayerNorm) and `attentions`
-        (`(B, heads, 1 + A, 1 + A)` per layer) on request.
-        """
-        output_attentions, output_hidden_states = _wants_outputs(self.config, output_attentions, output_hidden_states)
-        _check_audio_features(input_features, self.config)
-        frames = input_features.shape[-1]
-        pad = (-frames) % self.config.patch_frames
-        if audio_attention_mask is None:
-            audio_attention_mask = torch.ones(input_features.shape[0], frames, device=input_features.device)
-        if pad:
-            input_features = F.pad(input_features, (0, pad))
-        token_mask = self.token_mask(audio_attention_mask.long())
-        embeddings = self.embeddings(input_features, bool_masked_pos)
-        hidden, all_hidden, all_attentions = self.encoder(
-            embeddings, token_mask, output_attentions=output_attentions, output_hidden_states=output_hidden_states
-        )
-        hidden = self.layernorm(hidden)
-        output = BaseModelOutputWithPooling(
-            last_hidden_state=hidden, pooler_output=hidden[:, 0], hidden_states=all_hidden, attentions=all_attentions
-        )
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
-        return output if return_dict else output.to_tuple()
-
-
-# ----------------------------------------------------------------------------------------------------------------------
 # The tri-modal model
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-class OptTriModel(OptTriPreTrainedModel, OptTriFusionMixin):
+class OptTriModel(OptTriPreTrainedModel, OptTriFusionMixin, OptTriTowersMixin):
     """
     Text, vision and audio encoders feeding one single-stream cross-modal encoder over `[CLS] text | image | audio`.
 
@@ -329,17 +264,7 @@ class OptTriModel(OptTriPreTrainedModel, OptTriFusionMixin):
                 every parameter they hold gets a gradient (DDP without `find_unused_parameters`).
         """
         super().__init__(config)
-        try:
-            self.text_model = AutoModel.from_config(config.text_config, add_pooling_layer=False)
-        except TypeError:  # text encoders without a pooler take no `add_pooling_layer`
-            self.text_model = AutoModel.from_config(config.text_config)
-        self.vision_model = ViTModel(config.vision_config, add_pooling_layer=False, use_mask_token=use_mask_tokens)
-        self.audio_model = OptTriAudioModel(config.audio_config, use_mask_token=use_mask_tokens) if use_audio else None
-        # Keep one config object per component so that changes (e.g. the attention implementation) stay in sync.
-        self.text_model.config = config.text_config
-        self.vision_model.config = config.vision_config
-        if use_audio:
-            self.audio_model.config = config.audio_config
+        self._build_towers(config, use_mask_tokens, use_audio)
 
         fusion = config.cross_modal_config
         self.text_to_fusion = nn.Linear(config.text_config.hidden_size, fusion.hidden_size)
@@ -366,139 +291,6 @@ class OptTriModel(OptTriPreTrainedModel, OptTriFusionMixin):
         self.text_model.set_input_embeddings(value)
 
     # -- unimodal encoders -------------------------------------------------------------------------------------------
-
-    def encode_text(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, token_type_ids=None, **kwargs
-    ) -> torch.Tensor:
-        """Text encoder states `(B, L, text_hidden)`. A row whose mask is all 0 (no text) still runs, on `[CLS]`."""
-        return self.text_tower(input_ids, attention_mask, token_type_ids, **kwargs).last_hidden_state
-
-    def text_tower(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, token_type_ids=None, **kwargs):
-        """The text encoder's own output (`last_hidden_state (B, L, text_hidden)`, and `hidden_states` / `attentions`
-        when asked for through `kwargs`)."""
-        if input_ids.ndim != 2:
-            raise ValueError(f"input_ids must have shape (batch, length); got {tuple(input_ids.shape)}")
-        _check_token_ids(input_ids, self.config.text_config.vocab_size, "input_ids")
-        if attention_mask is not None:
-            attention_mask = attention_mask.clone()
-            attention_mask[:, 0] = 1
-        extra = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
-        return self.text_model(input_ids=input_ids, attention_mask=attention_mask, **extra, **kwargs, return_dict=True)
-
-    def encode_image(self, pixel_values: torch.Tensor, bool_masked_pos: torch.Tensor | None = None, **kwargs):
-        """ViT states `(B, 1 + N, vision_hidden)` (`[CLS]` first). `bool_masked_pos (B, N)` masks patches."""
-        return self.image_tower(pixel_values, bool_masked_pos, **kwargs).last_hidden_state
-
-    def image_tower(self, pixel_values: torch.Tensor, bool_masked_pos: torch.Tensor | None = None, **kwargs):
-        """The vision encoder's own output (`last_hidden_state (B, 1 + N, vision_hidden)`, and `hidden_states` /
-        `attentions` when asked for through `kwargs`)."""
-        vc = self.config.vision_config
-        if not torch.is_tensor(pixel_values) or not pixel_values.is_floating_point():
-            raise TypeError("pixel_values must be a floating-point tensor (B, C, H, W); use OptTriImageProcessor")
-        expected = (vc.num_channels, vc.image_size, vc.image_size)
-        if pixel_values.ndim != 4 or tuple(pixel_values.shape[1:]) != expected:
-            raise ValueError(
-                f"pixel_values must have shape (batch, {expected[0]}, {expected[1]}, {expected[2]}); got "
-                f"{tuple(pixel_values.shape)}. Use OptTriImageProcessor with image_size={vc.image_size}."
-            )
-        if bool_masked_pos is not None and getattr(self.vision_model.embeddings, "mask_token", None) is None:
-            raise ValueError(f"bool_masked_pos needs the vision mask token, which {type(self).__name__} does not build here")
-        pixel_values = pixel_values.to(self.vision_model.embeddings.patch_embeddings.projection.weight.dtype)
-        return self.vision_model(pixel_values=pixel_values, bool_masked_pos=bool_masked_pos, **kwargs, return_dict=True)
-
-    def encode_audio(
-        self, input_features: torch.Tensor, audio_attention_mask: torch.Tensor | None = None, bool_masked_pos=None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Audio states `(B, 1 + A, audio_hidden)` and the token mask `(B, 1 + A)`."""
-        out, token_mask = self.audio_tower(input_features, audio_attention_mask, bool_masked_pos)
-        return out.last_hidden_state, token_mask
-
-    def audio_tower(
-        self, input_features: torch.Tensor, audio_attention_mask: torch.Tensor | None = None, bool_masked_pos=None, **kwargs
-    ) -> tuple[BaseModelOutputWithPooling, torch.Tensor]:
-        """The audio encoder's own output (hidden states / attentions when asked for through `kwargs`) and the token
-        mask `(B, 1 + A)`."""
-        if self.audio_model is None:
-            raise ValueError("This model was built without the audio tower (use_audio=False): input_features cannot be read")
-        if audio_attention_mask is None:
-            audio_attention_mask = torch.ones(
-                input_features.shape[0], input_features.shape[-1], dtype=torch.long, device=input_features.device
-            )
-        out = self.audio_model(
-            input_features.to(self.audio_model.embeddings.patch_embedding.weight.dtype),
-            audio_attention_mask,
-            bool_masked_pos=bool_masked_pos,
-            return_dict=True,
-            **kwargs,
-        )
-        return out, self.audio_model.token_mask(audio_attention_mask.long())
-
-    def project_cls(self, modality: str, hidden_states: torch.Tensor) -> torch.Tensor:
-        """The normalised retrieval embedding `(B, projection_dim)` of `modality`'s tower states `(B, n, d)`."""
-        return project_cls(getattr(self, f"{modality}_projection"), hidden_states)
-
-    def _features(self, tower_output, projection: nn.Module | None) -> BaseModelOutputWithPooling:
-        """A tower's output with `pooler_output` replaced by its projected, L2-normalised `[CLS]` state."""
-        if projection is None:
-            raise ValueError("This model was built without the retrieval projections (use_projections=False)")
-        return BaseModelOutputWithPooling(
-            last_hidden_state=tower_output.last_hidden_state,
-            pooler_output=project_cls(projection, tower_output.last_hidden_state),
-            hidden_states=tower_output.hidden_states,
-            attentions=tower_output.attentions,
-        )
-
-    def _tower_kwargs(self, output_attentions, output_hidden_states) -> dict:
-        attentions, hidden = _wants_outputs(self.config, output_attentions, output_hidden_states)
-        return {"output_attentions": attentions, "output_hidden_states": hidden}
-
-    @can_return_tuple
-    def get_text_features(
-        self,
-        input_ids: torch.LongTensor,
-        attention_mask: torch.LongTensor | None = None,
-        token_type_ids: torch.LongTensor | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | int | list[int] | None = None,
-    ) -> BaseModelOutputWithPooling | tuple:
-        r"""
-        The text encoder's output, as `CLIPModel.get_text_features` in `transformers` 5: `last_hidden_state
-        (B, L, text_hidden)`, `pooler_output (B, projection_dim)` the projected **and L2-normalised** `[CLS]` state
-        (the retrieval embedding; CLIP's is not normalised), and `hidden_states` / `attentions` on request.
-        `return_dict=False` gives the tuple. Other keyword arguments raise a `TypeError` (a misspelt mask name
-        would otherwise be ignored silently).
-        """
-        out = self.text_tower(
-            input_ids, attention_mask, token_type_ids, **self._tower_kwargs(output_attentions, output_hidden_states)
-        )
-        return self._features(out, self.text_projection)
-
-    @can_return_tuple
-    def get_image_features(
-        self,
-        pixel_values: torch.FloatTensor,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | int | list[int] | None = None,
-    ) -> BaseModelOutputWithPooling | tuple:
-        r"""The vision encoder's output; `pooler_output (B, projection_dim)` is the projected, L2-normalised `[CLS]`
-        state. See [`~OptTriModel.get_text_features`]."""
-        out = self.image_tower(pixel_values, **self._tower_kwargs(output_attentions, output_hidden_states))
-        return self._features(out, self.image_projection)
-
-    @can_return_tuple
-    def get_audio_features(
-        self,
-        input_features: torch.FloatTensor,
-        audio_attention_mask: torch.LongTensor | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | int | list[int] | None = None,
-    ) -> BaseModelOutputWithPooling | tuple:
-        r"""The audio encoder's output; `pooler_output (B, projection_dim)` is the projected, L2-normalised `[CLS]`
-        state. See [`~OptTriModel.get_text_features`]."""
-        out, _ = self.audio_tower(
-            input_features, audio_attention_mask, **self._tower_kwargs(output_attentions, output_hidden_states)
-        )
-        return self._features(out, self.audio_projection)
 
     # -- cross-modal -------------------------------------------------------------------------------------------------
 
@@ -533,7 +325,10 @@ class OptTriModel(OptTriPreTrainedModel, OptTriFusionMixin):
             pixel_values (`(B, 3, H, W)`): images from [`OptTriImageProcessor`].
             image_mask (`(B,)`): 1 where the row has an image (default: all rows).
             input_features (`(B, num_mel_bins, T)`), audio_attention_mask (`(B, T)`): log-mel frames from
-                [`OptTriFeatureExtractor`]. A row whose mask is all 0 has no audio.
+                [`OptTriFeatureExtractor`]. A row whose mask is all 0 has no audio. Other audio towers read their
+                family's input (docs/PROCESSORS.md): the wav2vec2 family `input_values (B, samples)` with a sample
+                mask, AST `(B, frames, num_mel_bins)`; `audio_mask (B,)` says which rows have audio (every OPT-Tri
+                model's `forward` takes `input_values` and `audio_mask`: `_audio_input_names`).
             image_bool_masked_pos (`(B, N)` bool), audio_bool_masked_pos (`(B, A)` bool): patches / audio tokens to
                 replace by the learned mask token (masked modelling in pre-training).
 
@@ -583,7 +378,6 @@ class OptTriModel(OptTriPreTrainedModel, OptTriFusionMixin):
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-
 class OptTriForPreTraining(OptTriPreTrainedModel, OptTriPreTrainingPhases):
     """
     OPT-Tri with every OPT/UNITER pre-training objective. One call runs each unimodal encoder once on the clean
@@ -630,7 +424,7 @@ class OptTriForPreTraining(OptTriPreTrainedModel, OptTriPreTrainingPhases):
         self.mlm_head = OptTriPredictionHead(fc.hidden_size, config.text_config.vocab_size, fc.hidden_act, fc.layer_norm_eps)
         patch_dim = vc.num_channels * vc.patch_size**2
         self.mrfr_head = OptTriPredictionHead(fc.hidden_size, patch_dim, fc.hidden_act, fc.layer_norm_eps)
-        frame_dim = ac.num_mel_bins * ac.patch_frames
+        frame_dim = audio_target_size(ac)
         self.mafr_head = OptTriPredictionHead(fc.hidden_size, frame_dim, fc.hidden_act, fc.layer_norm_eps)
         self.mac_head = OptTriPredictionHead(fc.hidden_size, frame_dim, fc.hidden_act, fc.layer_norm_eps)
         self.itm_head = nn.Linear(fc.hidden_size, 2)
@@ -706,22 +500,6 @@ class OptTriForPreTraining(OptTriPreTrainedModel, OptTriPreTrainingPhases):
         return output if return_dict else output.to_tuple()
 
     # -- phases --------------------------------------------------------------------------------------------------------
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -1143,7 +921,8 @@ class OptTriForTextToAudio(OptTriCodeGenerationModel):
 
 #: State-dict keys of modules a head no longer builds (its objectives never use them); older checkpoints of the head
 #: hold them, and they load quietly.
-_MASK_TOKEN_KEYS = [r"vision_model\.embeddings\.mask_token$", r"audio_model\.embeddings\.mask_token$"]
+_MASK_TOKEN_KEYS = [r"vision_model\.embeddings\.mask_token$", r"audio_model\.embeddings\.mask_token$",
+                    r"(^|\.)(vision|audio)_mask_embedding$", r"audio_model\.masked_spec_embed$"]
 _PROJECTION_KEYS = [r"(text|image|audio)_projection\.weight$", r"(^|\.)logit_scale$"]
 _AUDIO_TOWER_KEYS = [r"(^|\.)audio_model\.", r"(^|\.)audio_to_fusion\."]
 
@@ -1407,9 +1186,11 @@ class OptTriForRetrieval(OptTriPreTrainedModel):
             out = base.image_tower(_required(inputs, "pixel_values", modality), **tower_kwargs)
             mask = torch.ones(out.last_hidden_state.shape[:2], dtype=torch.long, device=out.last_hidden_state.device)
             return base._features(out, base.image_projection), (out.last_hidden_state, mask)
-        if modality == "audio":
-            features = _required(inputs, "input_features", modality)
-            out, mask = base.audio_tower(features, inputs.get("audio_attention_mask"), **tower_kwargs)
+        if modality == "audio":  # `input_values` / `audio_mask`: the wav2vec2 family's names (`_audio_inputs`)
+            features, audio_mask = _audio_inputs(self.config, inputs.get("input_features"), inputs.get("input_values"),
+                                                 inputs.get("audio_attention_mask"), inputs.get("audio_mask"))
+            _required({"input_features": features}, "input_features", modality)
+            out, mask = base.audio_tower(features, audio_mask, **tower_kwargs)
             return base._features(out, base.audio_projection), (out.last_hidden_state, mask)
         raise ValueError(f"modality must be 'text', 'image' or 'audio', got {modality!r}")
 

@@ -1,77 +1,93 @@
-"""Checkpoint surgery: towers from BERT / ViT / AST / OPT-Tri audio checkpoints, and resizing the text vocabulary."""
+"""Towers from unimodal `transformers` checkpoints (whole or inside a composite / head checkpoint), and resizing the
+text vocabulary."""
 
 from __future__ import annotations
 
-import re
-
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModel, PreTrainedModel
+from transformers import AutoConfig, AutoModel, PreTrainedModel, SiglipTextModel
 from transformers.utils import logging
 
 from .configuration_opt_tri import OptTriAudioConfig, OptTriConfig
+from .modeling_opt_tri_towers import OptTriAudioModel, tower_adapter
 
 logger = logging.get_logger(__name__)
 
+#: Composite checkpoints whose towers are read: model_type -> {modality: (sub-config name, key prefix, projection)}.
+_COMPOSITE_TOWERS = {
+    "clip": {"vision": ("vision_config", "vision_model.", "visual_projection"),
+             "text": ("text_config", "text_model.", "text_projection")},
+    "siglip": {"vision": ("vision_config", "vision_model.", None), "text": ("text_config", "text_model.", None)},
+}
 
-def _load_audio_encoder_checkpoint(
-    path: str, default: OptTriAudioConfig, audio_model_class: type[PreTrainedModel]
-) -> tuple[OptTriAudioConfig, dict]:
-    """Read an OptTriAudioModel (`audio_model_class`), ASTModel or ViTModel folder; return an audio config and a
-    state dict in our names."""
+#: Tower families that come from a dual encoder with (CLIP) or without (SigLIP) a projection like ours.
+_PROJECTED_TOWERS = ("clip_text_model", "clip_vision_model", "siglip_text_model", "siglip_vision_model")
+
+
+def _read_tower_checkpoint(path: str, modality: str) -> tuple:
+    """`(tower config, tower state dict, source projection weight or None, keys the source left random)` of the
+    `modality` tower in the checkpoint folder `path`: a tower's own checkpoint, its base model under a head
+    (`*ForSequenceClassification`, `*ForCTC`, ...), the vision / text tower of a `CLIPModel` / `SiglipModel`, the
+    encoder of a `WhisperModel` / `WhisperForConditionalGeneration`."""
     source_config = AutoConfig.from_pretrained(path)
-    if source_config.model_type == OptTriAudioConfig.model_type:
-        model = audio_model_class.from_pretrained(path)
-        return model.config, model.state_dict()
-    if source_config.model_type not in ("audio-spectrogram-transformer", "vit"):
-        raise ValueError(
-            f"audio={path!r} is a {source_config.model_type!r} checkpoint; OPT-Tri's audio encoder loads "
-            "'opt_tri_audio', 'audio-spectrogram-transformer' or 'vit' checkpoints"
+    model_type = source_config.model_type
+    if model_type == OptTriAudioConfig.model_type:
+        model = OptTriAudioModel.from_pretrained(path)
+        return model.config, model.state_dict(), None, set()
+    composite = _COMPOSITE_TOWERS.get(model_type, {}).get(modality)
+    if modality != "text" and composite is None and model_type != "whisper":
+        tower_adapter(source_config, modality)  # an unsupported family raises, naming the supported ones
+    loader = SiglipTextModel if model_type == "siglip_text_model" else AutoModel  # AutoModel does not map it
+    source, info = loader.from_pretrained(path, output_loading_info=True)
+    random_keys = set(info["missing_keys"])
+    if composite is not None:
+        config_name, prefix, projection = composite
+        state = {
+            k[len(prefix):]: v for k, v in source.state_dict().items() if k.startswith(prefix) and k not in random_keys
+        }
+        weight = getattr(source, projection).weight.detach() if projection else None
+        return getattr(source_config, config_name), state, weight, random_keys
+    if model_type == "whisper":
+        encoder = source.get_encoder()
+        random_keys = {k[len("encoder."):] for k in random_keys if k.startswith("encoder.")}
+        return source_config, encoder.state_dict(), None, random_keys
+    state = {k: v for k, v in source.base_model.state_dict().items() if k not in random_keys}
+    return source.config, state, None, random_keys
+
+
+def _load_tower(name: str, tower: nn.Module, state: dict, random_keys: set[str]) -> None:
+    """Load `state` into `tower` exactly: a tower weight absent from the checkpoint (or left random by its loading)
+    raises, except the masked-modelling embedding (`mask_token`, `masked_spec_embed`), which is logged as new."""
+    prefixes = {key.split(".")[0] for key in tower.state_dict()}
+    if len(prefixes) == 1 and not any(key.startswith(f"{next(iter(prefixes))}.") for key in state):
+        state = {f"{next(iter(prefixes))}.{key}": value for key, value in state.items()}  # e.g. `vision_model.` in v4
+    missing, unexpected = tower.load_state_dict(state, strict=False)
+    new = [k for k in missing if k.split(".")[-1] in ("mask_token", "masked_spec_embed")]
+    missing = [k for k in missing if k not in new]
+    if missing:
+        also = f" (left newly initialised when it was read: {sorted(random_keys)[:8]})" if random_keys else ""
+        raise ValueError(f"The {name} checkpoint lacks weights the OPT-Tri {name} tower needs: {missing[:8]}{also}")
+    if new:
+        logger.warning(f"The {name} tower's mask embedding is newly initialised (not in the checkpoint): {new}")
+    if unexpected:
+        logger.info(f"Ignored {name} checkpoint weights not used by the OPT-Tri {name} tower: {unexpected[:16]}")
+
+
+def _keep_projection(name: str, projection: nn.Module | None, weight: torch.Tensor | None, source: str) -> None:
+    """Copy a source projection (CLIP's) into ours where the shapes match, and say (log) whether it is kept."""
+    if weight is None:
+        logger.info(f"{name}={source!r}: no projection in the checkpoint matches ours; the {name} projection is new")
+        return
+    if projection is not None and tuple(projection.weight.shape) == tuple(weight.shape) and projection.bias is None:
+        with torch.no_grad():
+            projection.weight.copy_(weight)
+        logger.warning(f"{name}={source!r}: the checkpoint's projection {tuple(weight.shape)} is kept as ours")
+    else:
+        shape = None if projection is None else tuple(projection.weight.shape)
+        logger.warning(
+            f"{name}={source!r}: the checkpoint's projection {tuple(weight.shape)} is NOT kept (ours: {shape}; set "
+            f"projection_dim={weight.shape[0]} to keep it); the {name} projection is newly initialised"
         )
-    source = AutoModel.from_pretrained(path)
-    config = OptTriAudioConfig(
-        num_mel_bins=getattr(source_config, "num_mel_bins", default.num_mel_bins),
-        patch_frames=default.patch_frames,
-        hidden_size=source_config.hidden_size,
-        num_hidden_layers=source_config.num_hidden_layers,
-        num_attention_heads=source_config.num_attention_heads,
-        intermediate_size=source_config.intermediate_size,
-        hidden_act=source_config.hidden_act,
-        layer_norm_eps=source_config.layer_norm_eps,
-        max_position_embeddings=default.max_position_embeddings,
-    )
-    renames = [
-        (r"^encoder\.layer\.(\d+)\.attention\.attention\.query\.", r"encoder.layers.\1.self_attn.q_proj."),
-        (r"^encoder\.layer\.(\d+)\.attention\.attention\.key\.", r"encoder.layers.\1.self_attn.k_proj."),
-        (r"^encoder\.layer\.(\d+)\.attention\.attention\.value\.", r"encoder.layers.\1.self_attn.v_proj."),
-        (r"^encoder\.layer\.(\d+)\.attention\.output\.dense\.", r"encoder.layers.\1.self_attn.out_proj."),
-        (r"^encoder\.layer\.(\d+)\.intermediate\.dense\.", r"encoder.layers.\1.mlp.fc1."),
-        (r"^encoder\.layer\.(\d+)\.output\.dense\.", r"encoder.layers.\1.mlp.fc2."),
-        (r"^encoder\.layer\.(\d+)\.layernorm_before\.", r"encoder.layers.\1.layer_norm1."),
-        (r"^encoder\.layer\.(\d+)\.layernorm_after\.", r"encoder.layers.\1.layer_norm2."),
-        # transformers >= 5.24 names the ViT/AST layers `layers.N.attention.q_proj`, `layers.N.mlp.fc1`, ...
-        (r"^layers\.(\d+)\.attention\.(q_proj|k_proj|v_proj)\.", r"encoder.layers.\1.self_attn.\2."),
-        (r"^layers\.(\d+)\.attention\.o_proj\.", r"encoder.layers.\1.self_attn.out_proj."),
-        (r"^layers\.(\d+)\.mlp\.(fc1|fc2)\.", r"encoder.layers.\1.mlp.\2."),
-        (r"^layers\.(\d+)\.layernorm_before\.", r"encoder.layers.\1.layer_norm1."),
-        (r"^layers\.(\d+)\.layernorm_after\.", r"encoder.layers.\1.layer_norm2."),
-        (r"^layernorm\.", r"layernorm."),
-    ]
-    state = {}
-    for key, value in source.base_model.state_dict().items():
-        for pattern, replacement in renames:
-            new_key, count = re.subn(pattern, replacement, key)
-            if count:
-                state[new_key] = value
-                break
-    with torch.device("meta"):  # only the parameter names are needed
-        expected = {k for k in audio_model_class(config).state_dict() if k.startswith(("encoder.", "layernorm."))}
-    if set(state) != expected:  # never hand back a silently random audio transformer
-        raise ValueError(
-            f"Could not map the transformer weights of audio={path!r} onto OPT-Tri's audio encoder; missing "
-            f"{sorted(expected - set(state))[:8]}, unexpected {sorted(set(state) - expected)[:8]}"
-        )
-    return config, state
 
 
 def _resize_text_vocabulary(model: PreTrainedModel, new_num_tokens, pad_to_multiple_of, mean_resizing) -> nn.Module:
@@ -116,7 +132,6 @@ def _resize_text_vocabulary(model: PreTrainedModel, new_num_tokens, pad_to_multi
 
 def build_from_unimodal_checkpoints(
     cls: type[PreTrainedModel],
-    audio_model_class: type[PreTrainedModel],
     text: str | None = None,
     vision: str | None = None,
     audio: str | None = None,
@@ -124,49 +139,38 @@ def build_from_unimodal_checkpoints(
     **config_kwargs,
 ) -> PreTrainedModel:
     """
-    Build a `cls` model whose unimodal encoders start from local `transformers` checkpoint folders, as OPT started from
+    Build a `cls` model whose unimodal towers start from local `transformers` checkpoint folders, as OPT started from
     BERT and wav2vec 2.0. The cross-modal encoder and heads are newly initialised.
 
     Args:
-        text: folder of a BERT-like text encoder (`BertModel`, `RobertaModel`, ... checkpoints, with or without
-            a pre-training head).
-        vision: folder of a `ViTModel` (or `ViTFor*`) checkpoint.
-        audio: folder of an [`OptTriAudioModel`] checkpoint, or of an Audio Spectrogram Transformer (`ASTModel`)
-            or ViT checkpoint, whose transformer layers are loaded into the audio encoder (its patch stem and
-            positions are new, since AST uses 2-D spectrogram patches).
+        text: folder of a text encoder (BERT, RoBERTa, ... with or without a head; the text tower of a `CLIPModel`
+            or `SiglipModel`).
+        vision: folder of a ViT, CLIP vision, SigLIP vision or DINOv2 model (with or without a head, or the vision
+            tower of a `CLIPModel` / `SiglipModel`).
+        audio: folder of an [`OptTriAudioModel`], AST, wav2vec2, HuBERT, WavLM or Whisper checkpoint (with or
+            without a head; the encoder of a `WhisperModel` / `WhisperForConditionalGeneration`).
         config: an `OptTriConfig` giving the other settings; its matching sub-configs are replaced by those of the
             checkpoints.
         config_kwargs: further `OptTriConfig` arguments when `config` is not given.
-    audio_model_class: [`OptTriAudioModel`] (passed in: it lives in `modeling_opt_tri.py`).
+
+    Every tower weight is loaded exactly: one the checkpoint lacks raises, except a masked-modelling embedding the
+    checkpoint has no value for (logged). CLIP's projections are kept when `projection_dim` matches (logged).
     """
     config = OptTriConfig(**config_kwargs) if config is None else config
-    loaded: dict[str, PreTrainedModel] = {}
-    if text is not None:
-        loaded["text"] = AutoModel.from_pretrained(text)
-        config.text_config = loaded["text"].config
-    if vision is not None:
-        loaded["vision"] = AutoModel.from_pretrained(vision)
-        if loaded["vision"].config.model_type != "vit":
-            raise ValueError(f"vision={vision!r} is a {loaded['vision'].config.model_type!r} model; expected 'vit'")
-        config.vision_config = loaded["vision"].config
-    audio_state: dict[str, torch.Tensor] | None = None
-    if audio is not None:
-        audio_config, audio_state = _load_audio_encoder_checkpoint(audio, config.audio_config, audio_model_class)
-        config.audio_config = audio_config
+    loaded = {}
+    for name, path in (("text", text), ("vision", vision), ("audio", audio)):
+        if path is not None:
+            loaded[name] = (*_read_tower_checkpoint(path, name), path)
+            setattr(config, f"{name}_config", loaded[name][0])
     config.validate()
     model = cls(config)
     base = model.base_model
-    for name, module in (("text", base.text_model), ("vision", base.vision_model)):
-        if name in loaded:
-            source = loaded[name].base_model.state_dict()
-            missing, unexpected = module.load_state_dict(source, strict=False)
-            missing = [k for k in missing if "pooler" not in k and "mask_token" not in k]
-            if missing:
-                raise ValueError(f"The {name} checkpoint lacks weights the OPT-Tri {name} encoder needs: {missing}")
-            if unexpected:
-                logger.info(f"Ignored {name} checkpoint weights not used by OPT-Tri: {unexpected}")
-    if audio_state is not None:
-        missing, _ = base.audio_model.load_state_dict(audio_state, strict=False)
-        if missing:
-            logger.warning(f"Audio encoder weights newly initialised (not in the checkpoint): {missing}")
+    for name, (_, state, projection, random_keys, path) in loaded.items():
+        tower = {"text": base.text_model, "vision": base.vision_model, "audio": base.audio_model}[name]
+        if tower is None:
+            raise ValueError(f"{cls.__name__} builds no {name} tower: {name}={path!r} cannot be loaded")
+        _load_tower(name, tower, state, random_keys)
+        if name != "audio" and getattr(config, f"{name}_config").model_type in _PROJECTED_TOWERS:
+            own = getattr(base, "image_projection" if name == "vision" else "text_projection", None)
+            _keep_projection(name, own, projection, path)
     return model

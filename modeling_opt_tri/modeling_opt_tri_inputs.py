@@ -29,6 +29,51 @@ def _check_audio_features(input_features: torch.Tensor, config: OptTriAudioConfi
         )
 
 
+#: The audio input of each audio tower family: (ndim, axis that `audio_attention_mask` runs along, layout).
+_AUDIO_LAYOUTS = {
+    "audio-spectrogram-transformer": (3, 1, "(batch, frames, num_mel_bins)"),
+    "wav2vec2": (2, 1, "(batch, samples)"),
+    "hubert": (2, 1, "(batch, samples)"),
+    "wavlm": (2, 1, "(batch, samples)"),
+}
+_MEL_LAYOUT = (3, 2, "(batch, num_mel_bins, frames)")  # ours and Whisper
+
+
+def _audio_layout(config: OptTriConfig) -> tuple[int, int, str]:
+    return _AUDIO_LAYOUTS.get(getattr(config.audio_config, "model_type", None), _MEL_LAYOUT)
+
+
+def _audio_inputs(config: OptTriConfig, input_features, input_values, audio_attention_mask, audio_mask):
+    """The audio tensor and its mask as the model reads them: `input_values` (the wav2vec2 family's name, as the
+    processor gives it) is the audio tensor; `audio_mask` `(B,)` (the processor's rows-with-audio) zeroes the
+    `audio_attention_mask` of the rows without audio, or stands in for it when none is given."""
+    if input_values is not None:
+        if input_features is not None:
+            raise ValueError("Pass the audio as input_features or input_values, not both")
+        input_features = input_values
+    if audio_mask is None or input_features is None:
+        return input_features, audio_attention_mask
+    if not torch.is_tensor(audio_mask) or tuple(audio_mask.shape) != (input_features.shape[0],):
+        raise ValueError(f"audio_mask must be a tensor of shape ({input_features.shape[0]},), one flag per row")
+    if audio_attention_mask is None:
+        length = input_features.shape[_audio_layout(config)[1]]
+        audio_attention_mask = torch.ones(input_features.shape[0], length, dtype=torch.long, device=audio_mask.device)
+    return input_features, audio_attention_mask * audio_mask.long()[:, None]
+
+
+def _audio_input_names(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """Forward pre-hook of every OPT-Tri model: the processor's audio names of other tower families become the
+    model's (`input_values` -> `input_features`; `audio_mask (B,)` folded into `audio_attention_mask`), so no head
+    ignores them (see [`_audio_inputs`])."""
+    if "input_values" in kwargs or "audio_mask" in kwargs:
+        kwargs = dict(kwargs)
+        kwargs["input_features"], kwargs["audio_attention_mask"] = _audio_inputs(
+            module.config, kwargs.get("input_features"), kwargs.pop("input_values", None),
+            kwargs.get("audio_attention_mask"), kwargs.pop("audio_mask", None),
+        )
+    return args, kwargs
+
+
 _MODEL_INPUT_NAMES = (
     "input_ids", "attention_mask", "token_type_ids", "pixel_values", "image_mask", "input_features", "audio_attention_mask"
 )
@@ -60,9 +105,10 @@ def _check_model_inputs(config: OptTriConfig, **inputs: torch.Tensor | None) -> 
             raise TypeError(f"input_ids must be an integer tensor of token ids, got dtype {input_ids.dtype}")
         if input_ids.ndim != 2:
             raise ValueError(f"input_ids must have shape (batch, length); got {tuple(input_ids.shape)}")
+    audio_ndim, audio_axis, audio_layout = _audio_layout(config)
     for name, tensor, ndim, layout in (
         ("pixel_values", pixel_values, 4, "(batch, channels, height, width)"),
-        ("input_features", input_features, 3, "(batch, num_mel_bins, frames)"),
+        ("input_features", input_features, audio_ndim, audio_layout),
     ):
         if tensor is None:
             continue
@@ -83,7 +129,7 @@ def _check_model_inputs(config: OptTriConfig, **inputs: torch.Tensor | None) -> 
         "attention_mask": tuple(input_ids.shape) if input_ids is not None else None,
         "token_type_ids": tuple(input_ids.shape) if input_ids is not None else None,
         "image_mask": (batch,) if pixel_values is not None else None,
-        "audio_attention_mask": (batch, input_features.shape[-1]) if input_features is not None else None,
+        "audio_attention_mask": (batch, input_features.shape[audio_axis]) if input_features is not None else None,
     }
     for name, shape in expected_shapes.items():
         if name in given and shape is not None and tuple(given[name].shape) != shape:

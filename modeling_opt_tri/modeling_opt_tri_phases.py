@@ -18,7 +18,9 @@ import torch.nn.functional as F
 from .configuration_opt_tri import PRETRAINING_OBJECTIVES
 from .modeling_opt_tri_decoders import code_decoder_targets
 from .modeling_opt_tri_inputs import _MODEL_INPUT_NAMES, _check_code_inputs, _check_model_inputs, _check_token_ids
-from .modeling_opt_tri_layers import MODALITIES, MODALITY_AUDIO, MODALITY_IMAGE, MODALITY_TEXT, _asked, _wants_outputs
+from .modeling_opt_tri_layers import (
+    MODALITIES, MODALITY_AUDIO, MODALITY_IMAGE, MODALITY_TEXT, _asked, _wants_outputs, cls_follows_tokens,
+)
 from .modeling_opt_tri_losses import (
     _take,
     clamped_logit_scale,
@@ -27,8 +29,6 @@ from .modeling_opt_tri_losses import (
     itm_pairs,
     masked_frame_contrastive_loss,
     masked_regression_loss,
-    patchify_audio,
-    patchify_images,
     sample_itm_negatives,
     token_cross_entropy,
     wra_loss,
@@ -193,8 +193,7 @@ class OptTriPreTrainingPhases:
         if inputs["pixel_values"] is not None and inputs["image_mask"] is None:
             inputs["image_mask"] = torch.ones(size, dtype=torch.long, device=device)
         if inputs["input_features"] is not None and inputs["audio_attention_mask"] is None:
-            frames = inputs["input_features"].shape[-1]
-            inputs["audio_attention_mask"] = torch.ones(size, frames, dtype=torch.long, device=device)
+            inputs["audio_attention_mask"] = self.opt_tri.audio_input_mask(inputs["input_features"], None).to(device)
         no = torch.zeros(size, dtype=torch.bool, device=device)
         present = {
             "text": inputs["attention_mask"].bool().any(1) if inputs["input_ids"] is not None else no,
@@ -217,7 +216,7 @@ class OptTriPreTrainingPhases:
             real = torch.ones(batch.size, cfg.num_image_patches, dtype=torch.bool, device=batch.pixel_values.device)
             plan.image_masked = self.mask_positions(real, rows["image"], cfg.mvm_probability, generator=generator)
         if batch.input_features is not None:
-            plan.audio_real = self.opt_tri.audio_model.token_mask(batch.audio_attention_mask.long())[:, 1:].bool()
+            plan.audio_real = self.opt_tri.audio_token_mask(batch.input_features, batch.audio_attention_mask)[:, 1:].bool()
             if rows["audio"].any():
                 plan.audio_masked = self.mask_positions(plan.audio_real, rows["audio"], cfg.mam_probability, generator=generator)
         return plan
@@ -269,7 +268,7 @@ class OptTriPreTrainingPhases:
         if batch.given("image"):
             masks["image"] = batch.image_mask[:, None].expand(-1, states["image"].shape[1])
         if batch.given("audio"):
-            masks["audio"] = self.opt_tri.audio_model.cls_token_mask(batch.audio_attention_mask)
+            masks["audio"] = cls_follows_tokens(self.opt_tri.audio_token_mask(batch.input_features, batch.audio_attention_mask))
         return masks
 
     def needs_masked_fusion(self, batch: PreTrainingBatch, plan: MaskPlan) -> bool:
@@ -361,13 +360,13 @@ class OptTriPreTrainingPhases:
         if plan.image_masked is not None and tasks & set(TOKEN_OBJECTIVES["image"]):
             patches = fusion.at_masked("image")  # (M, hidden), in the order of image_masked
             if "mrfr" in tasks:
-                target = patchify_images(batch.pixel_values.float(), cfg.vision_config.patch_size)
+                target = self.opt_tri.image_reconstruction_target(batch.pixel_values)
                 result.losses["mrfr"] = masked_regression_loss(self.mrfr_head(patches), target[plan.image_masked])
             if tasks & {"mrc", "mrc_kl"}:
                 result.losses.update(self._masked_code_losses(batch, plan.image_masked, patches))
         if plan.audio_masked is not None and tasks & set(TOKEN_OBJECTIVES["audio"]):
             tokens = fusion.at_masked("audio")
-            target = patchify_audio(batch.input_features.float(), cfg.audio_config.patch_frames)
+            target = self.opt_tri.audio_reconstruction_target(batch.input_features)
             if "mafr" in tasks:
                 result.losses["mafr"] = masked_regression_loss(self.mafr_head(tokens), target[plan.audio_masked])
             if "mac" in tasks:

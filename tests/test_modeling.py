@@ -39,7 +39,8 @@ MODALITY_KEYS = {
 MODELING_HELPERS = {
     f"modeling_opt_tri_{part}.py"
     for part in (
-        "outputs", "layers", "inputs", "fusion", "losses", "masking", "phases", "decoders", "generation", "conversion", "hub", "tuning"
+        "outputs", "layers", "inputs", "fusion", "losses", "masking", "phases", "decoders", "generation", "conversion", "hub",
+        "tuning", "towers",
     )
 }
 SAVED_FILES = {"config.json", "model.safetensors", "configuration_opt_tri.py", "modeling_opt_tri.py", "README.md",
@@ -484,27 +485,17 @@ def test_from_unimodal_pretrained_copies_the_encoders(unimodal_checkpoints, tmp_
             compared += 1
         assert compared > 10
 
-    # AST's transformer layers, whatever transformers names them, land in the audio encoder's layers
-    ast_layers = ast.layers if hasattr(ast, "layers") else ast.encoder.layer
-    for i, (ours, theirs) in enumerate(zip(base.audio_model.encoder.layers, ast_layers, strict=True)):
-        theirs_params = dict(theirs.named_parameters())
-
-        def pick(*names):
-            return next(theirs_params[n] for n in names if n in theirs_params)
-
-        pairs = [
-            (ours.self_attn.q_proj.weight, pick("attention.q_proj.weight", "attention.attention.query.weight")),
-            (ours.self_attn.k_proj.bias, pick("attention.k_proj.bias", "attention.attention.key.bias")),
-            (ours.self_attn.v_proj.weight, pick("attention.v_proj.weight", "attention.attention.value.weight")),
-            (ours.self_attn.out_proj.weight, pick("attention.o_proj.weight", "attention.output.dense.weight")),
-            (ours.mlp.fc1.weight, pick("mlp.fc1.weight", "intermediate.dense.weight")),
-            (ours.mlp.fc2.bias, pick("mlp.fc2.bias", "output.dense.bias")),
-            (ours.layer_norm1.weight, pick("layernorm_before.weight")),
-            (ours.layer_norm2.bias, pick("layernorm_after.bias")),
-        ]
-        for a, b in pairs:
-            assert torch.equal(a, b), f"audio layer {i}"
-    assert torch.equal(base.audio_model.layernorm.weight, ast.layernorm.weight)
+    # AST is a tower of its own (issue 16): its weights are AST's, and it computes what the AST checkpoint computes
+    assert base.audio_model.state_dict().keys() == ast.state_dict().keys()
+    for key, value in ast.state_dict().items():
+        assert torch.equal(base.audio_model.state_dict()[key], value), key
+    batch = {**{k: v for k, v in batch.items() if not k.startswith(("input_features", "audio_"))},
+             "input_features": torch.randn(4, 32, 16, generator=torch.Generator().manual_seed(0))}
+    with torch.no_grad():
+        states, token_mask = base.encode_audio(batch["input_features"])
+        theirs = ast(input_values=batch["input_features"])
+    assert torch.allclose(states[:, 1:], theirs.last_hidden_state[:, 2:], atol=1e-6)
+    assert torch.allclose(states[:, 0], theirs.pooler_output, atol=1e-6) and bool(token_mask.all())
 
     # the OPT-Tri text encoder computes exactly what the BERT checkpoint computes
     with torch.no_grad():
@@ -524,10 +515,12 @@ def test_from_unimodal_pretrained_copies_the_encoders(unimodal_checkpoints, tmp_
 
 def test_from_unimodal_pretrained_rejects_wrong_checkpoints(unimodal_checkpoints):
     root = unimodal_checkpoints[0]
-    with pytest.raises(ValueError, match=r"is a 'bert' model; expected 'vit'"):
+    with pytest.raises(ValueError, match=r"vision_config is a 'bert' config; OPT-Tri's vision tower supports"):
         OptTriModel.from_unimodal_pretrained(vision=str(root / "bert"), config=tiny_config())
-    with pytest.raises(ValueError, match=r"'bert' checkpoint; OPT-Tri's audio encoder loads"):
+    with pytest.raises(ValueError, match=r"audio_config is a 'bert' config; OPT-Tri's audio tower supports"):
         OptTriModel.from_unimodal_pretrained(audio=str(root / "bert"), config=tiny_config())
+    with pytest.raises(ValueError, match=r"audio_config is a 'vit' config"):  # no more ViT-into-audio surgery
+        OptTriModel.from_unimodal_pretrained(audio=str(root / "vit"), config=tiny_config())
 
 
 # ----------------------------------------------------------------------------------------------------------------------
