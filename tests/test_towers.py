@@ -427,3 +427,16 @@ def test_processor_output_runs_each_tower_family(folders, tmp_path):
             assert torch.equal(out.audio_token_mask[:, 1:].bool(), own.bool() & inputs["audio_mask"].bool()[:, None])
             embeds, _ = OptTriForRetrieval(model.config).eval().encode("audio", inputs)  # its `encode` reads them too
             assert embeds.shape == (3, model.config.projection_dim) and torch.isfinite(embeds).all()
+
+
+@pytest.mark.parametrize("audio", list(AUDIO))
+def test_retrieval_evaluation_reads_each_audio_family(folders, audio):
+    """The evaluation's encoder takes every audio layout the processor gives (`input_values` and `audio_mask` of
+    the raw-waveform and AST layouts) and measures all six directions."""
+    from modeling_opt_tri.training.evaluation import embed_batches, retrieval_metrics
+
+    model = _build(folders, "vit", audio).eval()
+    batch = _batch(audio)
+    embeddings = embed_batches(model, [batch], progress=False)
+    assert all(len(rows) == B for rows in embeddings.rows.values())
+    assert len(retrieval_metrics(embeddings)) == 6

@@ -23,7 +23,7 @@ DIRECTIONS = (
 _INPUT_KEYS = {
     "text": ("input_ids", "attention_mask", "token_type_ids"),
     "image": ("pixel_values",),
-    "audio": ("input_features", "audio_attention_mask"),
+    "audio": ("input_features", "input_values", "audio_attention_mask"),  # input_values: raw-waveform towers
 }
 
 
@@ -34,8 +34,12 @@ def present_rows(batch: dict) -> dict[str, torch.Tensor]:
         present["text"] = batch["attention_mask"].bool().any(1)
     if "pixel_values" in batch:
         present["image"] = batch["image_mask"].bool()
-    if "input_features" in batch:
-        present["audio"] = batch["audio_attention_mask"].bool().any(1)
+    audio = batch.get("input_features", batch.get("input_values"))
+    if audio is not None:
+        mask = batch.get("audio_attention_mask")
+        present["audio"] = mask.bool().any(1) if mask is not None else torch.ones(audio.shape[0], dtype=torch.bool)
+        if "audio_mask" in batch:  # the processor's per-row flag of the raw-waveform layouts
+            present["audio"] = present["audio"] & batch["audio_mask"].bool()
     return present
 
 
@@ -88,6 +92,8 @@ def encode_rows(model, dataloader, device=None, progress: bool = True, states: b
             if index.numel() == 0:
                 continue
             inputs = {k: batch[k][index].to(device) for k in _INPUT_KEYS[modality] if k in batch}
+            if "input_values" in inputs:  # the model's one name for a tower's audio input
+                inputs["input_features"] = inputs.pop("input_values")
             if states:
                 embedding, part = encoder.encode(modality, inputs)
                 parts.setdefault(modality, []).append(part)
