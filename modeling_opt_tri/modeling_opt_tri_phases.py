@@ -20,7 +20,6 @@ from .modeling_opt_tri_decoders import code_decoder_targets
 from .modeling_opt_tri_inputs import _MODEL_INPUT_NAMES, _check_code_inputs, _check_model_inputs, _check_token_ids
 from .modeling_opt_tri_layers import MODALITIES, _asked, _wants_outputs
 from .modeling_opt_tri_losses import (
-    _take,
     clamped_logit_scale,
     codes_by_patch,
     contrastive_loss,
@@ -423,7 +422,9 @@ class OptTriPreTrainingPhases:
         """Contrastive alignment of every modality pair, pairwise matching (ITM) with WRA, 5-way tri-modal matching,
         all on the clean views."""
         tasks, present, states, embeds = batch.tasks, batch.present, views.clean, views.embeds
-        losses = {}
+        losses, tokens = {}, {}
+        if tasks & {"itm", "wra", "tri_matching"}:  # each state's first cross-modal work, once for every matching row
+            tokens = {m: self.opt_tri.fusion_tokens(m, states[m]) for m in states}
         if "contrastive" in tasks:
             pair_losses = [
                 contrastive_loss(
@@ -440,7 +441,7 @@ class OptTriPreTrainingPhases:
                 if a not in states or b not in states or batch.counts[f"{a}+{b}"] < 2:
                     continue
                 valid = true_positions(present[a] & present[b], batch.counts[f"{a}+{b}"])
-                itm, wra = self.pair_matching(a, b, states, embeds, valid, "wra" in tasks and a == "text", generator)
+                itm, wra = self.pair_matching(a, b, states, embeds, valid, "wra" in tasks and a == "text", generator, tokens)
                 itm_losses.append(itm)
                 if wra is not None:
                     wra_losses.append(wra)
@@ -451,7 +452,7 @@ class OptTriPreTrainingPhases:
         if "tri_matching" in tasks and len(states) == 3:
             if batch.counts["all"] >= 3:
                 rows = true_positions(present["text"] & present["image"] & present["audio"], batch.counts["all"])
-                losses["tri_matching"] = self.tri_matching(states, rows, generator)
+                losses["tri_matching"] = self.tri_matching(states, rows, generator, tokens)
         return losses
 
     def weigh_losses(self, losses: dict[str, torch.Tensor]) -> torch.Tensor | None:
@@ -474,12 +475,13 @@ class OptTriPreTrainingPhases:
         )
         return {name: base_output.get(name) for name in _TOWER_FIELDS}
 
-    def pair_matching(self, a, b, states, embeds, valid, want_wra=False, generator=None):
+    def pair_matching(self, a, b, states, embeds, valid, want_wra=False, generator=None, tokens=None):
         """
         ITM for the pair (a, b) of the samples `valid` (their indices `(n,)` into the batch; or a `(B,)` bool mask,
         at the cost of a host sync), on the rows given by `itm_pairs` (`config.itm_rows_per_sample`). A negative
         partner is drawn from the contrastive similarities (hard) with probability
-        `config.itm_hard_negative_fraction`, else uniformly from the other rows.
+        `config.itm_hard_negative_fraction`, else uniformly from the other rows. `tokens`: the
+        [`FusionTokens`] of the states by modality (computed here when not given), gathered for every row.
         """
         base = self.opt_tri
         rows = valid.nonzero().flatten() if valid.dtype == torch.bool else valid
@@ -488,22 +490,24 @@ class OptTriPreTrainingPhases:
         neg_a, neg_b = sample_itm_negatives(logits, self.config.itm_hard_negative_fraction, generator)
         neg_a, neg_b = rows[neg_a], rows[neg_b]
         a_index, b_index, labels = itm_pairs(rows, neg_a, neg_b, self.config.itm_rows_per_sample, generator)
-        parts = {a: _take(states[a], a_index), b: _take(states[b], b_index)}
+        tokens = tokens or {m: base.fusion_tokens(m, states[m]) for m in (a, b)}
+        parts = [tokens[a].take(a_index), tokens[b].take(b_index)]  # a before b: the order of MODALITIES
         if not want_wra:  # ITM reads the [CLS] only
-            cls = base.fuse_selected(parts.get("text"), parts.get("image"), parts.get("audio"))[0][:, 0]
+            cls = base.fuse_tokens(parts)[0][:, 0]
             return F.cross_entropy(self.itm_head(cls).float(), labels), None
-        fused, fusion_mask, _ = base.fuse(parts.get("text"), parts.get("image"), parts.get("audio"))
+        fused, fusion_mask = base.fuse_tokens(parts, cls_only=False)
         itm = F.cross_entropy(self.itm_head(fused[:, 0]).float(), labels)
         # token states only: `[CLS] a | b`, without each part's first position (its unimodal [CLS]); slices of
         # lengths known on the host rather than indices found on the device
-        length_a, length_b = parts[a][0].shape[1], parts[b][0].shape[1]
+        length_a, length_b = states[a][0].shape[1], states[b][0].shape[1]
         xa, xb = slice(2, 1 + length_a), slice(2 + length_a, 1 + length_a + length_b)
         wra = wra_loss(fused[:, xa], fusion_mask[:, xa], fused[:, xb], fusion_mask[:, xb], labels.bool())
         return itm, wra
 
-    def tri_matching(self, states, valid, generator=None):
+    def tri_matching(self, states, valid, generator=None, tokens=None):
         """5-way matching: which modalities of a (text, image, audio) triple belong to the same sample, for the
-        samples `valid` (their indices `(n,)` into the batch; or a `(B,)` bool mask, at the cost of a host sync)."""
+        samples `valid` (their indices `(n,)` into the batch; or a `(B,)` bool mask, at the cost of a host sync).
+        `tokens`: as for `pair_matching`."""
         rows = valid.nonzero().flatten() if valid.dtype == torch.bool else valid
         n = rows.shape[0]
         device = rows.device
@@ -518,7 +522,7 @@ class OptTriPreTrainingPhases:
         text_idx = torch.where((classes == 1) | (classes == 4), other1, rows)
         image_idx = torch.where(classes == 3, other1, rows)
         audio_idx = torch.where(classes == 2, other1, torch.where(classes == 4, other2, rows))
-        cls = self.opt_tri.fuse_selected(
-            _take(states["text"], text_idx), _take(states["image"], image_idx), _take(states["audio"], audio_idx)
-        )[0][:, 0]
+        tokens = tokens or {m: self.opt_tri.fusion_tokens(m, states[m]) for m in MODALITIES}
+        parts = [tokens["text"].take(text_idx), tokens["image"].take(image_idx), tokens["audio"].take(audio_idx)]
+        cls = self.opt_tri.fuse_tokens(parts)[0][:, 0]
         return F.cross_entropy(self.tri_matching_head(cls).float(), classes)
