@@ -38,7 +38,7 @@ def _check_token_ids(ids: torch.Tensor | None, vocab_size: int, name: str) -> No
     """Raise a `ValueError` naming `name` unless every id of `ids` (if given and not empty) is in `[0, vocab_size)`."""
     if ids is None or not ids.numel():
         return
-    low, high = (int(v) for v in torch.aminmax(ids))
+    low, high = torch.stack(torch.aminmax(ids)).tolist()  # one host copy for both bounds
     if low < 0 or high >= vocab_size:
         raise ValueError(f"{name} must be in [0, {vocab_size}); got values in [{low}, {high}]")
 

@@ -35,8 +35,9 @@ ALLOWED: dict[tuple[str, str], tuple[int, str]] = {
            "random draws of the matching objectives and which objectives run, exactly as before",
     ),
     ("modeling_opt_tri_inputs.py", "_check_token_ids"): (
-        6, "input validation: ids outside the vocabulary raise a clear ValueError instead of an index error deep "
-           "in an embedding (min and max of input_ids, checked by prepare_batch, the text tower and the model)",
+        3, "input validation: ids outside the vocabulary raise a clear ValueError instead of an index error deep "
+           "in an embedding (one copy of min and max of input_ids, checked by prepare_batch and the text tower "
+           "for its clean and masked rows)",
     ),
     ("modeling_opt_tri_inputs.py", "_check_model_inputs"): (
         2, "input validation: NaN / inf in pixel_values or input_features raise a clear ValueError",
