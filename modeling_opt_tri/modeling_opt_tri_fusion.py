@@ -21,18 +21,19 @@ from .modeling_opt_tri_layers import (
 
 @dataclass
 class FusionTokens:
-    """One modality's tokens as the cross-modal encoder's first layer reads them, computed once per distinct row:
+    """The tokens of `modality` as the cross-modal encoder's first layer reads them, computed once per distinct row:
     `embeddings` `(B, n, d)` (projected to the fusion width, plus the modality-type embedding), `projected` the
     first layer's queries, keys and values of them (each `(B, n, d)`), `mask` `(B, n)`. Matching objectives that
     score several combinations of the same rows gather these instead of redoing the per-token work."""
 
+    modality: str
     embeddings: torch.Tensor
     projected: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
     mask: torch.Tensor
 
     def take(self, index: torch.Tensor) -> FusionTokens:
         """The rows `index` `(R,)`."""
-        return FusionTokens(self.embeddings[index], tuple(x[index] for x in self.projected), self.mask[index])
+        return FusionTokens(self.modality, self.embeddings[index], tuple(x[index] for x in self.projected), self.mask[index])
 
 
 _FUSION_CODES = {"text": MODALITY_TEXT, "image": MODALITY_IMAGE, "audio": MODALITY_AUDIO}
@@ -172,7 +173,8 @@ class OptTriFusionMixin:
         project = {"text": self.text_to_fusion, "image": self.image_to_fusion, "audio": self.audio_to_fusion}[modality]
         code = torch.full((1,), _FUSION_CODES[modality], dtype=torch.long, device=part[0].device)
         embeddings = project(part[0]) + self.modality_embeddings(code)
-        return FusionTokens(embeddings, self.fusion_encoder.layers[0].project_for_attention(embeddings), part[1].long())
+        projected = self.fusion_encoder.layers[0].project_for_attention(embeddings)
+        return FusionTokens(modality, embeddings, projected, part[1].long())
 
     def fuse_tokens(self, parts: list[FusionTokens], cls_only: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """The cross-modal encoder over `[CLS] | parts...` (in the order text, image, audio, as `fuse`) from their
