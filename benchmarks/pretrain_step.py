@@ -4,6 +4,8 @@
     python benchmarks/pretrain_step.py --with-audio                      # also OPT-Tri with audio added
     python benchmarks/pretrain_step.py --device cuda --geometry base --dtype bf16 --batch-size 128 --compile \
         --peak-tflops 989 --with-audio                                   # H100 SXM dense bf16 peak
+    python benchmarks/pretrain_step.py --count-flops-only --geometry base --with-audio  # GFLOP/sample, no timing
+    python benchmarks/pretrain_step.py --compile --with-audio           # eager and compiled OPT-Tri rows
 
 A step is forward, backward and optimizer (AdamW: fused on CUDA, foreach on CPU) on a batch already on the device,
 so the figure is the model's, not the data loader's. Both models are built from config (no download):
