@@ -35,9 +35,9 @@ ALLOWED: dict[tuple[str, str], tuple[int, str]] = {
            "random draws of the matching objectives and which objectives run, exactly as before",
     ),
     ("modeling_opt_tri_inputs.py", "_check_token_ids"): (
-        3, "input validation: ids outside the vocabulary raise a clear ValueError instead of an index error deep "
-           "in an embedding (one copy of min and max of input_ids, checked by prepare_batch and the text tower "
-           "for its clean and masked rows)",
+        4, "input validation: ids outside the vocabulary raise a clear ValueError instead of an index error deep "
+           "in an embedding (one copy of min and max per check: input_ids by prepare_batch and by the text tower "
+           "for its clean and its masked rows, token_type_ids when given)",
     ),
     ("modeling_opt_tri_inputs.py", "_check_model_inputs"): (
         1, "input validation: NaN / inf in pixel_values or input_features raise a clear ValueError (one copy)",
