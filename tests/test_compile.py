@@ -19,8 +19,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 #: The functions where a graph may break: each reads a value on the host (tests/test_sync_free.py gives why).
 BREAKS_AT = {"host_counts", "_check_token_ids", "_check_model_inputs"}
-#: Measured: 21 on torch 2.13 (dynamo counts a break again in each frame that resumes after it).
-MAX_GRAPH_BREAKS = 21
+#: Measured: 22 on torch 2.13 (dynamo counts a break again in each frame that resumes after it). Before issue 20
+#: `explain` did not get through the step (a random draw with a data-dependent size).
+MAX_GRAPH_BREAKS = 22
 
 
 @pytest.mark.slow
