@@ -4,6 +4,8 @@
     python benchmarks/pretrain_step.py --with-audio                      # also OPT-Tri with audio added
     python benchmarks/pretrain_step.py --device cuda --geometry base --dtype bf16 --batch-size 128 --compile \
         --peak-tflops 989 --with-audio                                   # H100 SXM dense bf16 peak
+    python benchmarks/pretrain_step.py --count-flops-only --geometry base --with-audio  # GFLOP/sample, no timing
+    python benchmarks/pretrain_step.py --compile --with-audio           # eager and compiled OPT-Tri rows
 
 A step is forward, backward and optimizer (AdamW: fused on CUDA, foreach on CPU) on a batch already on the device,
 so the figure is the model's, not the data loader's. Both models are built from config (no download):
@@ -66,7 +68,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per model before the repeats")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="bf16: autocast, fp32 master weights")
-    parser.add_argument("--compile", action="store_true", help="torch.compile OPT-Tri")
+    parser.add_argument("--compile", action="store_true", help="also torch.compile OPT-Tri (eager and compiled rows)")
     parser.add_argument("--compile-flava", action="store_true", help="torch.compile FLAVA as well")
     parser.add_argument("--peak-tflops", type=float, default=None, help="device peak for MFU (e.g. 989 for H100 bf16)")
     parser.add_argument("--with-audio", action="store_true", help="add a row: OPT-Tri with audio inputs as well")
@@ -79,15 +81,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: 1 on CPU, unchanged on CUDA)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory step")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--count-flops-only", action="store_true",
+                        help="no timing: GFLOP per sample of one step of each model (default --batch-size 2)")
     args = parser.parse_args(argv)
     if args.batch_size is None:
-        args.batch_size = 128 if args.device == "cuda" else 32
+        args.batch_size = 2 if args.count_flops_only else (128 if args.device == "cuda" else 32)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda but torch.cuda.is_available() is False")
     if (args.compile or args.compile_flava) and args.warmup < 3:
         args.warmup = 3  # compilation, then the recompilations for the shapes that vary between steps
-    if args.batch_size < 4:
-        parser.error("--batch-size must be at least 4 (contrastive and matching need several rows)")
+    smallest = 2 if args.count_flops_only else 4  # a timed step needs a few rows of every objective
+    if args.batch_size < smallest:
+        parser.error(f"--batch-size must be at least {smallest} (contrastive and matching need several rows)")
     return args
 
 
@@ -283,21 +288,17 @@ def build_runners(args: argparse.Namespace, device: torch.device) -> list[Runner
     fbatch = flava_batch(config, args, device, generator)
     runners.append(_runner("FLAVA", "text+image", flava, lambda m, b=fbatch: m(**b).loss, args.compile_flava, args, device))
 
-    torch.manual_seed(args.seed)
-    ours = OptTriForPreTraining(config).to(device).train()
-    obatch = opt_tri_batch(config, args, False, device, generator)
-    runners.append(_runner(
-        "OPT-Tri", "text+image", ours, lambda m, b=obatch: m(**b, tasks=tasks).loss, args.compile, args, device
-    ))
-    if args.with_audio:
-        audio_tasks = tasks + (["mafr"] if "mafr" not in tasks and "mrfr" in tasks else [])
-        torch.manual_seed(args.seed)
-        ours_audio = OptTriForPreTraining(config).to(device).train()
-        abatch = opt_tri_batch(config, args, True, device, generator)
-        runners.append(_runner(
-            "OPT-Tri", "text+image+audio", ours_audio, lambda m, b=abatch: m(**b, tasks=audio_tasks).loss,
-            args.compile, args, device,
-        ))
+    variants = [False, True] if args.compile else [False]
+    for audio in [False, True] if args.with_audio else [False]:
+        batch = opt_tri_batch(config, args, audio, device, generator)
+        call_tasks = tasks + (["mafr"] if audio and "mafr" not in tasks and "mrfr" in tasks else [])
+        for compiled in variants:  # the same initial weights for the eager and the compiled model
+            torch.manual_seed(args.seed)
+            ours = OptTriForPreTraining(config).to(device).train()
+            runners.append(_runner(
+                "OPT-Tri" + (" compiled" if compiled else ""), "text+image+audio" if audio else "text+image", ours,
+                lambda m, b=batch, t=call_tasks: m(**b, tasks=t).loss, compiled, args, device,
+            ))
     return runners
 
 
@@ -309,6 +310,29 @@ def _runner(name, inputs, model, call, compile_it, args, device) -> Runner:
         name=name, inputs=inputs, model=model, forward=lambda: call(compiled), eager_forward=lambda: call(model),
         optimizer=make_optimizer(model, device),
     )
+
+
+def token_drop_setting(model: torch.nn.Module) -> str:
+    """The share of image patches / audio tokens dropped from the clean views (FLIP), as the config sets it."""
+    shares = {name: getattr(model.config, name, None) for name in ("image_token_drop", "audio_token_drop")}
+    if all(value is None for value in shares.values()):
+        return "token drop: not available in this version (every patch and audio token is encoded)"
+    return "token drop: " + ", ".join(f"{name} {value or 0.0:g}" for name, value in shares.items())
+
+
+def print_flops(runners: list[Runner], args: argparse.Namespace, device: torch.device) -> None:
+    """`--count-flops-only`: the counted GFLOP per sample of one eager step of each model, and the ratio to FLAVA."""
+    for runner in runners:
+        runner.flops = count_flops(runner, contextlib.nullcontext)
+    print(f"FLOPs counted (FlopCounterMode: matmuls, convolutions and attention, forward + backward) on {device}, "
+          f"geometry {args.geometry}, batch {args.batch_size}, text {args.text_length} tokens; no timing")
+    print(f"OPT-Tri tasks: {args.tasks}{' (+mafr with audio)' if args.with_audio else ''}; "
+          f"{token_drop_setting(runners[1].model)}; FLAVA: mmm_text, mmm_image, itm, global contrastive")
+    flava = runners[0].flops / args.batch_size
+    print(f"{'model':<16} {'inputs':<17} {'GFLOP/sample':>13} {'vs FLAVA':>9}")
+    for runner in runners:
+        per_sample = runner.flops / args.batch_size
+        print(f"{runner.name:<16} {runner.inputs:<17} {per_sample / 1e9:13.3f} {per_sample / flava:8.3f}x")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -329,6 +353,9 @@ def main(argv: list[str] | None = None) -> None:
         return torch.autocast(device_type=device.type, dtype=dtype)
 
     runners = build_runners(args, device)
+    if args.count_flops_only:
+        print_flops(runners, args, device)
+        return
     for runner in runners:  # warm-up (and compilation), and one look at the loss outside the timed steps
         for _ in range(max(1, args.warmup)):
             step(runner, autocast)
@@ -365,7 +392,7 @@ def main(argv: list[str] | None = None) -> None:
           "FLAVA: mmm_text, mmm_image, itm, global contrastive")
     reference = statistics.median(runners[0].rates)
     header = (
-        f"{'model':<8} {'inputs':<17} {'params':>8} {'step ms':>9} {'samples/s':>10} {'GFLOP/step':>11} "
+        f"{'model':<16} {'inputs':<17} {'params':>8} {'step ms':>9} {'samples/s':>10} {'GFLOP/step':>11} "
         f"{'TFLOP/s':>8} {'MFU':>7} {'peak MiB':>9} {'vs FLAVA':>9}"
     )
     print(header)
@@ -378,7 +405,7 @@ def main(argv: list[str] | None = None) -> None:
         params = sum(p.numel() for p in runner.model.parameters()) / 1e6
         memory = "n/a" if runner.peak_bytes != runner.peak_bytes else f"{runner.peak_bytes / 2**20:.1f}"
         print(
-            f"{runner.name:<8} {runner.inputs:<17} {params:7.1f}M {1000 * step_s:9.1f} {rate:10.1f} "
+            f"{runner.name:<16} {runner.inputs:<17} {params:7.1f}M {1000 * step_s:9.1f} {rate:10.1f} "
             f"{runner.flops / 1e9:11.2f} {tflops:8.4f} {mfu:>7} {memory:>9} {rate / reference:8.2f}x"
         )
     spread = ", ".join(

@@ -4,6 +4,8 @@ positions (`fuse_selected`)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from .modeling_opt_tri_inputs import _check_model_inputs
@@ -15,6 +17,26 @@ from .modeling_opt_tri_layers import (
     cls_follows_tokens,
     project_cls,
 )
+
+
+@dataclass
+class FusionTokens:
+    """The tokens of `modality` as the cross-modal encoder's first layer reads them, computed once per distinct row:
+    `embeddings` `(B, n, d)` (projected to the fusion width, plus the modality-type embedding), `projected` the
+    first layer's queries, keys and values of them (each `(B, n, d)`), `mask` `(B, n)`. Matching objectives that
+    score several combinations of the same rows gather these instead of redoing the per-token work."""
+
+    modality: str
+    embeddings: torch.Tensor
+    projected: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+    mask: torch.Tensor
+
+    def take(self, index: torch.Tensor) -> FusionTokens:
+        """The rows `index` `(R,)`."""
+        return FusionTokens(self.modality, self.embeddings[index], tuple(x[index] for x in self.projected), self.mask[index])
+
+
+_FUSION_CODES = {"text": MODALITY_TEXT, "image": MODALITY_IMAGE, "audio": MODALITY_AUDIO}
 
 
 class OptTriFusionMixin:
@@ -145,6 +167,32 @@ class OptTriFusionMixin:
             fusion_mask,
             modality_ids,
         )
+
+    def fusion_tokens(self, modality: str, part: tuple[torch.Tensor, torch.Tensor]) -> FusionTokens:
+        """`part` `(states (B, n, d_m), mask (B, n))` of `modality` as the first cross-modal layer reads it."""
+        project = {"text": self.text_to_fusion, "image": self.image_to_fusion, "audio": self.audio_to_fusion}[modality]
+        code = torch.full((1,), _FUSION_CODES[modality], dtype=torch.long, device=part[0].device)
+        embeddings = project(part[0]) + self.modality_embeddings(code)
+        projected = self.fusion_encoder.layers[0].project_for_attention(embeddings)
+        return FusionTokens(modality, embeddings, projected, part[1].long())
+
+    def fuse_tokens(self, parts: list[FusionTokens], cls_only: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """The cross-modal encoder over `[CLS] | parts...` (in the order text, image, audio, as `fuse`) from their
+        [`FusionTokens`]: the `[CLS]` state `(R, 1, d)` with `cls_only`, else every state `(R, S, d)`; and the
+        mask `(R, S)`. Equals `fuse_selected(...)[0]` / `fuse(...)[0]` on the same states."""
+        rows, device = parts[0].embeddings.shape[0], parts[0].embeddings.device
+        code = torch.full((1,), MODALITY_CLS, dtype=torch.long, device=device)
+        cls = self.fusion_cls_token.to(parts[0].embeddings.dtype) + self.modality_embeddings(code)  # (1, 1, d)
+        cls_projected = self.fusion_encoder.layers[0].project_for_attention(cls)
+        embeddings = torch.cat([cls.expand(rows, -1, -1)] + [part.embeddings for part in parts], dim=1)
+        projected = tuple(
+            torch.cat([cls_projected[i].expand(rows, -1, -1)] + [part.projected[i] for part in parts], dim=1)
+            for i in range(3)
+        )
+        mask = torch.cat([parts[0].mask.new_ones(rows, 1)] + [part.mask for part in parts], dim=1)
+        query_index = torch.zeros(rows, 1, dtype=torch.long, device=device) if cls_only else None
+        hidden = self.fusion_encoder.forward_projected(embeddings, projected, mask, query_index)
+        return self.fusion_layernorm(hidden), mask
 
     def _fusion_inputs(self, text, image, audio) -> tuple[list[torch.Tensor], list[torch.Tensor], list[int]]:
         inputs, masks, ids = [], [], []

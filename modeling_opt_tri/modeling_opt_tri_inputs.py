@@ -83,7 +83,7 @@ def _check_token_ids(ids: torch.Tensor | None, vocab_size: int, name: str) -> No
     """Raise a `ValueError` naming `name` unless every id of `ids` (if given and not empty) is in `[0, vocab_size)`."""
     if ids is None or not ids.numel():
         return
-    low, high = (int(v) for v in torch.aminmax(ids))
+    low, high = torch.stack(torch.aminmax(ids)).tolist()  # one host copy for both bounds
     if low < 0 or high >= vocab_size:
         raise ValueError(f"{name} must be in [0, {vocab_size}); got values in [{low}, {high}]")
 
@@ -145,8 +145,10 @@ def _check_model_inputs(config: OptTriConfig, **inputs: torch.Tensor | None) -> 
         token_type_ids, type_vocab = given.get("token_type_ids"), getattr(text_config, "type_vocab_size", None)
         if token_type_ids is not None and isinstance(type_vocab, int):
             _check_token_ids(token_type_ids, type_vocab, "token_type_ids")
-    for name, tensor in (("pixel_values", pixel_values), ("input_features", input_features)):
-        if tensor is not None and not bool(torch.isfinite(tensor).all()):
+    signals = {name: t for name, t in (("pixel_values", pixel_values), ("input_features", input_features)) if t is not None}
+    finite = torch.stack([torch.isfinite(t).all() for t in signals.values()]).tolist() if signals else []  # one copy
+    for name, ok in zip(signals, finite):
+        if not ok:
             raise ValueError(f"{name} contains NaN or inf values; check the images/audio and their preprocessing")
     return batch
 
@@ -183,7 +185,8 @@ def _check_code_inputs(
         expected = (pixel_values.shape[0], idc.grid_size, idc.grid_size)
         if tuple(image_codes.shape) != expected or image_codes.is_floating_point():
             raise ValueError(f"image_codes must be an integer tensor of shape {expected}; got {image_codes.dtype} {tuple(image_codes.shape)}")
-        if int(image_codes.min()) < 0 or int(image_codes.max()) >= idc.codebook_size:
+        low, high = torch.stack(torch.aminmax(image_codes)).tolist()  # one host copy for both bounds
+        if low < 0 or high >= idc.codebook_size:
             raise ValueError(f"image_codes must be in [0, {idc.codebook_size}) (image_decoder_config.codebook_size)")
         if "mrc_kl" in tasks:
             expected_soft = expected + (idc.codebook_size,)

@@ -67,12 +67,22 @@ class OptTriAttention(nn.Module):
         hidden_states `(B, S, d)` give the keys and values, and the queries unless `query_states` `(B, k, d)` is given
         (then only those k positions are computed: the output is `(B, k, d)`).
         """
-        batch, length, _ = hidden_states.shape
         queries = hidden_states if query_states is None else query_states
-        query = self.q_proj(queries).view(batch, queries.shape[1], self.num_heads, self.head_dim).transpose(1, 2)
+        return self.attend(self.q_proj(queries), self.k_proj(hidden_states), self.v_proj(hidden_states), attention_mask,
+                           output_attentions)
+
+    def attend(
+        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask: torch.Tensor | None = None,
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The attention of `forward` from projected queries `(B, k, d)`, keys and values `(B, S, d)` (`q_proj`,
+        `k_proj`, `v_proj` already applied, e.g. once per distinct input row and then gathered)."""
+        batch, length, _ = key.shape
+        queries = query
+        query = query.view(batch, queries.shape[1], self.num_heads, self.head_dim).transpose(1, 2)
         shape = (batch, length, self.num_heads, self.head_dim)
-        key = self.k_proj(hidden_states).view(shape).transpose(1, 2)
-        value = self.v_proj(hidden_states).view(shape).transpose(1, 2)
+        key = key.view(shape).transpose(1, 2)
+        value = value.view(shape).transpose(1, 2)
         implementation = self.config._attn_implementation or "sdpa"  # unset means the default, SDPA
         attention: Callable = eager_attention_forward
         if not output_attentions:  # only the eager path computes the weights
@@ -127,9 +137,32 @@ class OptTriLayer(GradientCheckpointingLayer):
             gather = query_index[:, :, None].expand(-1, -1, hidden_states.shape[-1])
             hidden_states, query_states = hidden_states.gather(1, gather), normed.gather(1, gather)
         attn_output, weights = self.self_attn(normed, attention_mask, output_attentions, query_states)
+        return self._after_attention(hidden_states, attn_output), weights
+
+    def forward_projected(
+        self, hidden_states: torch.Tensor, projected: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+        attention_mask: torch.Tensor | None = None, query_index: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """`forward` with the per-position work before the attention already done: `projected` holds the queries,
+        keys and values `(B, S, d)` of `layer_norm1(hidden_states)` (`self_attn.q_proj` / `k_proj` / `v_proj`).
+        `query_index` `(B, k)`: the output at these positions only."""
+        query, key, value = projected
+        if query_index is not None:
+            gather = query_index[:, :, None].expand(-1, -1, hidden_states.shape[-1])
+            hidden_states, query = hidden_states.gather(1, gather), query.gather(1, gather)
+        attn_output, _ = self.self_attn.attend(query, key, value, attention_mask)
+        return self._after_attention(hidden_states, attn_output)
+
+    def project_for_attention(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The queries, keys and values `(B, S, d)` that `forward` computes from `hidden_states` (`projected` of
+        `forward_projected`); each position's depend on that position alone."""
+        normed = self.layer_norm1(hidden_states)
+        attention = self.self_attn
+        return attention.q_proj(normed), attention.k_proj(normed), attention.v_proj(normed)
+
+    def _after_attention(self, hidden_states: torch.Tensor, attn_output: torch.Tensor) -> torch.Tensor:
         hidden_states = hidden_states + self.dropout(attn_output)
-        hidden_states = hidden_states + self.dropout(self.mlp(self.layer_norm2(hidden_states)))
-        return hidden_states, weights
+        return hidden_states + self.dropout(self.mlp(self.layer_norm2(hidden_states)))
 
 
 class OptTriEncoder(nn.Module):
@@ -186,6 +219,22 @@ class OptTriEncoder(nn.Module):
         if full_rows is not None:
             full, _ = last(hidden_states[full_rows], additive_mask[full_rows])
         return selected, full
+
+    def forward_projected(
+        self, hidden_states: torch.Tensor, projected: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+        attention_mask: torch.Tensor, query_index: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The stack on embeddings `(B, S, d)` whose first layer's queries, keys and values `projected` are given
+        (`OptTriLayer.forward_projected`); the last layer's output at `query_index` `(B, k)` only, or everywhere
+        when it is `None`. Equals `forward` / `forward_selected`."""
+        additive_mask = _additive_mask(attention_mask, hidden_states.dtype)
+        first, rest = self.layers[0], self.layers[1:]
+        if not rest:
+            return first.forward_projected(hidden_states, projected, additive_mask, query_index)
+        hidden_states = first.forward_projected(hidden_states, projected, additive_mask)
+        for layer in rest[:-1]:
+            hidden_states, _ = layer(hidden_states, additive_mask)
+        return rest[-1](hidden_states, additive_mask, query_index=query_index)[0]
 
 
 def _selected_hidden_states(output_hidden_states: bool | int | list[int] | None, count: int) -> set[int]:

@@ -37,12 +37,25 @@ def masked_regression_loss(prediction: torch.Tensor, target: torch.Tensor, mask:
     return (error * mask).sum() / mask.sum().clamp(min=1.0)
 
 
+def true_positions(mask: torch.Tensor, count: int) -> torch.Tensor:
+    """The flat indices `(count,)` of the True entries of `mask` in row-major order, as `mask.flatten().nonzero()`
+    gives them, for a `count` known on the host: fixed-shape code (a stable sort), so no host-device sync."""
+    return torch.argsort((~mask.flatten()).to(torch.uint8), stable=True)[:count]
+
+
+def gather_true(values: torch.Tensor, mask: torch.Tensor, count: int) -> torch.Tensor:
+    """`values[mask]` for a `mask` over the leading dims of `values` with `count` True entries (known on the host),
+    without the host-device sync of boolean indexing."""
+    return values.flatten(0, mask.dim() - 1)[true_positions(mask, count)]
+
+
 def masked_frame_contrastive_loss(
     prediction: torch.Tensor,
     target: torch.Tensor,
     masked: torch.Tensor,
     real: torch.Tensor,
     temperature: float,
+    count: int | None = None,
 ) -> torch.Tensor:
     """
     MAC: InfoNCE for each masked audio token between its prediction and the true frame patch (the positive), with
@@ -54,18 +67,22 @@ def masked_frame_contrastive_loss(
         prediction: `(B, A, d)`, or `(M, d)`: the predictions at the masked positions only, in row-major order.
         target: `(B, A, d)`; masked: `(B, A)` bool, positions to predict; real: `(B, A)` bool, unpadded positions
             (candidates).
+        count: the number `M` of masked positions when the caller knows it on the host (no host-device sync then).
     """
-    queries = F.normalize((prediction[masked] if prediction.dim() == 3 else prediction).float(), dim=-1)  # (M, d)
-    candidates = F.normalize(target[real].float(), dim=-1)  # (R, d)
-    if queries.shape[0] == 0:
+    if count is None:
+        count = int(masked.sum())
+    if count == 0:
         return prediction.sum() * 0.0
-    # index of each masked position among the real ones
-    real_index = torch.cumsum(real.flatten().long(), 0) - 1
-    positives = real_index[masked.flatten()]
+    index = true_positions(masked, count)  # (M,): each query's own frame, its positive among all B * A frames
+    if prediction.dim() == 3:
+        prediction = prediction.flatten(0, 1)[index]
+    queries = F.normalize(prediction.float(), dim=-1)  # (M, d)
+    candidates = F.normalize(target.flatten(0, 1).float(), dim=-1)  # (B * A, d)
     logits = queries @ candidates.t() / temperature
-    sample = torch.arange(real.shape[0], device=real.device)[:, None].expand(real.shape)
-    same_clip = sample[masked][:, None] == sample[real][None, :]  # (M, R): negatives from the query's own clip only
-    return F.cross_entropy(logits.masked_fill(~same_clip, float("-inf")), positives)
+    sample = torch.arange(real.shape[0], device=real.device).repeat_interleave(real.shape[1])  # (B * A,)
+    # negatives: the real frames of the query's own clip only
+    candidate = (sample[index][:, None] == sample[None, :]) & real.flatten()[None, :]
+    return F.cross_entropy(logits.masked_fill(~candidate, float("-inf")), index)
 
 
 class _GatherWithGrad(torch.autograd.Function):
@@ -115,27 +132,32 @@ def contrastive_loss(
     if local_loss and world > 1:
         return _local_contrastive_loss(a, b, logit_scale, valid, world)
     a, b, valid = _gather_with_grad(a), _gather_with_grad(b), _gather_with_grad(valid.float()).bool()
-    a, b = a[valid], b[valid]
-    if a.shape[0] < 2:
-        return logit_scale.sum() * 0.0  # a scalar also for a 1-element scale (FSDP2 shards no 0-d parameter)
     logits = clamped_logit_scale(logit_scale) * a.float() @ b.float().t()
     labels = torch.arange(a.shape[0], device=a.device)
-    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2
+    return _masked_info_nce(logits, logits.t(), valid, labels, valid, valid.sum())
+
+
+def _masked_info_nce(a_to_b, b_to_a, rows, labels, columns, total) -> torch.Tensor:
+    """Both directions' InfoNCE summed over the `rows` `(n,)` and divided by `2 * total`, the gallery limited to the
+    `columns` `(N,)`: fixed-shape masks instead of selecting the valid rows, so no host-device sync. Fewer than two
+    valid samples give 0 (one valid column has log-probability 0)."""
+    floor = torch.finfo(a_to_b.dtype).min  # finite: a row without any valid column stays finite
+    labels = labels.masked_fill(~rows, -100)
+    summed = sum(
+        F.cross_entropy(x.masked_fill(~columns[None, :], floor), labels, ignore_index=-100, reduction="sum")
+        for x in (a_to_b, b_to_a)
+    )
+    return summed / (2 * total.clamp(min=1))
 
 
 def _local_contrastive_loss(a, b, logit_scale, valid, world: int) -> torch.Tensor:
     """`contrastive_loss(..., local_loss=True)` on `world` processes: this process's rows against every row."""
     all_a, all_b, all_valid = _gather_with_grad(a), _gather_with_grad(b), _gather_with_grad(valid.float()).bool()
-    total = all_valid.sum()
-    if total < 2:
-        return logit_scale.sum() * 0.0
     own = torch.arange(a.shape[0], device=a.device) + torch.distributed.get_rank() * a.shape[0]
-    labels = (torch.cumsum(all_valid.long(), 0) - 1)[own[valid]]  # each own row's index among the valid rows
     scale = clamped_logit_scale(logit_scale)
-    a_to_b = scale * a[valid].float() @ all_b[all_valid].float().t()
-    b_to_a = scale * b[valid].float() @ all_a[all_valid].float().t()
-    summed = F.cross_entropy(a_to_b, labels, reduction="sum") + F.cross_entropy(b_to_a, labels, reduction="sum")
-    return world * summed / (2 * total)
+    a_to_b = scale * a.float() @ all_b.float().t()
+    b_to_a = scale * b.float() @ all_a.float().t()
+    return world * _masked_info_nce(a_to_b, b_to_a, valid, own, all_valid, all_valid.sum())
 
 
 @torch.no_grad()

@@ -20,13 +20,11 @@ def mask_text_tokens(config: OptTriConfig, input_ids: torch.Tensor, attention_ma
     chosen = mask_positions(candidates, torch.ones_like(rows), config.mlm_probability, generator)
     labels = input_ids.masked_fill(~chosen, -100)
     roll = torch.rand(input_ids.shape, device=input_ids.device, generator=generator)
-    masked_ids = input_ids.clone()
-    masked_ids[chosen & (roll < 0.8)] = config.mask_token_id
+    masked_ids = input_ids.masked_fill(chosen & (roll < 0.8), config.mask_token_id)
     vocab_size = config.text_config.vocab_size
     random_tokens = torch.randint(vocab_size, input_ids.shape, device=input_ids.device, generator=generator)
     swap = chosen & (roll >= 0.8) & (roll < 0.9)
-    masked_ids[swap] = random_tokens[swap]
-    return masked_ids, labels
+    return torch.where(swap, random_tokens, masked_ids), labels  # masks, not boolean indexing: no host sync
 
 
 def mask_positions(real: torch.Tensor, rows: torch.Tensor, probability: float,
@@ -37,8 +35,8 @@ def mask_positions(real: torch.Tensor, rows: torch.Tensor, probability: float,
     chosen = (torch.rand(real.shape, device=real.device, generator=generator) < probability) & candidates
     first = torch.rand(real.shape, device=real.device, generator=generator).masked_fill(~candidates, -1.0).argmax(-1)
     force = candidates.any(-1) & ~chosen.any(-1)
-    chosen[force, first[force]] = True
-    return chosen
+    forced = torch.zeros_like(chosen).scatter_(1, first[:, None], force[:, None])  # fixed shape: no host sync
+    return chosen | forced
 
 
 def choose_masked_modalities(policy: str, present: dict[str, torch.Tensor], wanted: dict[str, bool],

@@ -18,19 +18,18 @@ import torch.nn.functional as F
 from .configuration_opt_tri import PRETRAINING_OBJECTIVES
 from .modeling_opt_tri_decoders import code_decoder_targets
 from .modeling_opt_tri_inputs import _MODEL_INPUT_NAMES, _check_code_inputs, _check_model_inputs, _check_token_ids
-from .modeling_opt_tri_layers import (
-    MODALITIES, MODALITY_AUDIO, MODALITY_IMAGE, MODALITY_TEXT, _asked, _wants_outputs, cls_follows_tokens,
-)
+from .modeling_opt_tri_layers import MODALITIES, _asked, _wants_outputs, cls_follows_tokens
 from .modeling_opt_tri_losses import (
-    _take,
     clamped_logit_scale,
     codes_by_patch,
     contrastive_loss,
+    gather_true,
     itm_pairs,
     masked_frame_contrastive_loss,
     masked_regression_loss,
     sample_itm_negatives,
     token_cross_entropy,
+    true_positions,
     wra_loss,
 )
 from .modeling_opt_tri_masking import choose_masked_modalities, drop_modalities, mask_positions, mask_text_tokens
@@ -47,15 +46,27 @@ SAMPLE_OBJECTIVES: tuple[str, ...] = ("contrastive", "itm", "wra", "tri_matching
 Part = tuple[torch.Tensor, torch.Tensor]
 
 
+def host_counts(counts: dict[str, torch.Tensor]) -> dict[str, int]:
+    """The scalar tensors `counts` as Python ints, in one device-to-host copy. The step's row selections and the
+    shapes that depend on the random masking need these sizes on the host; batching them keeps the step at three
+    host-device syncs (in `prepare_batch`, `plan_masks` and `fuse_masked_views`), whatever the objectives."""
+    if not counts:
+        return {}
+    values = torch.stack([value.reshape(()).long() for value in counts.values()]).tolist()
+    return dict(zip(counts, values))
+
+
 @dataclass
 class PreTrainingBatch:
     """The checked inputs of one pre-training call, with the default masks filled in.
 
-    `present[m]` `(B,)` bool says which samples have modality `m`; `tasks` the objectives of this call."""
+    `present[m]` `(B,)` bool says which samples have modality `m`; `tasks` the objectives of this call; `counts`
+    on the host: how many samples have each modality pair (`"text+image"`, ...) and all three (`"all"`)."""
 
     tasks: set[str]
     size: int
     present: dict[str, torch.Tensor]
+    counts: dict[str, int] = field(default_factory=dict)
     input_ids: torch.Tensor | None = None
     attention_mask: torch.Tensor | None = None
     token_type_ids: torch.Tensor | None = None
@@ -83,9 +94,10 @@ class MaskPlan:
     """Token-level masking of one call: `rows[m]` `(B,)` the samples whose modality `m` is token-masked; the masked
     text (`text_ids`, `mlm_labels` with -100 where not masked), and the masked image patches `(B, patches)` and
     audio tokens `(B, tokens)` (`None` when nothing of that modality is masked); `audio_real` `(B, tokens)` the audio
-    tokens that hold real frames."""
+    tokens that hold real frames; `row_counts[m]` on the host, how many samples `rows[m]` holds."""
 
     rows: dict[str, torch.Tensor]
+    row_counts: dict[str, int] = field(default_factory=dict)
     text_ids: torch.Tensor | None = None
     mlm_labels: torch.Tensor | None = None
     image_masked: torch.Tensor | None = None
@@ -114,7 +126,8 @@ class MaskedFusion:
 
     `selected` `(B, slots, d)`: the last layer's states at the positions a token-level head reads (`query_index`,
     valid where `slot_valid`); `full` `(R, S, d)` the full states of the `R` rows some decoder reads, `fusion_mask`
-    `(B, S)`; `decoding[m]` `(B,)` the samples whose dropped modality `m` a decoder writes."""
+    `(B, S)`; `decoding[m]` `(B,)` the samples whose dropped modality `m` a decoder writes. On the host:
+    `masked_counts[m]` the number of masked tokens of `m` that a head reads, `decoded_counts[m]` of `decoding[m]`."""
 
     parts: dict[str, Part]
     segment_start: dict[str, int]
@@ -124,18 +137,20 @@ class MaskedFusion:
     full: torch.Tensor | None
     fusion_mask: torch.Tensor
     decoding: dict[str, torch.Tensor]
+    masked_counts: dict[str, int] = field(default_factory=dict)
+    decoded_counts: dict[str, int] = field(default_factory=dict)
 
     def at_masked(self, modality: str) -> torch.Tensor:
         """The selected states of the masked tokens of `modality`, `(M, d)`, row-major."""
         start, length = self.segment_start[modality], self.parts[modality][0].shape[1]
         inside = (self.query_index >= start) & (self.query_index < start + length)
-        return self.selected[self.slot_valid & inside]
+        return gather_true(self.selected, self.slot_valid & inside, self.masked_counts[modality])
 
     def decoder_inputs(self, modality: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(rows `(R_m,)`, their cross-modal states `(R_m, S, d)`, their mask `(R_m, S)`) for the decoder of `modality`."""
         decoded = self.decoding["text"] | self.decoding["image"] | self.decoding["audio"]
         row_in_full = torch.cumsum(decoded.long(), 0) - 1
-        rows = self.decoding[modality].nonzero().flatten()
+        rows = true_positions(self.decoding[modality], self.decoded_counts[modality])
         return rows, self.full[row_in_full[rows]], self.fusion_mask[rows]
 
 
@@ -200,7 +215,10 @@ class OptTriPreTrainingPhases:
             "image": inputs["image_mask"].bool() if inputs["pixel_values"] is not None else no,
             "audio": inputs["audio_attention_mask"].bool().any(1) if inputs["input_features"] is not None else no,
         }
-        return PreTrainingBatch(tasks=tasks, size=size, present=present, **inputs)
+        counts = {f"{a}+{b}": present[a] & present[b] for a, b in _PAIRS}
+        counts["all"] = present["text"] & present["image"] & present["audio"]
+        counts = host_counts({name: rows.sum() for name, rows in counts.items()})
+        return PreTrainingBatch(tasks=tasks, size=size, present=present, counts=counts, **inputs)
 
     def plan_masks(self, batch: PreTrainingBatch, generator: torch.Generator | None = None) -> MaskPlan:
         """Token-level masking: which samples have which modality token-masked (`config.masking_policy`), then the
@@ -209,15 +227,15 @@ class OptTriPreTrainingPhases:
         wanted = {m: bool(tasks & set(objectives)) for m, objectives in TOKEN_OBJECTIVES.items()}
         any_wanted = bool(tasks & set().union(*TOKEN_OBJECTIVES.values()))
         rows = self.choose_masked_modalities(batch.present, wanted, generator) if any_wanted else {m: batch.none() for m in MODALITIES}
-        plan = MaskPlan(rows=rows, text_ids=batch.input_ids)
-        if batch.input_ids is not None and rows["text"].any():
+        plan = MaskPlan(rows=rows, row_counts=host_counts({m: rows[m].sum() for m in MODALITIES}), text_ids=batch.input_ids)
+        if batch.input_ids is not None and plan.row_counts["text"]:
             plan.text_ids, plan.mlm_labels = self.mask_text(batch.input_ids, batch.attention_mask, rows["text"], generator=generator)
-        if batch.pixel_values is not None and rows["image"].any():
+        if batch.pixel_values is not None and plan.row_counts["image"]:
             real = torch.ones(batch.size, cfg.num_image_patches, dtype=torch.bool, device=batch.pixel_values.device)
             plan.image_masked = self.mask_positions(real, rows["image"], cfg.mvm_probability, generator=generator)
         if batch.input_features is not None:
             plan.audio_real = self.opt_tri.audio_token_mask(batch.input_features, batch.audio_attention_mask)[:, 1:].bool()
-            if rows["audio"].any():
+            if plan.row_counts["audio"]:
                 plan.audio_masked = self.mask_positions(plan.audio_real, rows["audio"], cfg.mam_probability, generator=generator)
         return plan
 
@@ -235,9 +253,8 @@ class OptTriPreTrainingPhases:
             if not plan.token_masked(m):
                 masked[m] = clean[m]
             elif m in clean:  # re-encode only the token-masked rows
-                rows = plan.rows[m].nonzero().flatten()
-                masked[m] = clean[m].clone()
-                masked[m][rows] = self._encode_rows(batch, plan, m, rows, masked=True)
+                rows = true_positions(plan.rows[m], plan.row_counts[m])
+                masked[m] = clean[m].index_copy(0, rows, self._encode_rows(batch, plan, m, rows, masked=True))
             else:
                 masked[m] = self._encode_rows(batch, plan, m, every_row, masked=True)
         token_masks = self._token_masks(batch, masked)
@@ -275,7 +292,7 @@ class OptTriPreTrainingPhases:
         """Whether a token-level or reconstruction objective runs, so the masked views go through the cross-modal
         encoder."""
         token_level = bool(batch.tasks & set().union(*TOKEN_OBJECTIVES.values()))
-        masked = any(bool(plan.rows[m].any()) for m in MODALITIES)
+        masked = any(plan.row_counts[m] for m in MODALITIES)
         return (token_level and masked) or bool(batch.tasks & set(RECONSTRUCTION_OBJECTIVES.values()))
 
     def fuse_masked_views(self, batch: PreTrainingBatch, plan: MaskPlan, views: EncodedViews,
@@ -303,18 +320,23 @@ class OptTriPreTrainingPhases:
             offset += length
         needed = torch.cat(columns, dim=1)  # (B, S)
         counts = needed.sum(1)
-        slots = max(int(counts.max()), 1)
-        query_index = torch.argsort((~needed).to(torch.uint8), dim=1, stable=True)[:, :slots]  # needed ones first
         decoding = self._decoded_rows(batch, kept)
         decoded = decoding["text"] | decoding["image"] | decoding["audio"]
-        full_rows = decoded.nonzero().flatten() if bool(decoded.any()) else None
+        host = host_counts({
+            "slots": counts.max(), "decoded": decoded.sum(), **{f"decoded_{m}": decoding[m].sum() for m in MODALITIES},
+            **{f"masked_{m}": wanted[m].sum() for m in parts if wanted[m] is not None},
+        })
+        slots = max(host["slots"], 1)
+        query_index = torch.argsort((~needed).to(torch.uint8), dim=1, stable=True)[:, :slots]  # needed ones first
+        full_rows = true_positions(decoded, host["decoded"]) if host["decoded"] else None
         selected, full, fusion_mask, _ = self.opt_tri.fuse_selected(
             parts.get("text"), parts.get("image"), parts.get("audio"), query_index=query_index, full_rows=full_rows
         )
         return MaskedFusion(
             parts=parts, segment_start=segment_start, query_index=query_index,
             slot_valid=torch.arange(slots, device=device)[None, :] < counts[:, None], selected=selected, full=full,
-            fusion_mask=fusion_mask, decoding=decoding,
+            fusion_mask=fusion_mask, decoding=decoding, decoded_counts={m: host[f"decoded_{m}"] for m in MODALITIES},
+            masked_counts={m: host.get(f"masked_{m}", 0) for m in MODALITIES},
         )
 
     def _decoded_rows(self, batch: PreTrainingBatch, kept: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -323,26 +345,25 @@ class OptTriPreTrainingPhases:
         targets = {"text": batch.input_ids, "image": batch.image_codes, "audio": batch.audio_codes}
         decoding = {}
         for m, task in RECONSTRUCTION_OBJECTIVES.items():
-            dropped = batch.present[m] & ~kept[m]
-            wanted = task in batch.tasks and targets[m] is not None and bool(dropped.any())
-            decoding[m] = dropped if wanted else batch.none()
+            wanted = task in batch.tasks and targets[m] is not None
+            decoding[m] = batch.present[m] & ~kept[m] if wanted else batch.none()
         return decoding
 
     def modality_reconstruction_losses(self, batch: PreTrainingBatch, fusion: MaskedFusion) -> dict[str, torch.Tensor]:
         """DTR, DIR and DAR: the decoders write a dropped modality from the cross-modal states of the others."""
         cfg, losses = self.config, {}
-        if bool(fusion.decoding["text"].any()):
+        if fusion.decoded_counts["text"]:
             rows, states, mask = fusion.decoder_inputs("text")
             ids, text_mask = batch.input_ids[rows], batch.attention_mask[rows]
             target = ids[:, 1:].masked_fill(text_mask[:, 1:] == 0, -100)
             hidden = self.text_decoder(ids[:, :-1], text_mask[:, :-1], states, mask)
             losses["dtr"] = token_cross_entropy(self.lm_head(hidden), target)
-        if bool(fusion.decoding["image"].any()):  # the image code decoder writes the dropped image's VQ codes
+        if fusion.decoded_counts["image"]:  # the image code decoder writes the dropped image's VQ codes
             rows, states, mask = fusion.decoder_inputs("image")
             inputs, target = code_decoder_targets(cfg.image_decoder_config, batch.image_codes[rows])
             hidden = self.image_decoder(inputs, None, states, mask)
             losses["dir"] = token_cross_entropy(self.image_head(hidden), target)
-        if bool(fusion.decoding["audio"].any()):  # ... and the audio code decoder the dropped clip's (then its end code)
+        if fusion.decoded_counts["audio"]:  # ... and the audio code decoder the dropped clip's (then its end code)
             rows, states, mask = fusion.decoder_inputs("audio")
             codes_mask = batch.audio_codes_mask[rows] if batch.audio_codes_mask is not None else None
             inputs, target = code_decoder_targets(cfg.audio_decoder_config, batch.audio_codes[rows], codes_mask)
@@ -353,38 +374,43 @@ class OptTriPreTrainingPhases:
 
     def token_level_losses(self, batch: PreTrainingBatch, plan: MaskPlan, fusion: MaskedFusion) -> TokenLevelLosses:
         """MLM, MRFR, MRC, MRC-kl, MAFR and MAC at the masked tokens' cross-modal states."""
-        cfg, tasks, result = self.config, batch.tasks, TokenLevelLosses()
+        cfg, tasks, result, count = self.config, batch.tasks, TokenLevelLosses(), fusion.masked_counts
         if "mlm" in tasks and plan.mlm_labels is not None:
             result.mlm_logits = self.mlm_head(fusion.at_masked("text"))  # (M, vocab)
-            result.losses["mlm"] = token_cross_entropy(result.mlm_logits, plan.mlm_labels[plan.mlm_labels != -100])
+            labels = gather_true(plan.mlm_labels, plan.mlm_labels != -100, count["text"])
+            result.losses["mlm"] = token_cross_entropy(result.mlm_logits, labels)
         if plan.image_masked is not None and tasks & set(TOKEN_OBJECTIVES["image"]):
             patches = fusion.at_masked("image")  # (M, hidden), in the order of image_masked
             if "mrfr" in tasks:
                 target = self.opt_tri.image_reconstruction_target(batch.pixel_values)
-                result.losses["mrfr"] = masked_regression_loss(self.mrfr_head(patches), target[plan.image_masked])
+                target = gather_true(target, plan.image_masked, count["image"])
+                result.losses["mrfr"] = masked_regression_loss(self.mrfr_head(patches), target)
             if tasks & {"mrc", "mrc_kl"}:
-                result.losses.update(self._masked_code_losses(batch, plan.image_masked, patches))
+                result.losses.update(self._masked_code_losses(batch, plan.image_masked, count["image"], patches))
         if plan.audio_masked is not None and tasks & set(TOKEN_OBJECTIVES["audio"]):
             tokens = fusion.at_masked("audio")
             target = self.opt_tri.audio_reconstruction_target(batch.input_features)
             if "mafr" in tasks:
-                result.losses["mafr"] = masked_regression_loss(self.mafr_head(tokens), target[plan.audio_masked])
+                at_masked = gather_true(target, plan.audio_masked, count["audio"])
+                result.losses["mafr"] = masked_regression_loss(self.mafr_head(tokens), at_masked)
             if "mac" in tasks:
                 result.losses["mac"] = masked_frame_contrastive_loss(
-                    self.mac_head(tokens), target, plan.audio_masked, plan.audio_real, cfg.mac_temperature
+                    self.mac_head(tokens), target, plan.audio_masked, plan.audio_real, cfg.mac_temperature, count["audio"]
                 )
         return result
 
-    def _masked_code_losses(self, batch: PreTrainingBatch, image_masked: torch.Tensor, patches: torch.Tensor) -> dict[str, torch.Tensor]:
-        """MRC (the VQ codes under each masked patch) and MRC-kl (KL divergence to the soft code assignments)."""
+    def _masked_code_losses(self, batch: PreTrainingBatch, image_masked: torch.Tensor, count: int,
+                            patches: torch.Tensor) -> dict[str, torch.Tensor]:
+        """MRC (the VQ codes under each masked patch) and MRC-kl (KL divergence to the soft code assignments), at the
+        `count` masked patches `image_masked` `(B, N)`."""
         log_probs = F.log_softmax(self.mrc_head(patches).float(), dim=-1)  # (M, r*r, K)
         per_side = self.config.vision_config.image_size // self.config.vision_config.patch_size
         losses = {}
         if "mrc" in batch.tasks:
-            target = codes_by_patch(batch.image_codes, per_side)[image_masked]  # (M, r*r)
+            target = gather_true(codes_by_patch(batch.image_codes, per_side), image_masked, count)  # (M, r*r)
             losses["mrc"] = F.nll_loss(log_probs.flatten(0, 1), target.flatten().long())
         if "mrc_kl" in batch.tasks:
-            soft = codes_by_patch(batch.image_code_probs, per_side)[image_masked].float()  # (M, r*r, K)
+            soft = gather_true(codes_by_patch(batch.image_code_probs, per_side), image_masked, count).float()  # (M, r*r, K)
             losses["mrc_kl"] = F.kl_div(log_probs, soft, reduction="none").sum(-1).mean()
         return losses
 
@@ -393,24 +419,26 @@ class OptTriPreTrainingPhases:
         """Contrastive alignment of every modality pair, pairwise matching (ITM) with WRA, 5-way tri-modal matching,
         all on the clean views."""
         tasks, present, states, embeds = batch.tasks, batch.present, views.clean, views.embeds
-        losses = {}
+        losses, tokens = {}, {}
+        if tasks & {"itm", "wra", "tri_matching"}:  # each state's first cross-modal work, once for every matching row
+            tokens = {m: self.opt_tri.fusion_tokens(m, states[m]) for m in states}
         if "contrastive" in tasks:
             pair_losses = [
                 contrastive_loss(
                     embeds[a], embeds[b], self.opt_tri.logit_scale, present[a] & present[b], self.config.contrastive_local_loss
                 )
                 for a, b in _PAIRS
-                if a in embeds and b in embeds and bool((present[a] & present[b]).sum() >= 2)
+                if a in embeds and b in embeds and batch.counts[f"{a}+{b}"] >= 2
             ]
             if pair_losses:
                 losses["contrastive"] = torch.stack(pair_losses).mean()
         if tasks & {"itm", "wra"}:
             itm_losses, wra_losses = [], []
             for a, b in _PAIRS:
-                valid = present[a] & present[b] if a in states and b in states else batch.none()
-                if int(valid.sum()) < 2:
+                if a not in states or b not in states or batch.counts[f"{a}+{b}"] < 2:
                     continue
-                itm, wra = self.pair_matching(a, b, states, embeds, valid, "wra" in tasks and a == "text", generator)
+                valid = true_positions(present[a] & present[b], batch.counts[f"{a}+{b}"])
+                itm, wra = self.pair_matching(a, b, states, embeds, valid, "wra" in tasks and a == "text", generator, tokens)
                 itm_losses.append(itm)
                 if wra is not None:
                     wra_losses.append(wra)
@@ -419,9 +447,9 @@ class OptTriPreTrainingPhases:
             if wra_losses:
                 losses["wra"] = torch.stack(wra_losses).mean()
         if "tri_matching" in tasks and len(states) == 3:
-            valid = present["text"] & present["image"] & present["audio"]
-            if int(valid.sum()) >= 3:
-                losses["tri_matching"] = self.tri_matching(states, valid, generator)
+            if batch.counts["all"] >= 3:
+                rows = true_positions(present["text"] & present["image"] & present["audio"], batch.counts["all"])
+                losses["tri_matching"] = self.tri_matching(states, rows, generator, tokens)
         return losses
 
     def weigh_losses(self, losses: dict[str, torch.Tensor]) -> torch.Tensor | None:
@@ -444,36 +472,41 @@ class OptTriPreTrainingPhases:
         )
         return {name: base_output.get(name) for name in _TOWER_FIELDS}
 
-    def pair_matching(self, a, b, states, embeds, valid, want_wra=False, generator=None):
+    def pair_matching(self, a, b, states, embeds, valid, want_wra=False, generator=None, tokens=None):
         """
-        ITM for the pair (a, b) on the rows given by `itm_pairs` (`config.itm_rows_per_sample`). A negative partner
-        is drawn from the contrastive similarities (hard) with probability `config.itm_hard_negative_fraction`,
-        else uniformly from the other rows.
+        ITM for the pair (a, b) of the samples `valid` (their indices `(n,)` into the batch; or a `(B,)` bool mask,
+        at the cost of a host sync), on the rows given by `itm_pairs` (`config.itm_rows_per_sample`). A negative
+        partner is drawn from the contrastive similarities (hard) with probability
+        `config.itm_hard_negative_fraction`, else uniformly from the other rows. `tokens`: the
+        [`FusionTokens`] of the states by modality (computed here when not given), gathered for every row.
         """
         base = self.opt_tri
-        rows = valid.nonzero().flatten()
+        rows = valid.nonzero().flatten() if valid.dtype == torch.bool else valid
         with torch.no_grad():
             logits = embeds[a][rows].float() @ embeds[b][rows].float().t() * clamped_logit_scale(base.logit_scale)
         neg_a, neg_b = sample_itm_negatives(logits, self.config.itm_hard_negative_fraction, generator)
         neg_a, neg_b = rows[neg_a], rows[neg_b]
         a_index, b_index, labels = itm_pairs(rows, neg_a, neg_b, self.config.itm_rows_per_sample, generator)
-        parts = {a: _take(states[a], a_index), b: _take(states[b], b_index)}
+        tokens = tokens or {m: base.fusion_tokens(m, states[m]) for m in (a, b)}
+        parts = [tokens[a].take(a_index), tokens[b].take(b_index)]  # a before b: the order of MODALITIES
         if not want_wra:  # ITM reads the [CLS] only
-            cls = base.fuse_selected(parts.get("text"), parts.get("image"), parts.get("audio"))[0][:, 0]
+            cls = base.fuse_tokens(parts)[0][:, 0]
             return F.cross_entropy(self.itm_head(cls).float(), labels), None
-        fused, fusion_mask, modality_ids = base.fuse(parts.get("text"), parts.get("image"), parts.get("audio"))
+        fused, fusion_mask = base.fuse_tokens(parts, cls_only=False)
         itm = F.cross_entropy(self.itm_head(fused[:, 0]).float(), labels)
-        code_a = {"text": MODALITY_TEXT, "image": MODALITY_IMAGE, "audio": MODALITY_AUDIO}
-        # token states only (the unimodal [CLS] of image/audio is excluded; text [CLS] too)
-        xa_idx = (modality_ids == code_a[a]).nonzero().flatten()[1:]
-        xb_idx = (modality_ids == code_a[b]).nonzero().flatten()[1:]
-        wra = wra_loss(fused[:, xa_idx], fusion_mask[:, xa_idx], fused[:, xb_idx], fusion_mask[:, xb_idx], labels.bool())
+        # token states only: `[CLS] a | b`, without each part's first position (its unimodal [CLS]); slices of
+        # lengths known on the host rather than indices found on the device
+        length_a, length_b = states[a][0].shape[1], states[b][0].shape[1]
+        xa, xb = slice(2, 1 + length_a), slice(2 + length_a, 1 + length_a + length_b)
+        wra = wra_loss(fused[:, xa], fusion_mask[:, xa], fused[:, xb], fusion_mask[:, xb], labels.bool())
         return itm, wra
 
-    def tri_matching(self, states, valid, generator=None):
-        """5-way matching: which modalities of a (text, image, audio) triple belong to the same sample."""
-        rows = valid.nonzero().flatten()
-        n = len(rows)
+    def tri_matching(self, states, valid, generator=None, tokens=None):
+        """5-way matching: which modalities of a (text, image, audio) triple belong to the same sample, for the
+        samples `valid` (their indices `(n,)` into the batch; or a `(B,)` bool mask, at the cost of a host sync).
+        `tokens`: as for `pair_matching`."""
+        rows = valid.nonzero().flatten() if valid.dtype == torch.bool else valid
+        n = rows.shape[0]
         device = rows.device
         classes = torch.randint(len(TRI_MATCHING_CLASSES), (n,), device=device, generator=generator)
         shift1 = torch.randint(1, n, (1,), device=device, generator=generator)
@@ -486,7 +519,7 @@ class OptTriPreTrainingPhases:
         text_idx = torch.where((classes == 1) | (classes == 4), other1, rows)
         image_idx = torch.where(classes == 3, other1, rows)
         audio_idx = torch.where(classes == 2, other1, torch.where(classes == 4, other2, rows))
-        cls = self.opt_tri.fuse_selected(
-            _take(states["text"], text_idx), _take(states["image"], image_idx), _take(states["audio"], audio_idx)
-        )[0][:, 0]
+        tokens = tokens or {m: self.opt_tri.fusion_tokens(m, states[m]) for m in MODALITIES}
+        parts = [tokens["text"].take(text_idx), tokens["image"].take(image_idx), tokens["audio"].take(audio_idx)]
+        cls = self.opt_tri.fuse_tokens(parts)[0][:, 0]
         return F.cross_entropy(self.tri_matching_head(cls).float(), classes)

@@ -201,3 +201,22 @@ def test_ablation_runs_end_to_end(tmp_path):
     assert row["variant"] == "no_modality_level" and "dtr" not in row["objectives"] and "itm" in row["objectives"]
     assert 0.0 <= row["mean_r1_dual"] <= 1.0 and row["mean_r1_reranked"] is not None
     assert "no_modality_level | 2 |" in done.stdout
+
+
+def test_count_flops_only_reports_gflop_per_sample_of_both_models(capsys):
+    import re
+
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    bench = _load()
+    threads, verbosity = torch.get_num_threads(), hf_logging.get_verbosity()
+    try:
+        bench.main(["--count-flops-only", "--geometry", "tiny"])  # batch 2 by default: no timing
+    finally:
+        torch.set_num_threads(threads)
+        hf_logging.set_verbosity(verbosity)
+    out = capsys.readouterr().out
+    assert "batch 2" in out and "no timing" in out and "token drop" in out and "samples/s" not in out
+    rows = dict(re.findall(r"^(FLAVA|OPT-Tri)\s+text\+image\s+([0-9.]+)", out, re.MULTILINE))
+    assert set(rows) == {"FLAVA", "OPT-Tri"} and all(float(value) > 0 for value in rows.values()), out

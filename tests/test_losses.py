@@ -29,7 +29,7 @@ from modeling_opt_tri.modeling_opt_tri import (
     token_cross_entropy,
     wra_loss,
 )
-
+from modeling_opt_tri.modeling_opt_tri_fusion import FusionTokens
 
 
 TS = torch.linspace(0.0, 1.0, 11)
@@ -288,6 +288,22 @@ def _composition_class(t, i, a):
     return 4  # none_match
 
 
+def _patch_fusion(monkeypatch, model, fake_fuse):
+    """Route every cross-modal call of `model` through the fake `fuse`: `fuse_selected`, and `fusion_tokens` /
+    `fuse_tokens`, through which the matching objectives read the [CLS] (the fake tokens carry the states as is)."""
+    monkeypatch.setattr(model.opt_tri, "fuse", fake_fuse)
+    monkeypatch.setattr(model.opt_tri, "fuse_selected", _as_fuse_selected(fake_fuse))
+    monkeypatch.setattr(
+        model.opt_tri, "fusion_tokens", lambda m, part: FusionTokens(m, part[0], (part[0],) * 3, part[1])
+    )
+
+    def fuse_tokens(parts, cls_only=True):
+        hidden, mask, _ = fake_fuse(**{part.modality: (part.embeddings, part.mask) for part in parts})
+        return (hidden[:, :1] if cls_only else hidden), mask
+
+    monkeypatch.setattr(model.opt_tri, "fuse_tokens", fuse_tokens)
+
+
 def _as_fuse_selected(fake_fuse):
     """A stand-in for `fuse_selected` (the matching objectives read the [CLS] through it) built on a fake `fuse`."""
 
@@ -314,8 +330,7 @@ def test_tri_matching_labels_match_the_triples_built(monkeypatch):
         hidden = scale["value"] * F.one_hot(classes, 5).float()[:, None, :]  # fused [CLS] = scaled one-hot logits
         return hidden, None, None
 
-    monkeypatch.setattr(model.opt_tri, "fuse", fake_fuse)
-    monkeypatch.setattr(model.opt_tri, "fuse_selected", _as_fuse_selected(fake_fuse))
+    _patch_fusion(monkeypatch, model, fake_fuse)
     model.tri_matching_head = nn.Identity()
     seen = set()
     for n in (3, 4, 5, 8):
@@ -347,8 +362,7 @@ def test_itm_labels_and_hard_negatives(monkeypatch, rows_per_sample):
         logits = scale["value"] * torch.stack([1 - match, match], dim=1)
         return logits[:, None, :], None, None
 
-    monkeypatch.setattr(model.opt_tri, "fuse", fake_fuse)
-    monkeypatch.setattr(model.opt_tri, "fuse_selected", _as_fuse_selected(fake_fuse))
+    _patch_fusion(monkeypatch, model, fake_fuse)
     model.itm_head = nn.Identity()
     n = 5
     states = _identity_states(n)
@@ -375,8 +389,7 @@ def test_itm_labels_and_hard_negatives(monkeypatch, rows_per_sample):
         used.extend(int(v) for p in parts for v in p[0][:, 0, 0])
         return fake_fuse(text, image, audio)
 
-    monkeypatch.setattr(model.opt_tri, "fuse", recording_fuse)
-    monkeypatch.setattr(model.opt_tri, "fuse_selected", _as_fuse_selected(recording_fuse))
+    _patch_fusion(monkeypatch, model, recording_fuse)
     for seed in range(20):
         torch.manual_seed(seed)
         model.pair_matching("text", "image", states, embeds, valid, want_wra=False)
@@ -417,15 +430,15 @@ def test_pretraining_itm_scores_rows_per_sample(monkeypatch, rows_per_sample):
     model = OptTriForPreTraining(tiny_config(itm_rows_per_sample=rows_per_sample))
     batch = tiny_batch(6)
     scored = []
-    original = model.opt_tri.fuse_selected
+    original = model.opt_tri.fuse_tokens
 
-    def recording(text=None, image=None, audio=None, query_index=None, full_rows=None):
-        if query_index is None:  # the [CLS]-only calls: here ITM of text-image (WRA is not asked for)
-            assert text is not None and image is not None and audio is None
-            scored.append(text[0].shape[0])
-        return original(text, image, audio, query_index=query_index, full_rows=full_rows)
+    def recording(parts, cls_only=True):
+        if cls_only:  # the [CLS]-only calls: here ITM of text-image (WRA is not asked for)
+            assert [part.modality for part in parts] == ["text", "image"]
+            scored.append(parts[0].embeddings.shape[0])
+        return original(parts, cls_only)
 
-    monkeypatch.setattr(model.opt_tri, "fuse_selected", recording)
+    monkeypatch.setattr(model.opt_tri, "fuse_tokens", recording)
     out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                 pixel_values=batch["pixel_values"], tasks=["itm"])
     assert scored == [6 * rows_per_sample] and torch.isfinite(out.itm_loss)
@@ -447,8 +460,7 @@ def test_itm_negative_sampling_mixes_hard_and_uniform(monkeypatch, fraction):
         picked.append(image[0][:, 0, 0].long())  # image rows: positives, the hard/uniform negatives, positives
         return torch.zeros(text[0].shape[0], 1, 2), None, None
 
-    monkeypatch.setattr(model.opt_tri, "fuse", recording_fuse)
-    monkeypatch.setattr(model.opt_tri, "fuse_selected", _as_fuse_selected(recording_fuse))
+    _patch_fusion(monkeypatch, model, recording_fuse)
     model.itm_head = nn.Identity()
     # embeddings: row i's nearest other row is i ^ 1 (pairs 0-1, 2-3, 4-5), with a large margin
     base = F.normalize(torch.randn(n // 2, 16, generator=_gen(3)), dim=-1)
