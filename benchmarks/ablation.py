@@ -6,8 +6,8 @@ Each variant pre-trains with the same preset, data, seed and steps (`examples/pr
 (`examples/finetune_captioning.py`). One table is printed and written to `<output_dir>/ablation.json`.
 
     python benchmarks/ablation.py --output_dir outputs/ablation --max_steps 1000
-    python benchmarks/ablation.py --output_dir outputs/ablation_fsdd --dataset my_fsdd_folder --finetune none \
-        --pretrain_args "--eval_holdout_fraction 0.2"
+    python benchmarks/ablation.py --output_dir outputs/ablation_fsdd --dataset my_speech_parquet --finetune none \
+        --eval_holdout_fraction 0.2
 
 `--equal_time` also re-runs every variant with as many steps as the default recipe's wall time buys it (from the
 equal-step runs' median samples/s), so a cheaper recipe is compared at the same cost.
@@ -24,10 +24,18 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # run from a clone without installing: the package next to this folder
+
+from modeling_opt_tri.modeling_opt_tri_phases import (  # noqa: E402 (the objective levels the model runs)
+    RECONSTRUCTION_OBJECTIVES,
+    SAMPLE_OBJECTIVES,
+    TOKEN_OBJECTIVES,
+)
+
 FAMILIES = {
-    "token-level": ("mlm", "mrfr", "mrc", "mrc_kl", "mafr", "mac"),
-    "modality-level": ("dtr", "dir", "dar"),
-    "sample-level": ("contrastive", "itm", "wra", "tri_matching"),
+    "token-level": tuple(name for names in TOKEN_OBJECTIVES.values() for name in names),
+    "modality-level": tuple(RECONSTRUCTION_OBJECTIVES.values()),
+    "sample-level": tuple(SAMPLE_OBJECTIVES),
 }
 VARIANTS = ("default", "no_token_level", "no_modality_level", "no_sample_level", "contrastive_only")
 
@@ -35,6 +43,9 @@ VARIANTS = ("default", "no_token_level", "no_modality_level", "no_sample_level",
 def variant_objectives(default: dict[str, float], variant: str) -> dict[str, float]:
     """The positive objective weights of `variant`, derived from the default recipe's weights."""
     active = {name: weight for name, weight in default.items() if weight > 0}
+    unplaced = sorted(set(active) - {name for names in FAMILIES.values() for name in names})
+    if unplaced:
+        raise ValueError(f"objectives {unplaced} belong to no family of {sorted(FAMILIES)}: the ablation cannot remove them")
     if variant == "default":
         return active
     if variant == "contrastive_only":
@@ -66,12 +77,14 @@ def train_and_evaluate(variant: str, objectives: dict[str, float], steps: int, f
     weights = ",".join(f"{name}={weight:g}" for name, weight in objectives.items())
     pretrain = [sys.executable, "examples/pretrain.py", "--preset", args.preset, "--dataset", args.dataset,
                 "--output_dir", str(folder), "--max_steps", str(steps), "--seed", str(args.seed),
-                "--objectives", weights, *shlex.split(args.pretrain_args)]
+                "--objectives", weights, "--evaluate", "false", "--eval_holdout_fraction", str(args.eval_holdout_fraction),
+                *shlex.split(args.pretrain_args)]
     seconds = run(pretrain, folder / "pretrain.log")
     summary = json.loads((folder / "summary.json").read_text())
     rerank = args.rerank if objectives.get("itm", 0) > 0 else 0  # without ITM training there is no re-ranker
     evaluate = [sys.executable, "examples/evaluate_retrieval.py", "--model", str(folder / "final"),
                 "--dataset", args.dataset, "--seed", str(args.seed), "--rerank", str(rerank),
+                "--eval_holdout_fraction", str(args.eval_holdout_fraction),
                 "--output_json", str(folder / "retrieval.json"), *shlex.split(args.evaluate_args)]
     run(evaluate, folder / "evaluate.log")
     tables = json.loads((folder / "retrieval.json").read_text())
@@ -110,6 +123,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dataset", default="builtin")
     parser.add_argument("--max_steps", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--eval_holdout_fraction", type=float, default=0.0,
+                        help="for data without a validation split: the fraction held out of pre-training and evaluated")
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, from {', '.join(VARIANTS)}")
     parser.add_argument("--rerank", type=int, default=10, help="shortlist re-ranked by ITM (0: off)")
     parser.add_argument("--finetune", default="vqa,captioning", help="'vqa', 'captioning', both, or 'none'")

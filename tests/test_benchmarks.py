@@ -172,6 +172,8 @@ def test_ablation_variants_and_table():
     assert ablation.variant_objectives(default, "contrastive_only") == {"contrastive": 1.0}
     with pytest.raises(ValueError, match="unknown variant"):
         ablation.variant_objectives(default, "no_such_family")
+    with pytest.raises(ValueError, match=r"objectives \['cross_prediction'\] belong to no family"):
+        ablation.variant_objectives({**default, "cross_prediction": 1.0}, "no_token_level")
     table = ablation.format_table([
         {"variant": "default", "steps": 10, "pretrain_seconds": 12.0, "mean_r1_dual": 0.25, "mean_r1_reranked": 0.3},
         {"variant": "contrastive_only", "steps": 10, "pretrain_seconds": 7.0, "mean_r1_dual": 0.2, "mean_r1_reranked": None},
