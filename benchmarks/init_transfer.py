@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -35,10 +34,13 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 from modeling_opt_tri import OptTriAudioModel, OptTriConfig, OptTriModel, OptTriProcessor  # noqa: E402
+from modeling_opt_tri.data.collate import TriModalCollator  # noqa: E402
 from modeling_opt_tri.data.decoding import decode_audio  # noqa: E402
+from modeling_opt_tri.data.folder import load_metadata_folder  # noqa: E402
+from modeling_opt_tri.data.fsdd import DIGIT_WORDS as DIGITS, HELD_OUT_SPEAKER, fsdd_recordings, write_fsdd_folder  # noqa: E402
+from modeling_opt_tri.training.evaluation import embed_batches, retrieval_metrics  # noqa: E402
 from modeling_opt_tri.training.pretrain import PretrainArguments, run_pretraining  # noqa: E402
 
-DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 PRESET = REPO_ROOT / "configuration" / "tiny"
 RUNS = {"initialised": dict(init=True, freeze=None), "random": dict(init=False, freeze=None),
         "frozen": dict(init=True, freeze="audio")}
@@ -55,17 +57,10 @@ def write_digit_tokenizer(folder: Path) -> Path:
     return folder
 
 
-def recordings(fsdd: Path, speakers: list[str], takes: int, first_take: int = 0) -> list[tuple[Path, int]]:
-    """(path, digit) of takes `first_take .. first_take + takes - 1` of every digit of `speakers`."""
-    rows = []
-    for speaker in speakers:
-        for digit in range(10):
-            for take in range(first_take, first_take + takes):
-                path = fsdd / "recordings" / f"{digit}_{speaker}_{take}.wav"
-                if not path.is_file():
-                    raise FileNotFoundError(f"{path}: not an FSDD recording (is --fsdd the FSDD folder?)")
-                rows.append((path, digit))
-    return rows
+def recordings(folder: Path, split: str) -> list[tuple[Path, int]]:
+    """(path, digit) of the rows of a split of the FSDD folder written by `write_fsdd_folder`."""
+    rows = load_metadata_folder(folder, split=split)
+    return [(Path(path), DIGITS.index(text)) for path, text in zip(rows["audio"], rows["text"])]
 
 
 def features(processor: OptTriProcessor, rows: list[tuple[Path, int]]) -> dict[str, torch.Tensor]:
@@ -111,29 +106,16 @@ def train_classifier(train: dict, test: dict, epochs: int, batch_size: int, lr: 
             "train_rows": rows, "last_loss": loss.item()}
 
 
-def write_pretraining_data(rows: list[tuple[Path, int]], folder: Path) -> Path:
-    """A metadata.jsonl folder of audio-text rows (text: the digit's word), the recordings linked into it."""
-    (folder / "audio").mkdir(parents=True, exist_ok=True)
-    lines = []
-    for path, digit in rows:
-        link = folder / "audio" / path.name
-        if not link.exists():
-            os.symlink(path.resolve(), link)
-        lines.append(json.dumps({"text": DIGITS[digit], "audio": f"audio/{path.name}"}))
-    (folder / "metadata.jsonl").write_text("\n".join(lines) + "\n")
-    return folder
-
-
 @torch.no_grad()
-def zero_shot_accuracy(folder: Path, test: dict) -> float:
-    """Audio -> text accuracy of the pre-trained model in `folder` among the ten digit words."""
+def zero_shot_accuracy(folder: Path, data: Path) -> float:
+    """Audio -> text accuracy of the pre-trained model in `folder` on the held-out speaker among the ten digit words:
+    class-level retrieval (`match="text"`) of the validation split, whose text gallery holds each word once."""
     model = OptTriModel.from_pretrained(folder).eval()
     processor = OptTriProcessor.from_pretrained(folder)
-    words = processor(text=list(DIGITS), return_tensors="pt")
-    text = model.get_text_features(input_ids=words["input_ids"], attention_mask=words["attention_mask"]).pooler_output
-    audio = model.get_audio_features(input_features=test["input_features"],
-                                     audio_attention_mask=test["audio_attention_mask"]).pooler_output
-    return float(((audio @ text.T).argmax(-1) == test["labels"]).float().mean())
+    rows = list(load_metadata_folder(data, split="validation"))
+    loader = torch.utils.data.DataLoader(rows, batch_size=64, collate_fn=TriModalCollator(processor))
+    encoded = embed_batches(model, loader, progress=False, match="text")
+    return retrieval_metrics(encoded, ks=(1,), match="text")["audio->text"]["R@1"]
 
 
 def pretrain(name: str, args: argparse.Namespace, data: Path, tokenizer: Path, encoder: Path) -> Path:
@@ -155,13 +137,14 @@ def run(args: argparse.Namespace) -> dict:
     start = time.perf_counter()
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    fsdd = Path(args.fsdd)
-    speakers = sorted({path.stem.split("_")[1] for path in (fsdd / "recordings").glob("*.wav")})
-    if len(speakers) < 2:
-        raise ValueError(f"{fsdd}: expected the FSDD recordings of several speakers, found {speakers}")
-    train_speakers, heldout = speakers[:5], speakers[-1]
-    train_rows = recordings(fsdd, train_speakers, args.takes)
-    test_rows = recordings(fsdd, [heldout], args.eval_takes)
+    speakers = sorted({speaker for _, speaker, _, _ in fsdd_recordings(args.fsdd)})
+    heldout = args.heldout_speaker
+    if heldout not in speakers or len(speakers) < 2:
+        raise ValueError(f"--heldout_speaker {heldout!r} must be one of the FSDD speakers {speakers} (of at least two)")
+    train_speakers = [speaker for speaker in speakers if speaker != heldout]
+    data = out / "data"
+    write_fsdd_folder(args.fsdd, data, (heldout,), takes=args.takes, eval_takes=args.eval_takes)
+    train_rows, test_rows = recordings(data, "train"), recordings(data, "validation")
     tokenizer = write_digit_tokenizer(out / "tokenizer")
     processor = OptTriProcessor.from_pretrained(PRESET)
     train, test = features(processor, train_rows), features(processor, test_rows)
@@ -171,11 +154,10 @@ def run(args: argparse.Namespace) -> dict:
     results["classifier"] = train_classifier(train, test, args.classifier_epochs, args.batch_size, args.classifier_lr,
                                              args.seed, out / "audio_classifier_encoder")
     results["classifier"]["seconds"] = round(time.perf_counter() - t0, 1)
-    data = write_pretraining_data(train_rows, out / "pretraining_data")
     for name in RUNS:
         t0 = time.perf_counter()
         final = pretrain(name, args, data, tokenizer, out / "audio_classifier_encoder")
-        results["runs"][name] = {"zero_shot_accuracy": zero_shot_accuracy(final, test), "steps": args.pretrain_steps,
+        results["runs"][name] = {"zero_shot_accuracy": zero_shot_accuracy(final, data), "steps": args.pretrain_steps,
                                  "seconds": round(time.perf_counter() - t0, 1)}
     results["seconds"] = round(time.perf_counter() - start, 1)
     (out / "results.json").write_text(json.dumps(results, indent=1))
@@ -199,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--fsdd", default=str(REPO_ROOT.parent / "shared" / "data" / "fsdd"))
+    parser.add_argument("--heldout_speaker", default=HELD_OUT_SPEAKER, help="the speaker no run trains on")
     parser.add_argument("--takes", type=int, default=12, help="training takes per digit and speaker (of 50)")
     parser.add_argument("--eval_takes", type=int, default=10, help="held-out takes per digit")
     parser.add_argument("--classifier_epochs", type=int, default=8)

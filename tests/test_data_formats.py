@@ -673,8 +673,8 @@ def test_fsdd_folder_holds_out_speakers(tmp_path):
     from modeling_opt_tri.data.folder import load_metadata_folder
 
     fsdd = require_fsdd()
-    counts = write_fsdd_folder(fsdd, tmp_path / "digits", ("lucas",), takes=2)
-    assert counts == {"train": 5 * 10 * 2, "validation": 10 * 2}
+    counts = write_fsdd_folder(fsdd, tmp_path / "digits", ("lucas",), takes=2, eval_takes=3)
+    assert counts == {"train": 5 * 10 * 2, "validation": 10 * 3}
     validation = load_metadata_folder(tmp_path / "digits", split="validation")
     train = load_metadata_folder(tmp_path / "digits", split="train")
     assert all("_lucas_" in Path(p).name for p in validation["audio"])
@@ -685,3 +685,7 @@ def test_fsdd_folder_holds_out_speakers(tmp_path):
         write_fsdd_folder(fsdd, tmp_path / "bad", ("nobody",))
     with pytest.raises(FileNotFoundError, match="expected the FSDD folder"):
         write_fsdd_folder(tmp_path, tmp_path / "bad")
+    (tmp_path / "other" / "train").mkdir(parents=True)
+    (tmp_path / "other" / "train" / "recordings").symlink_to(tmp_path)
+    with pytest.raises(FileExistsError, match="is not a link to"):
+        write_fsdd_folder(fsdd, tmp_path / "other")

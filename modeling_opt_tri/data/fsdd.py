@@ -14,7 +14,12 @@ import os
 import re
 from pathlib import Path
 
-DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+from .synthetic import NUMBER_WORDS
+
+#: the text of a recording of digit d: its name
+DIGIT_WORDS = tuple(NUMBER_WORDS)
+#: the speaker the project holds out of training (benchmarks/init_transfer.py, docs/RECIPE.md)
+HELD_OUT_SPEAKER = "yweweler"
 _NAME = re.compile(r"^(\d)_([a-z]+)_(\d+)\.wav$")
 
 
@@ -34,13 +39,13 @@ def fsdd_recordings(fsdd_dir: str | os.PathLike) -> list[tuple[int, str, int, st
 
 
 def write_fsdd_folder(
-    fsdd_dir: str | os.PathLike, output_dir: str | os.PathLike, eval_speakers: tuple[str, ...] = ("lucas",),
-    takes: int | None = None,
+    fsdd_dir: str | os.PathLike, output_dir: str | os.PathLike, eval_speakers: tuple[str, ...] = (HELD_OUT_SPEAKER,),
+    takes: int | None = None, eval_takes: int | None = None,
 ) -> dict[str, int]:
     """
     Write `output_dir/{train,validation}/metadata.jsonl`: the `eval_speakers`' recordings are the validation split,
-    every other speaker's the train split (`takes`: at most that many takes per digit and speaker). Each split links
-    `recordings` to FSDD's folder. Returns the rows per split.
+    every other speaker's the train split (`takes` / `eval_takes`: at most that many takes per digit and speaker in
+    each; `eval_takes` defaults to `takes`). Each split links `recordings` to FSDD's folder. Returns the rows per split.
     """
     rows = fsdd_recordings(fsdd_dir)
     speakers = sorted({speaker for _, speaker, _, _ in rows})
@@ -49,15 +54,17 @@ def write_fsdd_folder(
         raise ValueError(f"eval_speakers must be some, not all, of {speakers}; got {list(eval_speakers)}")
     source = Path(fsdd_dir, "recordings").resolve()
     counts = {}
-    for split in ("train", "validation"):
+    for split, limit in (("train", takes), ("validation", takes if eval_takes is None else eval_takes)):
         folder = Path(output_dir, split)
         folder.mkdir(parents=True, exist_ok=True)
         link = folder / "recordings"
-        if not link.exists():
+        if not link.is_symlink() and not link.exists():
             link.symlink_to(source, target_is_directory=True)
+        elif link.resolve() != source:
+            raise FileExistsError(f"{str(link)!r} exists and is not a link to {str(source)!r}: use another output_dir")
         chosen = [
             (digit, name) for digit, speaker, take, name in rows
-            if (speaker in eval_speakers) == (split == "validation") and (takes is None or take < takes)
+            if (speaker in eval_speakers) == (split == "validation") and (limit is None or take < limit)
         ]
         with open(folder / "metadata.jsonl", "w") as handle:
             for digit, name in chosen:
