@@ -689,3 +689,21 @@ def test_fsdd_folder_holds_out_speakers(tmp_path):
     (tmp_path / "other" / "train" / "recordings").symlink_to(tmp_path)
     with pytest.raises(FileExistsError, match="is not a link to"):
         write_fsdd_folder(fsdd, tmp_path / "other")
+
+
+def test_fine_tuning_default_holdout_of_a_large_source_is_not_zero(folder, monkeypatch):
+    """Without --eval_holdout_fraction, a source without a validation split holds out about --eval_rows rows: for a
+    source of millions of rows that fraction is tiny, and rounding it to 0 (as the first version did) meant no
+    evaluation split at all."""
+    from modeling_opt_tri.data import sources
+    from modeling_opt_tri.training.finetune import evaluation_plan
+
+    class Huge:
+        def __len__(self):
+            return 30_000_000
+
+    monkeypatch.setattr(sources, "load_raw_split", lambda *a, **k: Huge())
+    _, plan = evaluation_plan(str(folder), None, None, eval_rows=200)
+    (fraction,) = plan.fractions.values()
+    assert fraction == pytest.approx(200 / 30_000_000)
+    assert plan.name() == "train (held-out 0.0006667% of its rows)"

@@ -452,7 +452,7 @@ class EvaluationPlan:
         parts = []
         for source, split in self.splits.items():
             fraction = self.fractions[source]
-            label = f"{split} (held-out {100 * fraction:g}% of its rows)" if fraction else split
+            label = f"{split} (held-out {100 * fraction:.4g}% of its rows)" if fraction else split
             parts.append(label if len(self.splits) == 1 else f"{source}:{label}")
         return ", ".join(parts)
 

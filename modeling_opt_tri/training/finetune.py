@@ -131,26 +131,27 @@ def evaluation_plan(dataset: str, columns=None, holdout_fraction: float | None =
         holdout_fraction = 0.0 if "validation" in split_names(sources[0]) else DEFAULT_HOLDOUT_FRACTION
         if holdout_fraction and eval_rows:
             rows = len(load_raw_split(sources[0], "train", streaming=False))
-            holdout_fraction = min(holdout_fraction, round(eval_rows / max(rows, 1), 4))
+            holdout_fraction = min(holdout_fraction, eval_rows / max(rows, 1))  # unrounded: never 0 for a large source
     return sources, plan_evaluation(sources, "train", "validation", holdout_fraction)
 
 
 def load_split(dataset: str, split: str, num_rows: int, seed: int = 42, eval_rows: int = 0, columns=None,
-               holdout_fraction: float | None = None):
+               holdout_fraction: float | None = None, planned: tuple | None = None):
     """
     One split as a `datasets.Dataset`: `dataset="builtin"` builds `num_rows` ShapeWorld rows of `split`. Otherwise
     `dataset` is any one source pre-training reads (a metadata folder, a `save_to_disk` folder, parquet / arrow files,
     WebDataset shards, a dataset name), its columns mapped by `columns` (`{"text": "caption", ...}`). `"train"` is
     the training rows and `"validation"` the evaluation rows of `evaluation_plan` (`holdout_fraction`, `eval_rows`:
     never one of the training rows; the rows pre-training holds out with the same `--eval_holdout_fraction`); another
-    split is loaded as it is. `num_rows` > 0 keeps the first rows only.
+    split is loaded as it is. `num_rows` > 0 keeps the first rows only. `planned`: `evaluation_plan`'s result, when
+    the caller has it already (it reads the source).
     """
     from ..data import build_synthetic_dataset
     from ..data.sources import conform, load_raw_split, load_sources
 
     if dataset == "builtin":
         return build_synthetic_dataset(num_rows, seed=seed, split=split)
-    sources, plan = evaluation_plan(dataset, columns, holdout_fraction, eval_rows)
+    sources, plan = planned or evaluation_plan(dataset, columns, holdout_fraction, eval_rows)
     if split == "train":
         data = load_sources(sources, "train", False, seed=seed, holdout=plan.fractions)
     elif split == "validation":
@@ -170,11 +171,10 @@ def load_train_and_evaluation(args: argparse.Namespace, train_rows: int | None =
     fraction = args.eval_holdout_fraction
     train_rows = args.train_rows if train_rows is None else train_rows
     eval_rows = args.eval_rows if eval_rows is None else eval_rows
-    train = load_split(args.dataset, "train", train_rows, args.seed, eval_rows, columns, fraction)
-    held_out = load_split(args.dataset, "validation", eval_rows, args.seed, eval_rows, columns, fraction)
-    name = "validation"
-    if args.dataset != "builtin":
-        name = evaluation_plan(args.dataset, columns, fraction, eval_rows)[1].name()
+    planned = None if args.dataset == "builtin" else evaluation_plan(args.dataset, columns, fraction, eval_rows)
+    train = load_split(args.dataset, "train", train_rows, args.seed, eval_rows, columns, fraction, planned)
+    held_out = load_split(args.dataset, "validation", eval_rows, args.seed, eval_rows, columns, fraction, planned)
+    name = planned[1].name() if planned else "validation"
     if not len(held_out) or not len(train):
         raise ValueError(f"--dataset {args.dataset!r}: {len(train)} training and {len(held_out)} evaluation rows "
                          f"({name}); give more rows or another --eval_holdout_fraction")
