@@ -92,8 +92,9 @@ def build_parser() -> CheckedArgumentParser:
 def main() -> None:
     parser = build_parser()
     args = parser.parse_args()
-    if args.prompt_tuning and (args.lora or args.freeze_layers):
-        parser.error("--prompt_tuning freezes the whole model already; do not combine it with --lora/--freeze_layers")
+    if args.prompt_tuning and (args.lora or args.freeze_layers or args.freeze or args.tower_lr_scale):
+        parser.error("--prompt_tuning freezes the whole model already; do not combine it with "
+                     "--lora/--freeze_layers/--freeze/--tower_lr_scale")
 
     processor = OptTriProcessor.from_pretrained(args.model)
     train, held_out, eval_split = load_train_and_evaluation(args)  # --dataset, its columns and held-out rows

@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import REPO_ROOT
 
 PAGE = REPO_ROOT / "docs" / "ARCHITECTURE.md"
@@ -47,6 +48,7 @@ def apply_block(package_root: Path, where: dict[str, str], code: str) -> None:
     path.write_text("".join(lines))
 
 
+@pytest.mark.slow
 def test_the_worked_objective_of_the_architecture_page_trains(tmp_path):
     blocks = recipe_blocks(PAGE.read_text())
     edits = [(where, code) for where, code in blocks if "run" not in where]

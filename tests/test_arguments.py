@@ -155,3 +155,16 @@ def test_pretrain_cli_refuses_bad_values_before_work(tmp_path):
     assert "--max_grad_norm must be a finite number >= 0 (0: no clipping), got -1.0" in result.stderr
     assert "objective 'mlm': weight 'nan' must be a finite number >= 0 (in --objectives 'mlm=nan')" in result.stderr
     assert not out.exists()
+
+
+@pytest.mark.parametrize("extra", [["--freeze", "text"], ["--tower_lr_scale", "audio=0.5"], ["--lora"]])
+def test_prompt_tuning_refuses_the_options_it_would_ignore(extra, examples_on_path, monkeypatch, capsys):
+    """CoOp prompt tuning trains the context vectors only: per-tower freezing, learning-rate scales and LoRA would be
+    ignored silently, so they are refused before any work."""
+    script = importlib.import_module("finetune_classification")
+    monkeypatch.setattr(sys, "argv", ["finetune_classification.py", "--model", "x", "--output_dir", "y",
+                                      "--prompt_tuning", *extra])
+    with pytest.raises(SystemExit) as exit_info:
+        script.main()
+    assert exit_info.value.code == 2
+    assert "--prompt_tuning freezes the whole model already" in capsys.readouterr().err
