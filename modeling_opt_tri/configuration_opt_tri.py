@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import warnings
 from typing import Any
 
 from transformers import AutoConfig, BertConfig, PretrainedConfig, ViTConfig
@@ -653,6 +654,7 @@ class OptTriConfig(PretrainedConfig):
 
     def _validate(self) -> None:
         """Deprecated name of [`validate`], kept for one release."""
+        warnings.warn("OptTriConfig._validate() is deprecated: call validate()", FutureWarning, stacklevel=2)
         self.validate()
 
     def _validate_settings(self) -> None:

@@ -802,3 +802,23 @@ def build_parser_args(argv: list[str]):
     parser = CheckedArgumentParser()
     add_finetune_arguments(parser)
     return parser.parse_args(["--model", "m", "--output_dir", "o", *argv])
+
+
+def test_task_and_pretraining_collators_share_one_corrupt_row_policy():
+    """`TaskCollator` skips what `TriModalCollator` skips (a non-dict row, an undecodable one), keeps the targets of
+    the decoded rows only, and raises when no row is usable (Trainer cannot skip a batch)."""
+    from modeling_opt_tri.data.collate import TriModalCollator
+    from modeling_opt_tri.data.decoding import CorruptSampleError
+    from modeling_opt_tri.processing_opt_tri import OptTriProcessor
+    from modeling_opt_tri.training.finetune import TaskCollator
+
+    processor = OptTriProcessor.from_pretrained(REPO_ROOT / "configuration" / "tiny")
+    rows = ["not a row", {"id": "bad", "text": "a red circle", "image": b"not an image"},
+            {"id": "a", "text": "a red circle", "label": 1}, {"id": "b", "text": "two green triangles", "label": 0}]
+    pretraining = TriModalCollator(processor)(rows)
+    task = TaskCollator(processor, ["text", "image"], targets=lambda row: row["label"])(rows)
+    assert pretraining["num_skipped_rows"] == 2 and "expected a dict of columns" in pretraining["skipped_reasons"][0]
+    assert task["labels"].tolist() == [1, 0]
+    assert torch.equal(task["input_ids"], pretraining["input_ids"])
+    with pytest.raises(CorruptSampleError, match="Every row of the batch failed to decode"):
+        TaskCollator(processor, ["text", "image"])(rows[:2])

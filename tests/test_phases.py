@@ -110,7 +110,7 @@ def test_config_validate_is_public_and_the_old_name_still_works():
     config.masking_policy = "sometimes"
     with pytest.raises(ValueError, match="masking_policy"):
         config.validate()
-    with pytest.raises(ValueError, match="masking_policy"):
+    with pytest.warns(FutureWarning, match="validate"), pytest.raises(ValueError, match="masking_policy"):
         config._validate()
 
 

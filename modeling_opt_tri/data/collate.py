@@ -11,7 +11,8 @@ padding stays small. The order depends only on `(seed, epoch)`, which makes the 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -23,6 +24,19 @@ from .decoding import MAX_IMAGE_PIXELS, CorruptSampleError, audio_duration, deco
 from .sources import CORRUPT_COLUMN
 
 logger = logging.get_logger(__name__)
+
+
+@dataclass
+class DecodedRows:
+    """What `TriModalCollator.decode_rows` made of a list of rows: per decoded row its text (`str` or None), image
+    (PIL or None) and waveform (`np.ndarray` at the processor's rate, or None), its position in the input list, and
+    one reason per skipped row."""
+
+    texts: list[str | None]
+    images: list[Any]
+    audios: list[np.ndarray | None]
+    positions: list[int]
+    reasons: list[str]
 
 
 class TriModalCollator:
@@ -96,21 +110,46 @@ class TriModalCollator:
             raise CorruptSampleError(f"{context}: the row has no text, image or audio")
         return text, image, audio
 
-    def __call__(self, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
-        texts, images, audios, reasons = [], [], [], []
+    def decode_rows(
+        self, rows: Sequence[Any], view: Callable[[Mapping[str, Any]], dict[str, Any]] | None = None
+    ) -> DecodedRows:
+        """
+        Decode `rows` under the one corrupt-row policy of every OPT-Tri collator: a row that is not a dict of columns,
+        or that `decode_row` refuses (`CorruptSampleError`), is skipped and its reason kept; the others are decoded
+        in order. `view` (row -> the columns to decode) selects or renames columns first (fine-tuning tasks).
+        """
+        decoded = DecodedRows([], [], [], [], [])
         for position, row in enumerate(rows):
             if not isinstance(row, Mapping):  # e.g. a raw string: skipped and counted like any other unusable row
-                reasons.append(f"row {position}: expected a dict of columns, got {type(row).__name__}")
+                decoded.reasons.append(f"row {position}: expected a dict of columns, got {type(row).__name__}")
                 continue
-            context = f"row {row.get('id', position)}"
             try:
-                text, image, audio = self.decode_row(row, context)
+                text, image, audio = self.decode_row(view(row) if view else row, f"row {row.get('id', position)}")
             except CorruptSampleError as error:
-                reasons.append(str(error))
+                decoded.reasons.append(str(error))
                 continue
-            texts.append(text)
-            images.append(image)
-            audios.append(audio)
+            decoded.texts.append(text)
+            decoded.images.append(image)
+            decoded.audios.append(audio)
+            decoded.positions.append(position)
+        return decoded
+
+    def process(self, texts: list, images: list, audios: list, with_text: bool = True) -> dict[str, Any]:
+        """The processor's tensors for decoded rows; a modality no row has (or the text, `with_text=False`) is left
+        out."""
+        return dict(
+            self.processor(
+                text=texts if with_text and any(t is not None for t in texts) else None,
+                images=images if any(i is not None for i in images) else None,
+                audio=audios if any(a is not None for a in audios) else None,
+                sampling_rate=self.sampling_rate,
+                return_tensors="pt",
+            )
+        )
+
+    def __call__(self, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        decoded = self.decode_rows(rows)
+        texts, images, audios, reasons = decoded.texts, decoded.images, decoded.audios, decoded.reasons
         if self.text_as_labels:
             missing = [i for i, t in enumerate(texts) if t is None]
             reasons += ["a row without text cannot be a captioning target"] * len(missing)
@@ -123,14 +162,7 @@ class TriModalCollator:
             encoded = self.processor.tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
             labels = encoded["input_ids"][:, 1:].masked_fill(encoded["attention_mask"][:, 1:] == 0, -100)
             batch["labels"] = labels
-        features = self.processor(
-            text=texts if any(t is not None for t in texts) and not self.text_as_labels else None,
-            images=images if any(i is not None for i in images) else None,
-            audio=audios if any(a is not None for a in audios) else None,
-            sampling_rate=self.sampling_rate,
-            return_tensors="pt",
-        )
-        batch.update(features)
+        batch.update(self.process(texts, images, audios, with_text=not self.text_as_labels))
         return batch
 
 

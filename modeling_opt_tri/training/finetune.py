@@ -30,6 +30,7 @@ from .arguments import (
     HOLDOUT_FRACTION, MAX_STEPS_OR_EPOCHS, PROBABILITY_BELOW_ONE, SEED, CheckedArgumentParser, integer, number,
     string,
 )
+from .optimization import parameter_groups
 from .towers import (
     apply_tower_options,
     check_tower_options,
@@ -254,8 +255,10 @@ class TaskCollator(TriModalCollator):
         text: `row -> text` (default: the `text` column), e.g. the question for VQA.
         extra: constant entries added to every batch (e.g. `{"return_loss": True}` for retrieval).
 
-    Rows that fail to decode are dropped with their targets and logged; the batch holds no bookkeeping keys, so
-    `Trainer` can pass it to the model as is.
+    Rows are decoded under the one corrupt-row policy of `TriModalCollator.decode_rows` (a row that is not a dict of
+    columns, or does not decode, is skipped with its reason); skipped rows are dropped with their targets and logged.
+    The batch holds no bookkeeping keys, so `Trainer` can pass it to the model as is, and since `Trainer` cannot skip
+    a batch, one without a usable row raises `CorruptSampleError`.
     """
 
     def __init__(
@@ -277,43 +280,25 @@ class TaskCollator(TriModalCollator):
         self.extra = dict(extra or {})
         self.target_key = target_key
 
+    def _view(self, row: dict[str, Any]) -> dict[str, Any]:
+        """The columns of `row` this task decodes."""
+        return {
+            "text": self.text(row) if "text" in self.modalities else None,
+            "image": row.get("image") if "image" in self.modalities else None,
+            "audio": row.get("audio") if "audio" in self.modalities else None,
+            CORRUPT_COLUMN: row.get(CORRUPT_COLUMN),
+        }
+
     def __call__(self, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
-        texts, images, audios, targets, reasons = [], [], [], [], []
-        for position, row in enumerate(rows):
-            view = {
-                "text": self.text(row) if "text" in self.modalities else None,
-                "image": row.get("image") if "image" in self.modalities else None,
-                "audio": row.get("audio") if "audio" in self.modalities else None,
-                CORRUPT_COLUMN: row.get(CORRUPT_COLUMN),
-            }
-            try:
-                text, image, audio = self.decode_row(view, f"row {row.get('id', position)}")
-            except CorruptSampleError as error:
-                reasons.append(str(error))
-                continue
-            texts.append(text)
-            images.append(image)
-            audios.append(audio)
-            if self.targets is not None:
-                targets.append(self.targets(row))
-        if reasons:
-            logger.warning(f"Skipped {len(reasons)} of {len(rows)} rows: {reasons[:3]}")
-        if not texts:
-            raise CorruptSampleError(f"Every row of the batch failed to decode: {reasons[:3]}")
-        batch = dict(
-            self.processor(
-                text=texts if any(t is not None for t in texts) else None,
-                images=images if any(i is not None for i in images) else None,
-                audio=audios if any(a is not None for a in audios) else None,
-                sampling_rate=self.sampling_rate,
-                return_tensors="pt",
-            )
-        )
+        decoded = self.decode_rows(rows, self._view)
+        if decoded.reasons:
+            logger.warning(f"Skipped {len(decoded.reasons)} of {len(rows)} rows: {decoded.reasons[:3]}")
+        if not decoded.texts:  # Trainer cannot skip a batch
+            raise CorruptSampleError(f"Every row of the batch failed to decode: {decoded.reasons[:3]}")
+        batch = self.process(decoded.texts, decoded.images, decoded.audios)
         if self.targets is not None:
-            if torch.is_tensor(targets[0]):
-                batch[self.target_key] = torch.stack(targets)
-            else:
-                batch[self.target_key] = torch.tensor(targets)
+            targets = [self.targets(rows[position]) for position in decoded.positions]
+            batch[self.target_key] = torch.stack(targets) if torch.is_tensor(targets[0]) else torch.tensor(targets)
         batch.update(self.extra)
         return batch
 
@@ -372,23 +357,14 @@ def build_optimizer(
     group's rate. Frozen parameters are left out. Pass it to `Trainer(optimizers=(optimizer, None))`; Trainer adds its
     scheduler, which scales every group.
     """
-    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
-    for name, parameter in model.named_parameters():
-        if not parameter.requires_grad:
-            continue
+
+    def part(name: str) -> str:
         pretrained = ("opt_tri." in f".{name}" or name.startswith("opt_tri.")) and "lora_" not in name
-        pretrained = pretrained and "modules_to_save" not in name
-        no_decay = parameter.ndim < 2 or "norm" in name.lower() or "embedding" in name.lower() or "token" in name
-        groups.setdefault((pretrained, no_decay), []).append(parameter)
-    param_groups = [
-        {
-            "params": params,
-            "lr": learning_rate * (encoder_lr_scale if pretrained else 1.0),
-            "weight_decay": 0.0 if no_decay else weight_decay,
-            "name": f"{'pretrained' if pretrained else 'new'}{'_no_decay' if no_decay else ''}",
-        }
-        for (pretrained, no_decay), params in sorted(groups.items())
-    ]
+        return "pretrained" if pretrained and "modules_to_save" not in name else "new"
+
+    param_groups = parameter_groups(model, weight_decay, part)
+    for group in param_groups:
+        group["lr"] = learning_rate * (encoder_lr_scale if group["name"].startswith("pretrained") else 1.0)
     if not param_groups:
         raise ValueError("No trainable parameters")
     return torch.optim.AdamW(split_groups_by_tower(model, param_groups, learning_rate, tower_lr_scales or {}), lr=learning_rate)

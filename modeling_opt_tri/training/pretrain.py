@@ -59,6 +59,7 @@ from .checkpointing import (
 from .codes import AUDIO_CODE_OBJECTIVES, IMAGE_CODE_OBJECTIVES, VQCodeTargets
 from .evaluation import direction_sizes, embed_batches, format_retrieval_table, retrieval_metrics
 from .model_card import write_model_card
+from .optimization import parameter_groups
 from .towers import (
     apply_tower_options,
     check_tower_options,
@@ -399,7 +400,7 @@ def build_model(args: PretrainArguments, accelerator) -> tuple[OptTriForPreTrain
         model.config.itm_rows_per_sample = args.itm_rows_per_sample
     if args.contrastive_local_loss is not None:
         model.config.contrastive_local_loss = args.contrastive_local_loss
-    model.config._validate()
+    model.config.validate()
     VQCodeTargets.check_compatible(model.config, processor, image_tokenizer, audio_tokenizer)
     if args.gradient_checkpointing and not _uses_fsdp(accelerator):  # under FSDP: its own option (_configure_fsdp)
         model.gradient_checkpointing_enable()
@@ -553,15 +554,9 @@ def with_tokenizer(processor: OptTriProcessor, path: str) -> OptTriProcessor:
 
 
 def _optimizer(model: torch.nn.Module, args: PretrainArguments) -> torch.optim.Optimizer:
-    decay, no_decay = [], []
-    for name, parameter in model.named_parameters():
-        if not parameter.requires_grad:
-            continue
-        if parameter.ndim < 2 or "norm" in name.lower() or "embedding" in name.lower() or "token" in name:
-            no_decay.append(parameter)
-        else:
-            decay.append(parameter)
-    groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    """AdamW over `parameter_groups` (decayed weights at `--weight_decay`, biases / norms / embeddings / tokens not),
+    a tower's parameters in groups of their own at `--tower_lr_scale`."""
+    groups = parameter_groups(model, args.weight_decay)
     groups = split_groups_by_tower(model, groups, args.learning_rate, parse_tower_scales(args.tower_lr_scale, "tower_lr_scale"))
     fused = torch.cuda.is_available() and all(p.is_cuda for p in model.parameters())
     return torch.optim.AdamW(groups, lr=args.learning_rate, betas=(0.9, 0.98), eps=1e-6, fused=fused or None)
@@ -821,7 +816,7 @@ def _train_steps(args, accelerator, model, optimizer, scheduler, unwrapped, code
             state["skipped_steps"] += 1
             logger.info(f"step {step}: fp16 gradients overflowed; update skipped, loss scale lowered to "
                         f"{accelerator.scaler.get_scale() if accelerator.scaler is not None else None}")
-        total = sum(unwrapped.config.objectives[k] * v for k, v in step_losses.items())
+        total = unwrapped.weigh_losses(step_losses)  # the model's own weighting, on the step's mean losses
         record = {"step": step, "loss": total, **{f"loss/{k}": v for k, v in step_losses.items()}, "lr": scheduler.get_last_lr()[0],
                   "skipped_optimizer_steps": state["skipped_steps"], **source_record(source_losses, state["source_rows"])}
         if accelerator.scaler is not None:
