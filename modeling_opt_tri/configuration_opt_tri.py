@@ -188,7 +188,7 @@ class OptTriFusionConfig(OptTriTransformerConfig):
         super().__init__(num_hidden_layers=num_hidden_layers, **kwargs)
 
 
-class OptTriTextDecoderConfig(PretrainedConfig):
+class OptTriTextDecoderConfig(OptTriTransformerConfig):
     r"""
     Configuration of the OPT-Tri text decoder: a causal pre-norm transformer with cross-attention to the cross-modal
     encoder's states, used for captioning, ASR and text reconstruction (DTR), compatible with `generate()`.
@@ -210,48 +210,22 @@ class OptTriTextDecoderConfig(PretrainedConfig):
     def __init__(
         self,
         vocab_size: int = 30522,
-        hidden_size: int = 768,
         num_hidden_layers: int = 6,
-        num_attention_heads: int = 12,
-        intermediate_size: int = 3072,
-        hidden_act: str = "gelu",
-        layer_norm_eps: float = 1e-12,
-        hidden_dropout_prob: float = 0.0,
-        attention_probs_dropout_prob: float = 0.0,
         max_position_embeddings: int = 128,
         bos_token_id: int | None = None,
         eos_token_id: int | None = None,
         pad_token_id: int | None = None,
-        initializer_range: float = 0.02,
         **kwargs,
     ):
         defaults = default_special_ids(vocab_size)
-        bos_token_id = defaults["bos_token_id"] if bos_token_id is None else bos_token_id
-        eos_token_id = defaults["eos_token_id"] if eos_token_id is None else eos_token_id
-        pad_token_id = defaults["pad_token_id"] if pad_token_id is None else pad_token_id
         self.vocab_size = vocab_size
-        self.hidden_size = hidden_size
-        self.num_hidden_layers = num_hidden_layers
-        self.num_attention_heads = num_attention_heads
-        self.intermediate_size = intermediate_size
-        self.hidden_act = hidden_act
-        self.layer_norm_eps = layer_norm_eps
-        self.hidden_dropout_prob = hidden_dropout_prob
-        self.attention_probs_dropout_prob = attention_probs_dropout_prob
         self.max_position_embeddings = max_position_embeddings
-        self.initializer_range = initializer_range
-        self.bos_token_id = bos_token_id
-        self.eos_token_id = eos_token_id
-        self.pad_token_id = pad_token_id
+        self.bos_token_id = defaults["bos_token_id"] if bos_token_id is None else bos_token_id
+        self.eos_token_id = defaults["eos_token_id"] if eos_token_id is None else eos_token_id
+        self.pad_token_id = defaults["pad_token_id"] if pad_token_id is None else pad_token_id
         self.use_cache = kwargs.pop("use_cache", True)
-        super().__init__(**kwargs)
-        _check_positive_ints(
-            self,
-            ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-             "max_position_embeddings"),
-        )
-        _check_heads(self)
-
+        super().__init__(num_hidden_layers=num_hidden_layers, **kwargs)
+        _check_positive_ints(self, ("vocab_size", "max_position_embeddings"))
 
 
 #: Defaults of the code decoders by modality: the codebook sizes are the `OptTriImageVQConfig` /
@@ -262,7 +236,7 @@ CODE_DECODER_DEFAULTS: dict[str, dict[str, int]] = {
 }
 
 
-class OptTriCodeDecoderConfig(PretrainedConfig):
+class OptTriCodeDecoderConfig(OptTriTransformerConfig):
     r"""
     Configuration of an OPT-Tri code decoder: a causal pre-norm transformer with cross-attention to the cross-modal
     encoder's states that writes the discrete codes of a VQ tokenizer ([`OptTriImageVQModel`] for images,
@@ -306,58 +280,15 @@ class OptTriCodeDecoderConfig(PretrainedConfig):
         codebook_size: int | None = None,
         grid_size: int | None = None,
         num_codes: int | None = None,
-        hidden_size: int = 768,
         num_hidden_layers: int = 6,
-        num_attention_heads: int = 12,
-        intermediate_size: int = 3072,
-        hidden_act: str = "gelu",
-        layer_norm_eps: float = 1e-12,
-        hidden_dropout_prob: float = 0.0,
-        attention_probs_dropout_prob: float = 0.0,
         max_position_embeddings: int | None = None,
-        initializer_range: float = 0.02,
         **kwargs,
     ):
-        if modality not in CODE_DECODER_DEFAULTS:
-            raise ValueError(f"OptTriCodeDecoderConfig.modality must be 'image' or 'audio', got {modality!r}")
-        defaults = CODE_DECODER_DEFAULTS[modality]
-        codebook_size = defaults["codebook_size"] if codebook_size is None else codebook_size
-        if modality == "image":
-            if grid_size is None:
-                if num_codes is None:
-                    grid_size = defaults["grid_size"]
-                elif isinstance(num_codes, int) and num_codes > 0 and math.isqrt(num_codes) ** 2 == num_codes:
-                    grid_size = math.isqrt(num_codes)
-                else:
-                    raise ValueError(
-                        f"OptTriCodeDecoderConfig: an image has a square code grid, so num_codes must be a square "
-                        f"(grid_size ** 2); got num_codes={num_codes!r}. Set grid_size instead."
-                    )
-            if isinstance(grid_size, bool) or not isinstance(grid_size, int) or grid_size <= 0:
-                raise ValueError(f"OptTriCodeDecoderConfig.grid_size must be a positive int, got {grid_size!r}")
-            num_codes = grid_size**2 if num_codes is None else num_codes
-            if num_codes != grid_size**2:
-                raise ValueError(
-                    f"OptTriCodeDecoderConfig: num_codes ({num_codes}) must be grid_size ** 2 = {grid_size ** 2} "
-                    "(one code per cell of the image's code grid)"
-                )
-        else:
-            if grid_size is not None:
-                raise ValueError("OptTriCodeDecoderConfig.grid_size is for images; audio code sequences are 1-D")
-            num_codes = defaults["num_codes"] if num_codes is None else num_codes
+        codebook_size, grid_size, num_codes = _code_layout(modality, codebook_size, grid_size, num_codes)
         self.modality = modality
         self.codebook_size = codebook_size
         self.grid_size = grid_size
         self.num_codes = num_codes
-        self.hidden_size = hidden_size
-        self.num_hidden_layers = num_hidden_layers
-        self.num_attention_heads = num_attention_heads
-        self.intermediate_size = intermediate_size
-        self.hidden_act = hidden_act
-        self.layer_norm_eps = layer_norm_eps
-        self.hidden_dropout_prob = hidden_dropout_prob
-        self.attention_probs_dropout_prob = attention_probs_dropout_prob
-        self.initializer_range = initializer_range
         self.use_cache = kwargs.pop("use_cache", True)
         _check_positive_ints(self, ("codebook_size", "num_codes"))
         if codebook_size < 2:
@@ -378,12 +309,8 @@ class OptTriCodeDecoderConfig(PretrainedConfig):
                     f"(codes 0..{codebook_size - 1}, then BOS, EOS, PAD); got {given!r}"
                 )
             setattr(self, name, value)
-        super().__init__(**kwargs)
-        _check_positive_ints(
-            self,
-            ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "max_position_embeddings"),
-        )
-        _check_heads(self)
+        super().__init__(num_hidden_layers=num_hidden_layers, **kwargs)
+        _check_positive_ints(self, ("max_position_embeddings",))
         if self.max_position_embeddings < num_codes + 1:
             raise ValueError(
                 f"OptTriCodeDecoderConfig.max_position_embeddings ({self.max_position_embeddings}) must be at least "
@@ -393,6 +320,38 @@ class OptTriCodeDecoderConfig(PretrainedConfig):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
                 raise ValueError(f"OptTriCodeDecoderConfig.{name} must be a float in [0, 1), got {value!r}")
+
+
+def _code_layout(modality: str, codebook_size: int | None, grid_size: int | None, num_codes: int | None):
+    """`(codebook_size, grid_size, num_codes)` of a code decoder, the defaults filled in (see
+    `OptTriCodeDecoderConfig`); raise `ValueError` for a modality, grid or code count that cannot be."""
+    if modality not in CODE_DECODER_DEFAULTS:
+        raise ValueError(f"OptTriCodeDecoderConfig.modality must be 'image' or 'audio', got {modality!r}")
+    defaults = CODE_DECODER_DEFAULTS[modality]
+    codebook_size = defaults["codebook_size"] if codebook_size is None else codebook_size
+    if modality == "audio":
+        if grid_size is not None:
+            raise ValueError("OptTriCodeDecoderConfig.grid_size is for images; audio code sequences are 1-D")
+        return codebook_size, None, defaults["num_codes"] if num_codes is None else num_codes
+    if grid_size is None:
+        if num_codes is None:
+            grid_size = defaults["grid_size"]
+        elif isinstance(num_codes, int) and num_codes > 0 and math.isqrt(num_codes) ** 2 == num_codes:
+            grid_size = math.isqrt(num_codes)
+        else:
+            raise ValueError(
+                f"OptTriCodeDecoderConfig: an image has a square code grid, so num_codes must be a square "
+                f"(grid_size ** 2); got num_codes={num_codes!r}. Set grid_size instead."
+            )
+    if isinstance(grid_size, bool) or not isinstance(grid_size, int) or grid_size <= 0:
+        raise ValueError(f"OptTriCodeDecoderConfig.grid_size must be a positive int, got {grid_size!r}")
+    num_codes = grid_size**2 if num_codes is None else num_codes
+    if num_codes != grid_size**2:
+        raise ValueError(
+            f"OptTriCodeDecoderConfig: num_codes ({num_codes}) must be grid_size ** 2 = {grid_size ** 2} "
+            "(one code per cell of the image's code grid)"
+        )
+    return codebook_size, grid_size, num_codes
 
 
 class OptTriImageDecoderConfig(OptTriCodeDecoderConfig):
@@ -565,24 +524,12 @@ class OptTriConfig(PretrainedConfig):
         self.vision_config = _as_sub_config(vision_config, ViTConfig, "vision_config")
         self.audio_config = _as_sub_config(audio_config, OptTriAudioConfig, "audio_config")
         legacy = kwargs.pop("fusion_config", None)  # old name; see the module docstring
-        if legacy is not None:
-            if cross_modal_config is not None:
-                raise ValueError("Pass cross_modal_config or its old name fusion_config, not both")
-            cross_modal_config = legacy
+        if legacy is not None and cross_modal_config is not None:
+            raise ValueError("Pass cross_modal_config or its old name fusion_config, not both")
+        cross_modal_config = legacy if legacy is not None else cross_modal_config
         self.cross_modal_config = _as_sub_config(cross_modal_config, OptTriFusionConfig, "cross_modal_config")
-        if text_decoder_config is None:  # by default: the cross-modal encoder's geometry, the text vocabulary
-            cm = self.cross_modal_config
-            text_decoder_config = dict(
-                vocab_size=self.text_config.vocab_size,
-                hidden_size=cm.hidden_size,
-                num_hidden_layers=cm.num_hidden_layers,
-                num_attention_heads=cm.num_attention_heads,
-                intermediate_size=cm.intermediate_size,
-                # the text encoder's own special ids where its config has them (RoBERTa: <s>, </s>, <pad>)
-                bos_token_id=getattr(self.text_config, "bos_token_id", None),
-                eos_token_id=getattr(self.text_config, "eos_token_id", None),
-                pad_token_id=getattr(self.text_config, "pad_token_id", None),
-            )
+        if text_decoder_config is None:
+            text_decoder_config = self._default_text_decoder_config()
         self.text_decoder_config = _as_sub_config(text_decoder_config, OptTriTextDecoderConfig, "text_decoder_config")
         self.image_decoder_config = self._code_decoder_config(image_decoder_config, "image")
         self.audio_decoder_config = self._code_decoder_config(audio_decoder_config, "audio")
@@ -606,6 +553,21 @@ class OptTriConfig(PretrainedConfig):
         self.special_token_ids = list(special_token_ids)
         super().__init__(**kwargs)
         self._validate_settings()
+
+    def _default_text_decoder_config(self) -> dict[str, Any]:
+        """The text decoder's settings when none are given: the cross-modal encoder's geometry, the text encoder's
+        vocabulary and its own special ids where its config has them (RoBERTa: <s>, </s>, <pad>)."""
+        cm = self.cross_modal_config
+        return dict(
+            vocab_size=self.text_config.vocab_size,
+            hidden_size=cm.hidden_size,
+            num_hidden_layers=cm.num_hidden_layers,
+            num_attention_heads=cm.num_attention_heads,
+            intermediate_size=cm.intermediate_size,
+            bos_token_id=getattr(self.text_config, "bos_token_id", None),
+            eos_token_id=getattr(self.text_config, "eos_token_id", None),
+            pad_token_id=getattr(self.text_config, "pad_token_id", None),
+        )
 
     def _code_decoder_config(self, value: dict | PretrainedConfig | None, modality: str) -> PretrainedConfig:
         """The image or audio code decoder config from `value` (see the class docstring for the defaults)."""
