@@ -21,7 +21,7 @@ from pathlib import Path
 
 from modeling_opt_tri import OptTriConfig, OptTriFeatureExtractor, OptTriImageProcessor, OptTriProcessor
 from modeling_opt_tri.data import ShapeWorld
-from modeling_opt_tri.tokenization import build_wordpiece_tokenizer
+from modeling_opt_tri.tokenizer_training import build_wordpiece_tokenizer
 
 HERE = Path(__file__).resolve().parent
 

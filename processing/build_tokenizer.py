@@ -10,7 +10,7 @@ excluded, so the tokenizer never sees evaluation text), and the `[UNK]` share of
 import argparse
 from itertools import islice
 
-from modeling_opt_tri.tokenization import build_wordpiece_tokenizer, unk_share
+from modeling_opt_tri.tokenizer_training import build_wordpiece_tokenizer, unk_share
 from modeling_opt_tri.training.pretrain import PretrainArguments, load_split
 
 

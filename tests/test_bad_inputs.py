@@ -49,7 +49,7 @@ from modeling_opt_tri import (
 )
 from modeling_opt_tri.data import CorruptSampleError, decode_audio, decode_image, load_metadata_folder
 from modeling_opt_tri.data.collate import TriModalCollator
-from modeling_opt_tri.tokenization import build_wordpiece_tokenizer
+from modeling_opt_tri.tokenizer_training import build_wordpiece_tokenizer
 from modeling_opt_tri.training.pretrain import PretrainArguments, check_arguments
 
 PACKAGE_DIR = REPO_ROOT / "modeling_opt_tri"

@@ -478,7 +478,7 @@ def test_generate_script_end_to_end(tmp_path, capsys):
 
     from modeling_opt_tri import OptTriFeatureExtractor, OptTriImageProcessor, OptTriProcessor
     from modeling_opt_tri.modeling_opt_tri import OptTriForConditionalGeneration
-    from modeling_opt_tri.tokenization import build_wordpiece_tokenizer
+    from modeling_opt_tri.tokenizer_training import build_wordpiece_tokenizer
 
     corpus = ["a red circle above a blue square", "a green triangle left of a yellow circle", "one two three"]
     processor = OptTriProcessor(

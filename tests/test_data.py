@@ -323,7 +323,7 @@ def test_decode_audio_corrupt(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------------ round 2 (issue 14)
 def _tiny_processor(max_length_seconds: float = 1.0):
     from modeling_opt_tri import OptTriFeatureExtractor, OptTriImageProcessor, OptTriProcessor
-    from modeling_opt_tri.tokenization import build_wordpiece_tokenizer
+    from modeling_opt_tri.tokenizer_training import build_wordpiece_tokenizer
 
     tokenizer = build_wordpiece_tokenizer(["a red circle", "a blue square"] * 4, vocab_size=40, model_max_length=16)
     return OptTriProcessor(

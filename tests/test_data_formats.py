@@ -24,7 +24,7 @@ from modeling_opt_tri.data.sources import (
 )
 from modeling_opt_tri.data.stream import StreamBatches
 from modeling_opt_tri.data.writers import write_parquet, write_webdataset
-from modeling_opt_tri.tokenization import build_wordpiece_tokenizer, check_unk_share, unk_share
+from modeling_opt_tri.tokenizer_training import build_wordpiece_tokenizer, check_unk_share, unk_share
 
 PRESET = str(REPO_ROOT / "configuration" / "tiny")
 

@@ -15,7 +15,7 @@ from modeling_opt_tri import (
     OptTriImageProcessor,
     OptTriProcessor,
 )
-from modeling_opt_tri.tokenization import build_wordpiece_tokenizer
+from modeling_opt_tri.tokenizer_training import build_wordpiece_tokenizer
 
 CORPUS = ["a red circle", "a blue square", "this is a photo of a red thing", "this is a sound of rain", "a dog"]
 

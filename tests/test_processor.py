@@ -18,7 +18,7 @@ from PIL import Image
 from modeling_opt_tri.feature_extraction_opt_tri import LOG_FLOOR, OptTriFeatureExtractor
 from modeling_opt_tri.image_processing_opt_tri import OptTriImageProcessor
 from modeling_opt_tri.processing_opt_tri import OptTriProcessor
-from modeling_opt_tri.tokenization import build_wordpiece_tokenizer
+from modeling_opt_tri.tokenizer_training import build_wordpiece_tokenizer
 
 
 FSDD_DIR = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "fsdd"
@@ -89,6 +89,18 @@ def test_tokenizer_rejects_empty_corpus():
 
 
 # ------------------------------------------------------------------------------------------------ images
+def test_tokenization_is_a_deprecated_alias_of_tokenizer_training():
+    import importlib
+
+    from modeling_opt_tri import tokenizer_training
+
+    sys.modules.pop("modeling_opt_tri.tokenization", None)
+    with pytest.warns(FutureWarning, match="modeling_opt_tri.tokenizer_training"):
+        old = importlib.import_module("modeling_opt_tri.tokenization")
+    for name in old.__all__:
+        assert getattr(old, name) is getattr(tokenizer_training, name), name
+
+
 def test_image_outputs_and_none_rows(rgb):
     ip = OptTriImageProcessor(image_size=IMAGE_SIZE)
     out = ip([rgb, None, Image.fromarray(rgb)], return_tensors="pt")

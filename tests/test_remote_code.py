@@ -21,7 +21,7 @@ from modeling_opt_tri import OptTriForPreTraining
 from modeling_opt_tri.feature_extraction_opt_tri import OptTriFeatureExtractor
 from modeling_opt_tri.image_processing_opt_tri import OptTriImageProcessor
 from modeling_opt_tri.processing_opt_tri import OptTriProcessor
-from modeling_opt_tri.tokenization import build_wordpiece_tokenizer
+from modeling_opt_tri.tokenizer_training import build_wordpiece_tokenizer
 
 REPO = "user/opt-tri-tiny"
 CORPUS = [

@@ -31,7 +31,7 @@ from modeling_opt_tri import (
     OptTriModel,
     OptTriProcessor,
 )
-from modeling_opt_tri.tokenization import build_wordpiece_tokenizer
+from modeling_opt_tri.tokenizer_training import build_wordpiece_tokenizer
 from modeling_opt_tri.training.checkpointing import CorruptCheckpointError, load_checkpoint, save_checkpoint
 
 PACKAGE_DIR = REPO_ROOT / "modeling_opt_tri"

@@ -45,7 +45,7 @@ from ..data.collate import LengthGroupedBatchSampler, ListBatchSampler, TriModal
 from ..data.sources import NoEvaluationSplitError, text_sample
 from ..modeling_opt_tri import OptTriForPreTraining
 from ..processing_opt_tri import OptTriProcessor
-from ..tokenization import adapt_config_to_tokenizer, check_unk_share
+from ..tokenizer_training import adapt_config_to_tokenizer, check_unk_share
 from .arguments import PROBABILITY_BELOW_ONE, SEED, Rule, arg, choice, dataclass_problems, flag, integer, number, raise_problems, string
 from .checkpointing import (
     SHARDED_FOLDER,
