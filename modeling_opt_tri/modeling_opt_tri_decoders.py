@@ -243,7 +243,7 @@ def _decoder_output(output_cls, config, logits, targets, cache, decoded, states,
         attentions=decoded.attentions,
         cross_attentions=decoded.cross_attentions,
         encoder_hidden_states=states,
-        encoder_attention_mask=states_mask,
+        encoder_states_mask=states_mask,
         encoder_outputs=encoder_outputs,
     )
     return_dict = return_dict if return_dict is not None else config.return_dict

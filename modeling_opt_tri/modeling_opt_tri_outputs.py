@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -15,6 +16,18 @@ from .modeling_opt_tri_layers import MODALITY_AUDIO, MODALITY_IMAGE, MODALITY_TE
 def _nested_to_tuple(output: ModelOutput) -> tuple:
     """The fields that are set, with nested outputs (per tower) turned into tuples too (as `CLIPOutput` does)."""
     return tuple(v.to_tuple() if isinstance(v, ModelOutput) else v for v in ModelOutput.to_tuple(output))
+
+
+def _renamed_field(old: str, new: str) -> property:
+    """A read-only `old` attribute of an output that gives its field `new` with a `FutureWarning` (kept for one
+    release after a rename)."""
+
+    def read(self):
+        message = f"`{old}` is deprecated and will be removed in the next release: use `{new}`"
+        warnings.warn(message, FutureWarning, stacklevel=2)
+        return getattr(self, new)
+
+    return property(read, doc=f"Deprecated name of `{new}`.")
 
 
 _TOWER_FIELDS = ("text_outputs", "image_outputs", "audio_outputs", "cross_modal_outputs")
@@ -175,8 +188,10 @@ class OptTriCaptioningOutput(ModelOutput):
             `output_hidden_states`.
         attentions / cross_attentions (`tuple(torch.FloatTensor)`): the decoder's self-attention `(B, heads, n,
             past + n)` and cross-attention `(B, heads, n, S)` weights per layer, when `output_attentions`.
-        encoder_hidden_states (`(B, S, cross_modal_hidden)`), encoder_attention_mask (`(B, S)`): the cross-modal
-            states the decoder attends to (reused across generation steps).
+        encoder_hidden_states (`(B, S, cross_modal_hidden)`), encoder_states_mask (`(B, S)`): the cross-modal
+            states the decoder attends to (reused across generation steps) and their mask, the names `forward` takes
+            them under. (`encoder_attention_mask` is the deprecated name of the mask here: as an input it is the
+            conditioning text's mask.)
         encoder_outputs ([`OptTriModelOutput`]): the tri-modal model's full output (its own hidden states and
             attentions when asked for), when this call ran the encoder (not with precomputed states).
     """
@@ -188,8 +203,11 @@ class OptTriCaptioningOutput(ModelOutput):
     attentions: tuple[torch.FloatTensor, ...] | None = None
     cross_attentions: tuple[torch.FloatTensor, ...] | None = None
     encoder_hidden_states: torch.FloatTensor | None = None
-    encoder_attention_mask: torch.LongTensor | None = None
+    encoder_states_mask: torch.LongTensor | None = None
     encoder_outputs: OptTriModelOutput | None = None
+
+    #: The mask of `encoder_hidden_states` was called `encoder_attention_mask`, the name of another mask as an input.
+    encoder_attention_mask = _renamed_field("encoder_attention_mask", "encoder_states_mask")
 
 
 @dataclass
@@ -206,8 +224,8 @@ class OptTriCodeDecoderOutput(ModelOutput):
         cache (`Cache`): the decoder's self-attention cache, when `use_cache`.
         hidden_states, attentions, cross_attentions: the code decoder's per-layer states and self-/cross-attention
             weights (as in [`OptTriCaptioningOutput`]), when asked for.
-        encoder_hidden_states (`(B, S, cross_modal_hidden)`), encoder_attention_mask (`(B, S)`): the cross-modal
-            states the decoder attends to.
+        encoder_hidden_states (`(B, S, cross_modal_hidden)`), encoder_states_mask (`(B, S)`): the cross-modal
+            states the decoder attends to and their mask (`encoder_attention_mask` is its deprecated name here).
         encoder_outputs ([`OptTriModelOutput`]): the tri-modal model's full output, when this call ran the encoder.
     """
 
@@ -218,8 +236,11 @@ class OptTriCodeDecoderOutput(ModelOutput):
     attentions: tuple[torch.FloatTensor, ...] | None = None
     cross_attentions: tuple[torch.FloatTensor, ...] | None = None
     encoder_hidden_states: torch.FloatTensor | None = None
-    encoder_attention_mask: torch.LongTensor | None = None
+    encoder_states_mask: torch.LongTensor | None = None
     encoder_outputs: OptTriModelOutput | None = None
+
+    #: The mask of `encoder_hidden_states` was called `encoder_attention_mask`, the name of another mask as an input.
+    encoder_attention_mask = _renamed_field("encoder_attention_mask", "encoder_states_mask")
 
 
 @dataclass

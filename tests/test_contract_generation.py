@@ -317,7 +317,9 @@ def test_hidden_states_and_attentions_of_decoder_and_encoder(head):
         torch.testing.assert_close(weights.sum(-1), torch.ones(weights.shape[:-1]))
     causal = torch.triu(torch.ones(n, n, dtype=torch.bool), 1)
     assert all(float(a[..., causal].abs().max()) == 0.0 for a in out.attentions)
-    cross_mask = out.encoder_attention_mask[:, None, None, :] == 0
+    cross_mask = out.encoder_states_mask[:, None, None, :] == 0
+    with pytest.warns(FutureWarning, match="encoder_states_mask"):  # the old name of the output's mask, for one release
+        assert out.encoder_attention_mask is out.encoder_states_mask
     assert all(float(a.masked_select(cross_mask.expand_as(a)).abs().max()) == 0.0 for a in out.cross_attentions)
     enc = out.encoder_outputs  # the encoder side, as OptTriModel returns it
     fusion_layers = model.config.cross_modal_config.num_hidden_layers
