@@ -384,6 +384,13 @@ CODE_DECODER_CONFIG_CLASSES: dict[str, type[OptTriCodeDecoderConfig]] = {
     "audio": OptTriAudioDecoderConfig,
 }
 
+#: Code decoder settings that follow from the codebook and the code count (`OptTriConfig.size_code_decoders`
+#: recomputes them), and the bookkeeping keys of a config dict.
+_DERIVED_CODE_DECODER_KEYS = frozenset(
+    ("model_type", "transformers_version", "vocab_size", "bos_token_id", "eos_token_id", "pad_token_id",
+     "max_position_embeddings", "num_codes", "grid_size")
+)
+
 
 #: Pre-training objectives and their default loss weights. See `OptTriForPreTraining` for what each one is.
 PRETRAINING_OBJECTIVES: dict[str, float] = {
@@ -594,6 +601,35 @@ class OptTriConfig(PretrainedConfig):
         for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"):
             value.setdefault(key, getattr(self.cross_modal_config, key))  # geometry not given: the cross-modal encoder's
         return config_class(**value)
+
+    def size_code_decoders(self, image_tokenizer=None, audio_tokenizer=None) -> list[str]:
+        """
+        Size the code decoders (and so the MRC head) to VQ tokenizers ([`OptTriImageVQModel`] /
+        [`OptTriAudioVQModel`], or their configs): the image decoder gets the tokenizer's `codebook_size` and code
+        grid (`image_size // downsample`), the audio decoder its `codebook_size` and as many codes as the longest clip
+        the audio encoder takes (`max_position_embeddings * patch_frames` frames, `frames_per_code` frames a code).
+        The decoders' geometry is kept. Returns the names of the sub-configs that changed (`"image_decoder_config"`,
+        `"audio_decoder_config"`). A built model is sized with its own `size_code_decoders`, which also rebuilds the
+        modules.
+        """
+        image = getattr(image_tokenizer, "config", image_tokenizer)
+        audio = getattr(audio_tokenizer, "config", audio_tokenizer)
+        wanted = {}
+        if image is not None:
+            wanted["image"] = dict(codebook_size=image.codebook_size, grid_size=image.image_size // image.downsample)
+        if audio is not None:
+            longest = self.audio_config.max_position_embeddings * self.audio_config.patch_frames
+            wanted["audio"] = dict(codebook_size=audio.codebook_size, num_codes=-(-longest // audio.frames_per_code))
+        changed = []
+        for modality, fields in wanted.items():
+            name = f"{modality}_decoder_config"
+            current = getattr(self, name)
+            values = {key: value for key, value in current.to_dict().items() if key not in _DERIVED_CODE_DECODER_KEYS}
+            sized = CODE_DECODER_CONFIG_CLASSES[modality](**{**values, **fields})
+            if sized.to_dict() != current.to_dict():
+                setattr(self, name, sized)
+                changed.append(name)
+        return changed
 
     @classmethod
     def from_dict(cls, config_dict: dict[str, Any], **kwargs):

@@ -117,6 +117,9 @@ from .modeling_opt_tri_decoders import (  # noqa: F401 (the public names are re-
     _decoder_output,
     _shift_right,
     OptTriCodeDecoder,
+    OptTriCodeDecoderSizingMixin,
+    build_code_decoder,
+    build_masked_code_head,
     _check_sampling_arguments,
     _check_code_generate_arguments,
     _CODE_GENERATION_FIXED_SETTINGS,
@@ -378,7 +381,7 @@ class OptTriModel(OptTriPreTrainedModel, OptTriFusionMixin, OptTriTowersMixin):
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-class OptTriForPreTraining(OptTriPreTrainedModel, OptTriPreTrainingPhases):
+class OptTriForPreTraining(OptTriPreTrainedModel, OptTriPreTrainingPhases, OptTriCodeDecoderSizingMixin):
     """
     OPT-Tri with every OPT/UNITER pre-training objective. One call runs each unimodal encoder once on the clean
     inputs, whose states serve every sample-level objective, and a second time only on the rows whose modality is
@@ -430,21 +433,14 @@ class OptTriForPreTraining(OptTriPreTrainedModel, OptTriPreTrainingPhases):
         self.itm_head = nn.Linear(fc.hidden_size, 2)
         self.tri_matching_head = nn.Linear(fc.hidden_size, len(TRI_MATCHING_CLASSES))
         # MRC / MRC-kl: a patch covers r x r cells of the image tokenizer's code grid (None when the grids disagree)
-        idc = config.image_decoder_config
-        patches_per_side = vc.image_size // vc.patch_size
-        self.mrc_head = None
-        if idc.grid_size % patches_per_side == 0:
-            r = idc.grid_size // patches_per_side
-            self.mrc_head = OptTriMaskedCodeHead(fc.hidden_size, r * r, idc.codebook_size, fc.hidden_act, fc.layer_norm_eps)
+        self.mrc_head = build_masked_code_head(config)
         # the text decoder (shared with OptTriForConditionalGeneration) for DTR
         self.text_decoder = OptTriTextDecoder(config.text_decoder_config, fc.hidden_size)
         self.lm_head = nn.Linear(config.text_decoder_config.hidden_size, config.text_decoder_config.vocab_size, bias=False)
-        # the code decoders (shared with OptTriForTextToImage / OptTriForTextToAudio: same names) for DIR and DAR
-        idc, adc = config.image_decoder_config, config.audio_decoder_config
-        self.image_decoder = OptTriCodeDecoder(idc, fc.hidden_size)
-        self.image_head = nn.Linear(idc.hidden_size, idc.vocab_size, bias=False)
-        self.audio_decoder = OptTriCodeDecoder(adc, fc.hidden_size)
-        self.audio_head = nn.Linear(adc.hidden_size, adc.vocab_size, bias=False)
+        # the code decoders (shared with OptTriForTextToImage / OptTriForTextToAudio: same names) for DIR and DAR;
+        # `size_code_decoders` fits them (and the MRC head) to VQ tokenizers
+        self.image_decoder, self.image_head = build_code_decoder(config, "image")
+        self.audio_decoder, self.audio_head = build_code_decoder(config, "audio")
         self.post_init()
 
     def get_output_embeddings(self) -> nn.Module:
@@ -649,7 +645,9 @@ class OptTriForConditionalGeneration(OptTriPreTrainedModel, OptTriTextSamplingMi
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-class OptTriCodeGenerationModel(OptTriPreTrainedModel, OptTriCodeSamplingMixin, GenerationMixin):
+class OptTriCodeGenerationModel(
+    OptTriPreTrainedModel, OptTriCodeSamplingMixin, OptTriCodeDecoderSizingMixin, GenerationMixin
+):
     """
     Shared base of [`OptTriForTextToImage`] and [`OptTriForTextToAudio`]: the tri-modal model (`self.opt_tri`, so a
     pre-training checkpoint loads into it), a code decoder (`self.<modality>_decoder`, an [`OptTriCodeDecoder`]) and
@@ -665,12 +663,17 @@ class OptTriCodeGenerationModel(OptTriPreTrainedModel, OptTriCodeSamplingMixin, 
 
     def __init__(self, config: OptTriConfig):
         super().__init__(config)
-        dc = self.decoder_config
         self.opt_tri = OptTriModel(config)
-        setattr(self, f"{self.modality}_decoder", OptTriCodeDecoder(dc, config.cross_modal_config.hidden_size))
-        setattr(self, f"{self.modality}_head", nn.Linear(dc.hidden_size, dc.vocab_size, bias=False))
+        decoder, head = build_code_decoder(config, self.modality)
+        setattr(self, f"{self.modality}_decoder", decoder)
+        setattr(self, f"{self.modality}_head", head)
         self.post_init()
-        if getattr(self, "generation_config", None) is not None:  # GenerationMixin's defaults come from the text decoder
+        self._set_generation_ids()
+
+    def _set_generation_ids(self) -> None:
+        """GenerationMixin's default special ids (taken from the text decoder) replaced by the code decoder's."""
+        dc = self.decoder_config
+        if getattr(self, "generation_config", None) is not None:
             self.generation_config.bos_token_id = dc.bos_token_id
             self.generation_config.eos_token_id = dc.eos_token_id if self.modality == "audio" else None
             self.generation_config.pad_token_id = dc.pad_token_id

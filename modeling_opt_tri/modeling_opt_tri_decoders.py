@@ -13,8 +13,14 @@ from transformers.generation import utils as _generation_utils
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from .configuration_opt_tri import OptTriCodeDecoderConfig, OptTriTextDecoderConfig
-from .modeling_opt_tri_layers import OptTriMLP, _additive_mask, _selected_hidden_states, eager_attention_forward
+from .configuration_opt_tri import OptTriCodeDecoderConfig, OptTriConfig, OptTriTextDecoderConfig
+from .modeling_opt_tri_layers import (
+    OptTriMaskedCodeHead,
+    OptTriMLP,
+    _additive_mask,
+    _selected_hidden_states,
+    eager_attention_forward,
+)
 from .modeling_opt_tri_outputs import OptTriDecoderModelOutput
 
 
@@ -271,6 +277,56 @@ class OptTriCodeDecoder(OptTriCausalDecoder):
             f"The {modality} code sequence ({total} positions with BOS) is longer than "
             f"{modality}_decoder_config.max_position_embeddings ({self.config.max_position_embeddings})"
         )
+
+
+def build_code_decoder(config: OptTriConfig, modality: str) -> tuple[OptTriCodeDecoder, nn.Linear]:
+    """The `modality` (`"image"` / `"audio"`) code decoder of `config` and its code head (decoder states -> the
+    decoder vocabulary), as the pre-training and code-generation heads hold them."""
+    dc = getattr(config, f"{modality}_decoder_config")
+    decoder = OptTriCodeDecoder(dc, config.cross_modal_config.hidden_size)
+    return decoder, nn.Linear(dc.hidden_size, dc.vocab_size, bias=False)
+
+
+def build_masked_code_head(config: OptTriConfig) -> OptTriMaskedCodeHead | None:
+    """The MRC / MRC-kl head of `config`: a ViT patch covers `r x r` cells of the image tokenizer's code grid; `None`
+    when the code grid is not a multiple of the patch grid."""
+    fc, vc, idc = config.cross_modal_config, config.vision_config, config.image_decoder_config
+    patches_per_side = vc.image_size // vc.patch_size
+    if idc.grid_size % patches_per_side != 0:
+        return None
+    r = idc.grid_size // patches_per_side
+    return OptTriMaskedCodeHead(fc.hidden_size, r * r, idc.codebook_size, fc.hidden_act, fc.layer_norm_eps)
+
+
+class OptTriCodeDecoderSizingMixin:
+    """`size_code_decoders` of the heads that hold code decoders ([`OptTriForPreTraining`], the text-to-image /
+    text-to-audio heads)."""
+
+    def size_code_decoders(self, image_tokenizer=None, audio_tokenizer=None) -> list[str]:
+        """
+        Size this model's code decoders to VQ tokenizers (an [`OptTriImageVQModel`] / [`OptTriAudioVQModel`], or its
+        config): `config.size_code_decoders`, then every code decoder whose config changed is built anew with its code
+        head (and, for images, the MRC head) and initialised, on the model's device and dtype. The rest of the model
+        is untouched; the rebuilt modules start from random weights (their vocabulary or length changed). Call it
+        before `gradient_checkpointing_enable` and before building the optimizer. Returns the rebuilt modules' names.
+        """
+        changed = self.config.size_code_decoders(image_tokenizer, audio_tokenizer)
+        rebuilt: dict[str, nn.Module | None] = {}
+        for modality in (name.removesuffix("_decoder_config") for name in changed):
+            if hasattr(self, f"{modality}_decoder"):
+                rebuilt[f"{modality}_decoder"], rebuilt[f"{modality}_head"] = build_code_decoder(self.config, modality)
+            if modality == "image" and hasattr(self, "mrc_head"):
+                rebuilt["mrc_head"] = build_masked_code_head(self.config)
+        reference = next(self.parameters())
+        for name, module in rebuilt.items():
+            if module is not None:
+                module.to(device=reference.device, dtype=reference.dtype)
+                for submodule in module.modules():
+                    self._init_weights(submodule)
+            setattr(self, name, module)
+        if rebuilt and hasattr(self, "_set_generation_ids"):
+            self._set_generation_ids()
+        return sorted(rebuilt)
 
 
 def _check_sampling_arguments(temperature, top_k, top_p, seed, num_return_sequences) -> None:

@@ -399,3 +399,32 @@ def test_tokenizer_training_scripts_run_and_log_every_step(tmp_path, script):
     assert [("window_codes_used_pct" in r) for r in records] == [True, True, False, True]
     assert all(np.isfinite(r["loss"]) for r in records)
     assert (tmp_path / "config.json").exists()
+
+
+def test_a_model_built_outside_the_script_is_sized_to_the_tokenizers():
+    """`OptTriForPreTraining.size_code_decoders`: a model built by hand gets the code decoders and MRC head the
+    pre-training script gives it (it sizes the config first), and the code objectives run on the tokenizers' codes."""
+    from conftest import tiny_batch, tiny_config
+    from modeling_opt_tri import OptTriForPreTraining
+    from modeling_opt_tri.training.codes import VQCodeTargets
+
+    torch.manual_seed(0)
+    image_vq = OptTriImageVQModel(tiny_image_config())  # 32 px / 4: an 8 x 8 code grid of 32 codes
+    audio_vq = OptTriAudioVQModel(tiny_audio_config(num_mel_bins=16, codebook_size=16))
+    batch = tiny_batch(4)
+    codes = VQCodeTargets(image_vq, audio_vq)(batch)
+    model = OptTriForPreTraining(tiny_config())
+    with pytest.raises(ValueError, match=r"image_codes must be .* \(4, 4, 4\)"):  # unsized: a 4 x 4 code grid
+        model(**batch, **codes, tasks=["dir"])
+    rebuilt = model.size_code_decoders(image_tokenizer=image_vq, audio_tokenizer=audio_vq)
+    assert rebuilt == ["audio_decoder", "audio_head", "image_decoder", "image_head", "mrc_head"]
+    config = tiny_config()
+    assert config.size_code_decoders(image_vq.config, audio_vq.config) == ["image_decoder_config", "audio_decoder_config"]
+    script_built = OptTriForPreTraining(config)
+    assert model.config.to_dict() == script_built.config.to_dict()
+    assert {k: v.shape for k, v in model.state_dict().items()} == {k: v.shape for k, v in script_built.state_dict().items()}
+    assert (model.config.image_decoder_config.grid_size, model.config.audio_decoder_config.codebook_size) == (8, 16)
+    mrc = model(**batch, **codes, tasks=["mrc"], generator=torch.Generator().manual_seed(0)).mrc_loss
+    out = model(**batch, **codes, tasks=["dir", "dar"], generator=torch.Generator().manual_seed(2))  # drops both
+    assert all(torch.isfinite(loss) for loss in (mrc, out.dir_loss, out.dar_loss))
+    assert model.size_code_decoders(image_vq, audio_vq) == []  # already sized: nothing is rebuilt

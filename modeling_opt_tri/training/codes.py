@@ -7,25 +7,13 @@ never updated.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
-from ..configuration_opt_tri import OptTriCodeDecoderConfig, OptTriConfig
+from ..configuration_opt_tri import OptTriConfig
 from ..modeling_opt_tri_vq import OptTriAudioVQModel, OptTriImageVQModel
 
 IMAGE_CODE_OBJECTIVES = ("mrc", "mrc_kl", "dir")
 AUDIO_CODE_OBJECTIVES = ("dar",)
-
-
-def _decoder_config(current: OptTriCodeDecoderConfig, **fields: Any) -> OptTriCodeDecoderConfig:
-    """`current` with the tokenizer-given `fields` changed (geometry kept); the position table follows `num_codes`."""
-    values = current.to_dict()
-    for key in ("model_type", "transformers_version", "vocab_size", "bos_token_id", "eos_token_id", "pad_token_id",
-                "max_position_embeddings", "num_codes", "grid_size"):
-        values.pop(key, None)
-    values.update(fields)
-    return OptTriCodeDecoderConfig(**values)
 
 
 class VQCodeTargets:
@@ -58,22 +46,6 @@ class VQCodeTargets:
         image = OptTriImageVQModel.from_pretrained(image_path) if image_path else None
         audio = OptTriAudioVQModel.from_pretrained(audio_path) if audio_path else None
         return image, audio
-
-    @staticmethod
-    def adapt_config(config: OptTriConfig, image: OptTriImageVQModel | None, audio: OptTriAudioVQModel | None) -> None:
-        """Size a new model's code decoders (and MRC head) to the tokenizers: codebook size, code grid, clip length."""
-        if image is not None:
-            grid = image.config.image_size // image.config.downsample
-            config.image_decoder_config = _decoder_config(
-                config.image_decoder_config, codebook_size=image.config.codebook_size, grid_size=grid
-            )
-        if audio is not None:
-            ac = config.audio_config
-            longest = ac.max_position_embeddings * ac.patch_frames  # the most log-mel frames the audio encoder takes
-            num_codes = -(-longest // audio.config.frames_per_code)
-            config.audio_decoder_config = _decoder_config(
-                config.audio_decoder_config, codebook_size=audio.config.codebook_size, num_codes=num_codes
-            )
 
     @staticmethod
     def check_compatible(config: OptTriConfig, processor, image: OptTriImageVQModel | None, audio: OptTriAudioVQModel | None) -> None:

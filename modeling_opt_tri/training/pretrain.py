@@ -381,7 +381,7 @@ def build_model(args: PretrainArguments, accelerator) -> tuple[OptTriForPreTrain
         config = OptTriConfig.from_pretrained(args.preset)
         if args.tokenizer:
             adapt_config_to_tokenizer(config, processor.tokenizer)
-        VQCodeTargets.adapt_config(config, image_tokenizer, audio_tokenizer)  # code decoders sized to the tokenizers
+        config.size_code_decoders(image_tokenizer, audio_tokenizer)  # before the model is built: as a built one would be
         if args.init_text or args.init_vision or args.init_audio:
             model = OptTriForPreTraining.from_unimodal_pretrained(
                 text=args.init_text, vision=args.init_vision, audio=args.init_audio, config=config

@@ -70,7 +70,7 @@ def build_generator(model_class, folder: str, processor, image_tokenizer=None, a
     config = OptTriConfig.from_pretrained(folder)
     name = "image_decoder_config" if image_tokenizer is not None else "audio_decoder_config"
     before = getattr(config, name).to_dict()
-    VQCodeTargets.adapt_config(config, image_tokenizer, audio_tokenizer)
+    config.size_code_decoders(image_tokenizer, audio_tokenizer)
     after = getattr(config, name)
     resized = {k: (before.get(k), getattr(after, k)) for k in ("codebook_size", "grid_size", "num_codes")
                if before.get(k) != getattr(after, k)}
