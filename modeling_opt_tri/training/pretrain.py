@@ -684,13 +684,50 @@ def format_source_table(table: dict[str, dict[str, Any]]) -> str:
 
 def run_pretraining(args: PretrainArguments) -> dict[str, Any]:
     """Train; return a summary (final losses, counters, retrieval metrics when `args.evaluate`)."""
+    run = _setup(args)
+    with StopOnSignal() as stop:
+        last = _train_steps(run, stop)
+    state = run.state
+    summary: dict[str, Any] = {"steps": run.step, "rows_seen": state["rows_seen"], "rows_skipped": state["rows_skipped"],
+                               "skipped_optimizer_steps": state["skipped_steps"], "last_losses": last}
+    return _finish(run, summary)
+
+
+@dataclass
+class PretrainingRun:
+    """What the loop and the teardown of one run share, as `_setup` leaves it. `model` is what `accelerator.prepare`
+    (and `--torch_compile`) returned, `unwrapped` the `OptTriForPreTraining` inside it; `state` is the data position
+    and the counters that checkpoints save; `step` the optimizer steps done; `mix` the `--schedule mix` task draw
+    (names, probabilities) or None."""
+
+    args: PretrainArguments
+    accelerator: Any
+    model: torch.nn.Module
+    unwrapped: OptTriForPreTraining
+    processor: OptTriProcessor
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    code_targets: VQCodeTargets | None
+    stream: BatchStream
+    state: dict[str, Any]
+    step: int
+    active: list[str]
+    mix: tuple[list[str], np.ndarray] | None
+    history_path: Path
+    evaluation_plan: Any = None
+    no_evaluation: str | None = None
+
+
+def _setup(args: PretrainArguments) -> PretrainingRun:
+    """Everything before the first step: arguments, accelerator, resume point, model, data, optimizer, restored
+    state, log file and trackers (in this order: a run that cannot resume exactly stops before any work)."""
     from accelerate.utils import set_seed
 
     check_arguments(args)
     output_dir = Path(args.output_dir)
     accelerator = build_accelerator(args, output_dir)
     rank, world = accelerator.process_index, accelerator.num_processes
-    resume = _resolve_resume(args, output_dir, rank, world)  # before any work: a run that cannot resume exactly stops here
+    resume = _resolve_resume(args, output_dir, rank, world)
     if args.mixed_precision == "fp16" and accelerator.scaler is None:
         logger.warning(
             f"--mixed_precision fp16 has no effect on {accelerator.device.type}: accelerate trains in fp32 there, "
@@ -698,31 +735,57 @@ def run_pretraining(args: PretrainArguments) -> dict[str, Any]:
         )
     set_seed(args.seed, device_specific=True)
     model, processor, code_targets = build_model(args, accelerator)
-    active = [name for name, weight in model.config.objectives.items() if weight > 0]
-    if not active:
-        raise ValueError("Every pre-training objective is switched off")
-    mix = None
-    if args.schedule == "mix":
-        ratios = parse_weights(args.mix_ratios, PRETRAINING_OBJECTIVES, "mix ratio") or {name: 1.0 for name in active}
-        ratios = {name: ratio for name, ratio in ratios.items() if name in active and ratio > 0}
-        if not ratios:
-            raise ValueError(f"--mix_ratios {args.mix_ratios!r}: no active objective has a ratio > 0 (active: {active})")
-        names = sorted(ratios)
-        mix = (names, np.asarray([ratios[n] for n in names]) / sum(ratios.values()))
-
-    evaluation_plan, no_evaluation = None, None
-    if args.evaluate:  # decided now, not after training
-        try:
-            evaluation_plan = plan_data(args)
-        except NoEvaluationSplitError as error:
-            no_evaluation = f"No evaluation (the retrieval table is skipped): {error}"
-            logger.warning(no_evaluation)
+    active, mix = _task_schedule(args, model.config.objectives)
+    evaluation_plan, no_evaluation = _plan_evaluation(args)
     train_data = load_split(args, args.train_split, args.train_rows, rank=rank, world_size=world)
     check_unk_share(processor.tokenizer, text_sample(train_data), args.max_unk_fraction,
                     args.tokenizer or args.model_name_or_path or args.preset, args.dataset)
-    collator = TriModalCollator(processor)
-    stream = BatchStream(train_data, collator, args, rank, world, processor.tokenizer)
+    stream = BatchStream(train_data, TriModalCollator(processor), args, rank, world, processor.tokenizer)
+    model, optimizer, scheduler = _prepare_training(args, accelerator, model, code_targets)
+    unwrapped = accelerator.unwrap_model(model)
+    state, step = _initial_state(args, accelerator, unwrapped, optimizer, scheduler, resume)
+    history_path = output_dir / "losses.jsonl"
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        repair_history(history_path, step)
+    if args.tensorboard:
+        accelerator.init_trackers("pretrain", config={k: v for k, v in asdict(args).items() if isinstance(v, (int, float, str, bool))})
+    return PretrainingRun(args, accelerator, model, unwrapped, processor, optimizer, scheduler, code_targets, stream,
+                          state, step, active, mix, history_path, evaluation_plan, no_evaluation)
 
+
+def _task_schedule(args: PretrainArguments, objectives: dict[str, float]) -> tuple[list[str], tuple | None]:
+    """The objectives with a positive weight, and for `--schedule mix` the task draw: (sorted names, probabilities
+    from `--mix_ratios`, every active objective alike by default)."""
+    active = [name for name, weight in objectives.items() if weight > 0]
+    if not active:
+        raise ValueError("Every pre-training objective is switched off")
+    if args.schedule != "mix":
+        return active, None
+    ratios = parse_weights(args.mix_ratios, PRETRAINING_OBJECTIVES, "mix ratio") or {name: 1.0 for name in active}
+    ratios = {name: ratio for name, ratio in ratios.items() if name in active and ratio > 0}
+    if not ratios:
+        raise ValueError(f"--mix_ratios {args.mix_ratios!r}: no active objective has a ratio > 0 (active: {active})")
+    names = sorted(ratios)
+    return active, (names, np.asarray([ratios[n] for n in names]) / sum(ratios.values()))
+
+
+def _plan_evaluation(args: PretrainArguments) -> tuple[Any, str | None]:
+    """With `--evaluate`: the evaluation split's plan, decided now rather than after training, or why there is
+    none (the retrieval table is then skipped)."""
+    if not args.evaluate:
+        return None, None
+    try:
+        return plan_data(args), None
+    except NoEvaluationSplitError as error:
+        no_evaluation = f"No evaluation (the retrieval table is skipped): {error}"
+        logger.warning(no_evaluation)
+        return None, no_evaluation
+
+
+def _prepare_training(args: PretrainArguments, accelerator, model: OptTriForPreTraining, code_targets):
+    """The model (and tokenizers) on the device, FSDP configured, the optimizer and schedule, all through
+    `accelerator.prepare` (and `torch.compile` with `--torch_compile`). Returns (model, optimizer, scheduler)."""
     model.to(accelerator.device)
     if code_targets is not None:
         code_targets.to(accelerator.device)
@@ -736,114 +799,155 @@ def run_pretraining(args: PretrainArguments) -> dict[str, Any]:
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     if args.torch_compile:
         model = torch.compile(model)
-    unwrapped = accelerator.unwrap_model(model)
+    return model, optimizer, scheduler
 
+
+def _initial_state(args, accelerator, unwrapped, optimizer, scheduler, resume: Path | None) -> tuple[dict[str, Any], int]:
+    """The data position and counters (`state`) and the step to start from: fresh, or restored from `resume`
+    together with the model, optimizer, scheduler, RNG and loss scaler."""
     state: dict[str, Any] = {"epoch": 0, "batch_index": 0, "rows_seen": 0, "rows_skipped": 0, "skipped_steps": 0,
                              "source_rows": {}, "epoch_good_rows": 0}
     step = 0
     if resume:
-        state = load_checkpoint(resume, unwrapped, optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer, scheduler, rank, world,
-                                scaler=accelerator.scaler)
+        state = load_checkpoint(resume, unwrapped, _inner_optimizer(optimizer), scheduler, accelerator.process_index,
+                                accelerator.num_processes, scaler=accelerator.scaler)
         state.setdefault("epoch_good_rows", 1)  # checkpoints from before this counter: assume the epoch had good rows
         step = state["global_step"]
         accelerator.print(f"Resumed from {resume} at step {step}")
     state["arguments"] = _recorded_arguments(args)  # checked when a later run resumes from this run's checkpoints
-    history_path = output_dir / "losses.jsonl"
-    if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        repair_history(history_path, step)
-    if args.tensorboard:
-        accelerator.init_trackers("pretrain", config={k: v for k, v in asdict(args).items() if isinstance(v, (int, float, str, bool))})
-
-    batches = stream.iterate(state["epoch"], state["batch_index"])
-    pad_values = {"input_ids": processor.tokenizer.pad_token_id or 0,
-                  "input_features": float(getattr(processor.feature_extractor, "padding_value", 0.0) or 0.0)}
-    progress = tqdm(total=args.max_steps, initial=step, desc="pre-training", disable=not (args.progress and accelerator.is_main_process))
-    window = {"samples": 0, "time": time.perf_counter(), "padded": 0, "tokens": 0}
-    model.train()
-    last: dict[str, float] = {}
-    stop = StopOnSignal()
-    with stop:
-        step = _train_steps(args, accelerator, model, optimizer, scheduler, unwrapped, code_targets, batches, state, step,
-                            mix, active, window, progress, last, history_path, stop, stream, pad_values)
-    progress.close()
-    summary: dict[str, Any] = {"steps": step, "rows_seen": state["rows_seen"], "rows_skipped": state["rows_skipped"],
-                               "skipped_optimizer_steps": state["skipped_steps"], "last_losses": last}
-    return _finish(args, accelerator, unwrapped, processor, optimizer, scheduler, state, step, summary, history_path,
-                   evaluation_plan, no_evaluation)
+    return state, step
 
 
-def _train_steps(args, accelerator, model, optimizer, scheduler, unwrapped, code_targets, batches, state, step, mix,
-                 active, window, progress, last, history_path, stop, stream, pad_values) -> int:
-    """The optimizer steps from `step` to `args.max_steps` (or to a SIGTERM / SIGINT, see `StopOnSignal`)."""
-    output_dir, world = Path(args.output_dir), accelerator.num_processes
-    while step < args.max_steps:
-        tasks = None
-        if mix is not None:
-            tasks = [str(np.random.default_rng([args.seed, step]).choice(mix[0], p=mix[1]))]
-        step_losses: dict[str, float] = {}
-        source_losses: dict[str, list[float]] = {}
-        for micro in range(args.gradient_accumulation_steps):
-            batch, rows, source = _next_usable_batch(batches, state, args.max_bad_row_fraction, stream, accelerator)
-            padded, tokens = padding_fraction(batch)
-            window["padded"] += padded
-            window["tokens"] += tokens
-            window["samples"] += rows * world
-            batch = {k: v.to(accelerator.device, non_blocking=True) for k, v in batch.items()}
-            if _uses_fsdp(accelerator):
-                batch = _pad_across_ranks(accelerator, batch, pad_values)
-            if code_targets is not None:
-                batch.update(code_targets(batch))
-            last_micro = micro == args.gradient_accumulation_steps - 1
-            if _uses_fsdp(accelerator):
-                _seed_step_for_fsdp(args.seed, step, micro)
-            with contextlib.nullcontext() if last_micro else accelerator.no_sync(model):
-                output = model(**batch, tasks=tasks)
-                if output.loss is None:
-                    raise ValueError(f"No objective could be computed on this batch (tasks={tasks or active})")
-                loss = output.loss / args.gradient_accumulation_steps
-                if not torch.isfinite(output.loss.detach()):  # the unscaled loss: a real NaN/inf, not an fp16 overflow
-                    raise NonFiniteLossError(_non_finite_loss_message(
-                        output, step + 1, micro, args.gradient_accumulation_steps, output_dir, accelerator.scaler))
-                accelerator.backward(loss)
-            for name, value in output.losses().items():
-                step_losses[name] = step_losses.get(name, 0.0) + value / args.gradient_accumulation_steps
-            if source is not None:
-                source_losses.setdefault(source, []).append(float(output.loss.detach()))
-        skipped = optimizer_step(accelerator, model, optimizer, scheduler, args.max_grad_norm)
-        step += 1
-        if skipped:
-            state["skipped_steps"] += 1
-            logger.info(f"step {step}: fp16 gradients overflowed; update skipped, loss scale lowered to "
-                        f"{accelerator.scaler.get_scale() if accelerator.scaler is not None else None}")
-        total = unwrapped.weigh_losses(step_losses)  # the model's own weighting, on the step's mean losses
-        record = {"step": step, "loss": total, **{f"loss/{k}": v for k, v in step_losses.items()}, "lr": scheduler.get_last_lr()[0],
-                  "skipped_optimizer_steps": state["skipped_steps"], **source_record(source_losses, state["source_rows"])}
-        if accelerator.scaler is not None:
-            record["loss_scale"] = float(accelerator.scaler.get_scale())
+def _inner_optimizer(optimizer):
+    """The torch optimizer inside accelerate's wrapper (what checkpoints save and load)."""
+    return optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer
+
+
+def _train_steps(run: PretrainingRun, stop: StopOnSignal) -> dict[str, float]:
+    """The optimizer steps from `run.step` to `--max_steps` (or to a SIGTERM / SIGINT, see `StopOnSignal`); returns
+    the last step's loss per objective."""
+    args, accelerator = run.args, run.accelerator
+    batches = run.stream.iterate(run.state["epoch"], run.state["batch_index"])
+    progress = tqdm(total=args.max_steps, initial=run.step, desc="pre-training",
+                    disable=not (args.progress and accelerator.is_main_process))
+    window, last = _new_window(), {}
+    run.model.train()
+    while run.step < args.max_steps:
+        tasks = None if run.mix is None else [_draw_task(run.mix, args.seed, run.step)]
+        step_losses, source_losses = _accumulate_gradients(run, batches, tasks, window)
+        skipped = optimizer_step(accelerator, run.model, run.optimizer, run.scheduler, args.max_grad_norm)
+        run.step += 1
+        record = _step_record(run, step_losses, source_losses, skipped)
         last.update(step_losses)
         progress.update(1)
-        if step % args.logging_steps == 0 or step == args.max_steps:
-            elapsed = max(time.perf_counter() - window["time"], 1e-9)
-            record["samples_per_second"] = window["samples"] / elapsed
-            record["padding_fraction"] = window["padded"] / max(window["tokens"], 1)
-            postfix = {k.split("/")[-1]: f"{v:.3f}" for k, v in record.items() if k.startswith("loss")}
-            if accelerator.scaler is not None:
-                postfix["skipped"] = state["skipped_steps"]
-            progress.set_postfix(postfix, refresh=False)
-            accelerator.log(record, step=step)
-            window = {"samples": 0, "time": time.perf_counter(), "padded": 0, "tokens": 0}
+        if run.step % args.logging_steps == 0 or run.step == args.max_steps:
+            window = _log_window(run, record, window, progress)
         if accelerator.is_main_process:
-            _append_history(history_path, record, output_dir)
+            _append_history(run.history_path, record, Path(args.output_dir))
         saved = None
-        if args.save_steps and step % args.save_steps == 0 and step < args.max_steps:
-            saved = _save(args, accelerator, unwrapped, optimizer, scheduler, state, step)
+        if args.save_steps and run.step % args.save_steps == 0 and run.step < args.max_steps:
+            saved = _save(run)
         if stop.requested(accelerator):
             progress.close()
-            checkpoint = saved or _save(args, accelerator, unwrapped, optimizer, scheduler, state, step)
+            checkpoint = saved or _save(run)
             accelerator.end_training()
-            raise TrainingInterrupted(stop.signum, step, checkpoint)
-    return step
+            raise TrainingInterrupted(stop.signum, run.step, checkpoint)
+    progress.close()
+    return last
+
+
+def _draw_task(mix: tuple[list[str], np.ndarray], seed: int, step: int) -> str:
+    """The task of step `step + 1` under `--schedule mix`: a draw that depends only on (seed, step), so a resumed run
+    draws what the uninterrupted one did."""
+    names, probabilities = mix
+    return str(np.random.default_rng([seed, step]).choice(names, p=probabilities))
+
+
+def _accumulate_gradients(run: PretrainingRun, batches: Iterator, tasks: list[str] | None,
+                          window: dict[str, float]) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """Forward and backward over one optimizer step's `--gradient_accumulation_steps` micro-batches (gradients
+    synchronised across processes on the last one only). Returns the step's mean loss per objective and the
+    losses per data source."""
+    args, accelerator = run.args, run.accelerator
+    accumulation = args.gradient_accumulation_steps
+    step_losses: dict[str, float] = {}
+    source_losses: dict[str, list[float]] = {}
+    for micro in range(accumulation):
+        batch, source = _device_batch(run, batches, window, micro)
+        with contextlib.nullcontext() if micro == accumulation - 1 else accelerator.no_sync(run.model):
+            output = run.model(**batch, tasks=tasks)
+            if output.loss is None:
+                raise ValueError(f"No objective could be computed on this batch (tasks={tasks or run.active})")
+            if not torch.isfinite(output.loss.detach()):  # the unscaled loss: a real NaN/inf, not an fp16 overflow
+                raise NonFiniteLossError(_non_finite_loss_message(
+                    output, run.step + 1, micro, accumulation, Path(args.output_dir), accelerator.scaler))
+            accelerator.backward(output.loss / accumulation)
+        for name, value in output.losses().items():
+            step_losses[name] = step_losses.get(name, 0.0) + value / accumulation
+        if source is not None:
+            source_losses.setdefault(source, []).append(float(output.loss.detach()))
+    return step_losses, source_losses
+
+
+def _device_batch(run: PretrainingRun, batches: Iterator, window: dict[str, float], micro: int):
+    """The next usable batch on the device (padded to the other ranks' shapes under FSDP), with its VQ codes, and its
+    source; counts its rows and padding into the throughput `window`."""
+    accelerator = run.accelerator
+    batch, rows, source = _next_usable_batch(batches, run.state, run.args.max_bad_row_fraction, run.stream, accelerator)
+    padded, tokens = padding_fraction(batch)
+    window["padded"] += padded
+    window["tokens"] += tokens
+    window["samples"] += rows * accelerator.num_processes
+    batch = {k: v.to(accelerator.device, non_blocking=True) for k, v in batch.items()}
+    if _uses_fsdp(accelerator):
+        batch = _pad_across_ranks(accelerator, batch, _pad_values(run.processor))
+    if run.code_targets is not None:
+        batch.update(run.code_targets(batch))
+    if _uses_fsdp(accelerator):
+        _seed_step_for_fsdp(run.args.seed, run.step, micro)
+    return batch, source
+
+
+def _pad_values(processor: OptTriProcessor) -> dict[str, float]:
+    """The padding value of each variable-length input (text ids, log-mel features)."""
+    return {"input_ids": processor.tokenizer.pad_token_id or 0,
+            "input_features": float(getattr(processor.feature_extractor, "padding_value", 0.0) or 0.0)}
+
+
+def _step_record(run: PretrainingRun, step_losses: dict[str, float], source_losses: dict[str, list[float]],
+                 skipped: bool) -> dict[str, Any]:
+    """The log record of the step just taken (`losses.jsonl`, trackers): the loss weighted as the model weighs it,
+    each objective's loss, the learning rate, the counters and the per-source losses."""
+    state, scaler = run.state, run.accelerator.scaler
+    if skipped:
+        state["skipped_steps"] += 1
+        logger.info(f"step {run.step}: fp16 gradients overflowed; update skipped, loss scale lowered to "
+                    f"{scaler.get_scale() if scaler is not None else None}")
+    total = run.unwrapped.weigh_losses(step_losses)  # the model's own weighting, on the step's mean losses
+    record = {"step": run.step, "loss": total, **{f"loss/{k}": v for k, v in step_losses.items()},
+              "lr": run.scheduler.get_last_lr()[0], "skipped_optimizer_steps": state["skipped_steps"],
+              **source_record(source_losses, state["source_rows"])}
+    if scaler is not None:
+        record["loss_scale"] = float(scaler.get_scale())
+    return record
+
+
+def _new_window() -> dict[str, float]:
+    return {"samples": 0, "time": time.perf_counter(), "padded": 0, "tokens": 0}
+
+
+def _log_window(run: PretrainingRun, record: dict[str, Any], window: dict[str, float], progress) -> dict[str, float]:
+    """Add the throughput and padding of the steps since the last log to `record`, show and log it; return a new
+    window."""
+    elapsed = max(time.perf_counter() - window["time"], 1e-9)
+    record["samples_per_second"] = window["samples"] / elapsed
+    record["padding_fraction"] = window["padded"] / max(window["tokens"], 1)
+    postfix = {k.split("/")[-1]: f"{v:.3f}" for k, v in record.items() if k.startswith("loss")}
+    if run.accelerator.scaler is not None:
+        postfix["skipped"] = run.state["skipped_steps"]
+    progress.set_postfix(postfix, refresh=False)
+    run.accelerator.log(record, step=run.step)
+    return _new_window()
 
 
 def _append_history(path: Path, record: dict[str, Any], output_dir: Path) -> None:
@@ -857,23 +961,24 @@ def _append_history(path: Path, record: dict[str, Any], output_dir: Path) -> Non
                                    "--resume_from_checkpoint latest") from error
 
 
-def _save(args, accelerator, unwrapped, optimizer, scheduler, state, step) -> Path:
+def _save(run: PretrainingRun) -> Path:
+    accelerator = run.accelerator
     return save_checkpoint(
-        Path(args.output_dir), step, unwrapped, optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer,
-        scheduler, state, accelerator.process_index, accelerator.num_processes, accelerator.wait_for_everyone,
-        args.save_total_limit, scaler=accelerator.scaler,
+        Path(run.args.output_dir), run.step, run.unwrapped, _inner_optimizer(run.optimizer), run.scheduler, run.state,
+        accelerator.process_index, accelerator.num_processes, accelerator.wait_for_everyone, run.args.save_total_limit,
+        scaler=accelerator.scaler,
     )
 
 
-def _finish(args, accelerator, unwrapped, processor, optimizer, scheduler, state, step, summary, history_path,
-            evaluation_plan, no_evaluation):
+def _finish(run: PretrainingRun, summary: dict[str, Any]) -> dict[str, Any]:
     """The final checkpoint, `final/`, the loss table and curves, the evaluation and `summary.json`."""
+    args, accelerator, state, step, history_path = run.args, run.accelerator, run.state, run.step, run.history_path
     output_dir = Path(args.output_dir)
-    _save(args, accelerator, unwrapped, optimizer, scheduler, state, step)
+    _save(run)
     if accelerator.scaler is not None:
         summary["loss_scale"] = float(accelerator.scaler.get_scale())
     final = output_dir / "final"
-    save_final(accelerator, merge_lora(unwrapped) if args.lora else unwrapped, processor, final)  # a plain checkpoint
+    save_final(accelerator, merge_lora(run.unwrapped) if args.lora else run.unwrapped, run.processor, final)  # a plain checkpoint
     if accelerator.is_main_process:
         summary["loss_curve"] = str(plot_loss_curves(history_path, output_dir / "loss_curves.png"))
         summary["padding_fraction"] = _history_stat(history_path, "padding_fraction")
@@ -889,13 +994,13 @@ def _finish(args, accelerator, unwrapped, processor, optimizer, scheduler, state
             f"samples/s, padded fraction {100 * (summary['padding_fraction'] or 0):.1f}%. Model saved to {final}"
         )
         # a sharded model cannot run on one rank alone, and its class is FSDP's: use the consolidated weights
-        consolidated = OptTriForPreTraining.from_pretrained(final) if _uses_fsdp(accelerator) else unwrapped
-        if evaluation_plan is not None:
-            summary["eval_split"] = evaluation_plan.name()
-            summary["retrieval"] = evaluate_retrieval(consolidated, processor, args, evaluation_plan)
-        elif no_evaluation:
-            summary["evaluation_skipped"] = no_evaluation
-            accelerator.print(no_evaluation)
+        consolidated = OptTriForPreTraining.from_pretrained(final) if _uses_fsdp(accelerator) else run.unwrapped
+        if run.evaluation_plan is not None:
+            summary["eval_split"] = run.evaluation_plan.name()
+            summary["retrieval"] = evaluate_retrieval(consolidated, run.processor, args, run.evaluation_plan)
+        elif run.no_evaluation:
+            summary["evaluation_skipped"] = run.no_evaluation
+            accelerator.print(run.no_evaluation)
         write_model_card(final, consolidated, summary, dataset=None if args.dataset == "builtin" else args.dataset)
         (output_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     accelerator.end_training()
