@@ -293,8 +293,6 @@ class OptTriModel(OptTriPreTrainedModel, OptTriFusionMixin, OptTriTowersMixin):
     def set_input_embeddings(self, value: nn.Module) -> None:
         self.text_model.set_input_embeddings(value)
 
-    # -- unimodal encoders -------------------------------------------------------------------------------------------
-
     # -- cross-modal -------------------------------------------------------------------------------------------------
 
     def cross_modal_states(self, return_outputs: bool = False, **inputs) -> tuple:
@@ -372,11 +370,6 @@ class OptTriModel(OptTriPreTrainedModel, OptTriFusionMixin, OptTriTowersMixin):
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Pre-training losses (each a plain function, unit-tested on its own)
-# ----------------------------------------------------------------------------------------------------------------------
-
-
-# ----------------------------------------------------------------------------------------------------------------------
 # Pre-training model
 # ----------------------------------------------------------------------------------------------------------------------
 
@@ -451,8 +444,6 @@ class OptTriForPreTraining(OptTriPreTrainedModel, OptTriPreTrainingPhases, OptTr
     def set_output_embeddings(self, value: nn.Module) -> None:
         self.mlm_head.decoder = value
 
-    # -- masking -----------------------------------------------------------------------------------------------------
-
     # -- forward -----------------------------------------------------------------------------------------------------
 
     def forward(
@@ -494,8 +485,6 @@ class OptTriForPreTraining(OptTriPreTrainedModel, OptTriPreTrainingPhases, OptTr
         )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         return output if return_dict else output.to_tuple()
-
-    # -- phases --------------------------------------------------------------------------------------------------------
 
 
 # ----------------------------------------------------------------------------------------------------------------------
