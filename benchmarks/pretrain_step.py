@@ -312,14 +312,6 @@ def _runner(name, inputs, model, call, compile_it, args, device) -> Runner:
     )
 
 
-def token_drop_setting(model: torch.nn.Module) -> str:
-    """The share of image patches / audio tokens dropped from the clean views (FLIP), as the config sets it."""
-    shares = {name: getattr(model.config, name, None) for name in ("image_token_drop", "audio_token_drop")}
-    if all(value is None for value in shares.values()):
-        return "token drop: not available in this version (every patch and audio token is encoded)"
-    return "token drop: " + ", ".join(f"{name} {value or 0.0:g}" for name, value in shares.items())
-
-
 def print_flops(runners: list[Runner], args: argparse.Namespace, device: torch.device) -> None:
     """`--count-flops-only`: the counted GFLOP per sample of one eager step of each model, and the ratio to FLAVA."""
     for runner in runners:
@@ -327,7 +319,8 @@ def print_flops(runners: list[Runner], args: argparse.Namespace, device: torch.d
     print(f"FLOPs counted (FlopCounterMode: matmuls, convolutions and attention, forward + backward) on {device}, "
           f"geometry {args.geometry}, batch {args.batch_size}, text {args.text_length} tokens; no timing")
     print(f"OPT-Tri tasks: {args.tasks}{' (+mafr with audio)' if args.with_audio else ''}; "
-          f"{token_drop_setting(runners[1].model)}; FLAVA: mmm_text, mmm_image, itm, global contrastive")
+          "token drop: none (every patch and audio token is encoded; FLIP dropping is not built); "
+          "FLAVA: mmm_text, mmm_image, itm, global contrastive")
     flava = runners[0].flops / args.batch_size
     print(f"{'model':<16} {'inputs':<17} {'GFLOP/sample':>13} {'vs FLAVA':>9}")
     for runner in runners:

@@ -16,7 +16,10 @@ Every tower is built from its own sub-config (`config.vision_config`, `config.au
   for the others a forward hook on the stem substitutes `OptTriModel.vision_mask_embedding` /
   `audio_mask_embedding` (CLIP / SigLIP vision: `embeddings.patch_embedding`, AST:
   `embeddings.patch_embeddings.projection`, Whisper: `conv2`). The hook is registered for one forward call only;
-  [`TowerAdapter.stem`] names the stem module of each family;
+  [`TowerAdapter.stem`] names the stem module of each family. Where the stem's windows overlap (Whisper's two
+  kernel-3 convolutions, the wav2vec2 feature encoder, AST with a stride below its patch size), a neighbouring token
+  would still read the masked token's input, so the input its reconstruction target is computed from is also set
+  to zero ([`_AudioAdapter.blank_masked_input`]): nothing of a masked token's target reaches any token;
 - the reconstruction target of masked modelling `(B, N, target_size)` (MRFR / MAFR / MAC): pixel patches at the
   tower's patch size for every vision family; for audio, ours: the log-mel frames of a token; AST: the fbank
   window each patch covers; Whisper: the mel frames of its stride (2 frames); the wav2vec2 family: the feature
@@ -280,6 +283,28 @@ class _AudioAdapter(TowerAdapter):
 
     mask_axis: int = -1
 
+    def target_region(self, tower, input_features: torch.Tensor, masked: torch.Tensor) -> torch.Tensor | None:
+        """Bool over the input (its shape without the feature axis, or the input's shape): the input the `masked`
+        `(B, N)` tokens' reconstruction targets are computed from, where other tokens' windows overlap it; `None` for a
+        stem without overlap (the stem substitution alone keeps the input out)."""
+        return None
+
+    def blank_masked_input(self, tower, input_features: torch.Tensor, masked: torch.Tensor | None) -> torch.Tensor:
+        """`input_features` with the masked tokens' target region ([`target_region`]) set to zero."""
+        region = None if masked is None else self.target_region(tower, input_features, masked)
+        if region is None:
+            return input_features
+        return input_features.masked_fill(region, 0.0)
+
+
+def _window_coverage(masked: torch.Tensor, window: int, stride: int, length: int) -> torch.Tensor:
+    """`(B, N)` masked tokens of a 1-d stem whose token t reads the input `[t * stride, t * stride + window)` ->
+    `(B, length)` bool: the input any masked token reads (a transposed convolution of ones, no host sync)."""
+    ones = masked.new_ones((1, 1, window), dtype=torch.float)
+    covered = F.conv_transpose1d(masked.float()[:, None], ones, stride=stride)[:, 0] > 0
+    covered = covered[:, :length]
+    return F.pad(covered, (0, length - covered.shape[1]))
+
 
 class _OursAudioAdapter(_AudioAdapter):
     model_types = (OptTriAudioConfig.model_type,)
@@ -323,7 +348,18 @@ class _ASTAdapter(_AudioAdapter):
         tokens = time[:, None, :].expand(-1, frequencies, -1).flatten(1)  # the stem's (frequency, time) order
         return torch.cat([tokens.new_ones(tokens.shape[0], 1), tokens], dim=1)
 
+    def target_region(self, tower, input_features, masked):
+        config = tower.config
+        if config.frequency_stride >= config.patch_size and config.time_stride >= config.patch_size:
+            return None
+        shape = (input_features.shape[2], input_features.shape[1])  # (F, T), as the stem reads it
+        windows = masked.float()[:, None, :].expand(-1, config.patch_size**2, -1)
+        strides = (config.frequency_stride, config.time_stride)
+        covered = F.fold(windows, shape, config.patch_size, stride=strides)[:, 0] > 0  # (B, F, T)
+        return covered.transpose(1, 2)
+
     def run(self, tower, input_features, mask, bool_masked_pos, mask_embedding, **kwargs):
+        input_features = self.blank_masked_input(tower, input_features, bool_masked_pos)
         with _substitute_at_stem(self.stem(tower), bool_masked_pos, mask_embedding):
             out = tower(input_values=input_features, **kwargs, return_dict=True)
         return _with_summary(out, out.pooler_output, out.last_hidden_state[:, 2:])
@@ -352,7 +388,12 @@ class _WhisperAdapter(_AudioAdapter):
         tokens = F.pad(mask, (0, (-mask.shape[1]) % stride)).view(mask.shape[0], -1, stride).amax(-1)
         return torch.cat([tokens.new_ones(tokens.shape[0], 1), tokens], dim=1)
 
+    def target_region(self, tower, input_features, masked):
+        stride = tower.conv1.stride[0] * tower.conv2.stride[0]  # the target: the `stride` frames of the token
+        return _window_coverage(masked, stride, stride, input_features.shape[-1])[:, None, :]
+
     def run(self, tower, input_features, mask, bool_masked_pos, mask_embedding, **kwargs):
+        input_features = self.blank_masked_input(tower, input_features, bool_masked_pos)
         with _substitute_at_stem(self.stem(tower), bool_masked_pos, mask_embedding):
             out = tower(input_features, **kwargs, return_dict=True)
         tokens = self.token_mask(tower, input_features, mask)[:, 1:]
@@ -381,6 +422,10 @@ class _Wav2Vec2Adapter(_AudioAdapter):
         if use_mask_token and not getattr(config, "apply_spec_augment", True):
             logger.warning(f"{config.model_type}: apply_spec_augment set to True, which its mask_time_indices need")
             config.apply_spec_augment = True
+        if getattr(config, "mask_feature_prob", 0.0) > 0:  # its own channel masking would draw outside `generator`
+            logger.warning(f"{config.model_type}: mask_feature_prob {config.mask_feature_prob} set to 0 (OPT-Tri's "
+                           "masking draws from the model's generator; the tower's SpecAugment channel masking would not)")
+            config.mask_feature_prob = 0.0
         return tower
 
     def can_mask(self, tower, mask_embedding):
@@ -393,10 +438,18 @@ class _Wav2Vec2Adapter(_AudioAdapter):
         tokens = (torch.arange(frames, device=mask.device)[None, :] < lengths[:, None]).long()
         return torch.cat([tokens.new_ones(tokens.shape[0], 1), tokens], dim=1)
 
+    def target_region(self, tower, input_features, masked):
+        """The samples each masked frame's feature-encoder window reads (its target: that frame's conv features)."""
+        window, stride = 1, 1
+        for kernel, step in zip(tower.config.conv_kernel, tower.config.conv_stride):
+            window, stride = window + (kernel - 1) * stride, stride * step
+        return _window_coverage(masked, window, stride, input_features.shape[-1])
+
     def run(self, tower, input_features, mask, bool_masked_pos, mask_embedding, **kwargs):
         tokens = self.token_mask(tower, input_features, mask)[:, 1:]
-        tower_mask = mask.long().clone()
-        tower_mask[~tower_mask.bool().any(1)] = 1  # a row without audio still runs (its tokens are masked out)
+        input_features = self.blank_masked_input(tower, input_features, bool_masked_pos)
+        tower_mask = mask.long()
+        tower_mask = torch.where(tower_mask.any(1, keepdim=True), tower_mask, 1)  # a row without audio still runs
         if bool_masked_pos is None and hasattr(tower, "masked_spec_embed"):  # no random SpecAugment on clean views
             bool_masked_pos = torch.zeros_like(tokens, dtype=torch.bool)
         out = tower(

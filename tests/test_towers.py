@@ -440,3 +440,26 @@ def test_retrieval_evaluation_reads_each_audio_family(folders, audio):
     embeddings = embed_batches(model, [batch], progress=False)
     assert all(len(rows) == B for rows in embeddings.rows.values())
     assert len(retrieval_metrics(embeddings)) == 6
+
+
+@pytest.mark.parametrize("audio, region", [("whisper", (slice(None), slice(6, 8))), ("wav2vec2", (slice(60, 85),))])
+def test_overlapping_audio_stems_keep_a_masked_tokens_target_from_every_token(folders, audio, region):
+    """Whisper's kernel-3 convolutions and the wav2vec2 feature encoder overlap: a neighbour of masked token 3 reads
+    part of its input. The input its target is computed from (Whisper: mel frames 6-7 of stride 2; wav2vec2 here:
+    samples 60-84, the 25-sample window of stride 20) is blanked, so no state of the cross-modal encoder has a
+    gradient there (and the rest of the input still reaches them)."""
+    model = _build(folders, "vit", audio).opt_tri.eval()
+    batch = _batch(audio)
+    name = "input_values" if "input_values" in batch else "input_features"
+    batch[name] = batch[name].clone().requires_grad_(True)
+    features = batch[name]
+    tokens = model.audio_token_mask(features, batch.get("audio_attention_mask")).shape[1] - 1
+    masked = torch.zeros(B, tokens, dtype=torch.bool)
+    masked[0, 3] = True
+    out = model(**batch, audio_bool_masked_pos=masked)
+    (grad,) = torch.autograd.grad(out.last_hidden_state[0].sum(), features)
+    assert torch.count_nonzero(grad[0][region]) == 0, f"{audio}: the masked token's target input reaches the output"
+    assert torch.count_nonzero(grad[0]) > 0
+    unmasked = model(**batch)
+    (grad,) = torch.autograd.grad(unmasked.last_hidden_state[0].sum(), features)
+    assert torch.count_nonzero(grad[0][region]) > 0  # without masking that input is read
