@@ -107,6 +107,47 @@ def test_memory_estimate_smoke_and_checkpointing_saves_activation_memory(capsys)
         bench.main(["--batches", "8,4"])
 
 
+def test_memory_estimate_tower_families_and_a_frozen_tower(monkeypatch, capsys):
+    """`--vision siglip --audio whisper --text roberta` with the families' tables shrunk to tiny geometry: the towers
+    are those families, Whisper's input is its full window, and freezing the audio tower saves memory per sample."""
+    import re
+
+    from transformers.utils import logging as hf_logging
+
+    bench = _load(BENCHMARKS / "memory_estimate.py", "memory_estimate_benchmark")
+    g = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+    monkeypatch.setitem(bench.VISION_FAMILIES, "siglip", ("tiny SigLIP", "siglip_vision_model",
+                                                          dict(image_size=32, patch_size=8, **g)))
+    monkeypatch.setitem(bench.AUDIO_FAMILIES, "whisper", ("tiny Whisper", "whisper", dict(
+        d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
+        encoder_ffn_dim=64, decoder_ffn_dim=64, num_mel_bins=16, max_source_positions=16, vocab_size=60)))
+    monkeypatch.setitem(bench.TEXT_FAMILIES, "roberta", ("tiny RoBERTa", "roberta", dict(
+        vocab_size=120, max_position_embeddings=80, type_vocab_size=1, pad_token_id=1, **g)))
+    monkeypatch.setattr(bench, "VISION_INPUT_SIZE", 32)
+    config = bench.family_config(bench.bench.opt_tri_config("tiny"), {"vision": "siglip", "audio": "whisper",
+                                                                      "text": "roberta"})
+    assert (config.vision_config.model_type, config.audio_config.model_type, config.text_config.model_type) == (
+        "siglip_vision_model", "whisper", "roberta") and config.text_decoder_config.vocab_size == 120
+    audio = bench.family_audio(config, "whisper", 4, 0.1, __import__("torch").Generator())
+    assert audio["input_features"].shape == (4, 16, 32) and audio["audio_attention_mask"].sum(1).tolist() == [10] * 4
+    towers = {"vision": "siglip", "audio": "whisper", "text": "roberta"}
+    peaks = {freeze: bench.measure("opt-tri", "tiny", 4, 64, "fp32", False, towers, 0.1, freeze)[:2]
+             for freeze in ((), ("audio",))}
+    assert peaks[("audio",)][0] < peaks[()][0] and peaks[("audio",)][1] < peaks[()][1], peaks
+    verbosity = hf_logging.get_verbosity()
+    try:
+        bench.main(["--geometry", "tiny", "--batches", "4,8", "--dtype", "fp32", "--vision", "siglip",
+                    "--audio", "whisper", "--text", "roberta", "--audio-seconds", "0.1", "--freeze", "audio"])
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    out = capsys.readouterr().out
+    assert "towers: vision tiny SigLIP; audio tiny Whisper, 0.1 s clips; text tiny RoBERTa; frozen: audio" in out
+    assert float(re.search(r"\+ ([0-9.]+) MiB per sample", out).group(1)) > 0
+    for bad in (["--freeze", "audio"], ["--model", "flava", "--vision", "clip"], ["--freeze", "decoder"]):
+        with pytest.raises(SystemExit):
+            bench.main(["--geometry", "tiny", "--batches", "4,8"] + bad)
+
+
 @pytest.mark.slow
 def test_init_transfer_benchmark_smoke(tmp_path, capsys):
     """benchmarks/init_transfer.py end to end on a handful of FSDD recordings (its figures mean nothing at this size)."""
