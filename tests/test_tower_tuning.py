@@ -226,3 +226,57 @@ def test_resume_of_a_frozen_and_lora_run_is_exact(tmp_path):
     a, b = (load_file(tmp_path / run / "final" / "model.safetensors") for run in ("straight", "resumed"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert not any("lora_" in key or "base_layer" in key for key in a)  # final/ is a plain, merged checkpoint
+
+
+@pytest.mark.slow
+def test_readme_recipe_siglip_whisper_roberta_pretrains_end_to_end(tmp_path):
+    """The README's "Start from pretrained encoders" recipe at tiny size: a processor from the checkpoints' own
+    preprocessing saved with a preset config, then pre-training with --tokenizer, --init_* and per-tower options."""
+    from transformers import (
+        RobertaConfig, RobertaModel, RobertaTokenizer, SiglipConfig, SiglipImageProcessor, SiglipModel,
+        WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration,
+    )
+
+    from modeling_opt_tri import OptTriConfig, OptTriProcessor
+
+    g = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+    chars = list("abcdefghijklmnopqrstuvwxyz0123456789.,?") + ["Ġ"]
+    vocab = {token: i for i, token in enumerate(["<s>", "<pad>", "</s>", "<unk>", "<mask>", *chars, "Ġa", "re"])}
+    # model_max_length: the tiny preset's text decoder has 48 positions (characters make long texts)
+    tokenizer = RobertaTokenizer(vocab=vocab, merges=[("Ġ", "a"), ("r", "e")], model_max_length=40)
+    torch.manual_seed(0)
+    sources = {
+        "roberta": (RobertaModel(RobertaConfig(vocab_size=len(tokenizer), max_position_embeddings=130, pad_token_id=1,
+                                               type_vocab_size=1, **g), add_pooling_layer=False), tokenizer),
+        "siglip": (SiglipModel(SiglipConfig(text_config=dict(vocab_size=100, **g),
+                                            vision_config=dict(image_size=32, patch_size=8, **g))),
+                   SiglipImageProcessor(size={"height": 32, "width": 32})),
+        "whisper": (WhisperForConditionalGeneration(WhisperConfig(
+            d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
+            encoder_ffn_dim=64, decoder_ffn_dim=64, num_mel_bins=16, max_source_positions=50, max_target_positions=16,
+            vocab_size=60, pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=1)),
+            WhisperFeatureExtractor(feature_size=16, chunk_length=1)),  # a 1 s window: 100 frames, 50 tokens
+    }
+    for name, (model, preprocessing) in sources.items():
+        model.save_pretrained(tmp_path / name)
+        preprocessing.save_pretrained(tmp_path / name)
+    folders = {name: str(tmp_path / name) for name in sources}
+    processor = OptTriProcessor.from_unimodal_pretrained(text=folders["roberta"], vision=folders["siglip"],
+                                                         audio=folders["whisper"])
+    processor.save_pretrained(tmp_path / "preset")
+    OptTriConfig.from_pretrained(PRESET).save_pretrained(tmp_path / "preset")
+    run_pretraining(PretrainArguments(**{**RUN, "preset": str(tmp_path / "preset")}, output_dir=str(tmp_path / "run"),
+                                      max_steps=2, save_steps=0, tokenizer=folders["roberta"],
+                                      init_text=folders["roberta"], init_vision=folders["siglip"],
+                                      init_audio=folders["whisper"], freeze="audio", lora="text", lora_rank=4,
+                                      tower_lr_scale="vision=0.1", max_unk_fraction=1.0))
+    final = load_file(tmp_path / "run" / "final" / "model.safetensors")
+    whisper = sources["whisper"][0].model.encoder.state_dict()
+    assert all(torch.equal(final["opt_tri.audio_model." + k], v) for k, v in whisper.items())  # frozen: unchanged
+    assert not torch.equal(final["opt_tri.vision_model.embeddings.patch_embedding.weight"],
+                           sources["siglip"][0].vision_model.embeddings.patch_embedding.weight)
+    history = read_history(tmp_path / "run" / "losses.jsonl")
+    assert len(history) == 2 and all(torch.isfinite(torch.tensor(r["loss"])) for r in history)
+    reloaded = OptTriProcessor.from_pretrained(tmp_path / "run" / "final")
+    assert type(reloaded.feature_extractor).__name__ == "WhisperFeatureExtractor"
+    assert type(reloaded.image_processor).__name__.startswith("SiglipImageProcessor")

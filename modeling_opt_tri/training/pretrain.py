@@ -44,7 +44,7 @@ from ..configuration_opt_tri import PRETRAINING_OBJECTIVES, OptTriConfig
 from ..data.collate import LengthGroupedBatchSampler, ListBatchSampler, TriModalCollator, padding_fraction, row_lengths
 from ..data.sources import NoEvaluationSplitError, text_sample
 from ..modeling_opt_tri import OptTriForPreTraining
-from ..processing_opt_tri import OptTriProcessor
+from ..processing_opt_tri import OptTriProcessor, _kept_samples
 from ..tokenizer_training import adapt_config_to_tokenizer, check_unk_share
 from .arguments import PROBABILITY_BELOW_ONE, SEED, Rule, arg, choice, dataclass_problems, flag, integer, number, raise_problems, string
 from .checkpointing import (
@@ -287,7 +287,7 @@ class BatchStream:
         self.source_names = sorted(source.name for source in data_sources(args))
         if not self.streaming:
             # lengths after truncation (the processor cuts text and audio), so long rows fit a token budget
-            max_seconds = collator.processor.feature_extractor.max_length_seconds
+            max_seconds = kept_audio_seconds(collator.processor.feature_extractor)
             lengths = row_lengths(dataset, tokenizer, max_audio_seconds=max_seconds)
             if SOURCE_COLUMN in dataset.column_names:
                 self.sampler = SourceGroupedBatchSampler(
@@ -542,6 +542,15 @@ def _configure_fsdp(plugin, model: torch.nn.Module, args: PretrainArguments, dev
         plugin.cpu_offload = CPUOffloadPolicy(pin_memory=False)
     logger.info(f"FSDP2: wrapping {plugin.transformer_cls_names_to_wrap}, activation checkpointing "
                 f"{plugin.activation_checkpointing}, CPU offload {plugin.cpu_offload is not None}")
+
+
+def kept_audio_seconds(feature_extractor) -> float | None:
+    """Seconds of a clip that the processor's audio features depend on at most (None: all of it): ours
+    `max_length_seconds`, Whisper its window, AST its `max_length` frames; the wav2vec2 family reads every sample."""
+    if hasattr(feature_extractor, "max_length_seconds"):
+        return feature_extractor.max_length_seconds
+    samples = _kept_samples(feature_extractor)
+    return None if samples is None else samples / feature_extractor.sampling_rate
 
 
 def with_tokenizer(processor: OptTriProcessor, path: str) -> OptTriProcessor:
