@@ -24,15 +24,20 @@ class FusionTokens:
     """The tokens of `modality` as the cross-modal encoder's first layer reads them, computed once per distinct row:
     `embeddings` `(B, n, d)` (projected to the fusion width, plus the modality-type embedding), `projected` the
     first layer's queries, keys and values of them (each `(B, n, d)`), `mask` `(B, n)`. Matching objectives that
-    score several combinations of the same rows gather these instead of redoing the per-token work."""
+    score several combinations of the same rows gather these instead of redoing the per-token work. When the first
+    layer is an FSDP unit (its parameters are gathered only around its own forward), `embeddings` / `projected` are
+    `None` and `states` `(B, n, d_m)` keeps the unimodal states for the full path ([`fuse_tokens`])."""
 
     modality: str
-    embeddings: torch.Tensor
-    projected: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+    embeddings: torch.Tensor | None
+    projected: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None
     mask: torch.Tensor
+    states: torch.Tensor | None = None
 
     def take(self, index: torch.Tensor) -> FusionTokens:
         """The rows `index` `(R,)`."""
+        if self.projected is None:
+            return FusionTokens(self.modality, None, None, self.mask[index], self.states[index])
         return FusionTokens(self.modality, self.embeddings[index], tuple(x[index] for x in self.projected), self.mask[index])
 
 
@@ -170,6 +175,8 @@ class OptTriFusionMixin:
 
     def fusion_tokens(self, modality: str, part: tuple[torch.Tensor, torch.Tensor]) -> FusionTokens:
         """`part` `(states (B, n, d_m), mask (B, n))` of `modality` as the first cross-modal layer reads it."""
+        if callable(getattr(self.fusion_encoder.layers[0], "unshard", None)):  # an FSDP unit: run it whole
+            return FusionTokens(modality, None, None, part[1].long(), part[0])
         project = {"text": self.text_to_fusion, "image": self.image_to_fusion, "audio": self.audio_to_fusion}[modality]
         code = torch.full((1,), _FUSION_CODES[modality], dtype=torch.long, device=part[0].device)
         embeddings = project(part[0]) + self.modality_embeddings(code)
@@ -180,6 +187,13 @@ class OptTriFusionMixin:
         """The cross-modal encoder over `[CLS] | parts...` (in the order text, image, audio, as `fuse`) from their
         [`FusionTokens`]: the `[CLS]` state `(R, 1, d)` with `cls_only`, else every state `(R, S, d)`; and the
         mask `(R, S)`. Equals `fuse_selected(...)[0]` / `fuse(...)[0]` on the same states."""
+        if parts[0].projected is None:  # the first layer is an FSDP unit: the full path (same result)
+            by = {part.modality: (part.states, part.mask) for part in parts}
+            if cls_only:
+                selected, _, mask, _ = self.fuse_selected(by.get("text"), by.get("image"), by.get("audio"))
+                return selected, mask
+            hidden, mask, _ = self.fuse(by.get("text"), by.get("image"), by.get("audio"))
+            return hidden, mask
         rows, device = parts[0].embeddings.shape[0], parts[0].embeddings.device
         code = torch.full((1,), MODALITY_CLS, dtype=torch.long, device=device)
         cls = self.fusion_cls_token.to(parts[0].embeddings.dtype) + self.modality_embeddings(code)  # (1, 1, d)

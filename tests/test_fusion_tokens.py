@@ -35,3 +35,26 @@ def test_gathered_first_layer_work_equals_fusing_the_gathered_states(layers):
         expected_full, _, _ = model.fuse(gathered.get("text"), gathered.get("image"), gathered.get("audio"))
         torch.testing.assert_close(full, expected_full, rtol=1e-5, atol=1e-6)
         assert not torch.equal(full[:, 0], model.fuse_tokens([tokens[0].take(torch.tensor([1, 0, 2, 2, 1]))] + tokens[1:])[0][:, 0])
+
+
+def test_an_fsdp_wrapped_first_layer_takes_the_full_path_with_the_same_losses():
+    """Under FSDP2 the first cross-modal layer is a unit whose parameters are gathered only around its own forward,
+    so its projections cannot be run piecewise (the FSDP runs crashed in `project_for_attention`): a layer with
+    FSDP's `unshard` method makes the matching rows take `fuse_selected` / `fuse`, with the same losses."""
+    from conftest import tiny_batch, tiny_config
+
+    from modeling_opt_tri import OptTriForPreTraining
+
+    torch.manual_seed(0)
+    model = OptTriForPreTraining(tiny_config()).eval()
+    batch = tiny_batch(6)
+    tasks = ["itm", "wra", "tri_matching"]
+    shared = model(**batch, generator=torch.Generator().manual_seed(3), tasks=tasks)
+    layer = model.opt_tri.fusion_encoder.layers[0]
+    layer.unshard = lambda: None  # what torch.distributed.fsdp.fully_shard adds to a unit
+    calls = []
+    layer.project_for_attention = lambda *a, **k: calls.append(1)
+    whole = model(**batch, generator=torch.Generator().manual_seed(3), tasks=tasks)
+    assert not calls  # the piecewise path is not taken
+    for name in ("itm_loss", "wra_loss", "tri_matching_loss"):
+        torch.testing.assert_close(getattr(whole, name), getattr(shared, name), rtol=1e-5, atol=1e-6)
